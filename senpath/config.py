@@ -1,0 +1,214 @@
+"""Configuration: assays (stains + marker rules) and analysis settings, as frozen dataclasses.
+
+Everything physical is in microns. Assays are data (TOML), not code branches: the presets shipped in
+``senpath/presets/assays.toml`` can be extended or overridden by a user TOML file of the same shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from senpath.stain import REFERENCE_STAINS
+
+COMPARTMENTS = ("nucleus", "cytoplasm", "cell")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration or assay definition; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class MarkerRule:
+    """How one marker is called positive.
+
+    Attributes
+    ----------
+    name : marker name used in column names (``ki67``, ``p16``, ``sabgal``).
+    stain : the chromogen that reports it (a stain of the assay).
+    compartment : ``nucleus``, ``cytoplasm`` or ``cell``; the mean stain OD there is compared to the threshold.
+    threshold_od : positive when the compartment's mean stain OD is at least this.
+    bins_od : three increasing OD edges for intensity bins 1+, 2+, 3+ (H-score).
+    """
+
+    name: str
+    stain: str
+    compartment: str
+    threshold_od: float = 0.15
+    bins_od: tuple[float, float, float] = (0.15, 0.375, 0.70)
+
+
+@dataclass(frozen=True)
+class Assay:
+    """A staining protocol: its stains, the stains that mark nuclei, and its marker rules."""
+
+    name: str
+    description: str
+    stains: tuple[str, ...]
+    nuclear_stains: tuple[str, ...]
+    markers: tuple[MarkerRule, ...]
+    #: cell phenotype -> required calls, e.g. {"senescent": ("sabgal+", "ki67-")}
+    phenotypes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def marker(self, name: str) -> MarkerRule:
+        """The rule for marker ``name``."""
+        for rule in self.markers:
+            if rule.name == name:
+                return rule
+        raise KeyError(f"assay {self.name!r} has no marker {name!r}")
+
+
+def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
+    where = f"assay {name!r} in {source}"
+    try:
+        stains = tuple(raw["stains"])
+    except KeyError:
+        raise ConfigError(f"{where}: missing 'stains' (a list such as [\"hematoxylin\", \"dab\"])") from None
+    custom = dict(raw.get("stain_vectors", {}))
+    for stain in stains:
+        if stain not in REFERENCE_STAINS and stain not in custom:
+            raise ConfigError(
+                f"{where}: unknown stain {stain!r}; use one of {sorted(REFERENCE_STAINS)} "
+                "or give its OD vector under [assay.NAME.stain_vectors]"
+            )
+    if not 2 <= len(stains) <= 3:
+        raise ConfigError(f"{where}: colour deconvolution needs 2 or 3 stains, got {len(stains)}")
+    nuclear = tuple(raw.get("nuclear_stains", stains[:1]))
+    markers = []
+    for m in raw.get("marker", []):
+        rule = MarkerRule(
+            name=str(m["name"]),
+            stain=str(m["stain"]),
+            compartment=str(m.get("compartment", "nucleus")),
+            threshold_od=float(m.get("threshold_od", 0.15)),
+            bins_od=tuple(float(b) for b in m.get("bins_od", (0.15, 0.375, 0.70))),  # type: ignore[arg-type]
+        )
+        if rule.stain not in stains:
+            raise ConfigError(f"{where}: marker {rule.name!r} uses stain {rule.stain!r}, not in {stains}")
+        if rule.compartment not in COMPARTMENTS:
+            raise ConfigError(f"{where}: marker {rule.name!r} compartment must be one of {COMPARTMENTS}")
+        if len(rule.bins_od) != 3 or list(rule.bins_od) != sorted(rule.bins_od):
+            raise ConfigError(f"{where}: marker {rule.name!r} bins_od must be 3 increasing OD values")
+        markers.append(rule)
+    names = {m.name for m in markers}
+    phenotypes: dict[str, tuple[str, ...]] = {}
+    for pheno, calls in dict(raw.get("phenotype", {})).items():
+        for call in calls:
+            if call[-1:] not in "+-" or call[:-1] not in names:
+                raise ConfigError(
+                    f"{where}: phenotype {pheno!r} term {call!r} must be a marker of this assay "
+                    f"followed by + or - (markers: {sorted(names)})"
+                )
+        phenotypes[str(pheno)] = tuple(calls)
+    return Assay(
+        name=name,
+        description=str(raw.get("description", "")),
+        stains=stains,
+        nuclear_stains=nuclear,
+        markers=tuple(markers),
+        phenotypes=phenotypes,
+    )
+
+
+def load_assays(extra: str | Path | None = None) -> dict[str, Assay]:
+    """Load the shipped assay presets, then any assays from the user TOML file ``extra``.
+
+    A user assay with a preset's name replaces it.
+    """
+    text = resources.files("senpath").joinpath("presets/assays.toml").read_text(encoding="utf-8")
+    raw = tomllib.loads(text)
+    assays = {n: _parse_assay(n, a, source="senpath presets") for n, a in raw.get("assay", {}).items()}
+    if extra is not None:
+        path = Path(extra)
+        try:
+            user = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        for n, a in user.get("assay", {}).items():
+            assays[n] = _parse_assay(n, a, source=str(path))
+    return assays
+
+
+def get_assay(name: str, assays: Mapping[str, Assay] | None = None) -> Assay:
+    """Look up an assay by name, with an error listing the known ones."""
+    assays = load_assays() if assays is None else assays
+    try:
+        return assays[name]
+    except KeyError:
+        raise ConfigError(f"unknown assay {name!r}; known assays: {', '.join(sorted(assays))}") from None
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Settings of one analysis run (all distances in µm).
+
+    Attributes
+    ----------
+    analysis_mpp : resolution (µm/px) at which nuclei are segmented and measured.
+    tile_size_um : side of an analysis tile (without halo).
+    halo_um : context added around each tile; must exceed the largest nucleus diameter.
+    cytoplasm_um : cytoplasm ring width around each nucleus (QuPath's default cell expansion is 5 µm).
+    min_nucleus_area_um2, max_nucleus_area_um2 : nuclei outside this range are discarded.
+    segmenter : ``auto`` (the shipped CNN when available, else classical), ``cnn`` or ``classical``.
+    device : ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    tissue_mpp : resolution of the tissue mask.
+    """
+
+    analysis_mpp: float = 0.5
+    tile_size_um: float = 512.0
+    halo_um: float = 24.0
+    cytoplasm_um: float = 5.0
+    min_nucleus_area_um2: float = 10.0
+    max_nucleus_area_um2: float = 400.0
+    segmenter: str = "auto"
+    device: str = "auto"
+    tissue_mpp: float = 8.0
+
+    def __post_init__(self) -> None:
+        if self.analysis_mpp <= 0:
+            raise ConfigError("analysis_mpp must be > 0 µm/px (0.5 is typical for 20x)")
+        if self.segmenter not in ("auto", "cnn", "classical"):
+            raise ConfigError("segmenter must be 'auto', 'cnn' or 'classical'")
+        if self.halo_um < 2 * (self.max_nucleus_area_um2 / 3.14159) ** 0.5 * 0.5:
+            raise ConfigError("halo_um must be at least the largest nucleus diameter")
+
+    def replace(self, **changes: Any) -> AnalysisConfig:
+        """A copy with some fields changed (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """Short stable hash of the settings (part of a result's identity for resume)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None = None) -> AnalysisConfig:
+    """Read ``[analysis]`` settings from a TOML file (missing keys keep their defaults)."""
+    if path is None:
+        return AnalysisConfig()
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {p}: {exc}") from exc
+    section = raw.get("analysis", {})
+    known = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"{p}: unknown [analysis] keys {sorted(unknown)}; known: {sorted(known)}")
+    return AnalysisConfig(**section)

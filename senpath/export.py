@@ -1,0 +1,141 @@
+"""Per-patient and per-slide marker tables, derived from the per-cell tables of committed stores.
+
+Markers scored on adjacent sections are pooled per patient by marker (each marker's cells come from the
+slides that carry it); a phenotype index (senescence index) is only computed from slides whose assay
+scores its markers on the same cells, and the table says from how many slides each figure comes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from senpath.results import SlideResults, atomic_write_bytes, find_stores, load_results
+from senpath.score import allred_score, h_score, wilson_interval
+
+EXPORT_FORMATS = ("csv", "parquet", "xlsx")
+
+
+def _marker_names(cells: pd.DataFrame) -> list[str]:
+    return sorted(c[: -len("_positive")] for c in cells.columns if c.endswith("_positive"))
+
+
+def _phenotype_names(summary: dict[str, Any]) -> list[str]:
+    return sorted(k[: -len("_index")] for k in summary if k.endswith("_index"))
+
+
+def _marker_stats(cells: pd.DataFrame, marker: str) -> dict[str, Any]:
+    pos = cells[f"{marker}_positive"].to_numpy(dtype=bool)
+    bins = cells[f"{marker}_bin"].to_numpy()
+    n, k = len(pos), int(pos.sum())
+    lo, hi = wilson_interval(k, n)
+    return {
+        f"{marker}_n_cells": n,
+        f"{marker}_n_positive": k,
+        f"{marker}_pct_positive": 100.0 * k / n if n else math.nan,
+        f"{marker}_pct_positive_ci95_low": lo,
+        f"{marker}_pct_positive_ci95_high": hi,
+        f"{marker}_h_score": h_score(bins),
+        f"{marker}_allred": allred_score(bins),
+    }
+
+
+def _group_row(group: Sequence[SlideResults]) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    per_marker: dict[str, list[pd.DataFrame]] = {}
+    per_pheno: dict[str, list[pd.Series]] = {}
+    all_cells = []
+    for res in group:
+        cells = res.cells
+        if "excluded" in cells.columns:
+            cells = cells[~cells["excluded"].astype(bool)]
+        all_cells.append(cells[["nucleus_area_um2"]])
+        for m in _marker_names(cells):
+            per_marker.setdefault(m, []).append(cells[[f"{m}_positive", f"{m}_bin"]])
+        for p in _phenotype_names(res.summary):
+            if p in cells.columns:
+                per_pheno.setdefault(p, []).append(cells[p])
+    row["n_slides"] = len(group)
+    row["slide_ids"] = ";".join(r.slide_id for r in group)
+    row["assays"] = ";".join(sorted({str(r.summary.get("assay")) for r in group}))
+    row["n_cells"] = int(sum(len(c) for c in all_cells))
+    for m in sorted(per_marker):
+        cells = pd.concat(per_marker[m], ignore_index=True)
+        row.update(_marker_stats(cells, m))
+        row[f"{m}_n_slides"] = len(per_marker[m])
+    if "ki67_pct_positive" in row:
+        row["ki67_labelling_index"] = row["ki67_pct_positive"]
+    for p in sorted(per_pheno):
+        flags = pd.concat(per_pheno[p], ignore_index=True).to_numpy(dtype=bool)
+        n, k = len(flags), int(flags.sum())
+        lo, hi = wilson_interval(k, n)
+        row[f"{p}_index"] = 100.0 * k / n if n else math.nan
+        row[f"{p}_index_ci95_low"] = lo
+        row[f"{p}_index_ci95_high"] = hi
+        row[f"{p}_n_slides"] = len(per_pheno[p])
+    areas = pd.concat(all_cells, ignore_index=True)["nucleus_area_um2"]
+    row["median_nucleus_area_um2"] = float(np.median(areas)) if len(areas) else math.nan
+    versions = sorted({str(r.provenance.get("senpath_version")) for r in group})
+    models = sorted({str(r.provenance.get("segmenter", {}).get("model_sha256")) for r in group})
+    row["senpath_version"] = ";".join(versions)
+    row["model_sha256"] = ";".join(models)
+    return row
+
+
+def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.DataFrame:
+    """One row per patient (``by="patient"``) or per slide (``by="slide"``) with marker figures.
+
+    Columns per marker ``m``: ``m_n_cells``, ``m_n_positive``, ``m_pct_positive`` with
+    ``m_pct_positive_ci95_low/high`` (Wilson), ``m_h_score``, ``m_allred``, ``m_n_slides``; plus
+    ``ki67_labelling_index``, phenotype indices (``senescent_index``), ``median_nucleus_area_um2``,
+    slide counts and provenance columns. Cells flagged ``excluded`` are left out.
+    """
+    if by not in ("patient", "slide"):
+        raise ValueError("by must be 'patient' or 'slide'")
+    groups: dict[str, list[SlideResults]] = {}
+    for res in results:
+        key = str(res.manifest.get("patient_id") or res.slide_id) if by == "patient" else res.slide_id
+        groups.setdefault(key, []).append(res)
+    rows = []
+    for key in sorted(groups):
+        row = {"patient_id" if by == "patient" else "slide_id": key}
+        if by == "slide":
+            row["patient_id"] = str(groups[key][0].manifest.get("patient_id") or key)
+        row.update(_group_row(groups[key]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load_all(results_root: str | Path) -> list[SlideResults]:
+    """Every committed slide store under ``results_root``."""
+    return [load_results(p) for p in find_stores(results_root)]
+
+
+def write_table(table: pd.DataFrame, path_stem: str | Path, formats: Sequence[str]) -> list[Path]:
+    """Write ``table`` as ``<stem>.csv/.parquet/.xlsx`` atomically; returns the paths written."""
+    import io
+
+    written = []
+    for fmt in formats:
+        if fmt not in EXPORT_FORMATS:
+            raise ValueError(f"unknown export format {fmt!r}; use {', '.join(EXPORT_FORMATS)}")
+        path = Path(f"{path_stem}.{fmt}")
+        buf = io.BytesIO()
+        if fmt == "csv":
+            buf.write(table.to_csv(index=False).encode("utf-8"))
+        elif fmt == "parquet":
+            table.to_parquet(buf, index=False)
+        else:
+            try:
+                import openpyxl  # noqa: F401
+            except ImportError:
+                raise RuntimeError("XLSX export needs openpyxl: pip install 'senpath[xlsx]'") from None
+            table.to_excel(buf, index=False, engine="openpyxl")
+        atomic_write_bytes(path, buf.getvalue())
+        written.append(path)
+    return written

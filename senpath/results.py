@@ -1,0 +1,196 @@
+"""The per-slide results store, written atomically with its manifest last.
+
+Layout of ``<out>/<slide_id>/``::
+
+    cells.parquet     per-cell table: the source of truth
+    summary.json      per-slide marker summary (derived from cells.parquet)
+    provenance.json   package version, model sha256, config, stain vectors, thresholds, device, timings
+    qc_overlay.png    thumbnail with the cell calls drawn on it
+    manifest.json     written last: the inputs' identity and the files' sha256; no manifest = incomplete
+
+Every file is written to a temporary name in the same folder and renamed into place, so an interrupted
+run never leaves a half-written file under a final name; a store without ``manifest.json`` is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MANIFEST = "manifest.json"
+CELLS = "cells.parquet"
+SUMMARY = "summary.json"
+PROVENANCE = "provenance.json"
+QC_OVERLAY = "qc_overlay.png"
+#: Bump when the store's layout changes incompatibly (old stores are then recomputed on resume).
+STORE_VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return None if math.isnan(float(obj)) else float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in JSON")
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (NaN becomes null)."""
+    text = json.dumps(_nan_to_none(obj), indent=2, sort_keys=True, default=_json_default)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def atomic_write_parquet(path: str | Path, table: pd.DataFrame) -> None:
+    """Write a DataFrame to Parquet atomically."""
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's contents."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_identity(path: str | Path) -> dict[str, Any]:
+    """What identifies an input slide for resume: resolved path, size and modification time."""
+    p = Path(path)
+    st = p.stat()
+    return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+@dataclass
+class SlideResults:
+    """A complete per-slide store, loaded."""
+
+    folder: Path
+    cells: pd.DataFrame
+    summary: dict[str, Any]
+    provenance: dict[str, Any]
+    manifest: dict[str, Any]
+
+    @property
+    def slide_id(self) -> str:
+        return str(self.manifest["slide_id"])
+
+
+def write_manifest(
+    folder: Path,
+    *,
+    slide_id: str,
+    identity: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Commit a slide's store: hash every data file and write ``manifest.json`` last.
+
+    ``extra`` adds descriptive fields (``patient_id``, ``assay``) to the manifest.
+    """
+    files = {
+        name: sha256_file(folder / name)
+        for name in (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY)
+        if (folder / name).is_file()
+    }
+    atomic_write_json(
+        folder / MANIFEST,
+        {
+            **dict(extra or {}),
+            "store_version": STORE_VERSION,
+            "slide_id": slide_id,
+            "identity": dict(identity),
+            "files": files,
+        },
+    )
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The manifest of a store, or ``None`` when it is missing or unreadable (store incomplete)."""
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(folder: str | Path, identity: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``folder`` holds a committed store (and, if given, for the same inputs and settings)."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("store_version") != STORE_VERSION:
+        return False
+    if any(not (Path(folder) / name).is_file() for name in manifest.get("files", {})):
+        return False
+    return identity is None or manifest.get("identity") == _nan_to_none(
+        json.loads(json.dumps(dict(identity), default=_json_default))
+    )
+
+
+def load_results(folder: str | Path) -> SlideResults:
+    """Load one slide's committed results store.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``folder`` has no manifest (never run, or interrupted before it was committed).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"{folder} is not a complete senpath results store (no {MANIFEST}); run `senpath run` again"
+        )
+    cells = pd.read_parquet(folder / CELLS)
+    summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
+    provenance = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
+    return SlideResults(folder, cells, summary, provenance, manifest)
+
+
+def find_stores(root: str | Path) -> list[Path]:
+    """Folders under ``root`` (one level down, or ``root`` itself) that hold a committed store."""
+    root = Path(root)
+    if read_manifest(root) is not None:
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_dir() and read_manifest(p) is not None)

@@ -1,0 +1,155 @@
+"""Marker calls per cell and marker summaries per slide.
+
+Per cell: the marker's stain OD in its compartment, positive/negative at the rule's threshold, an
+intensity bin 0/1+/2+/3+, phenotypes that combine markers on the same cells (``senescent`` =
+``sabgal+ ki67-``), and an enlarged-nucleus flag relative to the slide's own nucleus sizes.
+
+Per slide: n cells, n positive, % positive with a Wilson 95% interval, H-score (0-300), Allred score
+(0, 2-8), Ki67 labelling index, senescence index (fraction of cells with the senescent phenotype).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from senpath.config import Assay, MarkerRule
+
+#: A nucleus is "enlarged" when its area is at least this many times the slide's median nucleus area.
+ENLARGED_NUCLEUS_FACTOR = 2.0
+
+
+def marker_value_column(rule: MarkerRule) -> str:
+    """Per-cell table column holding the value a rule thresholds (``dab_od_mean_nucleus``)."""
+    return f"{rule.stain}_od_mean_{rule.compartment}"
+
+
+def intensity_bins(values: np.ndarray, bins_od: tuple[float, float, float]) -> np.ndarray:
+    """0/1/2/3 intensity bins for OD values (edges are the lower bounds of 1+, 2+, 3+)."""
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    return np.searchsorted(np.asarray(bins_od), v, side="right").astype(np.int8)
+
+
+def score_cells(
+    cells: pd.DataFrame,
+    assay: Assay,
+    *,
+    thresholds: dict[str, float] | None = None,
+    enlarged_factor: float = ENLARGED_NUCLEUS_FACTOR,
+) -> pd.DataFrame:
+    """Add marker calls to a per-cell table (returns a new table).
+
+    Parameters
+    ----------
+    cells : per-cell table from :func:`senpath.measure.measure_cells`.
+    assay : the slide's assay (its marker rules and phenotypes).
+    thresholds : optional per-marker OD thresholds overriding the assay's (e.g. a saved profile).
+    enlarged_factor : enlarged-nucleus flag at this multiple of the slide's median nucleus area.
+
+    Adds, per marker ``m``: ``m_od`` (the thresholded value), ``m_positive`` (bool), ``m_bin`` (0-3);
+    then one bool column per phenotype and ``enlarged_nucleus``.
+    """
+    out = cells.copy()
+    thresholds = thresholds or {}
+    for rule in assay.markers:
+        col = marker_value_column(rule)
+        if col not in out.columns:
+            raise KeyError(f"per-cell table lacks {col!r} needed by marker {rule.name!r}")
+        thr = float(thresholds.get(rule.name, rule.threshold_od))
+        values = out[col].to_numpy(dtype=np.float64)
+        out[f"{rule.name}_od"] = values
+        out[f"{rule.name}_positive"] = np.nan_to_num(values, nan=0.0) >= thr
+        out[f"{rule.name}_bin"] = intensity_bins(values, rule.bins_od)
+        # the bin must agree with the call: a positive cell is at least 1+, a negative one is 0
+        out.loc[~out[f"{rule.name}_positive"], f"{rule.name}_bin"] = 0
+        out.loc[out[f"{rule.name}_positive"] & (out[f"{rule.name}_bin"] == 0), f"{rule.name}_bin"] = 1
+    for pheno, terms in assay.phenotypes.items():
+        flag = np.ones(len(out), dtype=bool)
+        for term in terms:
+            marker, sign = term[:-1], term[-1]
+            pos = out[f"{marker}_positive"].to_numpy(dtype=bool)
+            flag &= pos if sign == "+" else ~pos
+        out[pheno] = flag
+    if "nucleus_area_um2" in out.columns and len(out):
+        median = float(np.median(out["nucleus_area_um2"]))
+        out["enlarged_nucleus"] = out["nucleus_area_um2"] >= enlarged_factor * median
+    else:
+        out["enlarged_nucleus"] = np.zeros(len(out), dtype=bool)
+    return out
+
+
+def wilson_interval(k: int, n: int, *, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval for a proportion k/n, as percentages (NaN when n = 0)."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
+
+
+def h_score(bins: np.ndarray) -> float:
+    """H-score = 1 × %1+ + 2 × %2+ + 3 × %3+ (0-300; NaN for no cells)."""
+    bins = np.asarray(bins)
+    if bins.size == 0:
+        return math.nan
+    return float(sum(level * 100.0 * np.mean(bins == level) for level in (1, 2, 3)))
+
+
+def allred_score(bins: np.ndarray) -> int | None:
+    """Allred score: proportion score (0-5) + intensity score of positive cells (1-3); 0 when none positive."""
+    bins = np.asarray(bins)
+    if bins.size == 0:
+        return None
+    frac = float(np.mean(bins > 0))
+    if frac == 0:
+        return 0
+    proportion = 1 if frac < 0.01 else 2 if frac <= 0.10 else 3 if frac <= 1 / 3 else 4 if frac <= 2 / 3 else 5
+    intensity = int(np.clip(np.rint(bins[bins > 0].mean()), 1, 3))
+    return proportion + intensity
+
+
+def summarize_markers(scored: pd.DataFrame, assay: Assay) -> dict[str, Any]:
+    """Per-slide summary of a scored per-cell table (excluded cells are left out).
+
+    Returns a JSON-ready dict: ``n_cells``, ``markers`` {name: {n_cells, n_positive, pct_positive,
+    pct_positive_ci95, h_score, allred, threshold_od, ...}}, phenotype fractions (``senescence_index``),
+    ``median_nucleus_area_um2``.
+    """
+    if "excluded" in scored.columns:
+        scored = scored[~scored["excluded"].astype(bool)]
+    n = len(scored)
+    summary: dict[str, Any] = {"assay": assay.name, "n_cells": n, "markers": {}}
+    for rule in assay.markers:
+        pos = scored[f"{rule.name}_positive"].to_numpy(dtype=bool)
+        k = int(pos.sum())
+        bins = scored[f"{rule.name}_bin"].to_numpy()
+        lo, hi = wilson_interval(k, n)
+        entry: dict[str, Any] = {
+            "stain": rule.stain,
+            "compartment": rule.compartment,
+            "n_cells": n,
+            "n_positive": k,
+            "pct_positive": 100.0 * k / n if n else math.nan,
+            "pct_positive_ci95": [lo, hi],
+            "h_score": h_score(bins),
+            "allred": allred_score(bins),
+        }
+        if rule.name == "ki67":
+            entry["labelling_index"] = entry["pct_positive"]
+        summary["markers"][rule.name] = entry
+    for pheno in assay.phenotypes:
+        k = int(scored[pheno].sum())
+        lo, hi = wilson_interval(k, n)
+        summary[f"{pheno}_index"] = 100.0 * k / n if n else math.nan
+        summary[f"{pheno}_index_ci95"] = [lo, hi]
+        summary[f"n_{pheno}"] = k
+    summary["median_nucleus_area_um2"] = (
+        float(np.median(scored["nucleus_area_um2"])) if n else math.nan
+    )
+    summary["n_enlarged_nucleus"] = int(scored["enlarged_nucleus"].sum()) if n else 0
+    return summary

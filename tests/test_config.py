@@ -1,0 +1,45 @@
+import pytest
+
+from senpath.config import AnalysisConfig, ConfigError, get_assay, load_assays, load_config
+
+ASSAYS = ("ki67", "p16", "sabgal", "sabgal-eosin", "sabgal+ki67", "p16+ki67")
+
+
+def test_all_preset_assays_load():
+    assays = load_assays()
+    assert set(ASSAYS) <= set(assays)
+    assert get_assay("sabgal").marker("sabgal").compartment == "cytoplasm"
+    assert get_assay("p16+ki67").marker("ki67").stain == "fast_red"
+    assert get_assay("sabgal+ki67").phenotypes["senescent"] == ("sabgal+", "ki67-")
+
+
+def test_user_assay_from_toml(tmp_path):
+    f = tmp_path / "lab.toml"
+    f.write_text(
+        '[analysis]\nanalysis_mpp = 0.4\n\n'
+        '[assay.my-ki67]\nstains = ["hematoxylin", "dab"]\n'
+        '[[assay.my-ki67.marker]]\nname = "ki67"\nstain = "dab"\nthreshold_od = 0.3\n'
+    )
+    assays = load_assays(f)
+    assert assays["my-ki67"].marker("ki67").threshold_od == 0.3
+    assert "ki67" in assays  # presets stay
+    assert load_config(f).analysis_mpp == 0.4
+
+
+def test_bad_assay_errors_say_what_to_fix(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('[assay.x]\nstains = ["hematoxylin", "indigo"]\n')
+    with pytest.raises(ConfigError, match="unknown stain 'indigo'"):
+        load_assays(f)
+    with pytest.raises(ConfigError, match="known assays"):
+        get_assay("kI67")
+    g = tmp_path / "bad2.toml"
+    g.write_text("[analysis]\nanalysis_mpp_typo = 1\n")
+    with pytest.raises(ConfigError, match="unknown \\[analysis\\] keys"):
+        load_config(g)
+
+
+def test_config_digest_changes_with_settings():
+    a = AnalysisConfig()
+    assert a.digest() == AnalysisConfig().digest()
+    assert a.digest() != a.replace(cytoplasm_um=3.0).digest()

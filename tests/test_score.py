@@ -1,0 +1,56 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from senpath.config import get_assay
+from senpath.score import allred_score, h_score, score_cells, summarize_markers, wilson_interval
+
+
+def test_h_score_and_allred_by_hand():
+    bins = np.array([0, 0, 0, 0, 1, 1, 2, 3, 3, 3])
+    assert h_score(bins) == pytest.approx(1 * 20 + 2 * 10 + 3 * 30)
+    # 60% positive -> proportion 4; mean positive intensity (1+1+2+3+3+3)/6 = 2.17 -> 2
+    assert allred_score(bins) == 6
+    assert allred_score(np.zeros(5, int)) == 0
+    assert allred_score(np.array([1] + [0] * 199)) == 1 + 1  # 0.5% positive, weak
+
+
+def test_wilson_interval_known_value():
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(23.66, abs=0.01) and hi == pytest.approx(76.34, abs=0.01)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def test_score_cells_dual_assay_phenotype():
+    assay = get_assay("sabgal+ki67")
+    cells = pd.DataFrame(
+        {
+            "cell_id": [1, 2, 3, 4],
+            "nucleus_area_um2": [30.0, 30.0, 90.0, 30.0],
+            "xgal_od_mean_cytoplasm": [0.05, 0.30, 0.80, 0.40],
+            "dab_od_mean_nucleus": [0.50, 0.02, 0.03, 0.20],
+        }
+    )
+    s = score_cells(cells, assay)
+    assert list(s["sabgal_positive"]) == [False, True, True, True]
+    assert list(s["sabgal_bin"]) == [0, 1, 3, 2]
+    assert list(s["ki67_positive"]) == [True, False, False, True]
+    assert list(s["senescent"]) == [False, True, True, False]
+    assert list(s["enlarged_nucleus"]) == [False, False, True, False]
+    summary = summarize_markers(s, assay)
+    assert summary["markers"]["sabgal"]["pct_positive"] == 75.0
+    assert summary["markers"]["ki67"]["labelling_index"] == 50.0
+    assert summary["senescent_index"] == 50.0
+
+
+def test_threshold_override_and_exclusion():
+    assay = get_assay("ki67")
+    cells = pd.DataFrame({"cell_id": [1, 2], "nucleus_area_um2": [30.0, 30.0],
+                          "dab_od_mean_nucleus": [0.2, 0.5]})  # fmt: skip
+    s = score_cells(cells, assay, thresholds={"ki67": 0.4})
+    assert list(s["ki67_positive"]) == [False, True]
+    assert list(s["ki67_bin"]) == [0, 2]  # below the moved threshold a cell is binned 0
+    s["excluded"] = [False, True]
+    assert summarize_markers(s, assay)["n_cells"] == 1
