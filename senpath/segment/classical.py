@@ -70,10 +70,12 @@ def segment_classical(
     od = gaussian(od, sigma=smooth_um / mpp, preserve_range=True)
     if float(od.max(initial=0.0)) < MIN_NUCLEAR_OD:
         return np.zeros(od.shape, np.int32)
-    try:
-        thr = max(float(threshold_otsu(od)), MIN_NUCLEAR_OD)
-    except ValueError:  # constant image
+    # Otsu between tissue background and nuclei: glass would otherwise pull the threshold down to
+    # "anything stained", so near-glass pixels are left out of the histogram
+    stained = od[od > 0.5 * MIN_NUCLEAR_OD]
+    if stained.size < 16 or float(stained.max() - stained.min()) < 1e-3:
         return np.zeros(od.shape, np.int32)
+    thr = max(float(threshold_otsu(stained)), MIN_NUCLEAR_OD)
     mask = ndi.binary_fill_holes(od > thr)
     min_px = max(1, int(round(min_area_um2 / mpp**2)))
     mask = remove_small_objects(mask, max_size=min_px - 1) if min_px > 1 else mask
