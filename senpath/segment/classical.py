@@ -35,6 +35,17 @@ def nuclear_od(
     return conc[..., idx].sum(axis=-1)
 
 
+def _otsu_foreground(channel: NDArray[np.floating]) -> NDArray[np.bool_]:
+    """Pixels above Otsu's threshold between stained background and nuclei (glass left out)."""
+    if float(channel.max(initial=0.0)) < MIN_NUCLEAR_OD:
+        return np.zeros(channel.shape, bool)
+    # glass would pull the threshold down to "anything stained": leave near-glass pixels out
+    stained = channel[channel > 0.5 * MIN_NUCLEAR_OD]
+    if stained.size < 16 or float(stained.max() - stained.min()) < 1e-3:
+        return np.zeros(channel.shape, bool)
+    return channel > max(float(threshold_otsu(stained)), MIN_NUCLEAR_OD)
+
+
 def segment_classical(
     rgb: NDArray[np.uint8],
     *,
@@ -55,7 +66,8 @@ def segment_classical(
     mpp : float
         Pixel size in µm.
     stains, nuclear_stains
-        The assay's stains and the names of those that stain nuclei (their OD is summed).
+        The assay's stains and the names of those that stain nuclei (each is thresholded, the
+        masks are united).
     i0 : background intensity.
     smooth_um : Gaussian smoothing sigma before thresholding.
     min_area_um2 : smaller objects are dropped.
@@ -66,24 +78,23 @@ def segment_classical(
     (Y, X) int32
         Instance labels, 0 = background, 1..N nuclei.
     """
-    od = nuclear_od(rgb, stains=stains, nuclear_stains=nuclear_stains, i0=i0)
-    od = gaussian(od, sigma=smooth_um / mpp, preserve_range=True)
-    if float(od.max(initial=0.0)) < MIN_NUCLEAR_OD:
-        return np.zeros(od.shape, np.int32)
-    # Otsu between tissue background and nuclei: glass would otherwise pull the threshold down to
-    # "anything stained", so near-glass pixels are left out of the histogram
-    stained = od[od > 0.5 * MIN_NUCLEAR_OD]
-    if stained.size < 16 or float(stained.max() - stained.min()) < 1e-3:
-        return np.zeros(od.shape, np.int32)
-    thr = max(float(threshold_otsu(stained)), MIN_NUCLEAR_OD)
-    mask = ndi.binary_fill_holes(od > thr)
+    conc = deconvolve(rgb, stains, i0)
+    # Each nuclear stain is thresholded on its own and the masks are united: a summed channel would
+    # let dark chromogen-positive nuclei (Ki67 DAB) pull Otsu above the pale counterstained ones.
+    mask = np.zeros(rgb.shape[:2], bool)
+    for name in nuclear_stains:
+        channel = gaussian(conc[..., stains.index(name)], sigma=smooth_um / mpp, preserve_range=True)
+        mask |= _otsu_foreground(channel)
+    if not mask.any():
+        return np.zeros(rgb.shape[:2], np.int32)
+    mask = ndi.binary_fill_holes(mask)
     min_px = max(1, int(round(min_area_um2 / mpp**2)))
     mask = remove_small_objects(mask, max_size=min_px - 1) if min_px > 1 else mask
     dist = ndi.distance_transform_edt(mask)
     dist = gaussian(dist, sigma=0.5 / mpp, preserve_range=True)
     min_dist = max(1, int(round(split_distance_um / mpp)))
     coords = peak_local_max(dist, min_distance=min_dist, labels=ndi.label(mask)[0], exclude_border=False)
-    markers = np.zeros(od.shape, np.int32)
+    markers = np.zeros(mask.shape, np.int32)
     markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
     # drop fragments the split produced below the size floor, then number 1..N
