@@ -128,6 +128,139 @@ def info(
     Console().print(open_slide(slide, mpp=mpp).describe())
 
 
+def _segmenter_for(method: str, assay: str, device: str) -> object:
+    """A callable rgb, mpp -> labels for ``segment`` and ``evaluate``."""
+    from senpath.config import get_assay
+    from senpath.segment import resolve_method, segment_nuclei
+    from senpath.stain import StainSet
+
+    method = resolve_method(method)
+    assay_obj = get_assay(assay)
+    stains = StainSet.from_names(assay_obj.stains)
+
+    def run(rgb: object, mpp: float) -> object:
+        return segment_nuclei(
+            rgb,  # type: ignore[arg-type]
+            mpp=mpp,
+            stains=stains,
+            nuclear_stains=assay_obj.nuclear_stains,
+            method=method,
+            device=device,
+        )
+
+    return run
+
+
+@app.command()
+def segment(
+    image: Annotated[Path, typer.Argument(help="An image or slide.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output label image (uint32 TIFF).")],
+    mpp: MppOpt = None,
+    device: DeviceOpt = "auto",
+    segmenter: Annotated[str, typer.Option("--segmenter", help="auto | cnn | classical.")] = "auto",
+    assay: Annotated[
+        str, typer.Option("--assay", help="Stains for the classical segmenter (he, ki67, ...).")
+    ] = "he",
+    region: Annotated[
+        str | None,
+        typer.Option("--region", help="x,y,width,height in µm (level 0); default: the whole image."),
+    ] = None,
+) -> None:
+    """Segment nuclei and write an instance label image on the input's pixel grid.
+
+    Example: senpath segment tile.png --mpp 0.25 --out tile_labels.tif
+    """
+    import numpy as np
+    import tifffile
+
+    from senpath.io import open_slide
+
+    slide = open_slide(image, mpp=mpp)
+    level_mpp = slide.level_mpp(0)
+    if region:
+        try:
+            x, y, w, h = (float(v) for v in region.split(","))
+        except ValueError:
+            raise typer.BadParameter("--region takes x,y,width,height in µm") from None
+    else:
+        x, y = 0.0, 0.0
+        h, w = slide.shape[0] * slide.mpp[1], slide.shape[1] * slide.mpp[0]
+    if (w / level_mpp) * (h / level_mpp) > 400e6:
+        raise typer.BadParameter(
+            "the region is over 400 megapixels: choose a --region, or use `senpath run` for whole slides"
+        )
+    rgb = slide.read_region(x, y, w, h, mpp=level_mpp)
+    labels = _segmenter_for(segmenter, assay, device or "auto")(rgb, level_mpp)  # type: ignore[operator]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = 1e4 / level_mpp
+    tifffile.imwrite(
+        out, np.asarray(labels, np.uint32), compression="zlib",
+        resolution=(res, res), resolutionunit="CENTIMETER",
+    )  # fmt: skip
+    console.print(f"wrote {out}: {int(np.max(labels))} nuclei, {labels.shape[1]}x{labels.shape[0]} px")
+
+
+@app.command()
+def evaluate(
+    images: Annotated[Path, typer.Option("--images", help="Folder of RGB images.")],
+    labels: Annotated[
+        Path, typer.Option("--labels", help="Folder of instance label images (same stems).")
+    ],
+    mpp: Annotated[float, typer.Option("--mpp", help="Pixel size of the images in µm.")],
+    device: DeviceOpt = "auto",
+    segmenter: Annotated[str, typer.Option("--segmenter", help="auto | cnn | classical.")] = "auto",
+    assay: Annotated[str, typer.Option("--assay", help="Stains for the classical segmenter.")] = "he",
+    pattern: Annotated[str, typer.Option("--pattern", help="Glob of the images to use.")] = "*",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write scores as JSON.")] = None,
+) -> None:
+    """Score segmentation against annotations: F1 at IoU 0.5, AJI and PQ.
+
+    Pooled figures count all nuclei of all images together; "mean" averages the per-image scores.
+
+    Examples:
+
+      senpath evaluate --images monuseg/images --labels monuseg/labels --mpp 0.25
+
+      senpath evaluate --images ki67 --labels ki67 --pattern "*_ihc.png" --mpp 0.25
+    """
+    import json
+
+    from senpath.segment.evaluate import evaluate_folder
+
+    seg = _segmenter_for(segmenter, assay, device or "auto")
+    result = evaluate_folder(
+        images, labels, mpp=mpp, pattern=pattern, predict=lambda rgb: seg(rgb, mpp)  # type: ignore[operator]
+    )
+    table = Table(title=f"segmentation vs {labels}")
+    cols = ["image", "n_true", "n_pred", "f1", "aji", "pq"]
+    for col in cols:
+        table.add_column(col)
+    for row in result.per_image.to_dict(orient="records"):
+        table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in cols))
+    Console().print(table)
+    Console().print(
+        f"pooled: F1 {result.pooled['f1']:.3f}, PQ {result.pooled['pq']:.3f} | per-image mean: "
+        f"F1 {result.mean.get('f1', float('nan')):.3f}, AJI {result.mean.get('aji', float('nan')):.3f}, "
+        f"PQ {result.mean.get('pq', float('nan')):.3f}"
+    )
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def train(ctx: typer.Context) -> None:
+    """Train the nucleus CNN (reproduces the shipped weights); `senpath train --help` lists options.
+
+    Example: senpath train --out runs/r1 --minutes 90 --seed 0
+    """
+    from senpath.segment.train import main as train_main
+
+    raise typer.Exit(train_main(list(ctx.args)))
+
+
 def main() -> None:
     """Console-script entry point; turns expected errors into one clear line and exit code 2."""
     from senpath.config import ConfigError
