@@ -21,7 +21,9 @@ console = Console(stderr=True)
 
 MppOpt = Annotated[
     float | None,
-    typer.Option("--mpp", help="Pixel size in µm for images without calibration (PNG/JPEG, photos)."),
+    typer.Option(
+        "--mpp", help="Pixel size in µm for images without calibration (PNG/JPEG, photos)."
+    ),
 ]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (CNN segmenter).")
@@ -30,10 +32,13 @@ DeviceOpt = Annotated[
 
 @app.command()
 def run(
-    input: Annotated[Path, typer.Argument(help="A sample sheet CSV, a folder of slides, or one slide.")],
+    input: Annotated[
+        Path, typer.Argument(help="A sample sheet CSV, a folder of slides, or one slide.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (one store per slide).")],
     config: Annotated[
-        Path | None, typer.Option("--config", help="TOML with [analysis] settings and extra [assay.*].")
+        Path | None,
+        typer.Option("--config", help="TOML with [analysis] settings and extra [assay.*]."),
     ] = None,
     assay: Annotated[
         str | None, typer.Option("--assay", help="Assay for all slides (ki67, p16, sabgal, ...).")
@@ -43,7 +48,9 @@ def run(
         str | None, typer.Option("--segmenter", help="auto | cnn | classical.")
     ] = None,
     device: DeviceOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="Redo slides that are already complete.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo slides that are already complete.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.")] = False,
 ) -> None:
     """Analyse slides: segment nuclei, measure stains per cell, call markers, write results stores.
@@ -79,7 +86,11 @@ def run(
     for r in report:
         style = {"ok": "green", "skipped": "cyan", "failed": "red"}[r.status]
         table.add_row(
-            r.slide_id, f"[{style}]{r.status}[/{style}]", str(r.n_cells), f"{r.seconds:.1f}", r.message
+            r.slide_id,
+            f"[{style}]{r.status}[/{style}]",
+            str(r.n_cells),
+            f"{r.seconds:.1f}",
+            r.message,
         )
     Console().print(table)
     n_failed = sum(r.status == "failed" for r in report) + len(problems)
@@ -96,7 +107,9 @@ def run(
 def export(
     results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
     by: Annotated[str, typer.Option("--by", help="patient | slide")] = "patient",
-    format: Annotated[str, typer.Option("--format", help="Comma-separated: csv,parquet,xlsx")] = "csv",
+    format: Annotated[
+        str, typer.Option("--format", help="Comma-separated: csv,parquet,xlsx")
+    ] = "csv",
     out: Annotated[
         Path | None, typer.Option("--out", help="File stem (default RESULTS/markers_by_<by>).")
     ] = None,
@@ -163,7 +176,9 @@ def segment(
     ] = "he",
     region: Annotated[
         str | None,
-        typer.Option("--region", help="x,y,width,height in µm (level 0); default: the whole image."),
+        typer.Option(
+            "--region", help="x,y,width,height in µm (level 0); default: the whole image."
+        ),
     ] = None,
 ) -> None:
     """Segment nuclei and write an instance label image on the input's pixel grid.
@@ -197,7 +212,9 @@ def segment(
         out, np.asarray(labels, np.uint32), compression="zlib",
         resolution=(res, res), resolutionunit="CENTIMETER",
     )  # fmt: skip
-    console.print(f"wrote {out}: {int(np.max(labels))} nuclei, {labels.shape[1]}x{labels.shape[0]} px")
+    console.print(
+        f"wrote {out}: {int(np.max(labels))} nuclei, {labels.shape[1]}x{labels.shape[0]} px"
+    )
 
 
 @app.command()
@@ -209,9 +226,13 @@ def evaluate(
     mpp: Annotated[float, typer.Option("--mpp", help="Pixel size of the images in µm.")],
     device: DeviceOpt = "auto",
     segmenter: Annotated[str, typer.Option("--segmenter", help="auto | cnn | classical.")] = "auto",
-    assay: Annotated[str, typer.Option("--assay", help="Stains for the classical segmenter.")] = "he",
+    assay: Annotated[
+        str, typer.Option("--assay", help="Stains for the classical segmenter.")
+    ] = "he",
     pattern: Annotated[str, typer.Option("--pattern", help="Glob of the images to use.")] = "*",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write scores as JSON.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write scores as JSON.")
+    ] = None,
 ) -> None:
     """Score segmentation against annotations: F1 at IoU 0.5, AJI and PQ.
 
@@ -229,14 +250,20 @@ def evaluate(
 
     seg = _segmenter_for(segmenter, assay, device or "auto")
     result = evaluate_folder(
-        images, labels, mpp=mpp, pattern=pattern, predict=lambda rgb: seg(rgb, mpp)  # type: ignore[operator]
+        images,
+        labels,
+        mpp=mpp,
+        pattern=pattern,
+        predict=lambda rgb: seg(rgb, mpp),  # type: ignore[operator]
     )
     table = Table(title=f"segmentation vs {labels}")
     cols = ["image", "n_true", "n_pred", "f1", "aji", "pq"]
     for col in cols:
         table.add_column(col)
     for row in result.per_image.to_dict(orient="records"):
-        table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in cols))
+        table.add_row(
+            *(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in cols)
+        )
     Console().print(table)
     Console().print(
         f"pooled: F1 {result.pooled['f1']:.3f}, PQ {result.pooled['pq']:.3f} | per-image mean: "

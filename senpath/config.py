@@ -75,7 +75,9 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
     try:
         stains = tuple(raw["stains"])
     except KeyError:
-        raise ConfigError(f"{where}: missing 'stains' (a list such as [\"hematoxylin\", \"dab\"])") from None
+        raise ConfigError(
+            f'{where}: missing \'stains\' (a list such as ["hematoxylin", "dab"])'
+        ) from None
     custom = dict(raw.get("stain_vectors", {}))
     for stain in stains:
         if stain not in REFERENCE_STAINS and stain not in custom:
@@ -96,11 +98,17 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
             bins_od=tuple(float(b) for b in m.get("bins_od", (0.15, 0.375, 0.70))),  # type: ignore[arg-type]
         )
         if rule.stain not in stains:
-            raise ConfigError(f"{where}: marker {rule.name!r} uses stain {rule.stain!r}, not in {stains}")
+            raise ConfigError(
+                f"{where}: marker {rule.name!r} uses stain {rule.stain!r}, not in {stains}"
+            )
         if rule.compartment not in COMPARTMENTS:
-            raise ConfigError(f"{where}: marker {rule.name!r} compartment must be one of {COMPARTMENTS}")
+            raise ConfigError(
+                f"{where}: marker {rule.name!r} compartment must be one of {COMPARTMENTS}"
+            )
         if len(rule.bins_od) != 3 or list(rule.bins_od) != sorted(rule.bins_od):
-            raise ConfigError(f"{where}: marker {rule.name!r} bins_od must be 3 increasing OD values")
+            raise ConfigError(
+                f"{where}: marker {rule.name!r} bins_od must be 3 increasing OD values"
+            )
         markers.append(rule)
     names = {m.name for m in markers}
     phenotypes: dict[str, tuple[str, ...]] = {}
@@ -129,7 +137,9 @@ def load_assays(extra: str | Path | None = None) -> dict[str, Assay]:
     """
     text = resources.files("senpath").joinpath("presets/assays.toml").read_text(encoding="utf-8")
     raw = tomllib.loads(text)
-    assays = {n: _parse_assay(n, a, source="senpath presets") for n, a in raw.get("assay", {}).items()}
+    assays = {
+        n: _parse_assay(n, a, source="senpath presets") for n, a in raw.get("assay", {}).items()
+    }
     if extra is not None:
         path = Path(extra)
         try:
@@ -147,7 +157,9 @@ def get_assay(name: str, assays: Mapping[str, Assay] | None = None) -> Assay:
     try:
         return assays[name]
     except KeyError:
-        raise ConfigError(f"unknown assay {name!r}; known assays: {', '.join(sorted(assays))}") from None
+        raise ConfigError(
+            f"unknown assay {name!r}; known assays: {', '.join(sorted(assays))}"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,9 @@ def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.
         raise ValueError("by must be 'patient' or 'slide'")
     groups: dict[str, list[SlideResults]] = {}
     for res in results:
-        key = str(res.manifest.get("patient_id") or res.slide_id) if by == "patient" else res.slide_id
+        key = (
+            str(res.manifest.get("patient_id") or res.slide_id) if by == "patient" else res.slide_id
+        )
         groups.setdefault(key, []).append(res)
     rows = []
     for key in sorted(groups):
@@ -134,7 +136,9 @@ def write_table(table: pd.DataFrame, path_stem: str | Path, formats: Sequence[st
             try:
                 import openpyxl  # noqa: F401
             except ImportError:
-                raise RuntimeError("XLSX export needs openpyxl: pip install 'senpath[xlsx]'") from None
+                raise RuntimeError(
+                    "XLSX export needs openpyxl: pip install 'senpath[xlsx]'"
+                ) from None
             table.to_excel(buf, index=False, engine="openpyxl")
         atomic_write_bytes(path, buf.getvalue())
         written.append(path)

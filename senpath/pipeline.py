@@ -44,6 +44,7 @@ from senpath.samplesheet import SlideJob, jobs_for_input
 from senpath.score import score_cells, summarize_markers
 from senpath.segment import resolve_method, segment_nuclei
 from senpath.stain import DEFAULT_I0, StainSet, deconvolve, estimate_background
+from senpath.tiling import Tile, keep_owned, tile_grid
 
 #: Tile progress callback: (tiles done, tiles total).
 TileProgress = Callable[[int, int], None]
@@ -70,15 +71,17 @@ def analyze_region(
     config: AnalysisConfig,
     i0: float | Sequence[float] = DEFAULT_I0,
     origin_um: tuple[float, float] = (0.0, 0.0),
-    core: tuple[int, int, int, int] | None = None,
+    tile: Tile | None = None,
+    image_shape: tuple[int, int] | None = None,
 ) -> tuple[pd.DataFrame, NDArray[np.int32]]:
     """Segment and measure the nuclei of one in-memory region (a tile with its halo, or an image).
 
     Parameters
     ----------
     rgb : (Y, X, 3) uint8 at ``mpp`` µm/px.
-    core : (y0, y1, x0, x1) pixel box of the tile's core; only nuclei whose centroid lies inside are
-        returned (the halo rule). ``None`` keeps all.
+    tile : the tile ``rgb`` covers (its ``box``); only nuclei whose centroid lies in the tile's core
+        are returned (the halo rule, :func:`senpath.tiling.keep_owned`). ``None`` keeps all.
+    image_shape : (Y, X) of the whole image at ``mpp`` (tile edges on the image border are not halo).
     origin_um : slide position in µm of pixel (0, 0).
 
     Returns
@@ -108,11 +111,11 @@ def analyze_region(
     keep = (cells["nucleus_area_um2"] >= config.min_nucleus_area_um2) & (
         cells["nucleus_area_um2"] <= config.max_nucleus_area_um2
     )
-    if core is not None:
-        y0, y1, x0, x1 = core
-        px = (cells["x_um"] - origin_um[0]) / mpp - 0.5
-        py = (cells["y_um"] - origin_um[1]) / mpp - 0.5
-        keep &= (px >= x0 - 0.5) & (px < x1 - 0.5) & (py >= y0 - 0.5) & (py < y1 - 0.5)
+    if tile is not None:
+        # one ownership rule for the whole package (exact integer centroid arithmetic), so
+        # neighbouring tiles never both keep, or both drop, a nucleus on their shared edge
+        owned = keep_owned(labels, tile, image_shape=image_shape, on_truncated="warn")
+        keep &= cells["cell_id"].isin([inst.local_label for inst in owned])
     return cells[keep].reset_index(drop=True), labels
 
 
@@ -154,7 +157,6 @@ def analyze_slide(
     Path of the committed store.
     """
     from senpath.io import open_slide
-    from senpath.tiling import tile_grid
     from senpath.tissue import tissue_mask
 
     t_start = time.perf_counter()
@@ -188,7 +190,6 @@ def analyze_slide(
     next_id = 1
     for done, tile in enumerate(tiles, start=1):
         hy0, hy1, hx0, hx1 = tile.box.y0, tile.box.y1, tile.box.x0, tile.box.x1
-        cy0, cy1, cx0, cx1 = tile.core.y0, tile.core.y1, tile.core.x0, tile.core.x1
         rgb = slide.read_region(hx0 * amp, hy0 * amp, (hx1 - hx0) * amp, (hy1 - hy0) * amp, mpp=amp)
         cells, _ = analyze_region(
             rgb,
@@ -198,7 +199,8 @@ def analyze_slide(
             config=config,
             i0=i0,
             origin_um=(hx0 * amp, hy0 * amp),
-            core=(cy0 - hy0, cy1 - hy0, cx0 - hx0, cx1 - hx0),
+            tile=tile,
+            image_shape=shape_px,
         )
         if len(cells):
             cells.insert(1, "tile_label", cells["cell_id"].astype(np.int32))

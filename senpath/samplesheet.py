@@ -29,7 +29,9 @@ class SampleSheetError(ValueError):
     def __init__(self, sheet: Path, problems: list[str]) -> None:
         self.sheet = sheet
         self.problems = problems
-        super().__init__(f"sample sheet {sheet} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+        super().__init__(
+            f"sample sheet {sheet} has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+        )
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def read_sample_sheet(
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise SampleSheetError(
-            sheet, [f"missing column(s) {missing}; the header must include {list(REQUIRED_COLUMNS)}"]
+            sheet,
+            [f"missing column(s) {missing}; the header must include {list(REQUIRED_COLUMNS)}"],
         )
     jobs: list[SlideJob] = []
     problems: list[str] = []
@@ -92,7 +95,9 @@ def read_sample_sheet(
                 errs.append(f"{where}: empty {col!r}")
         slide_id = row.get("slide_id", "")
         if slide_id and not _SLIDE_ID.match(slide_id):
-            errs.append(f"{where}: slide_id {slide_id!r} may only use letters, digits, '.', '_', '+', '-'")
+            errs.append(
+                f"{where}: slide_id {slide_id!r} may only use letters, digits, '.', '_', '+', '-'"
+            )
         if slide_id in seen:
             errs.append(f"{where}: slide_id {slide_id!r} repeats row {seen[slide_id]}")
         assay = row.get("assay", "")
@@ -160,7 +165,15 @@ def jobs_for_input(
         jobs, problems = read_sample_sheet(src, known_assays=known_assays, skip_bad_rows=True)
         if assay or mpp:
             jobs = [
-                SlideJob(j.slide_id, j.path, assay or j.assay, j.patient_id, mpp or j.mpp, j.section, j.row)
+                SlideJob(
+                    j.slide_id,
+                    j.path,
+                    assay or j.assay,
+                    j.patient_id,
+                    mpp or j.mpp,
+                    j.section,
+                    j.row,
+                )
                 for j in jobs
             ]
         return jobs, problems

@@ -106,7 +106,9 @@ def compare_with_truth(
         mfn = int((~p & t).sum())
         out[m] = {
             "f1": _f1(mtp, mfp, mfn),
-            "pct_positive": 100.0 * float(cells[f"{m}_positive"].mean()) if len(cells) else math.nan,
+            "pct_positive": 100.0 * float(cells[f"{m}_positive"].mean())
+            if len(cells)
+            else math.nan,
             "pct_positive_truth": 100.0 * float(truth[f"{m}_positive"].mean()),
             "h_score": h_score(cells[f"{m}_bin"].to_numpy()),
             "h_score_truth": h_score(truth[f"{m}_level"].to_numpy()),

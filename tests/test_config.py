@@ -16,7 +16,7 @@ def test_all_preset_assays_load():
 def test_user_assay_from_toml(tmp_path):
     f = tmp_path / "lab.toml"
     f.write_text(
-        '[analysis]\nanalysis_mpp = 0.4\n\n'
+        "[analysis]\nanalysis_mpp = 0.4\n\n"
         '[assay.my-ki67]\nstains = ["hematoxylin", "dab"]\n'
         '[[assay.my-ki67.marker]]\nname = "ki67"\nstain = "dab"\nthreshold_od = 0.3\n'
     )

@@ -134,8 +134,29 @@ def test_interrupted_store_is_not_complete_and_is_redone(tmp_path, monkeypatch):
 def test_empty_slide_reported_not_crashed(tmp_path):
     s = synth.write_slide(tmp_path / "glass.tif", assay="ki67", shape=(512, 512), mpp=0.5, seed=0,
                           params=synth.SynthParams(tissue_fraction=0.0))  # fmt: skip
-    (report,) = run_batch([SlideJob("glass", s.path, "ki67", "P")], out=tmp_path / "r", config=CLASSICAL)
+    (report,) = run_batch(
+        [SlideJob("glass", s.path, "ki67", "P")], out=tmp_path / "r", config=CLASSICAL
+    )
     assert report.status == "ok" and report.n_cells == 0
     summary = senpath.load_results(tmp_path / "r" / "glass").summary
     assert "no tissue" in summary["warning"]
     assert np.isnan(summary["markers"]["ki67"]["pct_positive"] or np.nan)
+
+
+def test_tiling_does_not_change_the_cells(tmp_path):
+    """Halo rule: every nucleus is counted once and measured whole, whatever the tile size."""
+    s = _slide(tmp_path, "ki67", seed=6, shape=(768, 768))
+    tables = []
+    for tile_um in (96.0, 160.0, 1000.0):  # 1000 µm: the whole slide in one tile
+        cfg = CLASSICAL.replace(tile_size_um=tile_um)
+        store = senpath.analyze_slide(
+            s.path, out=tmp_path / f"r{tile_um}", assay="ki67", config=cfg
+        )
+        cells = senpath.load_results(store).cells
+        tables.append(cells.sort_values(["y_um", "x_um"]).reset_index(drop=True))
+    whole = tables[-1]
+    for tiled in tables[:-1]:
+        assert len(tiled) == len(whole)
+        np.testing.assert_allclose(tiled[["x_um", "y_um"]], whole[["x_um", "y_um"]], atol=1e-6)
+        np.testing.assert_allclose(tiled["nucleus_area_um2"], whole["nucleus_area_um2"])
+        np.testing.assert_array_equal(tiled["ki67_positive"], whole["ki67_positive"])

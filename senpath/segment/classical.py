@@ -83,7 +83,9 @@ def segment_classical(
     # let dark chromogen-positive nuclei (Ki67 DAB) pull Otsu above the pale counterstained ones.
     mask = np.zeros(rgb.shape[:2], bool)
     for name in nuclear_stains:
-        channel = gaussian(conc[..., stains.index(name)], sigma=smooth_um / mpp, preserve_range=True)
+        channel = gaussian(
+            conc[..., stains.index(name)], sigma=smooth_um / mpp, preserve_range=True
+        )
         mask |= _otsu_foreground(channel)
     if not mask.any():
         return np.zeros(rgb.shape[:2], np.int32)
@@ -93,7 +95,9 @@ def segment_classical(
     dist = ndi.distance_transform_edt(mask)
     dist = gaussian(dist, sigma=0.5 / mpp, preserve_range=True)
     min_dist = max(1, int(round(split_distance_um / mpp)))
-    coords = peak_local_max(dist, min_distance=min_dist, labels=ndi.label(mask)[0], exclude_border=False)
+    coords = peak_local_max(
+        dist, min_distance=min_dist, labels=ndi.label(mask)[0], exclude_border=False
+    )
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(coords.T)] = np.arange(1, len(coords) + 1, dtype=np.int32)
     labels = watershed(-dist, markers, mask=mask).astype(np.int32)
