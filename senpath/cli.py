@@ -108,26 +108,73 @@ def export(
     results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
     by: Annotated[str, typer.Option("--by", help="patient | slide")] = "patient",
     format: Annotated[
-        str, typer.Option("--format", help="Comma-separated: csv,parquet,xlsx")
+        str, typer.Option("--format", help="Comma-separated: csv,parquet,xlsx,geojson")
     ] = "csv",
     out: Annotated[
-        Path | None, typer.Option("--out", help="File stem (default RESULTS/markers_by_<by>).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Table file stem (default RESULTS/markers_by_<by>); with geojson, a folder "
+            "(default RESULTS/geojson) that also receives the tables.",
+        ),
     ] = None,
 ) -> None:
-    """Write the per-patient (or per-slide) marker table from committed results.
+    """Write the per-patient (or per-slide) marker table, or per-slide QuPath GeoJSON cells.
 
-    Example: senpath export results/ --by patient --format csv,xlsx
+    Examples:
+
+      senpath export results/ --by patient --format csv,xlsx
+
+      senpath export results/ --format geojson --out qupath/   (one <slide_id>.geojson per slide)
     """
-    from senpath.export import load_all, marker_table, write_table
+    from senpath.export import (
+        EXPORT_FORMATS,
+        SLIDE_FORMATS,
+        export_geojson,
+        load_all,
+        marker_table,
+        write_table,
+    )
 
+    formats = [f.strip().lower() for f in format.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in EXPORT_FORMATS + SLIDE_FORMATS]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown format(s) {', '.join(unknown)}; use {', '.join(EXPORT_FORMATS + SLIDE_FORMATS)}"
+        )
     stores = load_all(results)
     if not stores:
         console.print(f"[red]no complete results stores under {results}[/red]")
         raise typer.Exit(1)
-    table = marker_table(stores, by=by)
-    stem = out or results / f"markers_by_{by}"
-    for path in write_table(table, stem, [f.strip() for f in format.split(",") if f.strip()]):
-        console.print(f"wrote {path}")
+    tables = [f for f in formats if f in EXPORT_FORMATS]
+    if "geojson" in formats:
+        folder = out or results / "geojson"
+        for path in export_geojson(stores, folder):
+            console.print(f"wrote {path}")
+        stem = folder / f"markers_by_{by}"
+    else:
+        stem = out or results / f"markers_by_{by}"
+    if tables:
+        for path in write_table(marker_table(stores, by=by), stem, tables):
+            console.print(f"wrote {path}")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="HTML file (default RESULTS/report.html).")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML batch report: per-patient marker bars with 95% CIs, marker OD
+    histograms with thresholds, QC thumbnails, the per-patient table and failed slides.
+
+    Example: senpath report results/
+    """
+    from senpath.report import write_report
+
+    path = write_report(results, out=out)
+    console.print(f"wrote {path}")
 
 
 @app.command()

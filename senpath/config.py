@@ -23,7 +23,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from senpath.stain import REFERENCE_STAINS
 
-COMPARTMENTS = ("nucleus", "cytoplasm", "cell")
+#: Compartments and statistics a marker rule may name (the same as :mod:`senpath.measure` measures).
+COMPARTMENTS = ("nucleus", "cytoplasm", "cell", "perinuclear", "nucleus_perinuclear")
+STATISTICS = ("mean", "median", "p75", "p90", "max")
 
 
 class ConfigError(ValueError):
@@ -38,9 +40,11 @@ class MarkerRule:
     ----------
     name : marker name used in column names (``ki67``, ``p16``, ``sabgal``).
     stain : the chromogen that reports it (a stain of the assay).
-    compartment : ``nucleus``, ``cytoplasm`` or ``cell``; the mean stain OD there is compared to the threshold.
-    threshold_od : positive when the compartment's mean stain OD is at least this.
+    compartment : one of :data:`COMPARTMENTS` (see :mod:`senpath.measure`).
+    threshold_od : positive when the compartment's statistic of the stain OD is at least this.
     bins_od : three increasing OD edges for intensity bins 1+, 2+, 3+ (H-score).
+    statistic : one of :data:`STATISTICS`; the per-cell value is the column
+        ``{stain}_od_{statistic}_{compartment}``.
     """
 
     name: str
@@ -48,6 +52,7 @@ class MarkerRule:
     compartment: str
     threshold_od: float = 0.15
     bins_od: tuple[float, float, float] = (0.15, 0.375, 0.70)
+    statistic: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class Assay:
     markers: tuple[MarkerRule, ...]
     #: cell phenotype -> required calls, e.g. {"senescent": ("sabgal+", "ki67-")}
     phenotypes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: stain -> (R, G, B) OD vector overriding the reference vector (a lab's measured profile)
+    stain_vectors: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
 
     def marker(self, name: str) -> MarkerRule:
         """The rule for marker ``name``."""
@@ -79,6 +86,18 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
             f'{where}: missing \'stains\' (a list such as ["hematoxylin", "dab"])'
         ) from None
     custom = dict(raw.get("stain_vectors", {}))
+    vectors: dict[str, tuple[float, float, float]] = {}
+    for stain, vec in custom.items():
+        try:
+            v = tuple(float(x) for x in vec)
+        except (TypeError, ValueError):
+            v = ()
+        if len(v) != 3 or min(v) < 0 or max(v) <= 0:
+            raise ConfigError(
+                f"{where}: stain_vectors.{stain} must be three non-negative OD values (R, G, B), "
+                f"not all zero; got {vec!r}"
+            )
+        vectors[str(stain)] = (v[0], v[1], v[2])
     for stain in stains:
         if stain not in REFERENCE_STAINS and stain not in custom:
             raise ConfigError(
@@ -96,6 +115,7 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
             compartment=str(m.get("compartment", "nucleus")),
             threshold_od=float(m.get("threshold_od", 0.15)),
             bins_od=tuple(float(b) for b in m.get("bins_od", (0.15, 0.375, 0.70))),  # type: ignore[arg-type]
+            statistic=str(m.get("statistic", "mean")),
         )
         if rule.stain not in stains:
             raise ConfigError(
@@ -104,6 +124,11 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
         if rule.compartment not in COMPARTMENTS:
             raise ConfigError(
                 f"{where}: marker {rule.name!r} compartment must be one of {COMPARTMENTS}"
+            )
+        if rule.statistic not in STATISTICS:
+            raise ConfigError(
+                f"{where}: marker {rule.name!r} statistic {rule.statistic!r} must be one of "
+                f"{STATISTICS}"
             )
         if len(rule.bins_od) != 3 or list(rule.bins_od) != sorted(rule.bins_od):
             raise ConfigError(
@@ -127,6 +152,7 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
         nuclear_stains=nuclear,
         markers=tuple(markers),
         phenotypes=phenotypes,
+        stain_vectors=vectors,
     )
 
 
@@ -176,6 +202,11 @@ class AnalysisConfig:
     segmenter : ``auto`` (the shipped CNN when available, else classical), ``cnn`` or ``classical``.
     device : ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     tissue_mpp : resolution of the tissue mask.
+    stain_vectors : ``estimate`` (per slide, Macenko with the assay's vectors as the prior and guard
+        rails; see :func:`senpath.stain.estimate_stains`) or ``preset`` (the assay's vectors as given).
+    auto_threshold : when true, each marker's threshold is set per slide from its OD distribution
+        (Otsu, bounded to ``auto_threshold_bounds_od``); off by default: fixed thresholds compare slides.
+    auto_threshold_bounds_od : (low, high) OD bounds of an automatic threshold.
     """
 
     analysis_mpp: float = 0.5
@@ -187,12 +218,23 @@ class AnalysisConfig:
     segmenter: str = "auto"
     device: str = "auto"
     tissue_mpp: float = 8.0
+    stain_vectors: str = "estimate"
+    auto_threshold: bool = False
+    auto_threshold_bounds_od: tuple[float, float] = (0.08, 0.5)
 
     def __post_init__(self) -> None:
         if self.analysis_mpp <= 0:
             raise ConfigError("analysis_mpp must be > 0 µm/px (0.5 is typical for 20x)")
         if self.segmenter not in ("auto", "cnn", "classical"):
             raise ConfigError("segmenter must be 'auto', 'cnn' or 'classical'")
+        if self.stain_vectors not in ("estimate", "preset"):
+            raise ConfigError("stain_vectors must be 'estimate' (per slide) or 'preset'")
+        lo, hi = (float(x) for x in self.auto_threshold_bounds_od)
+        if not 0 <= lo < hi:
+            raise ConfigError(
+                "auto_threshold_bounds_od must be two OD values, low < high, e.g. [0.08, 0.5]"
+            )
+        object.__setattr__(self, "auto_threshold_bounds_od", (lo, hi))
         if self.halo_um < 2 * (self.max_nucleus_area_um2 / 3.14159) ** 0.5 * 0.5:
             raise ConfigError("halo_um must be at least the largest nucleus diameter")
 
@@ -224,3 +266,90 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
     if unknown:
         raise ConfigError(f"{p}: unknown [analysis] keys {sorted(unknown)}; known: {sorted(known)}")
     return AnalysisConfig(**section)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (int, float)):
+        return repr(float(value)) if isinstance(value, float) else str(value)
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+
+
+def stain_profile_toml(
+    assay: Assay,
+    *,
+    vectors: Mapping[str, Any] | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    name: str | None = None,
+    stain_vectors: str | None = "preset",
+) -> str:
+    """A lab's stain profile as TOML text: the assay with measured vectors and thresholds.
+
+    Write it once (e.g. from the ``stain_vectors`` and thresholds in a representative slide's
+    ``provenance.json``), then pass it to every run of the batch with ``senpath run --config``: it
+    defines assay ``name`` (use that name in the sample sheet) and, with ``stain_vectors = "preset"``,
+    makes the pipeline use the profile's vectors as given instead of re-estimating them per slide.
+
+    Parameters
+    ----------
+    assay : the assay the profile refines.
+    vectors : stain → (R, G, B) OD vector; stains left out keep their current vectors.
+    thresholds : marker → OD threshold; markers left out keep theirs.
+    name : the profile's assay name (default: the assay's, which replaces the preset).
+    stain_vectors : value of ``[analysis] stain_vectors`` to write (``None``: no ``[analysis]`` table).
+    """
+    from senpath.stain import REFERENCE_STAINS as REF
+
+    name = name or assay.name
+    vectors = dict(vectors or {})
+    unknown = set(vectors) - set(assay.stains)
+    if unknown:
+        raise ConfigError(
+            f"profile vectors for {sorted(unknown)}: not stains of assay {assay.name!r} {assay.stains}"
+        )
+    unknown = set(thresholds or {}) - {m.name for m in assay.markers}
+    if unknown:
+        raise ConfigError(
+            f"profile thresholds for {sorted(unknown)}: not markers of assay {assay.name!r}"
+        )
+    key = json.dumps(name)
+    lines = [
+        f"# senpath stain profile for assay {name!r} (from {assay.name!r}); pass with --config.",
+        "# stain_vectors: OD vectors (R, G, B) of this lab's stains; any length, normalised on use.",
+        "# marker threshold_od / bins_od: OD of the marker's statistic in its compartment.",
+        "",
+    ]
+    if stain_vectors is not None:
+        lines += ["[analysis]", f"stain_vectors = {_toml_value(stain_vectors)}", ""]
+    lines += [
+        f"[assay.{key}]",
+        f"description = {_toml_value(assay.description or name)}",
+        f"stains = {_toml_value(list(assay.stains))}",
+        f"nuclear_stains = {_toml_value(list(assay.nuclear_stains))}",
+        "",
+        f"[assay.{key}.stain_vectors]",
+    ]
+    for stain in assay.stains:
+        vec = vectors.get(stain, assay.stain_vectors.get(stain, REF.get(stain)))
+        lines.append(f"{stain} = {_toml_value([round(float(x), 6) for x in vec])}")
+    lines.append("")
+    if assay.phenotypes:
+        lines.append(f"[assay.{key}.phenotype]")
+        lines += [f"{p} = {_toml_value(list(t))}" for p, t in assay.phenotypes.items()]
+        lines.append("")
+    for rule in assay.markers:
+        thr = float((thresholds or {}).get(rule.name, rule.threshold_od))
+        lines += [
+            f"[[assay.{key}.marker]]",
+            f"name = {_toml_value(rule.name)}",
+            f"stain = {_toml_value(rule.stain)}",
+            f"compartment = {_toml_value(rule.compartment)}",
+            f"statistic = {_toml_value(rule.statistic)}",
+            f"threshold_od = {_toml_value(thr)}",
+            f"bins_od = {_toml_value([float(b) for b in rule.bins_od])}",
+            "",
+        ]
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Per-patient and per-slide marker tables, derived from the per-cell tables of committed stores.
+"""Per-patient and per-slide marker tables and QuPath GeoJSON, derived from committed stores.
 
 Markers scored on adjacent sections are pooled per patient by marker (each marker's cells come from the
 slides that carry it); a phenotype index (senescence index) is only computed from slides whose assay
@@ -19,9 +19,13 @@ from senpath.results import SlideResults, atomic_write_bytes, find_stores, load_
 from senpath.score import allred_score, h_score, wilson_interval
 
 EXPORT_FORMATS = ("csv", "parquet", "xlsx")
+#: Formats written one file per slide (into a folder) rather than one table.
+SLIDE_FORMATS = ("geojson",)
+#: Count columns (nullable Int64: empty where a patient has no slide with that marker).
+_COUNT_SUFFIXES = ("_n_cells", "_n_positive", "_n_slides", "_allred")
 
 
-def _marker_names(cells: pd.DataFrame) -> list[str]:
+def marker_names(cells: pd.DataFrame) -> list[str]:
     return sorted(c[: -len("_positive")] for c in cells.columns if c.endswith("_positive"))
 
 
@@ -55,7 +59,7 @@ def _group_row(group: Sequence[SlideResults]) -> dict[str, Any]:
         if "excluded" in cells.columns:
             cells = cells[~cells["excluded"].astype(bool)]
         all_cells.append(cells[["nucleus_area_um2"]])
-        for m in _marker_names(cells):
+        for m in marker_names(cells):
             per_marker.setdefault(m, []).append(cells[[f"{m}_positive", f"{m}_bin"]])
         for p in _phenotype_names(res.summary):
             if p in cells.columns:
@@ -80,11 +84,40 @@ def _group_row(group: Sequence[SlideResults]) -> dict[str, Any]:
         row[f"{p}_n_slides"] = len(per_pheno[p])
     areas = pd.concat(all_cells, ignore_index=True)["nucleus_area_um2"]
     row["median_nucleus_area_um2"] = float(np.median(areas)) if len(areas) else math.nan
-    versions = sorted({str(r.provenance.get("senpath_version")) for r in group})
-    models = sorted({str(r.provenance.get("segmenter", {}).get("model_sha256")) for r in group})
-    row["senpath_version"] = ";".join(versions)
-    row["model_sha256"] = ";".join(models)
+    row.update(_provenance_columns(group, sorted(per_marker)))
     return row
+
+
+def _joined(values: Iterable[Any]) -> str:
+    return ";".join(sorted({str(v) for v in values}))
+
+
+def marker_thresholds(provenance: dict[str, Any]) -> dict[str, float]:
+    """``{marker: threshold_od}`` a slide was scored with (from its provenance)."""
+    return {
+        str(m["name"]): float(m["threshold_od"])
+        for m in provenance.get("assay", {}).get("markers", [])
+        if m.get("threshold_od") is not None
+    }
+
+
+def _provenance_columns(group: Sequence[SlideResults], markers: Sequence[str]) -> dict[str, Any]:
+    """What produced the figures; text, ``;``-joined when the group's slides differ."""
+    prov = [r.provenance for r in group]
+    cols = {
+        "senpath_version": _joined(p.get("senpath_version") for p in prov),
+        "segmenter": _joined(p.get("segmenter", {}).get("method") for p in prov),
+        "model_sha256": _joined(p.get("segmenter", {}).get("model_sha256") for p in prov),
+        "analysis_mpp": _joined(p.get("config", {}).get("analysis_mpp") for p in prov),
+        "cytoplasm_um": _joined(p.get("config", {}).get("cytoplasm_um") for p in prov),
+        "stain_vectors_source": _joined(
+            p.get("assay", {}).get("stain_vectors_source", "preset") for p in prov
+        ),
+    }
+    for m in markers:
+        values = [marker_thresholds(p)[m] for p in prov if m in marker_thresholds(p)]
+        cols[f"{m}_threshold_od"] = _joined(values)
+    return cols
 
 
 def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.DataFrame:
@@ -93,7 +126,10 @@ def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.
     Columns per marker ``m``: ``m_n_cells``, ``m_n_positive``, ``m_pct_positive`` with
     ``m_pct_positive_ci95_low/high`` (Wilson), ``m_h_score``, ``m_allred``, ``m_n_slides``; plus
     ``ki67_labelling_index``, phenotype indices (``senescent_index``), ``median_nucleus_area_um2``,
-    slide counts and provenance columns. Cells flagged ``excluded`` are left out.
+    slide counts and provenance columns (``senpath_version``, ``segmenter``, ``model_sha256``,
+    ``analysis_mpp``, ``cytoplasm_um``, ``stain_vectors_source``, ``m_threshold_od``: text,
+    ``;``-joined when a patient's slides differ). Cells flagged ``excluded`` are left out.
+    Counts are nullable integers (``Int64``), empty where a patient has no slide with the marker.
     """
     if by not in ("patient", "slide"):
         raise ValueError("by must be 'patient' or 'slide'")
@@ -110,7 +146,19 @@ def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.
             row["patient_id"] = str(groups[key][0].manifest.get("patient_id") or key)
         row.update(_group_row(groups[key]))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    for col in table.columns:
+        if col in ("n_slides", "n_cells") or col.endswith(_COUNT_SUFFIXES):
+            table[col] = table[col].astype("Int64")
+    return table
+
+
+def export_geojson(results: Iterable[SlideResults], out_dir: str | Path) -> list[Path]:
+    """Write ``<out_dir>/<slide_id>.geojson`` (QuPath cells, see :mod:`senpath.geojson`) per slide."""
+    from senpath.geojson import write_slide_geojson
+
+    out_dir = Path(out_dir)
+    return [write_slide_geojson(res, out_dir / f"{res.slide_id}.geojson") for res in results]
 
 
 def load_all(results_root: str | Path) -> list[SlideResults]:

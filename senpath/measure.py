@@ -3,11 +3,25 @@
 Compartments (all in µm):
 - ``nucleus``: the segmented nucleus;
 - ``cytoplasm``: a ring grown outwards from the nucleus by ``cytoplasm_um`` (QuPath's default cell
-  expansion is 5 µm), stopped where it meets a neighbouring cell (``skimage.segmentation.expand_labels``);
-- ``cell``: nucleus + cytoplasm.
+  expansion is 5 µm), stopped halfway to a neighbouring nucleus (the rule of
+  ``skimage.segmentation.expand_labels``);
+- ``cell``: nucleus + cytoplasm;
+- ``perinuclear``: the inner part of the cytoplasm ring, within ``perinuclear_um`` of the nucleus (by
+  default half of ``cytoplasm_um``, 2.5 µm);
+- ``nucleus_perinuclear``: nucleus + perinuclear ring.
 
-Statistics per stain and compartment are computed for all cells at once with sorted group reductions
-(no per-cell Python loop), so a tile with thousands of cells costs a few array passes.
+Why a perinuclear compartment: a fixed 5 µm ring is an upper bound on the cytoplasm, not a measurement of
+it. Where cells are small or packed (epithelium, lymphocytes, or small cells wrapped by a large flat
+senescent cell) the outer part of the ring lies in a neighbour's cytoplasm or in stroma, so a negative
+cell picks up its neighbour's chromogen and a weakly stained cell is diluted by unstained stroma. The
+pixels next to the nucleus are the ones most likely to belong to the cell, and they are where the markers
+we score concentrate (SA-beta-gal is lysosomal and perinuclear; cytoplasmic p16 is strongest around the
+nucleus). Marker rules therefore choose their compartment and statistic as data (``presets/assays.toml``),
+while ``cell_area_um2`` and the ``cytoplasm``/``cell`` columns keep QuPath's 5 µm convention.
+
+Statistics per stain and compartment (``mean``, ``median``, ``p75``, ``p90``, ``max``) are computed for
+all cells at once with sorted group reductions (no per-cell Python loop), so a tile with thousands of
+cells costs a few array passes. Percentiles use the nearest-rank definition.
 """
 
 from __future__ import annotations
@@ -17,18 +31,25 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
+from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
-from skimage.segmentation import expand_labels
 
-COMPARTMENTS = ("nucleus", "cytoplasm", "cell")
+COMPARTMENTS = ("nucleus", "cytoplasm", "cell", "perinuclear", "nucleus_perinuclear")
+#: Per-compartment statistics, in column-name order; ``pNN`` is the nearest-rank NN-th percentile.
+STATISTICS = ("mean", "median", "p75", "p90", "max")
 #: The high percentile reported per compartment (robust "max").
 HIGH_PERCENTILE = 90
+_PERCENTILES = {"median": 50, "p75": 75, "p90": 90}
 
 
 def cell_compartments(
-    nuclei: NDArray[np.integer], *, mpp: float, cytoplasm_um: float = 5.0
+    nuclei: NDArray[np.integer],
+    *,
+    mpp: float,
+    cytoplasm_um: float = 5.0,
+    perinuclear_um: float | None = None,
 ) -> dict[str, NDArray[np.int32]]:
-    """Label images of the three compartments, sharing the nucleus ids.
+    """Label images of the compartments, sharing the nucleus ids.
 
     Parameters
     ----------
@@ -36,46 +57,73 @@ def cell_compartments(
         Nucleus instance labels, 0 = background.
     mpp : pixel size in µm.
     cytoplasm_um : width of the cytoplasm ring.
+    perinuclear_um : width of the perinuclear ring (at most ``cytoplasm_um``); default half of
+        ``cytoplasm_um``.
 
     Returns
     -------
-    dict with ``nucleus``, ``cytoplasm`` and ``cell`` (Y, X) int32 label images.
+    dict of (Y, X) int32 label images: ``nucleus``, ``cytoplasm``, ``cell``, ``perinuclear``,
+    ``nucleus_perinuclear``. Each background pixel goes to its nearest nucleus (so rings stop halfway
+    between nuclei), as in ``skimage.segmentation.expand_labels``.
     """
+    if mpp <= 0:
+        raise ValueError(f"mpp={mpp}: give the pixel size in µm (> 0)")
+    if cytoplasm_um < 0:
+        raise ValueError(f"cytoplasm_um={cytoplasm_um}: give a ring width >= 0 µm")
+    peri_um = cytoplasm_um / 2.0 if perinuclear_um is None else float(perinuclear_um)
+    if not 0 <= peri_um <= cytoplasm_um:
+        raise ValueError(
+            f"perinuclear_um={peri_um} must lie in [0, cytoplasm_um={cytoplasm_um}] µm"
+        )
     nuclei = np.asarray(nuclei, dtype=np.int32)
-    cell = expand_labels(nuclei, distance=cytoplasm_um / mpp).astype(np.int32)
-    cytoplasm = np.where(nuclei > 0, 0, cell).astype(np.int32)
-    return {"nucleus": nuclei, "cytoplasm": cytoplasm, "cell": cell}
+    background = nuclei == 0
+    if background.all() or not background.any():
+        cell = nuclei.copy()
+        peri_cell = nuclei.copy()
+    else:
+        # one distance transform for both rings (expand_labels does the same per call)
+        dist, (iy, ix) = ndi.distance_transform_edt(background, return_indices=True)
+        nearest = nuclei[iy, ix]
+        cell = np.where(dist <= cytoplasm_um / mpp, nearest, 0).astype(np.int32)
+        peri_cell = np.where(dist <= peri_um / mpp, nearest, 0).astype(np.int32)
+    not_nucleus = nuclei == 0
+    return {
+        "nucleus": nuclei,
+        "cytoplasm": np.where(not_nucleus, cell, 0).astype(np.int32),
+        "cell": cell,
+        "perinuclear": np.where(not_nucleus, peri_cell, 0).astype(np.int32),
+        "nucleus_perinuclear": peri_cell,
+    }
 
 
 def _group_stats(
     labels: NDArray[np.int32], values: NDArray[np.float32], ids: NDArray[np.int64]
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Mean, max and high percentile of ``values`` per label id in ``ids`` (NaN where a label is empty)."""
+) -> dict[str, NDArray[np.float64]]:
+    """Each of :data:`STATISTICS` of ``values`` per label id in ``ids`` (NaN where a label is empty)."""
     flat_l = labels.ravel()
     sel = flat_l > 0
     lab = flat_l[sel]
     val = values.ravel()[sel].astype(np.float64)
     n = len(ids)
-    mean = np.full(n, np.nan)
-    vmax = np.full(n, np.nan)
-    high = np.full(n, np.nan)
-    if lab.size == 0:
-        return mean, vmax, high
+    out = {name: np.full(n, np.nan) for name in STATISTICS}
+    if lab.size == 0 or n == 0:
+        return out
     order = np.lexsort((val, lab))
     lab_s, val_s = lab[order], val[order]
     uniq, start, count = np.unique(lab_s, return_index=True, return_counts=True)
     sums = np.add.reduceat(val_s, start)
     last = start + count - 1
-    # nearest-rank percentile inside each sorted group
-    k = start + np.ceil(HIGH_PERCENTILE / 100.0 * count).astype(np.int64) - 1
-    k = np.clip(k, start, last)
     pos = np.searchsorted(ids, uniq)
     ok = (pos < n) & (ids[np.minimum(pos, n - 1)] == uniq)
-    pos, uniq_ok = pos[ok], ok
-    mean[pos] = (sums / count)[uniq_ok]
-    vmax[pos] = val_s[last][uniq_ok]
-    high[pos] = val_s[k][uniq_ok]
-    return mean, vmax, high
+    pos = pos[ok]
+    out["mean"][pos] = (sums / count)[ok]
+    out["max"][pos] = val_s[last][ok]
+    for name, q in _PERCENTILES.items():
+        # nearest-rank percentile inside each sorted group
+        k = start + np.ceil(q / 100.0 * count).astype(np.int64) - 1
+        k = np.clip(k, start, last)
+        out[name][pos] = val_s[k][ok]
+    return out
 
 
 def measure_cells(
@@ -85,6 +133,7 @@ def measure_cells(
     stain_names: Sequence[str],
     mpp: float,
     cytoplasm_um: float = 5.0,
+    perinuclear_um: float | None = None,
     origin_um: tuple[float, float] = (0.0, 0.0),
     compartments: dict[str, NDArray[np.int32]] | None = None,
 ) -> pd.DataFrame:
@@ -99,6 +148,7 @@ def measure_cells(
     stain_names : the S stain names, used in column names (``dab_od_mean_nucleus``).
     mpp : pixel size in µm.
     cytoplasm_um : cytoplasm ring width.
+    perinuclear_um : perinuclear ring width (default half of ``cytoplasm_um``).
     origin_um : (x, y) position in µm of pixel (0, 0) in slide coordinates, added to centroids.
     compartments : precomputed output of :func:`cell_compartments` (computed when omitted).
 
@@ -106,14 +156,19 @@ def measure_cells(
     -------
     DataFrame, one row per nucleus, sorted by ``cell_id``, with ``x_um``, ``y_um`` (nucleus centroid),
     ``nucleus_area_um2``, ``nucleus_perimeter_um``, ``nucleus_eccentricity``, ``nucleus_solidity``,
-    ``cell_area_um2``, and ``{stain}_od_{mean,max,p90}_{nucleus,cytoplasm,cell}``.
+    ``cell_area_um2``, ``perinuclear_area_um2`` and ``{stain}_od_{statistic}_{compartment}`` for every
+    statistic in :data:`STATISTICS` and compartment in :data:`COMPARTMENTS` (OD units).
     """
     nuclei = np.asarray(nuclei, dtype=np.int32)
     if stain_od.shape[:2] != nuclei.shape:
-        raise ValueError(f"stain_od shape {stain_od.shape[:2]} differs from labels shape {nuclei.shape}")
+        raise ValueError(
+            f"stain_od shape {stain_od.shape[:2]} differs from labels shape {nuclei.shape}"
+        )
     if stain_od.shape[-1] != len(stain_names):
         raise ValueError(f"{len(stain_names)} stain names for {stain_od.shape[-1]} stain channels")
-    comps = compartments or cell_compartments(nuclei, mpp=mpp, cytoplasm_um=cytoplasm_um)
+    comps = compartments or cell_compartments(
+        nuclei, mpp=mpp, cytoplasm_um=cytoplasm_um, perinuclear_um=perinuclear_um
+    )
     props = regionprops_table(
         nuclei, properties=("label", "centroid", "area", "perimeter", "eccentricity", "solidity")
     )
@@ -131,11 +186,12 @@ def measure_cells(
     )
     cell_area = np.bincount(comps["cell"].ravel(), minlength=int(ids.max(initial=0)) + 1)
     df["cell_area_um2"] = cell_area[ids] * mpp**2 if ids.size else np.zeros(0)
+    peri_area = np.bincount(comps["perinuclear"].ravel(), minlength=int(ids.max(initial=0)) + 1)
+    df["perinuclear_area_um2"] = peri_area[ids] * mpp**2 if ids.size else np.zeros(0)
+    columns: dict[str, NDArray[np.float64]] = {}
     for s, name in enumerate(stain_names):
         channel = np.asarray(stain_od[..., s], dtype=np.float32)
         for comp in COMPARTMENTS:
-            mean, vmax, high = _group_stats(comps[comp], channel, ids)
-            df[f"{name}_od_mean_{comp}"] = mean
-            df[f"{name}_od_max_{comp}"] = vmax
-            df[f"{name}_od_p{HIGH_PERCENTILE}_{comp}"] = high
-    return df
+            for stat, values in _group_stats(comps[comp], channel, ids).items():
+                columns[f"{name}_od_{stat}_{comp}"] = values
+    return pd.concat([df, pd.DataFrame(columns, index=df.index)], axis=1)

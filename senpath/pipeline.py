@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 import senpath
 from senpath.config import AnalysisConfig, Assay, get_assay, load_assays
+from senpath.labels import LabelStore
 from senpath.measure import measure_cells
 from senpath.results import (
     CELLS,
@@ -41,9 +42,18 @@ from senpath.results import (
     write_manifest,
 )
 from senpath.samplesheet import SlideJob, jobs_for_input
-from senpath.score import score_cells, summarize_markers
+from senpath.score import score_cells, slide_thresholds, summarize_markers
 from senpath.segment import resolve_method, segment_nuclei
-from senpath.stain import DEFAULT_I0, StainSet, deconvolve, estimate_background
+from senpath.stain import (
+    DEFAULT_I0,
+    StainEstimate,
+    StainSet,
+    deconvolve,
+    estimate_background,
+    estimate_stains,
+    rgb_to_od,
+    stain_qc,
+)
 from senpath.tiling import Tile, keep_owned, tile_grid
 
 #: Tile progress callback: (tiles done, tiles total).
@@ -167,7 +177,7 @@ def analyze_slide(
     folder = Path(out) / slide_id
     method = resolve_method(config.segmenter)
     config = config.replace(segmenter=method)
-    stains = StainSet.from_names(assay_obj.stains)
+    prior = StainSet.from_names(assay_obj.stains, overrides=assay_obj.stain_vectors)
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -186,12 +196,19 @@ def analyze_slide(
     )
 
     t = time.perf_counter()
+    stain_estimate = _slide_stains(
+        slide, tiles, prior=prior, i0=i0, mpp=amp, mode=config.stain_vectors
+    )
+    stains = stain_estimate.stains
+    timings["stains_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
     parts: list[pd.DataFrame] = []
-    next_id = 1
+    label_store = LabelStore(folder, shape_px, mpp=amp)  # pasted tile by tile, never whole in RAM
     for done, tile in enumerate(tiles, start=1):
         hy0, hy1, hx0, hx1 = tile.box.y0, tile.box.y1, tile.box.x0, tile.box.x1
         rgb = slide.read_region(hx0 * amp, hy0 * amp, (hx1 - hx0) * amp, (hy1 - hy0) * amp, mpp=amp)
-        cells, _ = analyze_region(
+        cells, tile_labels = analyze_region(
             rgb,
             mpp=amp,
             assay=assay_obj,
@@ -204,17 +221,25 @@ def analyze_slide(
         )
         if len(cells):
             cells.insert(1, "tile_label", cells["cell_id"].astype(np.int32))
-            cells["cell_id"] = np.arange(next_id, next_id + len(cells), dtype=np.int64)
-            next_id += len(cells)
-            parts.append(cells)
+            # cell_id = the id pasted into the label image; a nucleus left with no pixels is dropped
+            cells["cell_id"] = label_store.add_tile(
+                tile_labels, tile, cells["tile_label"].to_numpy(), image_shape=shape_px
+            )
+            parts.append(cells[cells["cell_id"] > 0].reset_index(drop=True))
         if tile_progress:
             tile_progress(done, len(tiles))
     timings["cells_s"] = time.perf_counter() - t
 
     cells = pd.concat(parts, ignore_index=True) if parts else _empty_cells(stains)
     cells.insert(0, "slide_id", slide_id)
-    scored = score_cells(cells, assay_obj)
-    summary = summarize_markers(scored, assay_obj)
+    threshold_info = slide_thresholds(
+        cells, assay_obj, auto=config.auto_threshold, bounds_od=config.auto_threshold_bounds_od
+    )
+    thresholds = {m: float(v["threshold_od"]) for m, v in threshold_info.items()}
+    scored = score_cells(cells, assay_obj, thresholds=thresholds)
+    summary = summarize_markers(scored, assay_obj, thresholds=thresholds)
+    for m, info in threshold_info.items():
+        summary["markers"][m]["threshold"] = info
     summary.update(
         slide_id=slide_id,
         patient_id=patient_id or slide_id,
@@ -223,7 +248,13 @@ def analyze_slide(
         n_tiles=len(tiles),
     )
     if len(tiles) == 0:
-        summary["warning"] = "no tissue detected: the slide looks empty at the tissue-mask resolution"
+        summary["warning"] = (
+            "no tissue detected: the slide looks empty at the tissue-mask resolution"
+        )
+    qc = stain_qc(stain_estimate, assay=assay_obj.name)
+    summary["stain_qc"] = qc
+    if qc["status"] == "warning":
+        summary["warning"] = str(qc["warning"])
     timings["total_s"] = time.perf_counter() - t_start
     provenance = {
         "senpath_version": senpath.__version__,
@@ -239,10 +270,18 @@ def analyze_slide(
             "name": assay_obj.name,
             "stains": list(stains.names),
             "stain_vectors": stains.vectors.tolist(),
-            "markers": [vars(r) for r in assay_obj.markers],
+            "stain_vectors_source": stain_estimate.source,
+            "preset_stain_vectors": prior.vectors.tolist(),
+            # threshold_od: the one each marker was scored with (automatic or the rule's)
+            "markers": [
+                {**vars(r), "threshold_od": thresholds[r.name], "rule_threshold_od": r.threshold_od}
+                for r in assay_obj.markers
+            ],
             "phenotypes": {k: list(v) for k, v in assay_obj.phenotypes.items()},
         },
         "background_i0": [float(v) for v in np.atleast_1d(i0)],
+        "stain_estimate": qc,
+        "thresholds": threshold_info,
         "config": config.to_dict(),
         "segmenter": _model_identity(method),
         "device": config.device,
@@ -251,6 +290,7 @@ def analyze_slide(
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").unlink(missing_ok=True)  # the store is incomplete until re-committed
+    label_store.commit()
     atomic_write_parquet(folder / CELLS, scored)
     atomic_write_json(folder / SUMMARY, summary)
     atomic_write_json(folder / PROVENANCE, provenance)
@@ -288,6 +328,35 @@ def _empty_cells(stains: StainSet) -> pd.DataFrame:
     return empty
 
 
+#: Tiles sampled (evenly over the tissue tile grid) for the per-slide stain estimate, and pixels kept.
+_STAIN_SAMPLE_TILES = 8
+_STAIN_SAMPLE_PIXELS = 400_000
+
+
+def _slide_stains(
+    slide: Any, tiles: Sequence[Any], *, prior: StainSet, i0: Any, mpp: float, mode: str
+) -> StainEstimate:
+    """The slide's stain vectors: estimated from a sample of its tissue tiles, or the prior.
+
+    Pixels are sampled at the analysis resolution (at a coarse resolution, nuclei and cytoplasm mix and
+    the extreme stain directions that Macenko's method looks for are lost).
+    """
+    picks = np.unique(
+        np.linspace(0, len(tiles) - 1, min(len(tiles), _STAIN_SAMPLE_TILES)).astype(int)
+    )
+    samples = []
+    for k in picks.tolist() if len(tiles) else []:
+        box = tiles[k].core
+        rgb = slide.read_region(
+            box.x0 * mpp, box.y0 * mpp, (box.x1 - box.x0) * mpp, (box.y1 - box.y0) * mpp, mpp=mpp
+        )
+        samples.append(rgb_to_od(rgb, i0).reshape(-1, 3))
+    od = np.concatenate(samples) if samples else np.zeros((0, 3), np.float32)
+    if len(od) > _STAIN_SAMPLE_PIXELS:
+        od = od[:: -(-len(od) // _STAIN_SAMPLE_PIXELS)]
+    return estimate_stains(od, prior, estimate=mode == "estimate")
+
+
 def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:
     """Glass intensity from the low-resolution image outside the tissue (default when no glass)."""
     import cv2
@@ -296,7 +365,9 @@ def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:
     width_um = slide.shape[1] * slide.mpp[0]
     thumb = slide.read_region(0, 0, width_um, height_um, mpp=tissue.mpp)
     mask = cv2.resize(
-        tissue.mask.astype(np.uint8), (thumb.shape[1], thumb.shape[0]), interpolation=cv2.INTER_NEAREST
+        tissue.mask.astype(np.uint8),
+        (thumb.shape[1], thumb.shape[0]),
+        interpolation=cv2.INTER_NEAREST,
     ).astype(bool)
     glass = thumb[~mask]
     if glass.shape[0] < 100:
@@ -304,7 +375,9 @@ def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:
     return estimate_background(glass, percentile=50.0)
 
 
-def _qc_overlay_png(slide: Any, scored: pd.DataFrame, assay: Assay, *, max_side: int = 1600) -> bytes:
+def _qc_overlay_png(
+    slide: Any, scored: pd.DataFrame, assay: Assay, *, max_side: int = 1600
+) -> bytes:
     """Thumbnail with one dot per cell: red = positive for the first marker, blue = negative."""
     import cv2
 
@@ -323,7 +396,9 @@ def _qc_overlay_png(slide: Any, scored: pd.DataFrame, assay: Assay, *, max_side:
             layer = np.zeros(thumb.shape[:2], np.uint8)
             layer[ys[sel], xs[sel]] = 1
             if radius > 1:
-                kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+                kernel = cv2.getStructuringElement(
+                    cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)
+                )
                 layer = cv2.dilate(layer, kernel)
             thumb[layer > 0] = colour
     ok, buf = cv2.imencode(".png", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))

@@ -6,6 +6,7 @@ Layout of ``<out>/<slide_id>/``::
     summary.json      per-slide marker summary (derived from cells.parquet)
     provenance.json   package version, model sha256, config, stain vectors, thresholds, device, timings
     qc_overlay.png    thumbnail with the cell calls drawn on it
+    labels.ome.zarr/  nucleus label image (multiscale OME-Zarr, ids = cell_id; see senpath.labels)
     manifest.json     written last: the inputs' identity and the files' sha256; no manifest = incomplete
 
 Every file is written to a temporary name in the same folder and renamed into place, so an interrupted
@@ -33,8 +34,10 @@ CELLS = "cells.parquet"
 SUMMARY = "summary.json"
 PROVENANCE = "provenance.json"
 QC_OVERLAY = "qc_overlay.png"
+LABELS = "labels.ome.zarr"
 #: Bump when the store's layout changes incompatibly (old stores are then recomputed on resume).
-STORE_VERSION = 1
+#: 2: the label image (labels.ome.zarr) is part of the store and cell_id equals its label ids.
+STORE_VERSION = 2
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -118,6 +121,13 @@ class SlideResults:
     def slide_id(self) -> str:
         return str(self.manifest["slide_id"])
 
+    def labels(self, level: int = 0) -> Any:
+        """The nucleus label image (lazy dask array, values = ``cell_id``); see
+        :func:`senpath.labels.load_labels`."""
+        from senpath.labels import load_labels
+
+        return load_labels(self.folder, level=level)
+
 
 def write_manifest(
     folder: Path,
@@ -130,11 +140,16 @@ def write_manifest(
 
     ``extra`` adds descriptive fields (``patient_id``, ``assay``) to the manifest.
     """
+    from senpath.labels import labels_digest
+
     files = {
         name: sha256_file(folder / name)
         for name in (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY)
         if (folder / name).is_file()
     }
+    if (folder / LABELS / ".zattrs").is_file():
+        # a folder of chunks: its metadata and chunk listing, not every chunk's bytes (cheap)
+        files[LABELS] = labels_digest(folder / LABELS)
     atomic_write_json(
         folder / MANIFEST,
         {
@@ -161,7 +176,7 @@ def is_complete(folder: str | Path, identity: Mapping[str, Any] | None = None) -
     manifest = read_manifest(folder)
     if manifest is None or manifest.get("store_version") != STORE_VERSION:
         return False
-    if any(not (Path(folder) / name).is_file() for name in manifest.get("files", {})):
+    if any(not (Path(folder) / name).exists() for name in manifest.get("files", {})):
         return False
     return identity is None or manifest.get("identity") == _nan_to_none(
         json.loads(json.dumps(dict(identity), default=_json_default))

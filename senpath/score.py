@@ -24,13 +24,95 @@ ENLARGED_NUCLEUS_FACTOR = 2.0
 
 def marker_value_column(rule: MarkerRule) -> str:
     """Per-cell table column holding the value a rule thresholds (``dab_od_mean_nucleus``)."""
-    return f"{rule.stain}_od_mean_{rule.compartment}"
+    return f"{rule.stain}_od_{rule.statistic}_{rule.compartment}"
 
 
 def intensity_bins(values: np.ndarray, bins_od: tuple[float, float, float]) -> np.ndarray:
     """0/1/2/3 intensity bins for OD values (edges are the lower bounds of 1+, 2+, 3+)."""
     v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
     return np.searchsorted(np.asarray(bins_od), v, side="right").astype(np.int8)
+
+
+#: Fewer cells with a finite value than this → no automatic threshold (the rule's is kept).
+MIN_CELLS_AUTO_THRESHOLD = 50
+
+
+def auto_threshold(
+    values: np.ndarray, *, bounds_od: tuple[float, float] = (0.08, 0.5)
+) -> tuple[float, bool]:
+    """Otsu threshold of per-cell marker OD values, bounded to ``bounds_od``.
+
+    Otsu's split maximises the between-class variance of negative and positive cells; the bounds stop
+    a slide with no positive cells (one mode: the split lands in the noise) or almost all positive
+    from getting an absurd threshold. Values are clipped to twice the upper bound first so a few very
+    dark cells do not pull the split upwards.
+
+    Parameters
+    ----------
+    values : (N,) float OD values (NaN ignored).
+    bounds_od : (low, high) OD.
+
+    Returns
+    -------
+    (threshold_od, clipped) : the threshold and whether a bound was applied.
+    """
+    lo, hi = float(bounds_od[0]), float(bounds_od[1])
+    v = np.asarray(values, dtype=np.float64)
+    v = np.clip(v[np.isfinite(v)], 0.0, 2.0 * hi)
+    if v.size < 2 or np.ptp(v) == 0:
+        return lo, True
+    counts, edges = np.histogram(v, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)[:-1].astype(np.float64)
+    w1 = v.size - w0
+    s0 = np.cumsum(counts * centres)[:-1]
+    m0 = s0 / np.maximum(w0, 1)
+    m1 = (s0[-1] + counts[-1] * centres[-1] - s0) / np.maximum(w1, 1)
+    between = w0 * w1 * (m0 - m1) ** 2
+    # split after bin k; with an empty gap between the classes every split in the gap is optimal:
+    # take the middle of the gap, not its lower edge (skimage's threshold_otsu takes the first)
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    raw = float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
+    thr = float(np.clip(raw, lo, hi))
+    return thr, thr != raw
+
+
+def slide_thresholds(
+    cells: pd.DataFrame,
+    assay: Assay,
+    *,
+    auto: bool = False,
+    bounds_od: tuple[float, float] = (0.08, 0.5),
+) -> dict[str, dict[str, Any]]:
+    """The OD threshold of every marker on one slide, with where it came from.
+
+    Returns ``{marker: {"threshold_od", "source", ...}}``: ``source`` is ``rule`` (the assay or profile's
+    ``threshold_od``) or ``auto`` (:func:`auto_threshold` of this slide's cells, with ``auto_clipped``).
+    With ``auto`` and fewer than :data:`MIN_CELLS_AUTO_THRESHOLD` cells, the rule's threshold is kept and
+    ``auto_skipped`` says why.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for rule in assay.markers:
+        entry: dict[str, Any] = {"threshold_od": float(rule.threshold_od), "source": "rule"}
+        if auto:
+            col = marker_value_column(rule)
+            values = cells[col].to_numpy(dtype=np.float64) if col in cells.columns else np.zeros(0)
+            n = int(np.isfinite(values).sum())
+            if n >= MIN_CELLS_AUTO_THRESHOLD:
+                thr, clipped = auto_threshold(values, bounds_od=bounds_od)
+                entry = {
+                    "threshold_od": thr,
+                    "source": "auto",
+                    "auto_clipped": clipped,
+                    "auto_bounds_od": [float(bounds_od[0]), float(bounds_od[1])],
+                    "rule_threshold_od": float(rule.threshold_od),
+                }
+            else:
+                entry["auto_skipped"] = (
+                    f"{n} cells < {MIN_CELLS_AUTO_THRESHOLD}: kept the rule's threshold"
+                )
+        out[rule.name] = entry
+    return out
 
 
 def score_cells(
@@ -65,7 +147,9 @@ def score_cells(
         out[f"{rule.name}_bin"] = intensity_bins(values, rule.bins_od)
         # the bin must agree with the call: a positive cell is at least 1+, a negative one is 0
         out.loc[~out[f"{rule.name}_positive"], f"{rule.name}_bin"] = 0
-        out.loc[out[f"{rule.name}_positive"] & (out[f"{rule.name}_bin"] == 0), f"{rule.name}_bin"] = 1
+        out.loc[
+            out[f"{rule.name}_positive"] & (out[f"{rule.name}_bin"] == 0), f"{rule.name}_bin"
+        ] = 1
     for pheno, terms in assay.phenotypes.items():
         flag = np.ones(len(out), dtype=bool)
         for term in terms:
@@ -108,12 +192,24 @@ def allred_score(bins: np.ndarray) -> int | None:
     frac = float(np.mean(bins > 0))
     if frac == 0:
         return 0
-    proportion = 1 if frac < 0.01 else 2 if frac <= 0.10 else 3 if frac <= 1 / 3 else 4 if frac <= 2 / 3 else 5
+    proportion = (
+        1
+        if frac < 0.01
+        else 2
+        if frac <= 0.10
+        else 3
+        if frac <= 1 / 3
+        else 4
+        if frac <= 2 / 3
+        else 5
+    )
     intensity = int(np.clip(np.rint(bins[bins > 0].mean()), 1, 3))
     return proportion + intensity
 
 
-def summarize_markers(scored: pd.DataFrame, assay: Assay) -> dict[str, Any]:
+def summarize_markers(
+    scored: pd.DataFrame, assay: Assay, *, thresholds: dict[str, float] | None = None
+) -> dict[str, Any]:
     """Per-slide summary of a scored per-cell table (excluded cells are left out).
 
     Returns a JSON-ready dict: ``n_cells``, ``markers`` {name: {n_cells, n_positive, pct_positive,
@@ -138,6 +234,9 @@ def summarize_markers(scored: pd.DataFrame, assay: Assay) -> dict[str, Any]:
             "pct_positive_ci95": [lo, hi],
             "h_score": h_score(bins),
             "allred": allred_score(bins),
+            "value_column": marker_value_column(rule),
+            "threshold_od": float((thresholds or {}).get(rule.name, rule.threshold_od)),
+            "bins_od": list(rule.bins_od),
         }
         if rule.name == "ki67":
             entry["labelling_index"] = entry["pct_positive"]

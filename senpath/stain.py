@@ -13,6 +13,7 @@ published absorption maxima (nuclear fast red ~540 nm, pink-red; the X-gal indig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -73,7 +74,9 @@ class StainSet:
                 rows.append(unit(REFERENCE_STAINS[name]))
             else:
                 known = ", ".join(sorted(REFERENCE_STAINS))
-                raise ValueError(f"unknown stain {name!r}: give its OD vector or use one of {known}")
+                raise ValueError(
+                    f"unknown stain {name!r}: give its OD vector or use one of {known}"
+                )
         return cls(tuple(names), np.vstack(rows))
 
     def index(self, name: str) -> int:
@@ -84,7 +87,9 @@ class StainSet:
             raise KeyError(f"stain {name!r} is not in this stain set {self.names}") from None
 
 
-def rgb_to_od(rgb: NDArray[np.uint8], i0: float | Sequence[float] = DEFAULT_I0) -> NDArray[np.float32]:
+def rgb_to_od(
+    rgb: NDArray[np.uint8], i0: float | Sequence[float] = DEFAULT_I0
+) -> NDArray[np.float32]:
     """Convert an RGB image to optical density.
 
     Parameters
@@ -105,7 +110,9 @@ def rgb_to_od(rgb: NDArray[np.uint8], i0: float | Sequence[float] = DEFAULT_I0) 
     return np.maximum(od, 0.0, out=od)
 
 
-def od_to_rgb(od: NDArray[np.floating], i0: float | Sequence[float] = DEFAULT_I0) -> NDArray[np.uint8]:
+def od_to_rgb(
+    od: NDArray[np.floating], i0: float | Sequence[float] = DEFAULT_I0
+) -> NDArray[np.uint8]:
     """Inverse of :func:`rgb_to_od`: ``(..., 3)`` OD to uint8 RGB."""
     i0_arr = np.asarray(i0, dtype=np.float32).reshape((1,) * (od.ndim - 1) + (-1,))
     rgb = i0_arr * np.power(10.0, -od.astype(np.float32))
@@ -160,3 +167,249 @@ def estimate_background(rgb: NDArray[np.uint8], *, percentile: float = 99.0) -> 
         return np.full(3, DEFAULT_I0)
     i0 = np.percentile(flat, percentile, axis=0)
     return np.clip(i0, 200.0, 255.0)
+
+
+def unexplained_od(od: NDArray[np.floating], stains: StainSet) -> NDArray[np.float32]:
+    """Per-pixel OD that non-negative amounts of the stains fail to explain.
+
+    ``|| od - max(c, 0) @ V ||`` with ``c`` the least-squares amounts. Unlike :func:`residual_od` it is
+    informative for three stains too (three vectors span all of RGB, but a colour outside their cone
+    needs a negative amount of some stain).
+
+    Parameters
+    ----------
+    od : (..., 3) float OD.
+    stains : StainSet
+
+    Returns
+    -------
+    (...) float32, OD units.
+    """
+    flat = np.asarray(od, dtype=np.float32).reshape(-1, 3)
+    vectors = stains.vectors.astype(np.float32)
+    conc = np.maximum(flat @ np.linalg.pinv(vectors).astype(np.float32), 0.0)
+    return np.linalg.norm(flat - conc @ vectors, axis=1).reshape(np.shape(od)[:-1])
+
+
+def angle_deg(a: Sequence[float], b: Sequence[float]) -> float:
+    """Angle in degrees between two OD directions."""
+    cos = float(np.clip(unit(a) @ unit(b), -1.0, 1.0))
+    return float(np.degrees(np.arccos(cos)))
+
+
+@dataclass(frozen=True)
+class StainEstimate:
+    """The stain vectors chosen for a slide and the evidence for them.
+
+    Attributes
+    ----------
+    stains : StainSet
+        The vectors used for the slide (the estimate, or the prior when the estimate was rejected).
+    source : ``"estimated"`` or ``"preset"``.
+    reason : why the prior was kept ("" when the estimate was used).
+    n_pixels : stained tissue pixels the estimate used.
+    angle_from_preset_deg : per stain, the angle between the estimate and the prior (NaN if none).
+    residual_od : median :func:`unexplained_od` over the stained pixels with the vectors used.
+    residual_fraction : ``residual_od`` over the median OD magnitude of the same pixels.
+    """
+
+    stains: StainSet
+    source: str
+    reason: str
+    n_pixels: int
+    angle_from_preset_deg: dict[str, float]
+    residual_od: float
+    residual_fraction: float
+    preset_residual_fraction: float = math.nan
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready record for provenance and summaries."""
+        return {
+            "source": self.source,
+            "reason": self.reason,
+            "stains": list(self.stains.names),
+            "vectors": {
+                n: [round(float(x), 6) for x in v]
+                for n, v in zip(self.stains.names, self.stains.vectors, strict=True)
+            },
+            "n_pixels": self.n_pixels,
+            "angle_from_preset_deg": {
+                k: round(v, 2) for k, v in self.angle_from_preset_deg.items()
+            },
+            "residual_od": round(self.residual_od, 5),
+            "residual_fraction": round(self.residual_fraction, 5),
+            "preset_residual_fraction": round(self.preset_residual_fraction, 5),
+        }
+
+
+def _macenko_two(od: NDArray[np.float64], *, percentile: float) -> NDArray[np.float64]:
+    """Macenko et al. (2009): the two extreme directions of the OD cloud in its principal plane."""
+    # principal plane of the (uncentred) OD cloud: stain mixtures lie in the span of the two vectors
+    _, vecs = np.linalg.eigh(od.T @ od / len(od))
+    plane = vecs[:, [2, 1]]
+    plane *= np.where(plane.sum(axis=0) < 0, -1.0, 1.0)
+    proj = od @ plane
+    phi = np.arctan2(proj[:, 1], proj[:, 0])
+    lo, hi = np.percentile(phi, [percentile, 100.0 - percentile])
+    out = np.vstack([plane @ [np.cos(a), np.sin(a)] for a in (lo, hi)])
+    out *= np.where(out.sum(axis=1, keepdims=True) < 0, -1.0, 1.0)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def estimate_stains(
+    od: NDArray[np.floating],
+    prior: StainSet,
+    *,
+    min_od: float = 0.15,
+    min_pixels: int = 1000,
+    max_angle_deg: float = 15.0,
+    min_separation_deg: float = 10.0,
+    percentile: float = 1.0,
+    min_improvement: float = 0.3,
+    min_improvement_od_fraction: float = 0.01,
+    estimate: bool = True,
+) -> StainEstimate:
+    """Per-slide stain vectors (Macenko) with the assay's stains as the prior, and guard rails.
+
+    Parameters
+    ----------
+    od : (N, 3) float
+        OD samples from tissue (any order; e.g. every pixel of a few tiles).
+    prior : the assay's (preset or profile) stain vectors; also the fallback.
+    min_od : pixels with a smaller OD magnitude (glass, faint stroma) are left out.
+    min_pixels : fewer stained pixels than this → the prior is kept.
+    max_angle_deg : an estimated vector further than this from its prior → the prior is kept (a wrong hue:
+        another chromogen, or a mismatched assay).
+    min_separation_deg : estimated vectors closer than this to each other → the prior is kept (one stain
+        dominates and the other cannot be resolved).
+    percentile : robust extremes of the angle distribution (Macenko's alpha), in percent.
+    min_improvement, min_improvement_od_fraction : the estimate replaces the prior only when it cuts the
+        median unexplained OD (:func:`unexplained_od`) by at least this fraction of the prior's and by at
+        least this fraction of the median tissue OD. Measured: real Ki67 regions 57-80% less unexplained
+        OD with the estimate; synthetic slides drawn with the exact preset vectors 9-21%.
+    estimate : False keeps the prior (``stain_vectors = "preset"``) but still reports the residual.
+
+    Returns
+    -------
+    StainEstimate
+        Two-stain assays are estimated; three stains are not separable this way (a plane has only two
+        extreme directions) and keep the prior, with the reason stated. The residual is always reported.
+    """
+    od = np.asarray(od, dtype=np.float64).reshape(-1, 3)
+    stained = od[np.linalg.norm(od, axis=1) >= min_od]
+    n = len(stained)
+    nan_angles = {name: math.nan for name in prior.names}
+
+    scale = float(np.median(np.linalg.norm(stained, axis=1))) if n else math.nan
+
+    def residual(stains: StainSet) -> float:
+        return float(np.median(unexplained_od(stained, stains))) if n else math.nan
+
+    prior_residual = residual(prior)
+
+    def result(
+        stains: StainSet, source: str, reason: str, angles: dict[str, float]
+    ) -> StainEstimate:
+        res = prior_residual if stains is prior else residual(stains)
+        return StainEstimate(
+            stains, source, reason, n, angles, res, res / scale, prior_residual / scale
+        )
+
+    if not estimate:
+        return result(
+            prior, "preset", "per-slide estimation is off (stain_vectors = 'preset')", nan_angles
+        )
+    if n < min_pixels:
+        return result(
+            prior,
+            "preset",
+            f"too few stained pixels ({n} < {min_pixels} with OD >= {min_od})",
+            nan_angles,
+        )
+    if len(prior.names) != 2:
+        return result(
+            prior,
+            "preset",
+            f"per-slide estimation needs a two-stain assay; {len(prior.names)} stains keep the preset",
+            nan_angles,
+        )
+    est = _macenko_two(stained, percentile=percentile)
+    # assign the two extremes to the prior stains by the closer total angle
+    straight = angle_deg(est[0], prior.vectors[0]) + angle_deg(est[1], prior.vectors[1])
+    swapped = angle_deg(est[1], prior.vectors[0]) + angle_deg(est[0], prior.vectors[1])
+    if swapped < straight:
+        est = est[::-1]
+    angles = {name: angle_deg(est[i], prior.vectors[i]) for i, name in enumerate(prior.names)}
+    far = {k: v for k, v in angles.items() if v > max_angle_deg}
+    if far:
+        detail = ", ".join(f"{k} {v:.1f}°" for k, v in far.items())
+        return result(
+            prior,
+            "preset",
+            f"estimate differs in hue from the preset ({detail} > {max_angle_deg}°)",
+            angles,
+        )
+    separation = angle_deg(est[0], est[1])
+    if separation < min_separation_deg:
+        return result(
+            prior,
+            "preset",
+            f"estimated vectors too close ({separation:.1f}° < {min_separation_deg}°)",
+            angles,
+        )
+    estimated = StainSet(prior.names, np.ascontiguousarray(est))
+    # Occam: change the vectors only when the slide demands it. Where chromogen always sits on
+    # counterstain (DAB in hematoxylin nuclei) Macenko's extreme direction is a mixture, not the pure
+    # chromogen, so an estimate that explains little more than the preset is more likely biased than better.
+    est_residual = residual(estimated)
+    gain = (prior_residual - est_residual) / scale
+    if (
+        est_residual > (1.0 - min_improvement) * prior_residual
+        or gain < min_improvement_od_fraction
+    ):
+        return result(
+            prior,
+            "preset",
+            f"the preset explains the slide about as well as the estimate (unexplained OD "
+            f"{100 * prior_residual / scale:.1f}% vs {100 * est_residual / scale:.1f}% of tissue OD)",
+            angles,
+        )
+    return result(estimated, "estimated", "", angles)
+
+
+#: Median unexplained OD (:func:`unexplained_od`), as a fraction of the median tissue OD, above which a
+#: slide's colours are taken not to match its assay's stains. Measured with the vectors used: matched
+#: synthetic slides 0.01-0.05, real Ki67 regions with glass 0.02-0.03 (0.04-0.10 with the unrefined
+#: preset); a different chromogen family 0.09-0.56 (an X-gal slide under the H-DAB preset ~0.21, an H-DAB
+#: slide under X-gal presets 0.09-0.53). Not detected: a low-abundance extra chromogen (Ki67 DAB on a
+#: sabgal+ki67 slide run as ``sabgal``: 0.05), or a slide run under a three-stain superset of its stains.
+MAX_RESIDUAL_FRACTION = 0.07
+
+
+def stain_qc(
+    estimate: StainEstimate, *, assay: str, max_residual_fraction: float = MAX_RESIDUAL_FRACTION
+) -> dict[str, object]:
+    """Per-slide stain QC record: the estimate, and a warning when the stains do not explain the slide.
+
+    Returns a JSON-ready dict with ``status`` (``ok``, ``warning`` or ``no_stained_pixels``), ``warning``
+    (a sentence saying what to check, or "") and the fields of :meth:`StainEstimate.to_dict`.
+    """
+    record: dict[str, object] = estimate.to_dict()
+    record["max_residual_fraction"] = max_residual_fraction
+    if estimate.n_pixels == 0 or math.isnan(estimate.residual_fraction):
+        record.update(status="no_stained_pixels", warning="")
+        return record
+    if estimate.residual_fraction > max_residual_fraction:
+        record.update(
+            status="warning",
+            warning=(
+                f"stain mismatch: {100 * estimate.residual_fraction:.0f}% of the tissue OD "
+                f"(median {estimate.residual_od:.3f} OD) is not explained by the {assay!r} stains "
+                f"({', '.join(estimate.stains.names)}); check the slide's assay in the sample sheet, "
+                "or give measured stain vectors in a profile (--config); marker calls on this slide "
+                "are unreliable"
+            ),
+        )
+    else:
+        record.update(status="ok", warning="")
+    return record

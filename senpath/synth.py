@@ -213,7 +213,9 @@ class SynthParams:
     chromatin_contrast: float = 0.35
     blur_sigma_um: float = 0.25
     noise_sd: float = 2.0
-    illumination_falloff: float = 0.02  # WSI scanners flat-field correct; microscope photos vignette more
+    illumination_falloff: float = (
+        0.02  # WSI scanners flat-field correct; microscope photos vignette more
+    )
     field_of_view_um: float = 600.0
     background_rgb: tuple[float, float, float] = (243.0, 241.0, 245.0)
     jpeg_quality: int | None = 85

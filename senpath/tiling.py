@@ -53,7 +53,7 @@ class HaloTooSmallError(ValueError):
     """An owned object reaches the edge of its tile's halo: it may be cut; raise ``halo``."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no per-object dict: a slide has 10k+ tiles
 class Box:
     """A half-open pixel rectangle ``[y0, y1) x [x0, x1)`` in image coordinates."""
 
@@ -73,7 +73,7 @@ class Box:
         return (self.y1 - self.y0, self.x1 - self.x0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no per-object dict: a slide has 10k+ tiles
 class Tile:
     """One tile of the grid.
 

@@ -10,6 +10,7 @@ specks. All sizes are in µm.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +92,8 @@ def _darkest_level(array: Any, factor: int) -> NDArray[np.uint8]:
     """Area-average by ``factor`` chunk-wise and keep only the darkest channel ``(Y, X) uint8``.
 
     One byte per mask pixel instead of three; black padding (every channel below
-    :data:`BLACK_LEVEL`) becomes 255, i.e. glass.
+    :data:`BLACK_LEVEL`) becomes 255, i.e. glass. Each reduced chunk is written straight into
+    the preallocated result (``dask.array.store``), so the mask is never held twice.
     """
     import dask.array as da
 
@@ -102,7 +104,8 @@ def _darkest_level(array: Any, factor: int) -> NDArray[np.uint8]:
     arr = da.asarray(array)
     chunks = tuple(tuple(max(1, math.ceil(c / factor)) for c in axis) for axis in arr.chunks[:2])
     darkest = arr.map_blocks(reduce, chunks=chunks, drop_axis=2, dtype=np.uint8)
-    result: NDArray[np.uint8] = np.asarray(darkest.compute())
+    result = np.empty(darkest.shape, dtype=np.uint8)
+    da.store(darkest, result, lock=False)
     return result
 
 
@@ -154,6 +157,41 @@ def _auto_threshold(hist: NDArray[np.int64], *, min_od: float, margin_od: float)
     return max(min_od, min(otsu, glass + margin_od))
 
 
+#: Rows per strip when filtering the mask in place: work arrays stay a few MB whatever its size.
+STRIP_ROWS = 256
+
+
+def _filter_in_strips(
+    image: NDArray[np.uint8],
+    fn: Callable[[NDArray[np.uint8]], NDArray[np.uint8]],
+    *,
+    margin: int,
+    rows: int | None = None,
+) -> None:
+    """Replace ``image`` (Y, X) by ``fn(image)`` in place, strip by strip of ``rows`` rows
+    (default :data:`STRIP_ROWS`).
+
+    ``fn`` sees each strip with ``margin`` original rows of context above and below (fewer at
+    the image edges, which are then the block's edges, as for the whole image), so the result
+    equals ``fn`` on the whole image when no output row depends on input rows more than
+    ``margin`` away. Rows above the strip were already overwritten; their original values are
+    carried over from the previous strip.
+    """
+    rows = rows or STRIP_ROWS
+    height = image.shape[0]
+    if height <= rows + 2 * margin:
+        image[...] = fn(image)
+        return
+    carry = image[:0].copy()  # original rows [max(0, y0 - margin), y0)
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
+        block = np.concatenate([carry, image[y0 : min(height, y1 + margin)]])
+        start = y0 - carry.shape[0]  # image row of block[0]
+        result = fn(block)
+        carry = block[max(0, y1 - margin) - start : y1 - start].copy()
+        image[y0:y1] = result[y0 - start : y1 - start]
+
+
 def _clean(
     mask: NDArray[np.uint8],
     *,
@@ -162,21 +200,44 @@ def _clean(
     min_hole_um2: float,
     min_area_um2: float,
 ) -> NDArray[np.bool_]:
-    """Close gaps, fill small holes, drop small pieces; ``mask`` is (Y, X) uint8 0/1."""
+    """Close gaps, fill small holes, drop small pieces of ``mask`` (Y, X) uint8 0/1, in place.
+
+    Works in strips (:func:`_filter_in_strips`) so a 10-MP mask needs a few MB of labels, not
+    40 MB of int32 for the whole image. The strips give the whole-image result exactly: a
+    component of at most ``max_px`` pixels spans at most ``max_px`` rows, so with that margin a
+    component with pixels in the strip is either wholly inside the block (its area is exact) or
+    reaches the block's edge, and is then larger than ``max_px`` anyway.
+    """
     import cv2
 
     if closing_um > 0 and mask.any():
         size = 2 * max(1, round(closing_um / mpp / 2)) + 1
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-        mask = np.asarray(cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel), dtype=np.uint8)
+
+        def close(block: NDArray[np.uint8]) -> NDArray[np.uint8]:
+            return np.asarray(cv2.morphologyEx(block, cv2.MORPH_CLOSE, kernel), dtype=np.uint8)
+
+        # dilation then erosion: each reaches size // 2 rows
+        _filter_in_strips(mask, close, margin=2 * (size // 2))
     px_area = mpp * mpp
-    if min_hole_um2 > 0:
-        holes = _small_components(1 - mask, max_px=int(min_hole_um2 / px_area), connectivity=4)
-        mask[holes] = 1
-    if min_area_um2 > 0:
-        specks = _small_components(mask, max_px=int(min_area_um2 / px_area), connectivity=8)
-        mask[specks] = 0
-    return mask.astype(bool)
+    if min_hole_um2 > 0 and mask.any():
+        max_hole = int(min_hole_um2 / px_area)
+
+        def fill(block: NDArray[np.uint8]) -> NDArray[np.uint8]:
+            holes = _small_components(1 - block, max_px=max_hole, connectivity=4)
+            block[holes] = 1
+            return block
+
+        _filter_in_strips(mask, fill, margin=max_hole)
+    if min_area_um2 > 0 and mask.any():
+        max_speck = int(min_area_um2 / px_area)
+
+        def drop(block: NDArray[np.uint8]) -> NDArray[np.uint8]:
+            block[_small_components(block, max_px=max_speck, connectivity=8)] = 0
+            return block
+
+        _filter_in_strips(mask, drop, margin=max_speck)
+    return mask.view(bool)  # 0/1 bytes: no copy
 
 
 def _small_components(
@@ -195,6 +256,16 @@ def _small_components(
     return small[labels]
 
 
+def _histogram(image: NDArray[np.uint8], *, chunk: int = 1 << 18) -> NDArray[np.int64]:
+    """Counts of each value 0-255 in ``image``; ``np.bincount`` casts its input to int64, so it
+    is fed ``chunk`` pixels at a time (2 MB) rather than 8 bytes per pixel of the whole mask."""
+    flat = image.reshape(-1)
+    hist = np.zeros(256, dtype=np.int64)
+    for start in range(0, flat.size, chunk):
+        hist += np.bincount(flat[start : start + chunk], minlength=256)
+    return hist
+
+
 def _mask_from_darkest(
     darkest: NDArray[np.uint8],
     *,
@@ -206,16 +277,21 @@ def _mask_from_darkest(
     margin_od: float,
     threshold_od: float | None,
 ) -> TissueMask:
+    """Threshold and clean ``darkest`` (Y, X) uint8; it is overwritten and becomes the mask."""
     import cv2
 
-    darkest = np.asarray(cv2.medianBlur(np.ascontiguousarray(darkest), 3), dtype=np.uint8)  # noise
+    def median(block: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        return np.asarray(cv2.medianBlur(np.ascontiguousarray(block), 3), dtype=np.uint8)
+
+    _filter_in_strips(darkest, median, margin=1)  # scanner noise
     if threshold_od is None:
         # saturated glass (255) counts as glass; so does black padding, mapped to 255
-        hist = np.bincount(darkest.ravel(), minlength=256)
+        hist = _histogram(darkest)
         threshold_od = _auto_threshold(hist, min_od=min_od, margin_od=margin_od)
     lut = (_OD_OF > threshold_od).astype(np.uint8)
+    cv2.LUT(darkest, lut, dst=darkest)
     mask = _clean(
-        lut[darkest],
+        darkest,
         mpp=mpp,
         closing_um=closing_um,
         min_hole_um2=min_hole_um2,

@@ -14,7 +14,9 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """Path of ``../shared/data``; skips the test when the folder is not there."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (only in the project's dev/CI setup)")
+        pytest.skip(
+            f"real data folder {SHARED_DATA} is absent (only in the project's dev/CI setup)"
+        )
     return SHARED_DATA
 
 

@@ -8,7 +8,7 @@ ASSAYS = ("ki67", "p16", "sabgal", "sabgal-eosin", "sabgal+ki67", "p16+ki67")
 def test_all_preset_assays_load():
     assays = load_assays()
     assert set(ASSAYS) <= set(assays)
-    assert get_assay("sabgal").marker("sabgal").compartment == "cytoplasm"
+    assert get_assay("sabgal").marker("sabgal").compartment == "perinuclear"
     assert get_assay("p16+ki67").marker("ki67").stain == "fast_red"
     assert get_assay("sabgal+ki67").phenotypes["senescent"] == ("sabgal+", "ki67-")
 

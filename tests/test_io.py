@@ -505,3 +505,37 @@ def test_reader_library_errors_become_slide_errors(
     path.write_bytes(b"123")
     with pytest.raises(SlideError, match=r"x\.boom: the boom reader failed \(KeyError"):
         open_slide(path)
+
+
+def test_tile_tables_are_compact_and_still_read(tmp_path: Path) -> None:
+    from array import array
+
+    from senpath.io import _tiff
+
+    image = _image((512, 512), seed=9)
+    path = tmp_path / "many_tiles.tif"
+    res = {"resolution": (1e4 / 0.5, 1e4 / 0.5), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(path, image, tile=(16, 16), photometric="rgb", **res)  # 1,024 tiles
+    slide = open_slide(path)
+    tif, _ = _tiff._open_cached(str(path))
+    page = tif.series[0].levels[0].keyframe
+    # 8 bytes per entry instead of a tuple of Python ints (~40 bytes): 16 MB at 100k² px
+    assert isinstance(page.dataoffsets, array) and isinstance(page.databytecounts, array)
+    assert page.tags[324].value is page.dataoffsets
+    np.testing.assert_array_equal(slide.levels[0].compute(), image)
+    np.testing.assert_array_equal(slide.read_box(0, 100, 37, 140, 301), image[100:140, 37:301])
+
+
+def test_read_region_returns_an_array_the_caller_owns(tmp_path: Path) -> None:
+    from PIL import Image
+
+    image = _image((40, 50))
+    path = tmp_path / "roi.png"
+    Image.fromarray(image).save(path)
+    slide = open_slide(path, mpp=0.5)
+    inside = slide.read_region(2.0, 3.0, 10.0, 8.0, mpp=0.5)  # no padding: read directly
+    np.testing.assert_array_equal(inside, image[6:22, 4:24])
+    inside[:] = 0  # must not write into the backend's pixels
+    np.testing.assert_array_equal(
+        slide.read_region(2.0, 3.0, 10.0, 8.0, mpp=0.5), image[6:22, 4:24]
+    )

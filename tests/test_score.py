@@ -29,7 +29,7 @@ def test_score_cells_dual_assay_phenotype():
         {
             "cell_id": [1, 2, 3, 4],
             "nucleus_area_um2": [30.0, 30.0, 90.0, 30.0],
-            "xgal_od_mean_cytoplasm": [0.05, 0.30, 0.80, 0.40],
+            "xgal_od_p75_perinuclear": [0.05, 0.30, 0.80, 0.40],
             "dab_od_mean_nucleus": [0.50, 0.02, 0.03, 0.20],
         }
     )
@@ -54,3 +54,53 @@ def test_threshold_override_and_exclusion():
     assert list(s["ki67_bin"]) == [0, 2]  # below the moved threshold a cell is binned 0
     s["excluded"] = [False, True]
     assert summarize_markers(s, assay)["n_cells"] == 1
+
+
+def test_rule_statistic_and_compartment_choose_the_column():
+    from senpath.config import MarkerRule
+    from senpath.score import marker_value_column
+
+    rule = MarkerRule(name="sabgal", stain="xgal", compartment="perinuclear", statistic="p75")
+    assert marker_value_column(rule) == "xgal_od_p75_perinuclear"
+    assert marker_value_column(get_assay("p16").marker("p16")) == "dab_od_mean_nucleus_perinuclear"
+
+
+def test_auto_threshold_splits_two_populations_and_is_bounded():
+    from senpath.score import auto_threshold
+
+    rng = np.random.default_rng(0)
+    neg = rng.normal(0.03, 0.015, 400)
+    pos = rng.normal(0.45, 0.08, 100)
+    thr, clipped = auto_threshold(np.concatenate([neg, pos, [np.nan]]), bounds_od=(0.08, 0.5))
+    assert 0.1 < thr < 0.35 and not clipped
+    # one population (no positive cell): Otsu lands in the noise; the lower bound holds
+    thr, clipped = auto_threshold(neg, bounds_od=(0.08, 0.5))
+    assert thr == 0.08 and clipped
+    # everything strongly stained: the upper bound holds
+    thr, clipped = auto_threshold(
+        np.concatenate([rng.normal(0.9, 0.05, 200), rng.normal(1.6, 0.05, 200)])
+    )
+    assert thr == 0.5 and clipped
+
+
+def test_slide_thresholds_auto_is_reported_and_used():
+    from senpath.score import MIN_CELLS_AUTO_THRESHOLD, slide_thresholds
+
+    assay = get_assay("ki67")
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(0.05, 0.01, 150), rng.normal(0.35, 0.03, 50)])
+    cells = pd.DataFrame({"cell_id": np.arange(1, 201), "nucleus_area_um2": 30.0,
+                          "dab_od_mean_nucleus": values})  # fmt: skip
+    fixed = slide_thresholds(cells, assay)
+    assert fixed["ki67"] == {"threshold_od": 0.15, "source": "rule"}
+    info = slide_thresholds(cells, assay, auto=True, bounds_od=(0.08, 0.5))["ki67"]
+    assert info["source"] == "auto" and 0.1 < info["threshold_od"] < 0.3
+    thr = {"ki67": info["threshold_od"]}
+    s = score_cells(cells, assay, thresholds=thr)
+    assert s["ki67_positive"].sum() == 50
+    assert (
+        summarize_markers(s, assay, thresholds=thr)["markers"]["ki67"]["threshold_od"]
+        == thr["ki67"]
+    )
+    few = slide_thresholds(cells.head(MIN_CELLS_AUTO_THRESHOLD - 1), assay, auto=True)["ki67"]
+    assert few["source"] == "rule" and "kept the rule" in few["auto_skipped"]

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
+import senpath.tissue
 from senpath.io import open_slide
+from senpath.synth import SynthParams, write_slide
 from senpath.tissue import downsample_level, tissue_mask, tissue_mask_from_rgb
 
 GLASS = (246, 244, 247)  # typical scanner glass (CMU-1: ~247)
@@ -118,6 +120,59 @@ def test_tissue_mask_on_a_slide_reads_a_coarse_level(tmp_path: Path) -> None:
     assert coarse.mpp == pytest.approx(20.0, rel=0.05)
     assert coarse.mask.size <= 1000 * 1.1
     assert coarse.fraction == pytest.approx(tm.fraction, abs=0.05)
+
+
+@pytest.mark.parametrize("tissue_fraction", [0.95, 0.0])
+def test_crop_without_glass_keeps_pale_tissue(tmp_path: Path, tissue_fraction: float) -> None:
+    # A crop inside tissue has no glass: its 2nd OD percentile is pale tissue, and a glass level
+    # taken from it put the threshold mid-tissue (0.30 of this slide); MAX_GLASS_OD caps it.
+    path = tmp_path / "crop.tif"
+    write_slide(
+        path,
+        assay="ki67",
+        shape=(1024, 1024),
+        params=SynthParams(tissue_fraction=tissue_fraction),
+        seed=3,
+        write_labels=False,
+    )
+    tm = tissue_mask(open_slide(path))
+    if tissue_fraction:
+        assert tm.fraction > 0.9
+    else:
+        assert tm.is_empty and tm.fraction == 0.0
+
+
+def test_strips_give_the_whole_image_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    # gaps, holes and specks of every size around strip boundaries (8-row strips below)
+    rng = np.random.default_rng(7)
+    rgb, _ = _slide_rgb((300, 200), seed=7)
+    for _ in range(60):
+        y, x = rng.integers(0, 290), rng.integers(0, 190)
+        h, w = rng.integers(1, 10, 2)
+        rgb[y : y + h, x : x + w] = GLASS if rng.random() < 0.5 else DARK_TISSUE
+    options = {"mpp": 8.0, "min_area_um2": 3_000.0, "min_hole_um2": 2_000.0, "closing_um": 40.0}
+    whole = tissue_mask_from_rgb(rgb, **options)
+    monkeypatch.setattr(senpath.tissue, "STRIP_ROWS", 8)
+    strips = tissue_mask_from_rgb(rgb, **options)
+    assert strips.threshold_od == whole.threshold_od
+    np.testing.assert_array_equal(strips.mask, whole.mask)
+
+
+def test_filter_in_strips_sees_original_neighbours() -> None:
+    image = np.arange(40, dtype=np.uint8).reshape(20, 2)
+
+    def shift_up(block: np.ndarray) -> np.ndarray:  # each row takes the next row's values
+        return np.concatenate([block[1:], block[-1:]])
+
+    expected = shift_up(image.copy())
+    senpath.tissue._filter_in_strips(image, shift_up, margin=1, rows=3)
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_histogram_counts_in_chunks() -> None:
+    image = np.random.default_rng(8).integers(0, 256, (37, 29), dtype=np.uint8)
+    hist = senpath.tissue._histogram(image, chunk=100)
+    np.testing.assert_array_equal(hist, np.bincount(image.ravel(), minlength=256))
 
 
 @pytest.mark.shared_data

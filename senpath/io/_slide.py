@@ -287,13 +287,18 @@ class Slide:
         x0, x1 = round(x_um / sx), round((x_um + width_um) / sx)
         y0, y1 = round(y_um / sy), round((y_um + height_um) / sy)
         x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
-        region = np.full((y1 - y0, x1 - x0, 3), BACKGROUND, dtype=np.uint8)
         cy0, cy1 = max(y0, 0), min(y1, arr.shape[0])
         cx0, cx1 = max(x0, 0), min(x1, arr.shape[1])
-        if cy1 > cy0 and cx1 > cx0:
-            region[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self.read_box(
-                level, cy0, cx0, cy1, cx1
-            )
+        if (cy0, cx0, cy1, cx1) == (y0, x0, y1, x1):
+            region = self.read_box(level, y0, x0, y1, x1)  # inside the slide: no padded copy
+            if region.base is not None or not region.flags.writeable:
+                region = region.copy()  # a view into a backend's cache: the caller may write
+        else:
+            region = np.full((y1 - y0, x1 - x0, 3), BACKGROUND, dtype=np.uint8)
+            if cy1 > cy0 and cx1 > cx0:
+                region[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self.read_box(
+                    level, cy0, cx0, cy1, cx1
+                )
         if region.shape[:2] == (out_h, out_w):
             return region
         shrink = region.shape[0] >= out_h and region.shape[1] >= out_w

@@ -1,0 +1,300 @@
+"""The slide's nucleus label image: written tile by tile, stored as a multiscale OME-Zarr.
+
+Layout of ``<slide folder>/labels.ome.zarr`` (OME-NGFF 0.4, Zarr format 2, ``/`` chunk separator,
+which is what ome-zarr-py / napari-ome-zarr read)::
+
+    .zattrs        {"multiscales": [...], "image-label": {...}}
+    0/             (Y, X) int32 at the analysis resolution, chunks 1024 x 1024; value = ``cell_id``
+    1/, 2/, ...    each the previous level taken every 2nd pixel (nearest), until it fits one chunk
+
+Level ``k`` pixel ``(i, j)`` is level-0 pixel ``(i * 2**k, j * 2**k)``, so the NGFF ``scale`` of level
+``k`` is ``analysis_mpp * 2**k`` µm with no translation. Label ids equal the per-cell table's ``cell_id``.
+
+The array is written under a temporary name in the slide folder while tiles are pasted, and
+:meth:`LabelStore.commit` renames it to ``labels.ome.zarr``; a store's manifest is written after that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from senpath.results import LABELS
+from senpath.tiling import Box, Instance, Tile, keep_owned, paste
+
+#: Chunk side of every level (px).
+CHUNK = 1024
+_TMP_PREFIX = f".{LABELS}."
+_TMP_SUFFIX = ".tmp"
+
+
+def _compressor() -> Any:
+    import numcodecs
+
+    return numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+
+
+class LabelStore:
+    """Label image of one slide, pasted tile by tile into a chunked zarr array on disk.
+
+    Parameters
+    ----------
+    folder : the slide's results folder (created if missing).
+    shape : (Y, X) px of the label image at the analysis resolution.
+    mpp : analysis pixel size in µm/px.
+    chunk : chunk side in px.
+
+    Notes
+    -----
+    Ids are assigned 1, 2, ... in paste order with :func:`senpath.tiling.paste` (first writer wins),
+    so pasting tiles in grid order gives the same ids as the pipeline's cell table. Not thread-safe.
+    """
+
+    def __init__(
+        self, folder: str | Path, shape: tuple[int, int], *, mpp: float, chunk: int = CHUNK
+    ) -> None:
+        import zarr
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_tmp(self.folder)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.mpp = float(mpp)
+        self.chunk = int(chunk)
+        self.tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=self.folder))
+        self._group = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
+        self.level0 = self._create_level(0, self.shape)
+        self.next_id = 1
+
+    def _create_level(self, level: int, shape: tuple[int, int]) -> Any:
+        return self._group.create_array(
+            str(level),
+            shape=shape,
+            chunks=(min(self.chunk, max(1, shape[0])), min(self.chunk, max(1, shape[1]))),
+            dtype="int32",
+            fill_value=0,
+            compressors=_compressor(),
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+
+    @property
+    def count(self) -> int:
+        """Number of ids assigned so far."""
+        return self.next_id - 1
+
+    def add_instances(self, instances: Sequence[Instance]) -> NDArray[np.int64]:
+        """Paste instances in order; returns the id each got (0: all its pixels were taken).
+
+        One read and one write of the instances' union box (a few chunks), whatever their number.
+        """
+        ids = np.zeros(len(instances), dtype=np.int64)
+        if not instances:
+            return ids
+        region = Box(
+            min(i.bbox.y0 for i in instances),
+            min(i.bbox.x0 for i in instances),
+            max(i.bbox.y1 for i in instances),
+            max(i.bbox.x1 for i in instances),
+        )
+        block = np.asarray(self.level0[region.slices], dtype=np.int32)
+        for k, inst in enumerate(instances):
+            local = Instance(
+                bbox=Box(
+                    inst.bbox.y0 - region.y0,
+                    inst.bbox.x0 - region.x0,
+                    inst.bbox.y1 - region.y0,
+                    inst.bbox.x1 - region.x0,
+                ),
+                mask=inst.mask,
+                local_label=inst.local_label,
+            )
+            # the package's one paste rule (first writer wins), one instance at a time to learn its id
+            after = paste(block, [local], next_id=self.next_id)
+            if after > self.next_id:
+                ids[k] = self.next_id
+            self.next_id = after
+        self.level0[region.slices] = block
+        return ids
+
+    def add_tile(
+        self,
+        labels: NDArray[np.integer],
+        tile: Tile,
+        local_ids: Sequence[int] | NDArray[np.integer],
+        *,
+        image_shape: tuple[int, int] | None = None,
+    ) -> NDArray[np.int64]:
+        """Paste the nuclei ``local_ids`` of one tile's segmentation; returns their global ids.
+
+        Parameters
+        ----------
+        labels : (H, W) int, the tile's segmentation over ``tile.box``.
+        tile : the tile.
+        local_ids : labels in ``labels`` to paste, in the order their ids are assigned (the order of
+            the tile's rows in the cell table). They must be owned by the tile (halo rule).
+        image_shape : (Y, X) of the whole image (box edges on the border are not halo).
+
+        Returns
+        -------
+        (N,) int64 global id per entry of ``local_ids``; 0 where the nucleus got no pixels (all
+        already taken by a neighbouring tile's nucleus), so the caller drops it from the table.
+        """
+        local_ids = np.asarray(local_ids, dtype=np.int64)
+        owned = {
+            inst.local_label: inst
+            for inst in keep_owned(labels, tile, image_shape=image_shape, on_truncated="keep")
+        }
+        missing = [int(i) for i in local_ids if int(i) not in owned]
+        if missing:
+            raise ValueError(
+                f"labels {missing[:5]} of tile (row {tile.row}, col {tile.col}) are not owned by it "
+                "(centroid outside its core) or absent: pass only the tile's kept cells"
+            )
+        return self.add_instances([owned[int(i)] for i in local_ids])
+
+    def commit(self, *, min_side: int | None = None) -> Path:
+        """Build the downsampled levels, write the NGFF metadata and rename into ``labels.ome.zarr``.
+
+        Levels are added until the largest side is at most ``min_side`` px (default: one chunk).
+        Returns the final path. Replaces an existing ``labels.ome.zarr``.
+        """
+        min_side = self.chunk if min_side is None else int(min_side)
+        levels = [self.level0]
+        while max(levels[-1].shape) > min_side:
+            prev = levels[-1]
+            shape = ((prev.shape[0] + 1) // 2, (prev.shape[1] + 1) // 2)
+            level = self._create_level(len(levels), shape)
+            _downsample_into(prev, level, self.chunk)
+            levels.append(level)
+        self._group.attrs.update(ngff_metadata(len(levels), self.mpp))
+        final = self.folder / LABELS
+        if final.exists():
+            old = self.folder / f"{_TMP_PREFIX}old{_TMP_SUFFIX}"
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(self.tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, final)
+        return final
+
+    def abort(self) -> None:
+        """Remove the temporary array (after a failure)."""
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Temporary label arrays left by an interrupted run of this slide."""
+    for path in folder.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _downsample_into(src: Any, dst: Any, chunk: int) -> None:
+    """``dst = src[::2, ::2]``, one ``dst`` chunk at a time (reads at most 2x2 source chunks)."""
+    for y0 in range(0, dst.shape[0], chunk):
+        for x0 in range(0, dst.shape[1], chunk):
+            y1, x1 = min(y0 + chunk, dst.shape[0]), min(x0 + chunk, dst.shape[1])
+            block = np.asarray(src[2 * y0 : 2 * y1 : 2, 2 * x0 : 2 * x1 : 2])
+            if block.any():  # chunks left at the fill value are not written (sparse slides)
+                dst[y0:y1, x0:x1] = block
+
+
+def ngff_metadata(n_levels: int, mpp: float) -> dict[str, Any]:
+    """OME-NGFF 0.4 ``multiscales`` + ``image-label`` attributes for a (y, x) label pyramid."""
+    return {
+        "multiscales": [
+            {
+                "version": "0.4",
+                "name": "nuclei",
+                "axes": [
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": [
+                    {
+                        "path": str(k),
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [mpp * 2**k, mpp * 2**k]}
+                        ],
+                    }
+                    for k in range(n_levels)
+                ],
+                "type": "nearest",
+                "metadata": {"method": "numpy strided slicing [::2, ::2]", "ids": "cell_id"},
+            }
+        ],
+        "image-label": {"version": "0.4"},
+    }
+
+
+def load_labels(store_folder: str | Path, level: int = 0) -> Any:
+    """The label image of a slide store as a lazy dask array (values = ``cell_id``, 0 = none).
+
+    Parameters
+    ----------
+    store_folder : a slide's results folder (or the ``labels.ome.zarr`` folder itself).
+    level : pyramid level; level ``k`` has pixel size ``label_mpp(store_folder, k)`` µm.
+
+    Returns
+    -------
+    (Y, X) int32 dask array.
+    """
+    import dask.array as da
+    import zarr
+
+    path = _labels_path(store_folder)
+    group = zarr.open_group(str(path), mode="r")
+    multiscales: Any = group.attrs["multiscales"]
+    n = len(multiscales[0]["datasets"])
+    if not 0 <= level < n:
+        raise ValueError(f"{path} has levels 0-{n - 1}; got level={level}")
+    return da.from_zarr(group[str(level)])
+
+
+def label_mpp(store_folder: str | Path, level: int = 0) -> float:
+    """Pixel size in µm of a label pyramid level (from its NGFF scale)."""
+    path = _labels_path(store_folder)
+    attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+    dataset = attrs["multiscales"][0]["datasets"][level]
+    return float(dataset["coordinateTransformations"][0]["scale"][-1])
+
+
+def _labels_path(store_folder: str | Path) -> Path:
+    path = Path(store_folder)
+    if path.name != LABELS:
+        path = path / LABELS
+    if not (path / ".zattrs").is_file():
+        raise FileNotFoundError(
+            f"{path} holds no label image: the store was written before labels were stored, "
+            "or is incomplete; run `senpath run --force` on the slide"
+        )
+    return path
+
+
+def labels_digest(path: str | Path) -> str:
+    """Cheap fingerprint of a label zarr: sha256 of its metadata files and its chunk listing (names,
+    sizes), without reading the chunks."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            p = Path(root) / name
+            rel = p.relative_to(path).as_posix()
+            h.update(rel.encode("utf-8"))
+            if name.startswith(".z"):
+                h.update(p.read_bytes())
+            else:
+                h.update(str(p.stat().st_size).encode("ascii"))
+    return h.hexdigest()

@@ -1,0 +1,265 @@
+"""A self-contained HTML report of a batch (``senpath report RESULTS`` -> ``RESULTS/report.html``).
+
+Sections: per-patient marker bars (% positive with Wilson 95% CI error bars, phenotype indices),
+per-marker histograms of the thresholded optical density with the threshold line(s), the slides
+(with QC thumbnails), the per-patient table, and the failed slides from ``failures.log``. Plots are
+PNG images embedded as base64, so the file can be mailed or archived on its own. Everything is
+derived from the per-cell tables and provenance of the committed stores.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import senpath
+from senpath.export import load_all, marker_names, marker_table, marker_thresholds
+from senpath.results import QC_OVERLAY, SlideResults, atomic_write_bytes
+
+REPORT = "report.html"
+FAILURES = "failures.log"
+_FAILURE_HEADER = re.compile(r"^=== \S+ \S+ (?P<slide>\S+) \((?P<path>.*)\)$", re.MULTILINE)
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.figure import Figure  # the object API: no pyplot state, Agg canvas
+    except ImportError:
+        raise RuntimeError(
+            "the HTML report needs matplotlib: pip install 'senpath[report]'"
+        ) from None
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _img(png: bytes, alt: str, *, width: int | None = None) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    size = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}"{size} src="data:image/png;base64,{data}">'
+
+
+def marker_bars_png(table: pd.DataFrame) -> bytes | None:
+    """Grouped bars: per patient, % positive per marker and phenotype indices, Wilson 95% CI bars."""
+    # marker % positive and phenotype indices: the columns that come with a Wilson interval
+    series = [
+        (c[: -len("_pct_positive")] if c.endswith("_pct_positive") else c[: -len("_index")], c)
+        for c in table.columns
+        if c.endswith(("_pct_positive", "_index")) and f"{c}_ci95_low" in table.columns
+    ]
+    if not series or table.empty:
+        return None
+    patients = table["patient_id"].astype(str).tolist()
+    x = np.arange(len(patients))
+    width = 0.8 / len(series)
+    fig = _figure(max(6.0, 0.9 * len(patients) * len(series) ** 0.5 + 2), 4.0)
+    ax = fig.add_subplot()
+    for k, (name, col) in enumerate(series):
+        value = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=float)
+        lo = pd.to_numeric(table[f"{col}_ci95_low"], errors="coerce").to_numpy(dtype=float)
+        hi = pd.to_numeric(table[f"{col}_ci95_high"], errors="coerce").to_numpy(dtype=float)
+        yerr = np.vstack([np.clip(value - lo, 0, None), np.clip(hi - value, 0, None)])
+        label = name if col.endswith("_pct_positive") else f"{name} index"
+        ax.bar(
+            x + (k - (len(series) - 1) / 2) * width, value, width, yerr=yerr, capsize=3, label=label
+        )
+    ax.set_xticks(
+        x,
+        patients,
+        rotation=45 if len(patients) > 6 else 0,
+        ha="right" if len(patients) > 6 else "center",
+    )
+    ax.set_ylabel("% of cells (Wilson 95% CI)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize="small")
+    ax.set_title("Markers by patient")
+    return _png(fig)
+
+
+def od_histogram_png(
+    od: np.ndarray, thresholds: Sequence[float], *, marker: str, column: str
+) -> bytes:
+    """Histogram of a marker's per-cell OD value with its threshold line(s)."""
+    fig = _figure(5.0, 3.2)
+    ax = fig.add_subplot()
+    od = od[np.isfinite(od)]
+    if od.size:
+        hi = max(float(np.percentile(od, 99.5)), max(thresholds, default=0.0)) * 1.1 or 1.0
+        ax.hist(od, bins=60, range=(min(0.0, float(od.min())), hi), color="0.45")
+    for t in sorted(set(thresholds)):
+        ax.axvline(t, color="crimson", linestyle="--", label=f"threshold {t:g} OD")
+    ax.set_xlabel(f"{column} (OD)")
+    ax.set_ylabel("cells")
+    ax.set_title(f"{marker}: {od.size} cells")
+    if thresholds:
+        ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def _marker_od(stores: Sequence[SlideResults], marker: str) -> tuple[np.ndarray, list[float], str]:
+    values, thresholds, columns = [], [], set()
+    for res in stores:
+        cells = res.cells
+        if f"{marker}_od" not in cells.columns:
+            continue
+        if "excluded" in cells.columns:
+            cells = cells[~cells["excluded"].astype(bool)]
+        values.append(cells[f"{marker}_od"].to_numpy(dtype=float))
+        if marker in marker_thresholds(res.provenance):
+            thresholds.append(marker_thresholds(res.provenance)[marker])
+        rule = next(
+            (m for m in res.provenance.get("assay", {}).get("markers", []) if m["name"] == marker),
+            None,
+        )
+        if rule:
+            stat = rule.get("statistic", "mean")
+            columns.add(f"{rule['stain']}_od_{stat}_{rule['compartment']}")
+    od = np.concatenate(values) if values else np.zeros(0)
+    return od, thresholds, " / ".join(sorted(columns)) or f"{marker}_od"
+
+
+def failed_slides(results_root: str | Path) -> list[tuple[str, str, str]]:
+    """``(slide_id, path, error line)`` per failure recorded in ``failures.log`` (latest last)."""
+    log = Path(results_root) / FAILURES
+    if not log.is_file():
+        return []
+    text = log.read_text(encoding="utf-8", errors="replace")
+    heads = list(_FAILURE_HEADER.finditer(text))
+    out = []
+    for k, m in enumerate(heads):
+        body = text[m.end() : heads[k + 1].start() if k + 1 < len(heads) else len(text)]
+        lines = [ln for ln in body.strip().splitlines() if ln.strip()]
+        out.append((m["slide"], m["path"], lines[-1] if lines else ""))
+    return out
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; }
+th { background: #f2f2f2; }
+td.l, th.l { text-align: left; }
+.grid { display: flex; flex-wrap: wrap; gap: 1em; }
+figure { margin: 0; } figcaption { font-size: 0.85em; }
+.warn { color: #a60; } .fail { color: #b00; }
+.scroll { overflow-x: auto; }
+"""
+
+
+def render_report(results_root: str | Path) -> str:
+    """The report's HTML text for the committed stores (and failures) under ``results_root``."""
+    root = Path(results_root)
+    stores = load_all(root) if root.is_dir() else []
+    failures = failed_slides(root)
+    if not stores and not failures:
+        raise FileNotFoundError(
+            f"no complete results stores and no failures.log under {root}: run `senpath run` first"
+        )
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>senpath report: {html.escape(root.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>senpath report: {html.escape(str(root))}</h1>",
+        f"<p>{len(stores)} slide(s) complete, {len(failures)} failure(s) logged; "
+        f"senpath {html.escape(senpath.__version__)}, written {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>",
+    ]
+    if stores:
+        table = marker_table(stores, by="patient")
+        parts.append("<h2>Markers by patient</h2>")
+        bars = marker_bars_png(table)
+        parts.append(_img(bars, "markers by patient") if bars else "<p>No marker scored.</p>")
+        markers = sorted({m for res in stores for m in marker_names(res.cells)})
+        if markers:
+            parts.append("<h2>Marker optical density</h2><div class='grid'>")
+            for m in markers:
+                od, thresholds, column = _marker_od(stores, m)
+                png = od_histogram_png(od, thresholds, marker=m, column=column)
+                parts.append(f"<figure>{_img(png, f'{m} OD histogram')}</figure>")
+            parts.append("</div>")
+        parts.append("<h2>Slides</h2>" + _slides_table(stores))
+        parts.append(
+            "<h2>QC overlays</h2><p>red: positive for the first marker, blue: negative.</p>"
+        )
+        parts.append("<div class='grid'>")
+        for res in stores:
+            qc = res.folder / QC_OVERLAY
+            if qc.is_file():
+                caption = html.escape(res.slide_id)
+                parts.append(
+                    f"<figure>{_img(qc.read_bytes(), f'QC {res.slide_id}', width=360)}"
+                    f"<figcaption>{caption}</figcaption></figure>"
+                )
+        parts.append("</div>")
+        parts.append("<h2>Per-patient table</h2><div class='scroll'>")
+        parts.append(table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
+        parts.append("</div>")
+    if failures:
+        # the log accumulates over runs: each slide's latest failure, and whether it completed since
+        latest = {slide_id: (path, error) for slide_id, path, error in failures}
+        done = {res.slide_id for res in stores}
+        parts.append("<h2 class='fail'>Failed slides</h2><table><tr>")
+        heads = ("slide_id", "path", "latest error", "now")
+        parts.append("".join(f"<th class='l'>{h}</th>" for h in heads) + "</tr>")
+        for slide_id, (path, error) in latest.items():
+            now = "completed in a later run" if slide_id in done else "failed"
+            parts.append(
+                f"<tr><td class='l'>{html.escape(slide_id)}</td><td class='l'>{html.escape(path)}</td>"
+                f"<td class='l fail'>{html.escape(error)}</td><td class='l'>{now}</td></tr>"
+            )
+        parts.append(f"</table><p>Full tracebacks: {html.escape(str(root / FAILURES))}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _slides_table(stores: Sequence[SlideResults]) -> str:
+    rows = ["<table><tr>"]
+    heads = ("slide_id", "patient_id", "assay", "cells", "tissue mm²", "segmenter", "warning")
+    rows.append("".join(f"<th class='l'>{h}</th>" for h in heads) + "</tr>")
+    for res in stores:
+        s = res.summary
+        area = s.get("tissue_area_mm2")
+        cells = (
+            (~res.cells["excluded"].astype(bool)).sum()
+            if "excluded" in res.cells.columns
+            else len(res.cells)
+        )
+        values = (
+            res.slide_id,
+            str(res.manifest.get("patient_id") or res.slide_id),
+            str(s.get("assay", "")),
+            str(int(cells)),
+            f"{area:.2f}" if isinstance(area, float) and math.isfinite(area) else "",
+            str(res.provenance.get("segmenter", {}).get("method", "")),
+            str(s.get("warning", "")),
+        )
+        cls = ["l", "l", "l", "", "", "l", "l warn"]
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td class='{c}'>{html.escape(v)}</td>" for c, v in zip(cls, values, strict=True)
+            )
+            + "</tr>"
+        )
+    rows.append("</table>")
+    return "".join(rows)
+
+
+def write_report(results_root: str | Path, *, out: str | Path | None = None) -> Path:
+    """Write the HTML report atomically (default ``RESULTS/report.html``); returns its path."""
+    path = Path(out) if out else Path(results_root) / REPORT
+    atomic_write_bytes(path, render_report(results_root).encode("utf-8"))
+    return path

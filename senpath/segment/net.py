@@ -1,0 +1,141 @@
+"""Compact U-Net for nucleus instance segmentation at a fixed 0.5 µm/px.
+
+The network predicts two maps per pixel, the targets that a marker-controlled watershed needs
+(see :mod:`senpath.segment.postprocess`):
+
+- channel 0: nucleus foreground logit (sigmoid → probability that the pixel belongs to a nucleus);
+- channel 1: normalised distance-to-boundary logit (sigmoid → distance from the pixel to the edge of
+  its nucleus divided by the largest such distance in that nucleus, 0 outside nuclei, 1 at the centre).
+
+The distance map peaks once per nucleus, also where nuclei touch, so thresholding it gives one seed
+per nucleus and the watershed grows the seeds back to the foreground mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+#: Output channels, in order.
+OUTPUT_CHANNELS: tuple[str, ...] = ("foreground", "distance")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Architecture of :class:`NucleusUNet` (saved in the model JSON next to the weights).
+
+    Attributes
+    ----------
+    widths : tuple of int
+        Feature channels per resolution level, from full resolution to the bottleneck; each level
+        after the first halves the resolution, so the input side must be a multiple of
+        ``2 ** (len(widths) - 1)``.
+    in_channels : int
+        Input channels (RGB: 3).
+    out_channels : int
+        Output maps (foreground, distance: 2).
+    """
+
+    widths: tuple[int, ...] = (16, 32, 64, 128, 160)
+    in_channels: int = 3
+    out_channels: int = 2
+
+    @property
+    def stride(self) -> int:
+        """Factor the input height and width must be divisible by."""
+        return 2 ** (len(self.widths) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dictionary."""
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> NetConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``TypeError``."""
+        d = dict(d)
+        if "widths" in d:
+            d["widths"] = tuple(int(w) for w in d["widths"])
+        return cls(**d)
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class NucleusUNet(nn.Module):
+    """U-Net with bilinear upsampling and batch-normalised 3×3 convolutions.
+
+    Parameters
+    ----------
+    config : NetConfig, optional
+        Architecture; the default has about 0.9 M parameters.
+
+    Notes
+    -----
+    ``forward`` takes ``(B, 3, H, W)`` float RGB scaled to [0, 1] (``H`` and ``W`` multiples of
+    ``config.stride``) and returns ``(B, 2, H, W)`` logits in the order of :data:`OUTPUT_CHANNELS`.
+    """
+
+    def __init__(self, config: NetConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or NetConfig()
+        w = self.config.widths
+        self.encoders = nn.ModuleList()
+        cin = self.config.in_channels
+        for cout in w:
+            self.encoders.append(_block(cin, cout))
+            cin = cout
+        self.decoders = nn.ModuleList()
+        for level in range(len(w) - 2, -1, -1):
+            self.decoders.append(_block(w[level + 1] + w[level], w[level]))
+        self.head = nn.Conv2d(w[0], self.config.out_channels, 1)
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, out_channels, H, W)`` for RGB input ``(B, 3, H, W)`` in [0, 1]."""
+        x = x * 2.0 - 1.0
+        skips: list[torch.Tensor] = []
+        for i, enc in enumerate(self.encoders):
+            if i > 0:
+                x = self.pool(x)
+            x = enc(x)
+            skips.append(x)
+        x = skips.pop()
+        for dec in self.decoders:
+            x = dec(torch.cat([self.up(x), skips.pop()], dim=1))
+        return self.head(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def build_model(config: NetConfig | Mapping[str, Any] | None = None) -> NucleusUNet:
+    """Create a :class:`NucleusUNet` from a config or its dictionary form."""
+    if config is None or isinstance(config, NetConfig):
+        return NucleusUNet(config)
+    return NucleusUNet(NetConfig.from_dict(config))
+
+
+__all__ = [
+    "OUTPUT_CHANNELS",
+    "NetConfig",
+    "NucleusUNet",
+    "build_model",
+    "count_parameters",
+]

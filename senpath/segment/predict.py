@@ -1,0 +1,259 @@
+"""Nucleus instance segmentation: tile batches → network maps → instances.
+
+Two levels:
+
+- :class:`NucleusSegmenter` loads the weights once and exposes the two halves the whole-slide engine
+  needs: :meth:`~NucleusSegmenter.predict_maps` (a batch of RGB tiles at 0.5 µm/px → foreground and
+  distance maps) and :meth:`~NucleusSegmenter.instances` (maps → labels).
+- :func:`predict_instances` segments one in-memory image of any size and resolution: resample to
+  0.5 µm/px, cut overlapping tiles, batch them, stitch the maps (each output pixel comes from exactly
+  one tile, the one whose core holds it, so the result does not depend on batch order), post-process
+  once, and map the labels back to the input grid with nearest-neighbour resampling.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from senpath.segment.data import NETWORK_MPP, resample_labels, resample_rgb, shape_at_mpp
+from senpath.segment.postprocess import PostprocessConfig, maps_to_instances
+
+if TYPE_CHECKING:
+    import torch
+
+#: Precision choices of :class:`NucleusSegmenter`.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: Relative mpp difference below which an image is used as is (no resampling).
+MPP_TOLERANCE = 0.02
+
+
+class NucleusSegmenter:
+    """A loaded nucleus network plus its post-processing, ready for tile batches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A :class:`~senpath.segment.net.NucleusUNet` (any module with a ``config.stride``).
+    spec : dict, optional
+        Model description (``postprocess`` thresholds, ``mpp``, ``sha256``); defaults otherwise.
+    device : str or torch.device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        ``"auto"``: fp16 autocast on CUDA, bf16 autocast + channels_last on CPU (checked against
+        fp32 on the validation images, see the model card), fp32 on MPS.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        spec: dict[str, Any] | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+    ) -> None:
+        import torch
+
+        from senpath.segment.device import resolve_device
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+        self.spec: dict[str, Any] = dict(spec or {})
+        self.device = resolve_device(device)
+        if precision == "auto":
+            precision = {"cuda": "fp16", "cpu": "bf16"}.get(self.device.type, "fp32")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ValueError("fp16 is for CUDA; on CPU use precision='bf16' or 'fp32'")
+        self.precision = precision
+        self.mpp = float(self.spec.get("mpp", NETWORK_MPP))
+        post = self.spec.get("postprocess") or {}
+        self.postprocess = PostprocessConfig(**post)
+        self.stride = int(model.config.stride)  # type: ignore[union-attr,arg-type]
+        model = model.eval().to(self.device)
+        if self.device.type == "cpu" and precision == "bf16":
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "auto",
+        *,
+        precision: str = "auto",
+        verify: bool = True,
+    ) -> NucleusSegmenter:
+        """Load the shipped weights (or the model JSON/weights at ``path``), sha256-verified."""
+        from senpath.segment.weights import load_pretrained
+
+        model, spec = load_pretrained(path, verify=verify)
+        return cls(model, spec=spec, device=device, precision=precision)
+
+    # ------------------------------------------------------------------ network
+
+    def predict_maps(self, batch: NDArray[Any] | torch.Tensor) -> NDArray[np.float32]:
+        """Foreground and distance maps for a batch of RGB tiles at ``self.mpp`` (0.5 µm/px).
+
+        Parameters
+        ----------
+        batch : (B, H, W, 3) uint8 array, or (B, 3, H, W) float tensor in [0, 1]
+            Tiles of any size; they are reflect-padded to a multiple of the network stride and the
+            maps cropped back.
+
+        Returns
+        -------
+        (B, 2, H, W) float32
+            Channel 0: foreground probability; channel 1: normalised distance to the nucleus edge.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        if isinstance(batch, np.ndarray):
+            if batch.ndim != 4 or batch.shape[-1] != 3:
+                raise ValueError(
+                    f"expected (B, H, W, 3) RGB tiles, got an array of shape {batch.shape}"
+                )
+            scale = 255.0 if batch.dtype == np.uint8 else 1.0
+            x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / scale
+        else:
+            x = batch.float()
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        x = x.to(self.device)
+        if self.device.type == "cpu" and self.precision == "bf16":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.precision in ("bf16", "fp16"):
+                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+                with torch.autocast(device_type=self.device.type, dtype=dtype):
+                    logits = self.model(x)
+            else:
+                logits = self.model(x)
+            maps = torch.sigmoid(logits.float())[:, :, :h, :w]
+        return maps.cpu().numpy().astype(np.float32, copy=False)
+
+    def instances(self, maps: NDArray[np.floating]) -> NDArray[np.int32]:
+        """Nucleus labels from maps.
+
+        Parameters
+        ----------
+        maps : (2, H, W) or (B, 2, H, W) float
+            Output of :meth:`predict_maps`.
+
+        Returns
+        -------
+        (H, W) or (B, H, W) int32
+        """
+        if maps.ndim == 3:
+            return maps_to_instances(maps[0], maps[1], mpp=self.mpp, config=self.postprocess)
+        if maps.ndim == 4:
+            return np.stack([self.instances(m) for m in maps])
+        raise ValueError(f"expected maps of shape (2, H, W) or (B, 2, H, W), got {maps.shape}")
+
+    # ------------------------------------------------------------------ images
+
+    def predict_image_maps(
+        self, rgb: NDArray[np.uint8], *, batch_size: int = 8, tile_size: int = 256, halo: int = 32
+    ) -> NDArray[np.float32]:
+        """Maps ``(2, Y, X)`` for an image already at ``self.mpp``, by overlapping tiles.
+
+        Each tile is ``tile_size`` px including a ``halo`` px margin on every side; only its core
+        (``tile_size - 2 * halo``) is kept, so every output pixel comes from exactly one tile.
+        """
+        if tile_size % self.stride:
+            raise ValueError(f"tile_size must be a multiple of {self.stride}, got {tile_size}")
+        core = tile_size - 2 * halo
+        if halo < 0 or core <= 0:
+            raise ValueError(
+                f"halo={halo} leaves no core in tile_size={tile_size}: use 0 <= halo < tile_size / 2"
+            )
+        y, x = rgb.shape[:2]
+        ny, nx = -(-y // core), -(-x // core)
+        pad_y, pad_x = ny * core - y + halo, nx * core - x + halo
+        padded = np.pad(rgb, ((halo, pad_y), (halo, pad_x), (0, 0)), mode="reflect")
+        out = np.zeros((2, ny * core, nx * core), np.float32)
+        origins = [(i * core, j * core) for i in range(ny) for j in range(nx)]
+        for chunk in _chunks(origins, batch_size):
+            tiles = np.stack([padded[oy : oy + tile_size, ox : ox + tile_size] for oy, ox in chunk])
+            maps = self.predict_maps(tiles)
+            for (oy, ox), m in zip(chunk, maps, strict=True):
+                out[:, oy : oy + core, ox : ox + core] = m[
+                    :, halo : halo + core, halo : halo + core
+                ]
+        return out[:, :y, :x]
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), max(1, n)):
+        yield items[i : i + n]
+
+
+_CACHE: dict[tuple[str, str], NucleusSegmenter] = {}
+
+
+def _shipped(device: str | torch.device) -> NucleusSegmenter:
+    key = ("shipped", str(device))
+    if key not in _CACHE:
+        _CACHE[key] = NucleusSegmenter.from_pretrained(device=device)
+    return _CACHE[key]
+
+
+def predict_instances(
+    rgb: NDArray[np.uint8],
+    *,
+    mpp: float,
+    model: NucleusSegmenter | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    tile_size: int = 256,
+    halo: int = 32,
+) -> NDArray[np.int32]:
+    """Segment nuclei in an RGB image of any size.
+
+    Parameters
+    ----------
+    rgb : (Y, X, 3) uint8
+        Brightfield image (any stain combination the model was trained for).
+    mpp : float
+        Resolution of ``rgb`` in µm/px; the image is resampled to the model's 0.5 µm/px.
+    model : NucleusSegmenter, optional
+        A loaded segmenter; the shipped model (loaded once, cached) when omitted.
+    device : str
+        Used only when ``model`` is omitted.
+    batch_size : int
+        Tiles per network call.
+    tile_size : int
+        Tile side in px at 0.5 µm/px, halo included; a multiple of 16.
+    halo : int
+        Context margin per side in px at 0.5 µm/px (32 px = 16 µm, more than two nucleus diameters).
+
+    Returns
+    -------
+    (Y, X) int32
+        Nucleus instances on the input grid, numbered 1..N; 0 = background.
+    """
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(
+            f"expected a (Y, X, 3) uint8 RGB image, got {rgb.shape} {rgb.dtype}; drop an alpha "
+            "channel with rgb[..., :3] and convert with skimage.util.img_as_ubyte"
+        )
+    if not mpp or mpp <= 0:
+        raise ValueError(f"mpp must be a positive resolution in µm/px, got {mpp!r}")
+    seg = model if model is not None else _shipped(device)
+    if abs(mpp / seg.mpp - 1.0) > MPP_TOLERANCE:
+        work = resample_rgb(rgb, shape_at_mpp(rgb.shape, mpp, seg.mpp))
+    else:
+        work = rgb
+    maps = seg.predict_image_maps(work, batch_size=batch_size, tile_size=tile_size, halo=halo)
+    labels = seg.instances(maps)
+    if labels.shape != rgb.shape[:2]:
+        labels = resample_labels(labels, rgb.shape[:2])
+    return labels

@@ -1,0 +1,308 @@
+"""Train the nucleus U-Net on CPU: ``python -m senpath.segment.train --out DIR --minutes M --seed 0``.
+
+Time-budgeted but reproducible: the run measures its speed over the first steps, fixes the total number
+of steps (saved in every checkpoint and in ``DIR/run.json``), and the learning-rate schedule and every
+batch depend only on ``(seed, step)``. ``--steps N`` fixes the step count directly, which is how the
+shipped weights are reproduced. Checkpoints (``last.pt``) are written atomically every few minutes and on
+SIGTERM/SIGINT, and ``--resume DIR/last.pt`` continues where a run stopped. Loss goes to
+``DIR/log.jsonl`` every 25 steps, periodic validation (F1 at IoU 0.5 on held-out images) to the same
+file, with a copy of the checkpoint as ``DIR/step_XXXXXX.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from senpath.segment import data as D
+
+#: Default location of the real data (beside the repo in the project's dev setup).
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def _log(path: Path, record: dict[str, Any]) -> None:
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps(record), flush=True)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def learning_rate(step: int, total_steps: int, *, peak: float, warmup: int = 150) -> float:
+    """Linear warm-up then cosine decay to 1 % of ``peak`` at ``total_steps``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def segmentation_loss(logits, target):
+    """Foreground BCE + soft Dice, plus 2 × MSE of the sigmoid distance map.
+
+    Parameters
+    ----------
+    logits : (B, 2, H, W) tensor
+    target : (B, 2, H, W) tensor
+        Foreground (0/1) and normalised distance in [0, 1].
+    """
+    import torch
+    import torch.nn.functional as F
+
+    fg_logit, dist_logit = logits[:, 0], logits[:, 1]
+    fg, dist = target[:, 0], target[:, 1]
+    bce = F.binary_cross_entropy_with_logits(fg_logit, fg)
+    p = torch.sigmoid(fg_logit)
+    dice = 1 - (2 * (p * fg).sum() + 1) / (p.sum() + fg.sum() + 1)
+    mse = F.mse_loss(torch.sigmoid(dist_logit), dist)
+    return bce + dice + 2.0 * mse, {
+        "bce": float(bce.detach()),
+        "dice": float(dice.detach()),
+        "mse": float(mse.detach()),
+    }
+
+
+def _validation_sets(root: Path, consep_limit: int) -> dict[str, list[D.AnnotatedImage]]:
+    """Held-out images at 0.5 µm/px, plus MoNuSeg held-out re-rendered in two senescence stains."""
+    sets = {
+        "monuseg": D.load_monuseg(root, split="validation"),
+        "consep": D.load_consep(root, split="test", limit=consep_limit),
+        "ki67": D.load_ki67(root, split="validation"),
+    }
+    for recipe in ("xgal_nfr", "xgal_h_dab"):
+        rng = np.random.default_rng(1234)
+        rendered = []
+        for im in sets["monuseg"]:
+            cells = D.cell_regions(im.labels, mpp=im.mpp)
+            rgb = D.render_crop(im.rgb, im.labels, cells, kind="he", rng=rng, recipe=recipe)
+            rendered.append(D.AnnotatedImage(f"{im.name}:{recipe}", "he", rgb, im.labels, im.mpp))
+        sets[f"monuseg_{recipe}"] = rendered
+    return sets
+
+
+def _predict_at_network_mpp(model, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+
+    stride = model.config.stride
+    y, x = rgb.shape[:2]
+    py, px = (-y) % stride, (-x) % stride
+    t = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
+    t = F.pad(t, (0, px, 0, py), mode="reflect")
+    with torch.inference_mode():
+        out = torch.sigmoid(model(t))[0, :, :y, :x].numpy()
+    return out[0], out[1]
+
+
+def validate(model, sets: dict[str, list[D.AnnotatedImage]], post=None) -> dict[str, float]:
+    """F1 at IoU 0.5 (pooled over the images of each set) with the current model."""
+    from stardist.matching import matching_dataset
+
+    from senpath.segment.postprocess import maps_to_instances
+
+    model.eval()
+    scores = {}
+    for name, images in sets.items():
+        preds = []
+        for im in images:
+            fg, dist = _predict_at_network_mpp(model, im.rgb)
+            preds.append(maps_to_instances(fg, dist, mpp=im.mpp, config=post))
+        m = matching_dataset([im.labels for im in images], preds, thresh=0.5, show_progress=False)
+        scores[f"f1_{name}"] = round(float(m.f1), 4)
+    model.train()
+    return scores
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of the training entry point."""
+    p = argparse.ArgumentParser(prog="senpath-train", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs)")
+    p.add_argument("--minutes", type=float, default=90.0, help="training time budget")
+    p.add_argument("--steps", type=int, default=None, help="fix the step count (reproduction)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (model JSON, weights file or folder, e.g. models/): "
+        "fine-tuning with a fresh optimiser and schedule",
+    )
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop-size", type=int, default=128, help="crop side in px at 0.5 µm/px")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--widths", type=str, default="16,32,64,128,160", help="U-Net widths")
+    p.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    p.add_argument("--validate-minutes", type=float, default=10.0)
+    p.add_argument("--consep-validation", type=int, default=24, help="CoNSeP test patches used")
+    return p.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run (or resume) training; returns the path of the last checkpoint."""
+    import cv2
+    import torch
+
+    from senpath.segment.net import NetConfig, build_model, count_parameters
+
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    torch.manual_seed(args.seed)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "log.jsonl"
+
+    state = None
+    if args.resume is not None:
+        state = torch.load(args.resume, map_location="cpu", weights_only=False)
+        config = NetConfig.from_dict(state["net_config"])
+    elif args.init is not None:
+        from senpath.segment.weights import load_weights
+
+        init_state, init_spec = load_weights(args.init)
+        config = NetConfig.from_dict(init_spec["net_config"])
+    else:
+        config = NetConfig(widths=tuple(int(w) for w in args.widths.split(",")))
+    model = build_model(config)
+    if state is None and args.init is not None:
+        model.load_state_dict(init_state)
+        _log(log, {"event": "init", "from": str(args.init), "sha256": init_spec["sha256"]})
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    step, total_steps, elapsed = 0, args.steps, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, elapsed = int(state["step"]), float(state["elapsed_s"])
+        total_steps = args.steps or state["total_steps"]
+        _log(log, {"event": "resume", "from": str(args.resume), "step": step})
+
+    sampler = D.CropSampler(
+        D.training_sources(args.data_root),
+        D.SOURCE_WEIGHTS,
+        crop_size=args.crop_size,
+        seed=args.seed,
+    )
+    val_sets = _validation_sets(args.data_root, args.consep_validation)
+    run_info = {
+        "argv": sys.argv,
+        "net_config": config.to_dict(),
+        "parameters": count_parameters(model),
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "crop_size": args.crop_size,
+        "lr": args.lr,
+        "threads": args.threads,
+        "init": str(args.init) if args.init is not None else None,
+        "validation": {k: [im.name for im in v] for k, v in val_sets.items()},
+        "torch": torch.__version__,
+    }
+
+    def checkpoint(path: Path) -> None:
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "total_steps": total_steps,
+                "elapsed_s": elapsed,
+                "net_config": config.to_dict(),
+                "seed": args.seed,
+                "args": {k: str(v) for k, v in vars(args).items()},
+            },
+            path,
+        )
+
+    stop = {"now": False}
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    model.train()
+    t_start = time.perf_counter() - elapsed
+    last_ckpt = last_val = time.perf_counter()
+    calibrate_until = step + 20
+    running: dict[str, float] = {}
+    while total_steps is None or step < total_steps:
+        if stop["now"]:
+            break
+        lr = learning_rate(step, total_steps or 10**9, peak=args.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = sampler.batch(step, args.batch_size)
+        logits = model(torch.from_numpy(x))
+        loss, parts = segmentation_loss(logits, torch.from_numpy(y))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        elapsed = time.perf_counter() - t_start
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            running[k] = running.get(k, 0.0) + v
+        if total_steps is None and step >= calibrate_until:
+            # Leave ~8 % of the budget for validation passes and checkpoints.
+            per_step = elapsed / step
+            total_steps = max(step + 1, int(args.minutes * 60 * 0.92 / per_step))
+            run_info["total_steps"] = total_steps
+            (out / "run.json").write_text(json.dumps(run_info, indent=2))
+            _log(
+                log,
+                {
+                    "event": "calibrated",
+                    "s_per_step": round(per_step, 3),
+                    "total_steps": total_steps,
+                },
+            )
+        if step % 25 == 0:
+            n = 25
+            _log(
+                log,
+                {"step": step, "lr": round(lr, 6), "elapsed_s": round(elapsed, 1)}
+                | {k: round(v / n, 4) for k, v in running.items()},
+            )
+            running = {}
+        now = time.perf_counter()
+        if now - last_ckpt > args.checkpoint_minutes * 60:
+            checkpoint(out / "last.pt")
+            last_ckpt = now
+        if now - last_val > args.validate_minutes * 60:
+            scores = validate(model, val_sets)
+            _log(log, {"event": "validation", "step": step} | scores)
+            checkpoint(out / f"step_{step:06d}.pt")
+            last_val = time.perf_counter()
+    checkpoint(out / "last.pt")
+    if not stop["now"]:
+        scores = validate(model, val_sets)
+        _log(log, {"event": "validation", "step": step, "final": True} | scores)
+        checkpoint(out / f"step_{step:06d}.pt")
+    _log(log, {"event": "stopped" if stop["now"] else "finished", "step": step})
+    return out / "last.pt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m senpath.segment.train``."""
+    train(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""Shipped weights: locate, verify (sha256) and load; export a training checkpoint for shipping.
+
+The weights travel as package data (``models/`` in the repo, installed as ``senpath.models``):
+``nucleus_unet.pt`` (a float16 state dict) next to ``nucleus_unet.json`` (architecture, thresholds,
+resolution, metrics and the sha256 of the ``.pt``). Loading refuses a file whose sha256 differs from
+the JSON's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+#: Stem of the shipped files (``<stem>.pt`` and ``<stem>.json``).
+MODEL_NAME = "nucleus_unet"
+#: Format version of the JSON written by :func:`export_checkpoint`.
+SPEC_VERSION = 1
+
+
+class WeightsIntegrityError(RuntimeError):
+    """The weights file does not match the sha256 recorded in its JSON."""
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_model_json() -> Path:
+    """Path of the shipped model JSON inside the installed ``senpath.models`` package."""
+    from importlib.resources import files
+
+    return Path(str(files("senpath.models").joinpath(f"{MODEL_NAME}.json")))
+
+
+def _spec_path(path: str | os.PathLike[str] | None) -> Path:
+    if path is None:
+        p = default_model_json()
+    else:
+        p = Path(path)
+        if p.is_dir():
+            p = p / f"{MODEL_NAME}.json"
+        elif p.suffix != ".json":
+            p = p.with_suffix(".json")
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"model description {p} not found: pass the path of a <name>.json written by "
+            "senpath.segment.weights.export_checkpoint (or of its folder), or reinstall senpath"
+        )
+    return p
+
+
+def load_spec(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Read a model JSON (shipped one when ``path`` is None); adds ``"weights_path"``.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        The ``.json``, the ``.pt`` next to it, or their folder.
+    """
+    p = _spec_path(path)
+    spec = json.loads(p.read_text())
+    spec["weights_path"] = str(p.with_name(spec["weights_file"]))
+    return spec
+
+
+def verify_weights(spec: Mapping[str, Any]) -> str:
+    """Check the sha256 of ``spec["weights_path"]`` against ``spec["sha256"]``; return it.
+
+    Raises
+    ------
+    WeightsIntegrityError
+        On mismatch (a corrupted download, a truncated file, or weights edited without re-export).
+    """
+    path = Path(spec["weights_path"])
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} named in the model JSON is missing")
+    digest = sha256_file(path)
+    if digest != spec["sha256"]:
+        raise WeightsIntegrityError(
+            f"sha256 of {path} is {digest}, but its model JSON records {spec['sha256']}: the file is "
+            "corrupted or was changed; reinstall senpath or re-export the weights with "
+            "senpath.segment.weights.export_checkpoint"
+        )
+    return digest
+
+
+def load_weights(
+    path: str | os.PathLike[str] | None = None, *, verify: bool = True
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a verified state dict (float32) and its model spec.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        Model JSON, weights file or folder; the shipped model when omitted.
+    verify : bool
+        Check the sha256 first (default). Turn off only for weights you just produced.
+
+    Returns
+    -------
+    state_dict : dict of str to torch.Tensor
+    spec : dict
+        The model JSON (``net_config``, ``postprocess``, ``mpp``, ``sha256``, ``metrics``, ...).
+    """
+    import torch
+
+    spec = load_spec(path)
+    if verify:
+        verify_weights(spec)
+    state = torch.load(spec["weights_path"], map_location="cpu", weights_only=True)
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()}
+    return state, spec
+
+
+def load_pretrained(
+    path: str | os.PathLike[str] | None = None, *, verify: bool = True
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the network from a model JSON and load its verified weights (eval mode, CPU, fp32)."""
+    from senpath.segment.net import build_model
+
+    state, spec = load_weights(path, verify=verify)
+    model = build_model(spec["net_config"])
+    model.load_state_dict(state)
+    model.eval()
+    return model, spec
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    postprocess: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    name: str = MODEL_NAME,
+) -> Path:
+    """Write ``<name>.pt`` (float16 state dict) and ``<name>.json`` from a training checkpoint.
+
+    Parameters
+    ----------
+    checkpoint : path-like
+        A ``.pt`` written by :mod:`senpath.segment.train`.
+    out_dir : path-like
+        Destination folder (the repo's ``models/`` for shipping).
+    postprocess : mapping
+        Post-processing thresholds (:class:`~senpath.segment.postprocess.PostprocessConfig` fields).
+    metrics, training : mapping, optional
+        Validation figures and training provenance recorded in the JSON.
+
+    Returns
+    -------
+    Path of the JSON.
+    """
+    import torch
+
+    from senpath.segment.data import NETWORK_MPP
+    from senpath.segment.net import OUTPUT_CHANNELS
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = {
+        k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pt = out / f"{name}.pt"
+    tmp = pt.with_name(pt.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, pt)
+    spec = {
+        "spec_version": SPEC_VERSION,
+        "name": name,
+        "weights_file": pt.name,
+        "sha256": sha256_file(pt),
+        "dtype": "float16",
+        "mpp": NETWORK_MPP,
+        "input": "RGB float in [0, 1], (B, 3, H, W), H and W multiples of the stride",
+        "output_channels": list(OUTPUT_CHANNELS),
+        "net_config": ckpt["net_config"],
+        "postprocess": dict(postprocess),
+        "checkpoint_step": int(ckpt["step"]),
+        "metrics": dict(metrics or {}),
+        "training": dict(training or {}),
+    }
+    js = out / f"{name}.json"
+    tmp = js.with_name(js.name + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    os.replace(tmp, js)
+    return js
+
+
+def shipped_weights_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Provenance of the (shipped) model for result stores; the sha256 is verified first.
+
+    Returns
+    -------
+    dict
+        ``model_name``, ``model_sha256``, ``model_mpp`` (µm/px), ``model_file`` (file name only),
+        ``model_checkpoint_step`` and ``model_postprocess`` (thresholds).
+    """
+    spec = load_spec(path)
+    digest = verify_weights(spec)
+    return {
+        "model_name": spec.get("name", MODEL_NAME),
+        "model_sha256": digest,
+        "model_mpp": spec["mpp"],
+        "model_file": spec["weights_file"],
+        "model_checkpoint_step": spec.get("checkpoint_step"),
+        "model_postprocess": spec.get("postprocess", {}),
+    }

@@ -1,0 +1,70 @@
+"""Scoring: metrics by hand on tiny label images, and evaluate_folder on files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("stardist")
+pytest.importorskip("cellseg_metrics")
+
+from senpath.segment.evaluate import evaluate_folder, evaluate_labels, score_image  # noqa: E402
+
+
+def _two_squares():
+    true = np.zeros((20, 20), np.int32)
+    true[2:8, 2:8] = 1
+    true[10:18, 10:18] = 2
+    return true
+
+
+def test_perfect_prediction_scores_one():
+    true = _two_squares()
+    s = score_image(true, true * 5)  # ids need not agree
+    assert s["tp"] == 2 and s["fp"] == 0 and s["fn"] == 0
+    assert s["f1"] == pytest.approx(1.0) and s["pq"] == pytest.approx(1.0)
+    assert s["aji"] == pytest.approx(1.0)
+
+
+def test_missed_and_spurious_nuclei_by_hand():
+    true = _two_squares()
+    pred = np.zeros_like(true)
+    pred[2:8, 2:8] = 1  # found
+    pred[0:2, 15:19] = 2  # spurious, nucleus 2 missed
+    s = score_image(true, pred)
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 1)
+    assert s["f1"] == pytest.approx(0.5)
+    # AJI: intersection 36 / (36 + 64 missed + 8 spurious)
+    assert s["aji"] == pytest.approx(36 / 108, abs=1e-6)
+
+
+def test_pooled_differs_from_mean():
+    true = _two_squares()
+    empty_miss = np.zeros_like(true)
+    ev = evaluate_labels([true, true], [true, empty_miss], ["good", "bad"])
+    assert ev.pooled["f1"] == pytest.approx(2 * 2 / (2 * 2 + 0 + 2))  # tp 2, fn 2
+    assert ev.mean["f1"] == pytest.approx(0.5)
+    assert list(ev.per_image["image"]) == ["good", "bad"]
+
+
+def test_evaluate_folder_reads_pairs(tmp_path):
+    import cv2
+    import tifffile
+
+    true = _two_squares()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    rgb = np.full(true.shape + (3,), 230, np.uint8)
+    rgb[true > 0] = 50
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), rgb)
+    tifffile.imwrite(tmp_path / "lab" / "a_labels.tif", true)
+
+    def threshold(image):
+        from skimage.measure import label
+
+        return label(image.mean(axis=2) < 128)
+
+    ev = evaluate_folder(tmp_path / "img", tmp_path / "lab", mpp=0.5, predict=threshold)
+    assert ev.pooled["f1"] == pytest.approx(1.0)
+    with pytest.raises(FileNotFoundError, match="no images"):
+        evaluate_folder(tmp_path / "img", tmp_path / "lab", mpp=0.5, pattern="*.jpg")

@@ -1,0 +1,94 @@
+"""Weights export, sha256 verification (good and tampered) and the shipped model files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from senpath.segment.net import NetConfig, build_model  # noqa: E402
+from senpath.segment.postprocess import PostprocessConfig  # noqa: E402
+from senpath.segment.weights import (  # noqa: E402
+    WeightsIntegrityError,
+    default_model_json,
+    export_checkpoint,
+    load_pretrained,
+    load_spec,
+    load_weights,
+    sha256_file,
+    shipped_weights_info,
+)
+
+
+@pytest.fixture()
+def exported(tmp_path):
+    torch.manual_seed(0)
+    cfg = NetConfig(widths=(4, 8))
+    model = build_model(cfg)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "net_config": cfg.to_dict(), "step": 7}, ckpt)
+    js = export_checkpoint(ckpt, tmp_path / "models", postprocess=PostprocessConfig().to_dict())
+    return js, model
+
+
+def test_export_then_load_round_trip(exported):
+    js, model = exported
+    loaded, spec = load_pretrained(js)
+    assert spec["checkpoint_step"] == 7
+    assert spec["mpp"] == 0.5
+    assert spec["sha256"] == sha256_file(js.with_suffix(".pt"))
+    x = torch.rand(1, 3, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        # float16 storage: outputs agree to fp16 precision, not bit for bit
+        assert torch.allclose(model(x), loaded(x), atol=5e-2)
+
+
+def test_load_accepts_json_pt_or_folder(exported):
+    js, _ = exported
+    for p in (js, js.with_suffix(".pt"), js.parent):
+        assert load_spec(p)["sha256"] == load_spec(js)["sha256"]
+
+
+def test_tampered_weights_are_refused(exported):
+    js, _ = exported
+    pt = js.with_suffix(".pt")
+    data = bytearray(pt.read_bytes())
+    data[-10] ^= 0xFF
+    pt.write_bytes(bytes(data))
+    with pytest.raises(WeightsIntegrityError, match="sha256"):
+        load_weights(js)
+    with pytest.raises(WeightsIntegrityError):
+        shipped_weights_info(js)
+    # opting out of verification is explicit
+    load_spec(js)
+
+
+def test_wrong_recorded_hash_is_refused(exported):
+    js, _ = exported
+    spec = json.loads(js.read_text())
+    spec["sha256"] = "0" * 64
+    js.write_text(json.dumps(spec))
+    with pytest.raises(WeightsIntegrityError):
+        load_weights(js)
+
+
+def test_missing_files_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model description"):
+        load_spec(tmp_path / "nothing.json")
+
+
+def test_shipped_weights_verify_and_are_small():
+    js = default_model_json()
+    assert js.is_file(), "models/nucleus_unet.json must ship with the package"
+    spec = load_spec(js)
+    size = js.with_name(spec["weights_file"]).stat().st_size
+    assert size <= 20 * 2**20
+    model, spec = load_pretrained()
+    assert spec["mpp"] == 0.5
+    assert set(spec["postprocess"]) == set(PostprocessConfig().to_dict())
+    assert sum(p.numel() for p in model.parameters()) > 0
+    info = shipped_weights_info()
+    assert info["model_sha256"] == spec["sha256"] == sha256_file(spec["weights_path"])
