@@ -23,6 +23,8 @@ __all__ = ["TissueMask", "downsample_level", "tissue_mask", "tissue_mask_from_rg
 MIN_TISSUE_OD = 0.035
 #: The automatic threshold is at most this far above the glass OD.
 TISSUE_MARGIN_OD = 0.02
+#: Dust and hole sizes are capped at this share of the image area (small fields, crops).
+FIELD_SHARE = 0.02
 #: Percentile of OD taken as the glass level.
 GLASS_PERCENTILE = 2.0
 #: Clean glass is never darker than this OD (intensity ~ 228/255); a darker 2nd percentile means there
@@ -279,6 +281,12 @@ def _mask_from_darkest(
 ) -> TissueMask:
     """Threshold and clean ``darkest`` (Y, X) uint8; it is overwritten and becomes the mask."""
     import cv2
+
+    # In a small image (a microscope field, a crop of a slide) dust is relative: a piece covering a
+    # fair share of the field is tissue whatever its area in µm² (a 128 µm field is < 20,000 µm²).
+    field_um2 = float(darkest.size) * mpp * mpp
+    min_area_um2 = min(min_area_um2, FIELD_SHARE * field_um2)
+    min_hole_um2 = min(min_hole_um2, FIELD_SHARE * field_um2)
 
     def median(block: NDArray[np.uint8]) -> NDArray[np.uint8]:
         return np.asarray(cv2.medianBlur(np.ascontiguousarray(block), 3), dtype=np.uint8)

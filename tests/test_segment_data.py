@@ -73,3 +73,23 @@ def test_learning_rate_schedule():
     assert learning_rate(0, 1000, peak=1.0, warmup=10) == pytest.approx(0.1)
     assert learning_rate(10, 1000, peak=1.0, warmup=10) == pytest.approx(1.0)
     assert learning_rate(1000, 1000, peak=1.0, warmup=10) == pytest.approx(0.01)
+
+
+def test_source_weights_with_a_synthetic_share():
+    assert D.source_weights(0.0) == D.SOURCE_WEIGHTS
+    w = D.source_weights(0.15)
+    assert w["synth"] == 0.15 and sum(w.values()) == pytest.approx(1.0)
+    assert w["monuseg"] / w["consep"] == pytest.approx(0.45 / 0.35)
+    with pytest.raises(ValueError, match="synthetic_share"):
+        D.source_weights(1.0)
+
+
+def test_synthetic_regions_are_annotated_and_kept_in_their_stains():
+    images = D.load_synthetic(per_assay=1, shape=(128, 128))
+    assert len(images) == 6 and all(im.kind == "synth" for im in images)
+    assert all(len(np.unique(im.labels)) > 3 for im in images)
+    sampler = D.CropSampler({"synth": images}, {"synth": 1.0}, crop_size=64, seed=0)
+    x, y = sampler.batch(0, 4)
+    assert x.shape == (4, 3, 64, 64) and y.shape == (4, 2, 64, 64)
+    assert y[:, 0].mean() > 0.01  # nuclei in the crops
+    np.testing.assert_array_equal(x, sampler.batch(0, 4)[0])  # deterministic per (seed, step)

@@ -72,6 +72,20 @@ def test_small_specks_are_dropped_by_area_in_um2() -> None:
     assert kept.mask[11, 11]
 
 
+def test_a_small_field_full_of_tissue_is_not_dust(tmp_path: Path) -> None:
+    # a 512² px photo at 0.25 µm/px is a 128 µm field (16,384 µm²): below the 20,000 µm² dust size
+    rng = np.random.default_rng(7)
+    rgb = np.clip(rng.normal(DARK_TISSUE, 12, (512, 512, 3)), 0, 255).astype(np.uint8)
+    rgb[:40, :40] = GLASS  # a little glass in a corner
+    tifffile.imwrite(tmp_path / "field.tif", rgb)
+    tm = tissue_mask(open_slide(tmp_path / "field.tif", mpp=0.25))
+    assert tm.fraction > 0.9
+    # specks of a few µm² in such a field are still dust (the cap is a share of the field)
+    rgb, _ = _slide_rgb((64, 64), seed=8, tissue=False)
+    rgb[5:7, 5:7] = DARK_TISSUE  # 4 px at 2 µm/px = 16 µm² in a 16,384 µm² field
+    assert tissue_mask_from_rgb(rgb, mpp=2.0).is_empty
+
+
 def test_black_padding_is_not_tissue() -> None:
     rgb, _ = _slide_rgb((100, 100), seed=3, tissue=False)
     rgb[:, :20] = 0  # scanner padding outside the scanned area

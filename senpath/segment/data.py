@@ -542,7 +542,8 @@ class CropSampler:
                 a = a[:, ::-1]
             arrays.append(np.ascontiguousarray(a))
         rgb, labels, cells, dist = arrays
-        rgb = render_crop(rgb, labels, cells, kind=item.image.kind, rng=rng)
+        if item.image.kind != "synth":  # synthetic slides are already in their assay's stains
+            rgb = render_crop(rgb, labels, cells, kind=item.image.kind, rng=rng)
         rgb = degrade(rgb, rng)
         return rgb, labels, dist
 
@@ -557,17 +558,68 @@ class CropSampler:
         return np.stack(xs), np.stack(ys)
 
 
-def training_sources(root: Path) -> dict[str, list[AnnotatedImage]]:
-    """Training images per source: MoNuSeg minus held-out, CoNSeP train, four Ki67 tiles."""
-    return {
+def load_synthetic(
+    *, per_assay: int = 6, shape: tuple[int, int] = (384, 384), seed: int = 1000
+) -> list[AnnotatedImage]:
+    """Regions of generated slides (:mod:`senpath.synth`) of every assay, at :data:`NETWORK_MPP`.
+
+    A supplement to the real annotations: it shows the network our generator's nuclei in every stain
+    combination (the synthetic sample slides and test slides are made by it). Seeds ``seed + i``
+    never overlap the small seeds the tests and sample images use.
+    """
+    from senpath import synth
+
+    # about 20 nuclei in a 384² px region (192 µm): fewer means the region is mostly glass
+    min_nuclei = max(3, round(20 * shape[0] * shape[1] / 384**2))
+    images = []
+    for a, assay in enumerate(synth.ASSAYS):
+        for i in range(per_assay):
+            slide_seed = seed + 100 * a + i
+            for k in range(8):  # skip regions that fell on glass: move along the slide
+                origin = (400.0 * k, 250.0 * k)
+                region = synth.render_region(
+                    assay, shape=shape, mpp=NETWORK_MPP, seed=slide_seed, origin_um=origin,
+                    params=synth.SynthParams(tissue_fraction=0.85),
+                )  # fmt: skip
+                if len(np.unique(region.labels)) > min_nuclei:
+                    break
+            images.append(
+                AnnotatedImage(
+                    f"synth/{assay}-{slide_seed}@{origin[0]:g},{origin[1]:g}",
+                    "synth",
+                    region.rgb,
+                    region.labels.astype(np.int32),
+                    NETWORK_MPP,
+                )
+            )
+    return images
+
+
+def training_sources(root: Path, *, synthetic: bool = False) -> dict[str, list[AnnotatedImage]]:
+    """Training images per source: MoNuSeg minus held-out, CoNSeP train, four Ki67 tiles, and (with
+    ``synthetic``) generated regions of every assay."""
+    sources = {
         "monuseg": load_monuseg(root, split="train"),
         "consep": load_consep(root, split="train"),
         "ki67": load_ki67(root, split="train"),
     }
+    if synthetic:
+        sources["synth"] = load_synthetic()
+    return sources
 
 
 #: Default probability of drawing a crop from each source.
 SOURCE_WEIGHTS: dict[str, float] = {"monuseg": 0.45, "consep": 0.35, "ki67": 0.2}
+
+
+def source_weights(synthetic_share: float = 0.0) -> dict[str, float]:
+    """:data:`SOURCE_WEIGHTS` with a share of synthetic crops (the real sources scaled down)."""
+    if not 0.0 <= synthetic_share < 1.0:
+        raise ValueError(f"synthetic_share must be in [0, 1), got {synthetic_share}")
+    weights = {k: v * (1.0 - synthetic_share) for k, v in SOURCE_WEIGHTS.items()}
+    if synthetic_share > 0:
+        weights["synth"] = synthetic_share
+    return weights
 
 
 def validation_images(

@@ -144,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "fine-tuning with a fresh optimiser and schedule",
     )
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    p.add_argument(
+        "--synthetic-share",
+        type=float,
+        default=0.0,
+        help="share of crops from generated slides of every assay (a supplement to the real data)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crop-size", type=int, default=128, help="crop side in px at 0.5 µm/px")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
@@ -194,8 +200,8 @@ def train(args: argparse.Namespace) -> Path:
         _log(log, {"event": "resume", "from": str(args.resume), "step": step})
 
     sampler = D.CropSampler(
-        D.training_sources(args.data_root),
-        D.SOURCE_WEIGHTS,
+        D.training_sources(args.data_root, synthetic=args.synthetic_share > 0),
+        D.source_weights(args.synthetic_share),
         crop_size=args.crop_size,
         seed=args.seed,
     )
@@ -208,6 +214,7 @@ def train(args: argparse.Namespace) -> Path:
         "batch_size": args.batch_size,
         "crop_size": args.crop_size,
         "lr": args.lr,
+        "synthetic_share": args.synthetic_share,
         "threads": args.threads,
         "init": str(args.init) if args.init is not None else None,
         "validation": {k: [im.name for im in v] for k, v in val_sets.items()},
