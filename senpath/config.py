@@ -334,6 +334,8 @@ def stain_profile_toml(
     ]
     for stain in assay.stains:
         vec = vectors.get(stain, assay.stain_vectors.get(stain, REF.get(stain)))
+        if vec is None:  # _parse_assay refuses stains without a vector; be explicit here too
+            raise ConfigError(f"stain {stain!r} of assay {assay.name!r} has no OD vector")
         lines.append(f"{stain} = {_toml_value([round(float(x), 6) for x in vec])}")
     lines.append("")
     if assay.phenotypes:

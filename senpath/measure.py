@@ -75,20 +75,22 @@ def cell_compartments(
         raise ValueError(
             f"perinuclear_um={peri_um} must lie in [0, cytoplasm_um={cytoplasm_um}] µm"
         )
-    nuclei = np.asarray(nuclei, dtype=np.int32)
-    background = nuclei == 0
+    nuc: NDArray[np.int32] = np.asarray(nuclei, dtype=np.int32)
+    background = nuc == 0
+    cell: NDArray[np.int32]
+    peri_cell: NDArray[np.int32]
     if background.all() or not background.any():
-        cell = nuclei.copy()
-        peri_cell = nuclei.copy()
+        cell = nuc.copy()
+        peri_cell = nuc.copy()
     else:
         # one distance transform for both rings (expand_labels does the same per call)
         dist, (iy, ix) = ndi.distance_transform_edt(background, return_indices=True)
-        nearest = nuclei[iy, ix]
+        nearest = nuc[iy, ix]
         cell = np.where(dist <= cytoplasm_um / mpp, nearest, 0).astype(np.int32)
         peri_cell = np.where(dist <= peri_um / mpp, nearest, 0).astype(np.int32)
-    not_nucleus = nuclei == 0
+    not_nucleus = nuc == 0
     return {
-        "nucleus": nuclei,
+        "nucleus": nuc,
         "cytoplasm": np.where(not_nucleus, cell, 0).astype(np.int32),
         "cell": cell,
         "perinuclear": np.where(not_nucleus, peri_cell, 0).astype(np.int32),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -96,3 +97,21 @@ def test_export_command_tables_and_geojson(batch, tmp_path):
 def test_export_geojson_api_names_files_by_slide(batch, tmp_path):
     paths = export_geojson(load_all(batch), tmp_path)
     assert [p.name for p in paths] == ["p1-ki67.geojson", "p2-p16.geojson"]
+
+
+def test_profile_command_saves_the_slide_vectors_and_thresholds(batch, tmp_path):
+    from senpath.config import load_assays, load_config
+
+    path = tmp_path / "labA.toml"
+    r = CliRunner().invoke(
+        app, ["profile", str(batch / "p1-ki67"), "--out", str(path), "--name", "ki67-labA"]
+    )
+    assert r.exit_code == 0, r.output
+    prof = load_assays(path)["ki67-labA"]
+    prov = senpath.load_results(batch / "p1-ki67").provenance
+    assert prof.marker("ki67").threshold_od == prov["assay"]["markers"][0]["threshold_od"]
+    used = dict(zip(prov["assay"]["stains"], prov["assay"]["stain_vectors"], strict=True))
+    for stain in prof.stains:
+        vec = np.asarray(prof.stain_vectors[stain], float)
+        np.testing.assert_allclose(vec / np.linalg.norm(vec), used[stain], atol=1e-5)
+    assert load_config(path).stain_vectors == "preset"  # the batch uses these vectors as given

@@ -108,6 +108,20 @@ def evaluate_sets(seg, sets: dict[str, list[D.AnnotatedImage]]) -> dict[str, dic
     return results
 
 
+def reproduce_command(ckpt: dict[str, Any]) -> str:
+    """The ``senpath.segment.train`` command line that reproduces a checkpoint."""
+    args = ckpt.get("args", {})
+    parts = ["python -m senpath.segment.train --out RUN"]
+    parts.append(f"--seed {ckpt.get('seed', 0)} --steps {ckpt['total_steps']}")
+    for key in ("init", "lr", "synthetic_share", "widths", "batch_size", "crop_size", "threads"):
+        value = args.get(key)
+        if value not in (None, "None", ""):
+            parts.append(f"--{key.replace('_', '-')} {value}")
+    if int(ckpt["step"]) < int(ckpt["total_steps"]):
+        parts.append(f"--stop-at {int(ckpt['step'])}")
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m senpath.segment.export``."""
     import torch
@@ -158,10 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 **report["validation"],
             },
             training={
-                "reproduce": (
-                    "python -m senpath.segment.train --out RUN --seed "
-                    f"{ckpt.get('seed', 0)} --steps {ckpt['total_steps']}"
-                ),
+                "reproduce": reproduce_command(ckpt),
                 "checkpoint_step": int(ckpt["step"]),
                 "total_steps": ckpt["total_steps"],
                 "args": ckpt.get("args", {}),

@@ -134,6 +134,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs)")
     p.add_argument("--minutes", type=float, default=90.0, help="training time budget")
     p.add_argument("--steps", type=int, default=None, help="fix the step count (reproduction)")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="stop after this step (the schedule still spans --steps) and keep RUN/step_N.pt: "
+        "reproduces a checkpoint taken part-way through a run",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
     p.add_argument(
@@ -250,7 +257,7 @@ def train(args: argparse.Namespace) -> Path:
     calibrate_until = step + 20
     running: dict[str, float] = {}
     while total_steps is None or step < total_steps:
-        if stop["now"]:
+        if stop["now"] or (args.stop_at is not None and step >= args.stop_at):
             break
         lr = learning_rate(step, total_steps or 10**9, peak=args.lr)
         for g in opt.param_groups:
@@ -297,11 +304,12 @@ def train(args: argparse.Namespace) -> Path:
             checkpoint(out / f"step_{step:06d}.pt")
             last_val = time.perf_counter()
     checkpoint(out / "last.pt")
-    if not stop["now"]:
+    finished = total_steps is not None and step >= total_steps
+    if finished or (args.stop_at is not None and step == args.stop_at):
         scores = validate(model, val_sets)
-        _log(log, {"event": "validation", "step": step, "final": True} | scores)
+        _log(log, {"event": "validation", "step": step, "final": finished} | scores)
         checkpoint(out / f"step_{step:06d}.pt")
-    _log(log, {"event": "stopped" if stop["now"] else "finished", "step": step})
+    _log(log, {"event": "finished" if finished else "stopped", "step": step})
     return out / "last.pt"
 
 
