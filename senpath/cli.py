@@ -52,6 +52,21 @@ def run(
         bool, typer.Option("--force", help="Redo slides that are already complete.")
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and stop.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            min=0,
+            help="Run on a local dask cluster of N worker processes (N >= 2; 0/1: this process).",
+        ),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Run on an existing dask cluster: its scheduler address (tcp://host:8786).",
+        ),
+    ] = None,
 ) -> None:
     """Analyse slides: segment nuclei, measure stains per cell, call markers, write results stores.
 
@@ -62,10 +77,16 @@ def run(
       senpath run slides/ --assay ki67 --out results/
 
       senpath run photo.png --assay p16 --mpp 0.5 --out results/
+
+      senpath run samples.csv --out results/ --workers 4            (local dask cluster)
+
+      senpath run samples.csv --out results/ --scheduler tcp://node01:8786   (SLURM, see docs)
     """
     from senpath.config import load_assays, load_config
     from senpath.pipeline import plan_batch, run_batch
 
+    if workers and scheduler:
+        raise typer.BadParameter("--workers and --scheduler are mutually exclusive: give one")
     assays = load_assays(config)
     cfg = load_config(config).replace(segmenter=segmenter, device=device)
     jobs, problems = plan_batch(input, assays=assays, assay=assay, mpp=mpp)
@@ -79,10 +100,14 @@ def run(
             table.add_row(j.slide_id, j.patient_id, j.assay, str(j.path))
         Console().print(table)
         raise typer.Exit(1 if problems else 0)
-    report = run_batch(jobs, out=out, config=cfg, assays=assays, force=force, progress=True)
+    report = run_batch(
+        jobs, out=out, config=cfg, assays=assays, force=force, progress=True,
+        workers=workers, scheduler=scheduler,
+    )  # fmt: skip
     table = Table(title=f"senpath run: {out}")
-    for col in ("slide_id", "status", "cells", "seconds", "message"):
+    for col in ("slide_id", "status", "cells", "seconds"):
         table.add_column(col)
+    table.add_column("message", overflow="fold")  # a failure names its file: never cut it short
     for r in report:
         style = {"ok": "green", "skipped": "cyan", "failed": "red"}[r.status]
         table.add_row(
@@ -108,7 +133,8 @@ def export(
     results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
     by: Annotated[str, typer.Option("--by", help="patient | slide")] = "patient",
     format: Annotated[
-        str, typer.Option("--format", help="Comma-separated: csv,parquet,xlsx,geojson")
+        str,
+        typer.Option("--format", help="Comma-separated: csv,parquet,xlsx,geojson,anndata"),
     ] = "csv",
     out: Annotated[
         Path | None,
@@ -126,22 +152,25 @@ def export(
       senpath export results/ --by patient --format csv,xlsx
 
       senpath export results/ --format geojson --out qupath/   (one <slide_id>.geojson per slide)
+
+      senpath export results/ --format anndata   (every cell in RESULTS/cells.h5ad)
     """
     from senpath.export import (
+        CELL_FORMATS,
         EXPORT_FORMATS,
         SLIDE_FORMATS,
         export_geojson,
         load_all,
         marker_table,
+        write_anndata,
         write_table,
     )
 
+    known = EXPORT_FORMATS + SLIDE_FORMATS + CELL_FORMATS
     formats = [f.strip().lower() for f in format.split(",") if f.strip()]
-    unknown = [f for f in formats if f not in EXPORT_FORMATS + SLIDE_FORMATS]
+    unknown = [f for f in formats if f not in known]
     if unknown:
-        raise typer.BadParameter(
-            f"unknown format(s) {', '.join(unknown)}; use {', '.join(EXPORT_FORMATS + SLIDE_FORMATS)}"
-        )
+        raise typer.BadParameter(f"unknown format(s) {', '.join(unknown)}; use {', '.join(known)}")
     stores = load_all(results)
     if not stores:
         console.print(f"[red]no complete results stores under {results}[/red]")
@@ -157,6 +186,31 @@ def export(
     if tables:
         for path in write_table(marker_table(stores, by=by), stem, tables):
             console.print(f"wrote {path}")
+    if "anndata" in formats:
+        console.print(f"wrote {write_anndata(stores, stem.parent / 'cells.h5ad')}")
+
+
+@app.command()
+def profile(
+    store: Annotated[Path, typer.Argument(help="One slide's results folder (RESULTS/<slide_id>).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="TOML file to write.")],
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Assay name of the profile (default: the slide's assay)."),
+    ] = None,
+) -> None:
+    """Save a slide's stain vectors and marker thresholds as a lab profile for the whole batch.
+
+    Pass the profile to later runs with --config; name the profile's assay in the sample sheet.
+
+    Example: senpath profile results/P01-ki67 --out labA.toml --name ki67-labA
+    """
+    from senpath.export import profile_from_store
+    from senpath.results import atomic_write_bytes, load_results
+
+    text = profile_from_store(load_results(store), name=name)
+    atomic_write_bytes(out, text.encode("utf-8"))
+    console.print(f"wrote {out}")
 
 
 @app.command()

@@ -259,6 +259,26 @@ def write_anndata(results: Iterable[SlideResults], path: str | Path) -> Path:
     return path
 
 
+def profile_from_store(res: SlideResults, *, name: str | None = None) -> str:
+    """A lab stain profile (TOML for ``senpath run --config``) from one analysed slide.
+
+    The profile fixes the stain vectors the slide was measured with (per-slide estimate or preset) and
+    the thresholds it was scored with (corrected ones included), so a batch is scored with one lab's
+    vectors and thresholds instead of re-estimating them per slide. See
+    :func:`senpath.config.stain_profile_toml`.
+    """
+    from senpath.config import get_assay, stain_profile_toml
+
+    prov = res.provenance["assay"]
+    assay = get_assay(prov["name"])
+    vectors = dict(zip(prov["stains"], prov["stain_vectors"], strict=True))
+    vectors = {k: v for k, v in vectors.items() if k in assay.stains}
+    text = stain_profile_toml(
+        assay, vectors=vectors, thresholds=marker_thresholds(res.provenance), name=name
+    )
+    return f"# from slide {res.slide_id!r} ({res.folder})\n{text}"
+
+
 def load_all(results_root: str | Path) -> list[SlideResults]:
     """Every committed slide store under ``results_root``."""
     return [load_results(p) for p in find_stores(results_root)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,12 @@ import senpath
 from senpath.config import AnalysisConfig, Assay, get_assay, load_assays
 from senpath.labels import LabelStore
 from senpath.measure import measure_cells
+from senpath.report import slide_histograms_png
 from senpath.results import (
     CELLS,
+    MANIFEST,
     PROVENANCE,
+    QC_HISTOGRAMS,
     QC_OVERLAY,
     SUMMARY,
     atomic_write_bytes,
@@ -54,7 +57,7 @@ from senpath.stain import (
     rgb_to_od,
     stain_qc,
 )
-from senpath.tiling import Tile, keep_owned, tile_grid
+from senpath.tiling import Instance, Tile, keep_owned, tile_grid
 
 #: Tile progress callback: (tiles done, tiles total).
 TileProgress = Callable[[int, int], None]
@@ -70,6 +73,61 @@ class SlideReport:
     seconds: float = 0.0
     message: str = ""
     folder: Path | None = None
+
+
+def _segment_region(
+    rgb: NDArray[np.uint8],
+    *,
+    mpp: float,
+    assay: Assay,
+    stains: StainSet,
+    config: AnalysisConfig,
+    i0: float | Sequence[float] = DEFAULT_I0,
+) -> NDArray[np.int32]:
+    """Nucleus labels of one region: the inference half of :func:`analyze_region` (GPU work)."""
+    return segment_nuclei(
+        rgb,
+        mpp=mpp,
+        stains=stains,
+        nuclear_stains=assay.nuclear_stains,
+        method=config.segmenter,
+        device=config.device,
+        i0=i0,
+        min_area_um2=config.min_nucleus_area_um2,
+    )
+
+
+def _measure_region(
+    rgb: NDArray[np.uint8],
+    labels: NDArray[np.int32],
+    *,
+    mpp: float,
+    stains: StainSet,
+    config: AnalysisConfig,
+    i0: float | Sequence[float] = DEFAULT_I0,
+    origin_um: tuple[float, float] = (0.0, 0.0),
+    tile: Tile | None = None,
+    image_shape: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """Per-cell table of one segmented region: the measuring half of :func:`analyze_region`."""
+    conc = deconvolve(rgb, stains, i0)
+    cells = measure_cells(
+        labels,
+        conc,
+        stain_names=stains.names,
+        mpp=mpp,
+        cytoplasm_um=config.cytoplasm_um,
+        origin_um=origin_um,
+    )
+    keep = (cells["nucleus_area_um2"] >= config.min_nucleus_area_um2) & (
+        cells["nucleus_area_um2"] <= config.max_nucleus_area_um2
+    )
+    if tile is not None:
+        # one ownership rule for the whole package (exact integer centroid arithmetic), so
+        # neighbouring tiles never both keep, or both drop, a nucleus on their shared edge
+        owned = keep_owned(labels, tile, image_shape=image_shape, on_truncated="warn")
+        keep &= cells["cell_id"].isin([inst.local_label for inst in owned])
+    return cells[keep].reset_index(drop=True)
 
 
 def analyze_region(
@@ -99,34 +157,19 @@ def analyze_region(
     (cells, labels)
         Per-cell table (``cell_id`` = label in ``labels``) and the (Y, X) int32 nucleus labels.
     """
-    conc = deconvolve(rgb, stains, i0)
-    labels = segment_nuclei(
+    labels = _segment_region(rgb, mpp=mpp, assay=assay, stains=stains, config=config, i0=i0)
+    cells = _measure_region(
         rgb,
+        labels,
         mpp=mpp,
         stains=stains,
-        nuclear_stains=assay.nuclear_stains,
-        method=config.segmenter,
-        device=config.device,
+        config=config,
         i0=i0,
-        min_area_um2=config.min_nucleus_area_um2,
-    )
-    cells = measure_cells(
-        labels,
-        conc,
-        stain_names=stains.names,
-        mpp=mpp,
-        cytoplasm_um=config.cytoplasm_um,
         origin_um=origin_um,
+        tile=tile,
+        image_shape=image_shape,
     )
-    keep = (cells["nucleus_area_um2"] >= config.min_nucleus_area_um2) & (
-        cells["nucleus_area_um2"] <= config.max_nucleus_area_um2
-    )
-    if tile is not None:
-        # one ownership rule for the whole package (exact integer centroid arithmetic), so
-        # neighbouring tiles never both keep, or both drop, a nucleus on their shared edge
-        owned = keep_owned(labels, tile, image_shape=image_shape, on_truncated="warn")
-        keep &= cells["cell_id"].isin([inst.local_label for inst in owned])
-    return cells[keep].reset_index(drop=True), labels
+    return cells, labels
 
 
 def _model_identity(method: str) -> dict[str, Any]:
@@ -135,6 +178,250 @@ def _model_identity(method: str) -> dict[str, Any]:
 
         return {"method": "cnn", **shipped_weights_info()}
     return {"method": "classical", "model_sha256": None}
+
+
+@dataclass
+class SlidePlan:
+    """Everything the tile stage of one slide needs, decided once per slide (small and picklable).
+
+    The stages of :func:`analyze_slide` — :func:`plan_slide`, :func:`analyze_tiles` (or
+    :func:`segment_tiles` then :func:`analyze_tiles`) and :func:`commit_slide` — take and return plain
+    data, so the same code runs in this process or as dask tasks on other machines
+    (:mod:`senpath.distributed`), with identical results.
+
+    Attributes
+    ----------
+    path : the slide file.
+    slide_id, patient_id : names used in the store.
+    mpp : the ``mpp`` override given for an uncalibrated file (µm/px), or ``None``.
+    assay : the assay definition.
+    config : the settings, with ``segmenter`` resolved to ``cnn`` or ``classical``.
+    prior : the assay's preset stain vectors.
+    stain_estimate : the slide's stain vectors and their QC evidence.
+    i0 : glass intensity per RGB channel.
+    shape_px : (Y, X) of the slide at the analysis resolution ``config.analysis_mpp``.
+    tiles : the tissue tile grid, in the order ids are assigned (row-major).
+    tissue_fraction : fraction of the slide covered by tissue.
+    tissue_area_mm2 : tissue area in mm².
+    timings : seconds spent so far, by stage (``tissue_s``, ``stains_s``).
+    """
+
+    path: Path
+    slide_id: str
+    patient_id: str
+    mpp: float | None
+    assay: Assay
+    config: AnalysisConfig
+    prior: StainSet
+    stain_estimate: StainEstimate
+    i0: Any  # (3,) float64 ndarray, the glass intensity per RGB channel
+    shape_px: tuple[int, int]
+    tiles: list[Tile]
+    tissue_fraction: float
+    tissue_area_mm2: float
+    timings: dict[str, float]
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tissue tiles."""
+        return len(self.tiles)
+
+
+@dataclass
+class TileResult:
+    """One tile's analysis, ready to paste: its kept cells and their masks.
+
+    Attributes
+    ----------
+    index : position of the tile in :attr:`SlidePlan.tiles`.
+    cells : per-cell table; ``cell_id`` is still the nucleus label in the tile's segmentation.
+    instances : the owned nucleus masks, one per row of ``cells`` and in the same order (what
+        :meth:`senpath.labels.LabelStore.add_instances` pastes; the tile's halo is not kept).
+    """
+
+    index: int
+    cells: pd.DataFrame
+    instances: list[Instance]
+
+
+def plan_slide(
+    path: str | Path,
+    *,
+    assay: Assay,
+    config: AnalysisConfig,
+    mpp: float | None = None,
+    slide_id: str | None = None,
+    patient_id: str | None = None,
+    slide: Any = None,
+) -> SlidePlan:
+    """First stage of :func:`analyze_slide`: tissue mask, glass intensity, tile grid, stain vectors.
+
+    Parameters
+    ----------
+    path : slide file.
+    assay : the assay definition.
+    config : analysis settings (``segmenter`` may be ``auto``; the plan holds it resolved).
+    mpp : pixel size in µm for files without calibration.
+    slide_id, patient_id : names used in the store (default: the file stem).
+    slide : the already opened slide of ``path`` (opened here when ``None``).
+
+    Returns
+    -------
+    SlidePlan
+    """
+    from senpath.io import open_slide
+    from senpath.tissue import tissue_mask
+
+    slide = slide if slide is not None else open_slide(path, mpp=mpp)
+    slide_id = slide_id or slide.slide_id
+    config = config.replace(segmenter=resolve_method(config.segmenter))
+    prior = StainSet.from_names(assay.stains, overrides=assay.stain_vectors)
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    tissue = tissue_mask(slide, target_mpp=config.tissue_mpp)
+    i0 = _estimate_i0(slide, tissue)
+    timings["tissue_s"] = time.perf_counter() - t
+
+    amp = config.analysis_mpp
+    height_um = slide.shape[0] * slide.mpp[1]
+    width_um = slide.shape[1] * slide.mpp[0]
+    shape_px = (max(1, round(height_um / amp)), max(1, round(width_um / amp)))
+    tile_px = max(64, round(config.tile_size_um / amp))
+    halo_px = max(1, math.ceil(config.halo_um / amp))
+    tiles = tile_grid(
+        shape_px, tile_size=tile_px, halo=halo_px, mask=tissue.mask, mask_scale=tissue.mpp / amp
+    )
+
+    t = time.perf_counter()
+    stain_estimate = _slide_stains(
+        slide, tiles, prior=prior, i0=i0, mpp=amp, mode=config.stain_vectors
+    )
+    timings["stains_s"] = time.perf_counter() - t
+    return SlidePlan(
+        path=Path(path),
+        slide_id=slide_id,
+        patient_id=patient_id or slide_id,
+        mpp=mpp,
+        assay=assay,
+        config=config,
+        prior=prior,
+        stain_estimate=stain_estimate,
+        i0=np.asarray(i0, dtype=np.float64),
+        shape_px=shape_px,
+        tiles=list(tiles),
+        tissue_fraction=float(tissue.fraction),
+        tissue_area_mm2=float(tissue.mask.sum()) * (tissue.mpp / 1000.0) ** 2,
+        timings=timings,
+    )
+
+
+def _read_tile(slide: Any, tile: Tile, mpp: float) -> NDArray[np.uint8]:
+    """A tile's box (core and halo) at ``mpp`` µm/px."""
+    box = tile.box
+    return slide.read_region(
+        box.x0 * mpp, box.y0 * mpp, (box.x1 - box.x0) * mpp, (box.y1 - box.y0) * mpp, mpp=mpp
+    )
+
+
+def segment_tiles(
+    plan: SlidePlan, indices: Sequence[int], *, slide: Any = None
+) -> list[NDArray[np.int32]]:
+    """Nucleus labels of the tiles ``plan.tiles[i]`` for ``i`` in ``indices`` (the inference stage).
+
+    Returns
+    -------
+    list of (H, W) int32
+        One label image per tile, over the tile's box (core and halo), in ``indices`` order.
+    """
+    from senpath.io import open_slide
+
+    slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
+    amp = plan.config.analysis_mpp
+    stains = plan.stain_estimate.stains
+    return [
+        _segment_region(
+            _read_tile(slide, plan.tiles[i], amp),
+            mpp=amp,
+            assay=plan.assay,
+            stains=stains,
+            config=plan.config,
+            i0=plan.i0,
+        )
+        for i in indices
+    ]
+
+
+def analyze_tiles(
+    plan: SlidePlan,
+    indices: Sequence[int],
+    *,
+    labels: Sequence[NDArray[np.int32]] | None = None,
+    slide: Any = None,
+) -> Iterator[TileResult]:
+    """Read, segment (unless ``labels`` are given), measure and keep the owned nuclei of tiles.
+
+    Parameters
+    ----------
+    plan : the slide's plan.
+    indices : positions in ``plan.tiles``, in the order the results are yielded.
+    labels : the tiles' label images from :func:`segment_tiles` (same order), when the inference
+        ran elsewhere; ``None`` segments here.
+    slide : the opened slide (opened here when ``None``).
+
+    Yields
+    ------
+    TileResult
+        One per tile, lazily (a whole slide's results need not be held at once).
+    """
+    from senpath.io import open_slide
+
+    slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
+    amp = plan.config.analysis_mpp
+    stains = plan.stain_estimate.stains
+    for k, i in enumerate(indices):
+        tile = plan.tiles[i]
+        rgb = _read_tile(slide, tile, amp)
+        if labels is None:
+            tile_labels = _segment_region(
+                rgb, mpp=amp, assay=plan.assay, stains=stains, config=plan.config, i0=plan.i0
+            )
+        else:
+            tile_labels = labels[k]
+        cells = _measure_region(
+            rgb,
+            tile_labels,
+            mpp=amp,
+            stains=stains,
+            config=plan.config,
+            i0=plan.i0,
+            origin_um=(tile.box.x0 * amp, tile.box.y0 * amp),
+            tile=tile,
+            image_shape=plan.shape_px,
+        )
+        instances = _owned_instances(tile_labels, tile, cells["cell_id"], plan.shape_px)
+        yield TileResult(int(i), cells, instances)
+
+
+def _owned_instances(
+    labels: NDArray[np.integer],
+    tile: Tile,
+    local_ids: Iterable[int],
+    image_shape: tuple[int, int],
+) -> list[Instance]:
+    """The masks of the nuclei ``local_ids`` that ``tile`` owns, in ``local_ids`` order."""
+    owned = {
+        inst.local_label: inst
+        for inst in keep_owned(labels, tile, image_shape=image_shape, on_truncated="keep")
+    }
+    ids = [int(i) for i in local_ids]
+    missing = [i for i in ids if i not in owned]
+    if missing:
+        raise ValueError(
+            f"labels {missing[:5]} of tile (row {tile.row}, col {tile.col}) are not owned by it "
+            "(centroid outside its core) or absent"
+        )
+    return [owned[i] for i in ids]
 
 
 def analyze_slide(
@@ -167,71 +454,98 @@ def analyze_slide(
     Path of the committed store.
     """
     from senpath.io import open_slide
-    from senpath.tissue import tissue_mask
 
     t_start = time.perf_counter()
     config = config or AnalysisConfig()
     assay_obj = assay if isinstance(assay, Assay) else get_assay(assay, assays)
     slide = open_slide(path, mpp=mpp)
-    slide_id = slide_id or slide.slide_id
-    folder = Path(out) / slide_id
-    method = resolve_method(config.segmenter)
-    config = config.replace(segmenter=method)
-    prior = StainSet.from_names(assay_obj.stains, overrides=assay_obj.stain_vectors)
-
-    timings: dict[str, float] = {}
-    t = time.perf_counter()
-    tissue = tissue_mask(slide, target_mpp=config.tissue_mpp)
-    i0 = _estimate_i0(slide, tissue)
-    timings["tissue_s"] = time.perf_counter() - t
-
-    amp = config.analysis_mpp
-    height_um = slide.shape[0] * slide.mpp[1]
-    width_um = slide.shape[1] * slide.mpp[0]
-    shape_px = (max(1, round(height_um / amp)), max(1, round(width_um / amp)))
-    tile_px = max(64, round(config.tile_size_um / amp))
-    halo_px = max(1, math.ceil(config.halo_um / amp))
-    tiles = tile_grid(
-        shape_px, tile_size=tile_px, halo=halo_px, mask=tissue.mask, mask_scale=tissue.mpp / amp
+    plan = plan_slide(
+        path,
+        assay=assay_obj,
+        config=config,
+        mpp=mpp,
+        slide_id=slide_id,
+        patient_id=patient_id,
+        slide=slide,
+    )
+    results = analyze_tiles(plan, range(plan.n_tiles), slide=slide)
+    return commit_slide(
+        plan, results, out=out, slide=slide, tile_progress=tile_progress, t_start=t_start
     )
 
-    t = time.perf_counter()
-    stain_estimate = _slide_stains(
-        slide, tiles, prior=prior, i0=i0, mpp=amp, mode=config.stain_vectors
-    )
+
+def commit_slide(
+    plan: SlidePlan,
+    results: Iterable[TileResult],
+    *,
+    out: str | Path,
+    slide: Any = None,
+    tile_progress: TileProgress | None = None,
+    t_start: float | None = None,
+    extra_timings: Mapping[str, float] | None = None,
+) -> Path:
+    """Last stage of :func:`analyze_slide`: paste labels, score, write the store, manifest last.
+
+    Parameters
+    ----------
+    plan : the slide's plan.
+    results : one :class:`TileResult` per tile of ``plan.tiles``, in tile order (cell ids are
+        assigned in this order, so it must be the grid order for results to match a local run).
+    out : results root folder; the store is ``<out>/<plan.slide_id>/``.
+    slide : the opened slide (opened here when ``None``), for the QC overlay and provenance.
+    tile_progress : called with (tiles done, total) as tiles are pasted.
+    t_start : ``time.perf_counter()`` when the slide started (for ``timings.total_s``).
+    extra_timings : more stage timings (s) for the provenance.
+
+    Returns
+    -------
+    Path of the committed store.
+
+    Notes
+    -----
+    Idempotent: committing the same plan and results again (a retried task) rewrites the same
+    store; the manifest is removed first and written last, so a store is never half new.
+    """
+    from senpath.io import open_slide
+
+    t_start = time.perf_counter() if t_start is None else t_start
+    slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
+    folder = Path(out) / plan.slide_id
+    config, assay_obj, stain_estimate = plan.config, plan.assay, plan.stain_estimate
     stains = stain_estimate.stains
-    timings["stains_s"] = time.perf_counter() - t
+    tiles, shape_px, amp = plan.tiles, plan.shape_px, config.analysis_mpp
+    timings = {**plan.timings, **dict(extra_timings or {})}
 
     t = time.perf_counter()
     parts: list[pd.DataFrame] = []
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp_files(folder)
     label_store = LabelStore(folder, shape_px, mpp=amp)  # pasted tile by tile, never whole in RAM
-    for done, tile in enumerate(tiles, start=1):
-        hy0, hy1, hx0, hx1 = tile.box.y0, tile.box.y1, tile.box.x0, tile.box.x1
-        rgb = slide.read_region(hx0 * amp, hy0 * amp, (hx1 - hx0) * amp, (hy1 - hy0) * amp, mpp=amp)
-        cells, tile_labels = analyze_region(
-            rgb,
-            mpp=amp,
-            assay=assay_obj,
-            stains=stains,
-            config=config,
-            i0=i0,
-            origin_um=(hx0 * amp, hy0 * amp),
-            tile=tile,
-            image_shape=shape_px,
-        )
+    expected = 0
+    for done, result in enumerate(results, start=1):
+        if result.index != expected:
+            label_store.abort()
+            raise ValueError(
+                f"tile results out of order for {plan.slide_id}: got tile {result.index}, "
+                f"expected {expected} (cell ids are assigned in tile order)"
+            )
+        expected += 1
+        cells = result.cells
         if len(cells):
+            cells = cells.copy()
             cells.insert(1, "tile_label", cells["cell_id"].astype(np.int32))
             # cell_id = the id pasted into the label image; a nucleus left with no pixels is dropped
-            cells["cell_id"] = label_store.add_tile(
-                tile_labels, tile, cells["tile_label"].to_numpy(), image_shape=shape_px
-            )
+            cells["cell_id"] = label_store.add_instances(result.instances)
             parts.append(cells[cells["cell_id"] > 0].reset_index(drop=True))
         if tile_progress:
             tile_progress(done, len(tiles))
-    timings["cells_s"] = time.perf_counter() - t
+    if expected != len(tiles):
+        label_store.abort()
+        raise ValueError(f"{plan.slide_id}: {expected} tile results for {len(tiles)} tiles")
+    timings["cells_s"] = timings.get("cells_s", 0.0) + time.perf_counter() - t
 
     cells = pd.concat(parts, ignore_index=True) if parts else _empty_cells(stains)
-    cells.insert(0, "slide_id", slide_id)
+    cells.insert(0, "slide_id", plan.slide_id)
     threshold_info = slide_thresholds(
         cells, assay_obj, auto=config.auto_threshold, bounds_od=config.auto_threshold_bounds_od
     )
@@ -241,10 +555,10 @@ def analyze_slide(
     for m, info in threshold_info.items():
         summary["markers"][m]["threshold"] = info
     summary.update(
-        slide_id=slide_id,
-        patient_id=patient_id or slide_id,
-        tissue_fraction=float(tissue.fraction),
-        tissue_area_mm2=float(tissue.mask.sum()) * (tissue.mpp / 1000.0) ** 2,
+        slide_id=plan.slide_id,
+        patient_id=plan.patient_id,
+        tissue_fraction=plan.tissue_fraction,
+        tissue_area_mm2=plan.tissue_area_mm2,
         n_tiles=len(tiles),
     )
     if len(tiles) == 0:
@@ -259,7 +573,7 @@ def analyze_slide(
     provenance = {
         "senpath_version": senpath.__version__,
         "slide": {
-            "path": str(Path(path).resolve()),
+            "path": str(plan.path.resolve()),
             "backend": slide.backend,
             "vendor": slide.vendor,
             "mpp": list(slide.mpp),
@@ -271,7 +585,7 @@ def analyze_slide(
             "stains": list(stains.names),
             "stain_vectors": stains.vectors.tolist(),
             "stain_vectors_source": stain_estimate.source,
-            "preset_stain_vectors": prior.vectors.tolist(),
+            "preset_stain_vectors": plan.prior.vectors.tolist(),
             # threshold_od: the one each marker was scored with (automatic or the rule's)
             "markers": [
                 {**vars(r), "threshold_od": thresholds[r.name], "rule_threshold_od": r.threshold_od}
@@ -279,29 +593,42 @@ def analyze_slide(
             ],
             "phenotypes": {k: list(v) for k, v in assay_obj.phenotypes.items()},
         },
-        "background_i0": [float(v) for v in np.atleast_1d(i0)],
+        "background_i0": [float(v) for v in np.atleast_1d(plan.i0)],
         "stain_estimate": qc,
         "thresholds": threshold_info,
         "config": config.to_dict(),
-        "segmenter": _model_identity(method),
+        "segmenter": _model_identity(config.segmenter),
         "device": config.device,
         "timings": timings,
     }
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "manifest.json").unlink(missing_ok=True)  # the store is incomplete until re-committed
+    (folder / MANIFEST).unlink(missing_ok=True)  # the store is incomplete until re-committed
     label_store.commit()
     atomic_write_parquet(folder / CELLS, scored)
     atomic_write_json(folder / SUMMARY, summary)
     atomic_write_json(folder / PROVENANCE, provenance)
     atomic_write_bytes(folder / QC_OVERLAY, _qc_overlay_png(slide, scored, assay_obj))
+    atomic_write_bytes(folder / QC_HISTOGRAMS, slide_histograms_png(scored, thresholds))
     write_manifest(
         folder,
-        slide_id=slide_id,
-        identity=run_identity(path, config=config, assay=assay_obj, mpp=mpp),
-        extra={"patient_id": patient_id or slide_id, "assay": assay_obj.name},
+        slide_id=plan.slide_id,
+        identity=run_identity(plan.path, config=config, assay=assay_obj, mpp=plan.mpp),
+        extra={"patient_id": plan.patient_id, "assay": assay_obj.name},
     )
     return folder
+
+
+def _remove_stale_tmp_files(folder: Path) -> None:
+    """Temporary files of atomic writes left by an interrupted run (a killed worker) of this slide.
+
+    Only one run writes a slide's folder at a time (a batch gives each slide one folder and one
+    committing task), so any temporary file found here belongs to a run that is gone.
+    """
+    for name in (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY, QC_HISTOGRAMS, MANIFEST):
+        for tmp in folder.glob(f".{name}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
 
 
 def run_identity(
@@ -427,26 +754,78 @@ def run_batch(
     assays: Mapping[str, Assay] | None = None,
     force: bool = False,
     progress: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
 ) -> list[SlideReport]:
     """Analyse every job; a failing slide is reported and the others still run.
 
-    Slides whose store is complete and current are skipped unless ``force``.
+    Slides whose store is complete and current are skipped unless ``force``. The reports, stores,
+    ``<out>/failures.log`` and per-cell tables are the same whichever way the batch runs.
+
+    Parameters
+    ----------
+    jobs : the slides (see :func:`plan_batch`).
+    out : results root folder (one store per slide).
+    config : analysis settings.
+    assays : known assays (default: the presets plus none).
+    force : redo slides whose store is already complete.
+    progress : show progress bars (and the dask dashboard link when a cluster is used).
+    workers : ``N >= 2`` runs the batch on a local dask cluster of N single-threaded worker
+        processes; ``None``, 0 or 1 run it in this process (the default).
+    scheduler : address of a running dask scheduler (``tcp://host:8786``) to run the batch on.
+    client : a connected :class:`distributed.Client` to run on (e.g. of a ``SLURMCluster``).
+        ``workers``, ``scheduler`` and ``client`` are mutually exclusive.
+
+    Returns
+    -------
+    list of SlideReport
+        One per job, in job order.
     """
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers}")
+    modes = [bool(workers and workers > 1), scheduler is not None, client is not None]
+    if sum(modes) > 1:
+        raise ValueError("give only one of workers (N >= 2), scheduler and client")
     config = config or AnalysisConfig()
     assays = load_assays() if assays is None else assays
+    if any(modes):
+        from senpath.distributed import cluster_client, run_batch_distributed
+
+        if client is not None:
+            return run_batch_distributed(
+                jobs,
+                client=client,
+                out=out,
+                config=config,
+                assays=assays,
+                force=force,
+                progress=progress,
+            )
+        n_workers = workers if workers and workers > 1 else None
+        with cluster_client(workers=n_workers, scheduler=scheduler) as own:
+            return run_batch_distributed(
+                jobs,
+                client=own,
+                out=out,
+                config=config,
+                assays=assays,
+                force=force,
+                progress=progress,
+            )
     jobs = list(jobs)
     reports: list[SlideReport] = []
-    bar = _BatchProgress(len(jobs)) if progress else None
+    bar = BatchProgress(len(jobs)) if progress else None
+    seen: set[str] = set()
     try:
         for job in jobs:
             t = time.perf_counter()
-            folder = Path(out) / job.slide_id
             try:
-                assay = get_assay(job.assay, assays)
-                identity = run_identity(job.path, config=config, assay=assay, mpp=job.mpp)
-                if not force and is_complete(folder, identity):
-                    n = _count_cells(folder)
-                    reports.append(SlideReport(job.slide_id, "skipped", n, 0.0, "complete", folder))
+                assay, skipped = screen_job(
+                    job, out=out, config=config, assays=assays, force=force, seen=seen
+                )
+                if skipped is not None:
+                    reports.append(skipped)
                     continue
                 on_tile = bar.slide(job.slide_id) if bar else None
                 folder = analyze_slide(
@@ -464,11 +843,7 @@ def run_batch(
                     SlideReport(job.slide_id, "ok", n, time.perf_counter() - t, "", folder)
                 )
             except Exception as exc:  # one bad slide must not stop the batch
-                message = f"{job.path}: {type(exc).__name__}: {exc}"
-                reports.append(
-                    SlideReport(job.slide_id, "failed", 0, time.perf_counter() - t, message)
-                )
-                _log_failure(Path(out), job, exc)
+                reports.append(failed_report(job, exc, out=out, seconds=time.perf_counter() - t))
             finally:
                 if bar:
                     bar.slide_done()
@@ -478,21 +853,76 @@ def run_batch(
     return reports
 
 
+def screen_job(
+    job: SlideJob,
+    *,
+    out: str | Path,
+    config: AnalysisConfig,
+    assays: Mapping[str, Assay],
+    force: bool,
+    seen: set[str],
+) -> tuple[Assay, SlideReport | None]:
+    """Before a slide runs: its assay, and a ``skipped`` report when its store is already current.
+
+    ``seen`` collects the slide ids of the batch so far; a repeated id raises (two slides would write,
+    and on a cluster race for, one store).
+
+    Raises
+    ------
+    ValueError
+        When ``job.slide_id`` repeats an earlier job's.
+    ConfigError
+        When the job's assay is unknown.
+    """
+    if job.slide_id in seen:
+        raise ValueError(
+            f"slide_id {job.slide_id!r} repeats an earlier slide of the batch; each slide needs its "
+            "own slide_id (its results folder): give them distinct names in a sample sheet"
+        )
+    seen.add(job.slide_id)
+    folder = Path(out) / job.slide_id
+    assay = get_assay(job.assay, assays)
+    identity = run_identity(job.path, config=config, assay=assay, mpp=job.mpp)
+    if not force and is_complete(folder, identity):
+        n = _count_cells(folder)
+        return assay, SlideReport(job.slide_id, "skipped", n, 0.0, "complete", folder)
+    return assay, None
+
+
+def failed_report(
+    job: SlideJob,
+    exc: BaseException,
+    *,
+    out: str | Path,
+    seconds: float = 0.0,
+    tb: Any = None,
+) -> SlideReport:
+    """A ``failed`` report for ``job``, its full traceback appended to ``<out>/failures.log``.
+
+    ``tb`` is the traceback when ``exc`` was raised elsewhere (a dask worker's); default: its own.
+    """
+    message = f"{job.path}: {type(exc).__name__}: {exc}"
+    _log_failure(Path(out), job, exc, tb=tb)
+    return SlideReport(job.slide_id, "failed", 0, seconds, message)
+
+
 def _count_cells(folder: Path) -> int:
     import pyarrow.parquet as pq
 
     return int(pq.ParquetFile(folder / CELLS).metadata.num_rows)
 
 
-def _log_failure(out: Path, job: SlideJob, exc: BaseException) -> None:
+def _log_failure(out: Path, job: SlideJob, exc: BaseException, *, tb: Any = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = exc.__traceback__ if tb is None else tb
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
     with open(out / "failures.log", "a", encoding="utf-8") as fh:
         fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.slide_id} ({job.path})\n{text}\n")
 
 
-class _BatchProgress:
-    """A rich progress display: one bar for the batch, one for the current slide's tiles."""
+class BatchProgress:
+    """A rich progress display: one bar for the batch, one for the current slide's tiles (or, for a
+    batch on a cluster, where slides run side by side, one for all the batch's tiles)."""
 
     def __init__(self, n_slides: int) -> None:
         from rich.progress import (
@@ -528,6 +958,22 @@ class _BatchProgress:
 
     def slide_done(self) -> None:
         self._progress.advance(self._batch)
+
+    def add_tiles(self, n: int) -> None:
+        """Grow the batch-wide tile bar by ``n`` tiles (a slide's tile grid became known)."""
+        if self._tiles is None:
+            self._tiles = self._progress.add_task("  tiles", total=0)
+        task = self._progress.tasks[self._progress.task_ids.index(self._tiles)]
+        self._progress.update(self._tiles, total=(task.total or 0) + n)
+
+    def tiles_done(self, n: int) -> None:
+        """Advance the batch-wide tile bar by ``n`` tiles."""
+        if self._tiles is not None:
+            self._progress.advance(self._tiles, n)
+
+    def print(self, text: str) -> None:
+        """A line above the bars (the dashboard link)."""
+        self._progress.console.print(text)
 
     def close(self) -> None:
         self._progress.stop()

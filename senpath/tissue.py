@@ -107,7 +107,9 @@ def _darkest_level(array: Any, factor: int) -> NDArray[np.uint8]:
     chunks = tuple(tuple(max(1, math.ceil(c / factor)) for c in axis) for axis in arr.chunks[:2])
     darkest = arr.map_blocks(reduce, chunks=chunks, drop_axis=2, dtype=np.uint8)
     result = np.empty(darkest.shape, dtype=np.uint8)
-    da.store(darkest, result, lock=False)
+    # the target is this process's memory: never let a distributed client (inside a dask worker,
+    # or a user's default client) run the store elsewhere and leave ``result`` uninitialised
+    da.store(darkest, result, lock=False, scheduler="threads")
     return result
 
 
