@@ -15,7 +15,7 @@ Work units, per slide (each a dask task, keys ``senpath-<stage>-<slide_id>-<run>
     commit (paste the masks in tile order → cell ids, score, write the store; manifest last)
 
 A slide of at most ``tiles_per_task`` tiles (and no GPU split) runs its tiles inside its commit task.
-The stages are those of :func:`senpath.pipeline.analyze_slide`, so the per-cell tables are identical
+The stages are those of :func:`senpath.slide_analysis.analyze_slide`, so the per-cell tables are identical
 to a single-process run. Cell ids are assigned by the commit task in tile order, never by the order in
 which tile tasks finish.
 
@@ -44,18 +44,21 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from senpath.config import AnalysisConfig, Assay
 from senpath.pipeline import (
     BatchProgress,
-    SlidePlan,
     SlideReport,
-    TileResult,
     _count_cells,
-    analyze_tiles,
-    commit_slide,
     failed_report,
-    plan_slide,
+    ok_message,
     screen_job,
-    segment_tiles,
 )
 from senpath.samplesheet import SlideJob
+from senpath.slide_analysis import (
+    SlidePlan,
+    TileResult,
+    analyze_tiles,
+    commit_slide,
+    plan_slide,
+    segment_tiles,
+)
 
 if TYPE_CHECKING:
     from dask_jobqueue import SLURMCluster
@@ -442,7 +445,8 @@ def run_batch_distributed(
             folder, n_cells, seconds = fut.result()
             if bar and n_tiles:
                 bar.tiles_done(n_tiles)
-            finish(i, SlideReport(run.job.slide_id, "ok", n_cells, seconds, "", Path(folder)))
+            message = ok_message(Path(folder))
+            finish(i, SlideReport(run.job.slide_id, "ok", n_cells, seconds, message, Path(folder)))
     finally:
         if running:  # interrupted (Ctrl-C): do not leave this batch's tasks on the cluster
             client.cancel([f for run in running.values() for f in run.futures])

@@ -6,8 +6,11 @@ Layout of ``<out>/<slide_id>/``::
     summary.json      per-slide marker summary (derived from cells.parquet)
     provenance.json   package version, model sha256, config, stain vectors, thresholds, device, timings
     qc_overlay.png    thumbnail with the cell calls drawn on it
+    qc_histograms.png per marker, the histogram of the per-cell OD it is called on, with the threshold
     labels.ome.zarr/  nucleus label image (multiscale OME-Zarr, ids = cell_id; see senpath.labels)
     manifest.json     written last: the inputs' identity and the files' sha256; no manifest = incomplete
+    corrections.jsonl a reviewer's corrections, an append-only audit log (see senpath.corrections);
+                      load_results applies them by default
 
 Every file is written to a temporary name in the same folder and renamed into place, so an interrupted
 run never leaves a half-written file under a final name; a store without ``manifest.json`` is redone.
@@ -22,7 +25,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,9 @@ CELLS = "cells.parquet"
 SUMMARY = "summary.json"
 PROVENANCE = "provenance.json"
 QC_OVERLAY = "qc_overlay.png"
+QC_HISTOGRAMS = "qc_histograms.png"
 LABELS = "labels.ome.zarr"
+CORRECTIONS = "corrections.jsonl"
 #: Bump when the store's layout changes incompatibly (old stores are then recomputed on resume).
 #: 2: the label image (labels.ome.zarr) is part of the store and cell_id equals its label ids.
 STORE_VERSION = 2
@@ -109,13 +114,19 @@ def input_identity(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class SlideResults:
-    """A complete per-slide store, loaded."""
+    """A complete per-slide store, loaded.
+
+    ``corrections`` holds the entries of the store's corrections log that were applied to ``cells``,
+    ``summary`` and ``provenance`` (empty when there are none or when loaded with
+    ``corrections=False``).
+    """
 
     folder: Path
     cells: pd.DataFrame
     summary: dict[str, Any]
     provenance: dict[str, Any]
     manifest: dict[str, Any]
+    corrections: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def slide_id(self) -> str:
@@ -144,7 +155,7 @@ def write_manifest(
 
     files = {
         name: sha256_file(folder / name)
-        for name in (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY)
+        for name in (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY, QC_HISTOGRAMS, CORRECTIONS)
         if (folder / name).is_file()
     }
     if (folder / LABELS / ".zattrs").is_file():
@@ -183,8 +194,15 @@ def is_complete(folder: str | Path, identity: Mapping[str, Any] | None = None) -
     )
 
 
-def load_results(folder: str | Path) -> SlideResults:
+def load_results(folder: str | Path, *, corrections: bool = True) -> SlideResults:
     """Load one slide's committed results store.
+
+    Parameters
+    ----------
+    folder : the slide's store (``results/<slide_id>``).
+    corrections : apply the reviewer's corrections (``corrections.jsonl``, see
+        :mod:`senpath.corrections`): corrected calls, thresholds and nuclei, and an ``excluded``
+        column. ``False`` gives the table and summary as the pipeline wrote them.
 
     Raises
     ------
@@ -200,7 +218,14 @@ def load_results(folder: str | Path) -> SlideResults:
     cells = pd.read_parquet(folder / CELLS)
     summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
     provenance = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
-    return SlideResults(folder, cells, summary, provenance, manifest)
+    res = SlideResults(folder, cells, summary, provenance, manifest)
+    if "corrections" in summary or (folder / CORRECTIONS).is_file():
+        from senpath.corrections import apply_to_results, uncorrected_summary
+
+        res.summary = uncorrected_summary(summary)
+        if corrections:
+            res = apply_to_results(res)
+    return res
 
 
 def find_stores(root: str | Path) -> list[Path]:

@@ -112,7 +112,7 @@ def test_bad_slide_fails_alone(tmp_path):
 def test_interrupted_store_is_not_complete_and_is_redone(tmp_path, monkeypatch):
     s = _slide(tmp_path, "ki67", seed=5, shape=(512, 512))
     jobs = [SlideJob("s", s.path, "ki67", "P1")]
-    import senpath.pipeline as pl
+    import senpath.slide_analysis as pl
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
@@ -159,3 +159,28 @@ def test_tiling_does_not_change_the_cells(tmp_path):
         np.testing.assert_allclose(tiled[["x_um", "y_um"]], whole[["x_um", "y_um"]], atol=1e-6)
         np.testing.assert_allclose(tiled["nucleus_area_um2"], whole["nucleus_area_um2"])
         np.testing.assert_array_equal(tiled["ki67_positive"], whole["ki67_positive"])
+
+
+def test_force_rerun_keeps_a_reviewers_corrections_aside(tmp_path):
+    from senpath.corrections import CorrectionSession
+
+    s = _slide(tmp_path, "ki67", seed=5, shape=(512, 512))
+    jobs = [SlideJob("s", s.path, "ki67", "P1")]
+    out = tmp_path / "res"
+    run_batch(jobs, out=out, config=CLASSICAL)
+    session = CorrectionSession(out / "s", user="reviewer")
+    first = int(session.cells["cell_id"].iloc[0])
+    session.exclude([first])
+    session.save()
+    assert senpath.load_results(out / "s").cells.set_index("cell_id").loc[first, "excluded"]
+    log = (out / "s" / "corrections.jsonl").read_text()
+
+    with pytest.warns(UserWarning, match="corrections of the previous analysis are kept"):
+        (report,) = run_batch(jobs, out=out, config=CLASSICAL, force=True)
+    assert report.status == "ok" and "earlier corrections kept in corrections." in report.message
+    kept = list((out / "s").glob("corrections.*.jsonl"))
+    assert len(kept) == 1 and kept[0].read_text() == log  # nothing of the reviewer's work is lost
+    assert not (out / "s" / "corrections.jsonl").exists()
+    res = senpath.load_results(out / "s")
+    assert not res.corrections and not res.cells.get("excluded", pd.Series(False)).any()
+    assert res.provenance["corrections_set_aside"] == kept[0].name

@@ -1,0 +1,52 @@
+"""Analysis widget: a region in memory and the whole slide into a store, in a worker thread with
+progress and cancel (the GUI thread stays free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from senpath.results import read_manifest
+
+
+def _widget(make_napari_viewer, slide: Path):
+    viewer = make_napari_viewer()
+    viewer.open(str(slide), plugin="senpath-napari")
+    _, widget = viewer.window.add_plugin_dock_widget("senpath-napari", "Analyse")
+    widget.assay_combo.setCurrentText("ki67")
+    widget.segmenter_combo.setCurrentText("classical")
+    return viewer, widget
+
+
+def test_region_analysis_runs_in_a_worker(make_napari_viewer, qtbot, analysed) -> None:
+    slide, _ = analysed
+    viewer, widget = _widget(make_napari_viewer, slide)
+    progress: list[tuple[int, int]] = []
+    worker = widget.run(scope="current view", box_um=(0.0, 0.0, 200.0, 300.0))
+    worker.yielded.connect(progress.append)
+    qtbot.waitUntil(lambda: widget.last_result is not None, timeout=60000)
+    assert progress and progress[-1][0] == progress[-1][1]
+    cells, labels, origin = widget.last_result
+    assert labels.shape == (400, 600) and origin == (0.0, 0.0)
+    assert len(cells) > 10 and set(np.unique(labels)) - {0} == set(cells["cell_id"])
+    assert "ki67 calls (region)" in [layer.name for layer in viewer.layers]
+    assert "positive" in widget.result_label.text()
+
+
+def test_whole_slide_analysis_and_cancel(make_napari_viewer, qtbot, analysed, tmp_path) -> None:
+    slide, _ = analysed
+    viewer, widget = _widget(make_napari_viewer, slide)
+    out = tmp_path / "cancelled"
+    widget.run(scope="whole slide", out=out)
+    assert not widget.run_button.isEnabled()
+    widget.cancel()
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=60000)
+    assert "cancelled" in widget.result_label.text() or "failed" in widget.result_label.text()
+    assert read_manifest(out / slide.stem) is None  # nothing committed
+
+    out = tmp_path / "done"
+    widget.run(scope="whole slide", out=out)
+    qtbot.waitUntil(lambda: widget.last_result is not None, timeout=120000)
+    assert read_manifest(out / slide.stem) is not None
+    assert widget.last_result == out / slide.stem
+    assert "ki67 calls" in [layer.name for layer in viewer.layers]
