@@ -25,6 +25,7 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/senpath run sample_images/samples.csv --out $(RESULTS)
 	$(VENV)/bin/senpath export $(RESULTS) --by patient --format csv,xlsx
+	$(VENV)/bin/senpath report $(RESULTS)
 
 # System packages the napari tests need: a virtual X display (Xvfb), software OpenGL (Mesa) and the
 # X/xcb libraries of Qt 6. Installed with apt-get when missing (as root, or through sudo); nothing

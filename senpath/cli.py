@@ -25,6 +25,14 @@ MppOpt = Annotated[
         "--mpp", help="Pixel size in µm for images without calibration (PNG/JPEG, photos)."
     ),
 ]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        help="Your own nucleus model for the CNN: its nucleus_unet.json (or folder), as written by "
+        "`python -m senpath.segment.export`. Default: the shipped model.",
+    ),
+]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (CNN segmenter).")
 ]
@@ -48,6 +56,7 @@ def run(
         str | None, typer.Option("--segmenter", help="auto | cnn | classical.")
     ] = None,
     device: DeviceOpt = None,
+    model: ModelOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Redo slides that are already complete.")
     ] = False,
@@ -88,7 +97,9 @@ def run(
     if workers and scheduler:
         raise typer.BadParameter("--workers and --scheduler are mutually exclusive: give one")
     assays = load_assays(config)
-    cfg = load_config(config).replace(segmenter=segmenter, device=device)
+    cfg = load_config(config).replace(
+        segmenter=segmenter, device=device, model=str(model) if model else None
+    )
     jobs, problems = plan_batch(input, assays=assays, assay=assay, mpp=mpp)
     for problem in problems:
         console.print(f"[red]sample sheet:[/red] {problem}")
@@ -242,13 +253,14 @@ def info(
     Console().print(open_slide(slide, mpp=mpp).describe())
 
 
-def _segmenter_for(method: str, assay: str, device: str) -> object:
+def _segmenter_for(method: str, assay: str, device: str, model: Path | None = None) -> object:
     """A callable rgb, mpp -> labels for ``segment`` and ``evaluate``."""
     from senpath.config import get_assay
     from senpath.segment import resolve_method, segment_nuclei
     from senpath.stain import StainSet
 
-    method = resolve_method(method)
+    model_path = str(model) if model else None
+    method = resolve_method(method, model=model_path)
     assay_obj = get_assay(assay)
     stains = StainSet.from_names(assay_obj.stains)
 
@@ -260,6 +272,7 @@ def _segmenter_for(method: str, assay: str, device: str) -> object:
             nuclear_stains=assay_obj.nuclear_stains,
             method=method,
             device=device,
+            model=model_path,
         )
 
     return run
@@ -272,6 +285,7 @@ def segment(
     mpp: MppOpt = None,
     device: DeviceOpt = "auto",
     segmenter: Annotated[str, typer.Option("--segmenter", help="auto | cnn | classical.")] = "auto",
+    model: ModelOpt = None,
     assay: Annotated[
         str, typer.Option("--assay", help="Stains for the classical segmenter (he, ki67, ...).")
     ] = "he",
@@ -306,7 +320,7 @@ def segment(
             "the region is over 400 megapixels: choose a --region, or use `senpath run` for whole slides"
         )
     rgb = slide.read_region(x, y, w, h, mpp=level_mpp)
-    labels = _segmenter_for(segmenter, assay, device or "auto")(rgb, level_mpp)  # type: ignore[operator]
+    labels = _segmenter_for(segmenter, assay, device or "auto", model)(rgb, level_mpp)  # type: ignore[operator]
     out.parent.mkdir(parents=True, exist_ok=True)
     res = 1e4 / level_mpp
     tifffile.imwrite(
@@ -327,6 +341,7 @@ def evaluate(
     mpp: Annotated[float, typer.Option("--mpp", help="Pixel size of the images in µm.")],
     device: DeviceOpt = "auto",
     segmenter: Annotated[str, typer.Option("--segmenter", help="auto | cnn | classical.")] = "auto",
+    model: ModelOpt = None,
     assay: Annotated[
         str, typer.Option("--assay", help="Stains for the classical segmenter.")
     ] = "he",
@@ -349,7 +364,7 @@ def evaluate(
 
     from senpath.segment.evaluate import evaluate_folder
 
-    seg = _segmenter_for(segmenter, assay, device or "auto")
+    seg = _segmenter_for(segmenter, assay, device or "auto", model)
     result = evaluate_folder(
         images,
         labels,

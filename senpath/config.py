@@ -200,6 +200,8 @@ class AnalysisConfig:
     cytoplasm_um : cytoplasm ring width around each nucleus (QuPath's default cell expansion is 5 µm).
     min_nucleus_area_um2, max_nucleus_area_um2 : nuclei outside this range are discarded.
     segmenter : ``auto`` (the shipped CNN when available, else classical), ``cnn`` or ``classical``.
+    model : a nucleus model of your own for the CNN: the path of its ``nucleus_unet.json`` (or its
+        folder), as written by ``python -m senpath.segment.export``; ``None`` = the shipped model.
     device : ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     tissue_mpp : resolution of the tissue mask.
     stain_vectors : ``estimate`` (per slide, Macenko with the assay's vectors as the prior and guard
@@ -216,6 +218,7 @@ class AnalysisConfig:
     min_nucleus_area_um2: float = 10.0
     max_nucleus_area_um2: float = 400.0
     segmenter: str = "auto"
+    model: str | None = None
     device: str = "auto"
     tissue_mpp: float = 8.0
     stain_vectors: str = "estimate"
@@ -227,6 +230,8 @@ class AnalysisConfig:
             raise ConfigError("analysis_mpp must be > 0 µm/px (0.5 is typical for 20x)")
         if self.segmenter not in ("auto", "cnn", "classical"):
             raise ConfigError("segmenter must be 'auto', 'cnn' or 'classical'")
+        if self.model is not None and self.segmenter == "classical":
+            raise ConfigError("model is for the CNN segmenter: drop it or use segmenter 'cnn'")
         if self.stain_vectors not in ("estimate", "preset"):
             raise ConfigError("stain_vectors must be 'estimate' (per slide) or 'preset'")
         lo, hi = (float(x) for x in self.auto_threshold_bounds_od)
@@ -265,6 +270,8 @@ def load_config(path: str | Path | None = None) -> AnalysisConfig:
     unknown = set(section) - known
     if unknown:
         raise ConfigError(f"{p}: unknown [analysis] keys {sorted(unknown)}; known: {sorted(known)}")
+    if isinstance(section.get("model"), str):  # a relative model path is relative to the TOML file
+        section = {**section, "model": str((p.parent / section["model"]).resolve())}
     return AnalysisConfig(**section)
 
 

@@ -461,7 +461,7 @@ def _tile_resources(
     if wanted is None:
         return None
     if wanted == "auto":
-        if resolve(config.segmenter) == "cnn" and gpu_workers(client):
+        if resolve(config.segmenter, model=config.model) == "cnn" and gpu_workers(client):
             return {GPU_RESOURCE: 1}
         return None
     return {str(k): float(v) for k, v in dict(wanted).items()}

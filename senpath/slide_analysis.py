@@ -83,6 +83,7 @@ def _segment_region(
         device=config.device,
         i0=i0,
         min_area_um2=config.min_nucleus_area_um2,
+        model=config.model,
     )
 
 
@@ -161,11 +162,11 @@ def analyze_region(
     return cells, labels
 
 
-def _model_identity(method: str) -> dict[str, Any]:
+def _model_identity(method: str, model: str | None = None) -> dict[str, Any]:
     if method == "cnn":
         from senpath.segment.weights import shipped_weights_info
 
-        return {"method": "cnn", **shipped_weights_info()}
+        return {"method": "cnn", "model_path": model, **shipped_weights_info(model)}
     return {"method": "classical", "model_sha256": None}
 
 
@@ -263,7 +264,7 @@ def plan_slide(
 
     slide = slide if slide is not None else open_slide(path, mpp=mpp)
     slide_id = slide_id or slide.slide_id
-    config = config.replace(segmenter=resolve_method(config.segmenter))
+    config = config.replace(segmenter=resolve_method(config.segmenter, model=config.model))
     prior = StainSet.from_names(assay.stains, overrides=assay.stain_vectors)
 
     timings: dict[str, float] = {}
@@ -586,7 +587,7 @@ def commit_slide(
         "stain_estimate": qc,
         "thresholds": threshold_info,
         "config": config.to_dict(),
-        "segmenter": _model_identity(config.segmenter),
+        "segmenter": _model_identity(config.segmenter, config.model),
         "device": config.device,
         "timings": timings,
     }
@@ -636,13 +637,13 @@ def run_identity(
     path: str | Path, *, config: AnalysisConfig, assay: Assay, mpp: float | None
 ) -> dict[str, Any]:
     """What makes a store current: the input file, settings, assay definition and model."""
-    method = resolve_method(config.segmenter)
+    method = resolve_method(config.segmenter, model=config.model)
     return {
         "input": input_identity(path),
         "config_sha": config.replace(segmenter=method).digest(),
         "assay": repr(assay),
         "mpp": mpp,
-        "model_sha256": _model_identity(method).get("model_sha256"),
+        "model_sha256": _model_identity(method, config.model).get("model_sha256"),
         "senpath_version": senpath.__version__,
     }
 

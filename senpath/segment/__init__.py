@@ -28,8 +28,13 @@ def cnn_available() -> bool:
         return False
 
 
-def resolve_method(method: str) -> str:
-    """Turn ``auto`` into ``cnn`` or ``classical``; check an explicit ``cnn`` is possible."""
+def resolve_method(method: str, *, model: str | None = None) -> str:
+    """Turn ``auto`` into ``cnn`` or ``classical``; check an explicit ``cnn`` is possible.
+
+    With ``model`` (a model of the user's own), ``auto`` is the CNN and no shipped weights are needed.
+    """
+    if model is not None and method in ("auto", "cnn"):
+        return "cnn"
     if method == "auto":
         return "cnn" if cnn_available() else "classical"
     if method == "cnn" and not cnn_available():
@@ -52,6 +57,7 @@ def segment_nuclei(
     device: str = "auto",
     i0: float | Sequence[float] = DEFAULT_I0,
     min_area_um2: float = 10.0,
+    model: str | None = None,
 ) -> NDArray[np.int32]:
     """Segment nuclei in an in-memory brightfield image.
 
@@ -62,16 +68,17 @@ def segment_nuclei(
     stains, nuclear_stains : the assay's stains (used by the classical method).
     method : ``auto``, ``cnn`` or ``classical``.
     device : torch device for the CNN (``auto`` picks CUDA, then MPS, then CPU).
+    model : model JSON (or folder) of a CNN of your own; the shipped one when ``None``.
 
     Returns
     -------
     (Y, X) int32 instance labels on the input pixel grid.
     """
-    method = resolve_method(method)
+    method = resolve_method(method, model=model)
     if method == "cnn":
-        from senpath.segment.predict import predict_instances
+        from senpath.segment.predict import cached_segmenter, predict_instances
 
-        return predict_instances(rgb, mpp=mpp, device=device)
+        return predict_instances(rgb, mpp=mpp, model=cached_segmenter(model, device))
     return segment_classical(
         rgb, mpp=mpp, stains=stains, nuclear_stains=nuclear_stains, i0=i0, min_area_um2=min_area_um2
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -198,11 +199,19 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 _CACHE: dict[tuple[str, str], NucleusSegmenter] = {}
 
 
-def _shipped(device: str | torch.device) -> NucleusSegmenter:
-    key = ("shipped", str(device))
+def cached_segmenter(
+    path: str | os.PathLike[str] | None = None, device: str | torch.device = "auto"
+) -> NucleusSegmenter:
+    """A segmenter loaded once per process (and per device): the shipped model, or the model JSON
+    (or folder) at ``path``. Tasks on a dask worker share it, so weights load once per worker."""
+    key = ("shipped" if path is None else str(Path(path).resolve()), str(device))
     if key not in _CACHE:
-        _CACHE[key] = NucleusSegmenter.from_pretrained(device=device)
+        _CACHE[key] = NucleusSegmenter.from_pretrained(path, device=device)
     return _CACHE[key]
+
+
+def _shipped(device: str | torch.device) -> NucleusSegmenter:
+    return cached_segmenter(None, device)
 
 
 def predict_instances(
