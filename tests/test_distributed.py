@@ -220,7 +220,7 @@ def test_auto_tile_resources_follow_the_segmenter_and_the_workers():
     with_gpu = FakeClient([{}, {GPU_RESOURCE: 1}])
     without = FakeClient([{}, {}])
     cnn, classical = AnalysisConfig(segmenter="cnn"), AnalysisConfig(segmenter="classical")
-    resolve = lambda m: m  # noqa: E731 - no weights needed to decide placement
+    resolve = lambda m, model=None: m  # noqa: E731 - no weights needed to decide placement
     assert _tile_resources(with_gpu, cnn, "auto", resolve) == {GPU_RESOURCE: 1}
     assert _tile_resources(with_gpu, classical, "auto", resolve) is None
     assert _tile_resources(without, cnn, "auto", resolve) is None
