@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from senpath.results import SlideResults, atomic_write_bytes, find_stores, load_results
+from senpath.results import (
+    SlideResults,
+    atomic_path,
+    atomic_write_bytes,
+    find_stores,
+    load_results,
+)
 from senpath.score import allred_score, h_score, wilson_interval
 
 EXPORT_FORMATS = ("csv", "parquet", "xlsx")
@@ -242,20 +248,10 @@ def cells_anndata(results: Iterable[SlideResults]) -> Any:
 
 def write_anndata(results: Iterable[SlideResults], path: str | Path) -> Path:
     """Write :func:`cells_anndata` to ``path`` (``.h5ad``) atomically; returns the path."""
-    import os
-    import tempfile
-
     path = Path(path)
     adata = cells_anndata(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from senpath.results import SlideResults
+from senpath.results import SlideResults, atomic_path
 
 #: Namespace of cell UUIDs: ``uuid5(CELL_NAMESPACE, f"{slide_id}/{cell_id}")``.
 CELL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "cells.senpath")
@@ -253,19 +251,10 @@ def slide_features(res: SlideResults) -> Iterator[dict[str, Any]]:
 def write_slide_geojson(res: SlideResults, path: str | Path) -> Path:
     """Write one slide's cells as a QuPath GeoJSON FeatureCollection, atomically (streamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write('{"type": "FeatureCollection", "features": [')
-            for k, feature in enumerate(slide_features(res)):
-                fh.write(",\n" if k else "\n")
-                fh.write(json.dumps(feature, separators=(",", ":"), allow_nan=False))
-            fh.write("\n]}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write('{"type": "FeatureCollection", "features": [')
+        for k, feature in enumerate(slide_features(res)):
+            fh.write(",\n" if k else "\n")
+            fh.write(json.dumps(feature, separators=(",", ":"), allow_nan=False))
+        fh.write("\n]}\n")
     return path
