@@ -276,9 +276,17 @@ def assay_from_provenance(provenance: Mapping[str, Any]) -> Assay:
 
 def store_thresholds(provenance: Mapping[str, Any]) -> dict[str, float]:
     """``{marker: OD}`` thresholds the pipeline scored the slide with."""
-    return {
-        str(m["name"]): float(m["threshold_od"]) for m in provenance["assay"].get("markers", [])
-    }
+    from senpath.export import marker_thresholds
+
+    return marker_thresholds(provenance)
+
+
+def profile_toml(
+    provenance: Mapping[str, Any], thresholds: Mapping[str, float], *, name: str | None = None
+) -> str:
+    """A lab stain profile (TOML for ``senpath run --config``): the slide's assay with the stain
+    vectors it was measured with and the given thresholds (see :func:`stain_profile_toml`)."""
+    return stain_profile_toml(assay_from_provenance(provenance), thresholds=thresholds, name=name)
 
 
 def corrected_thresholds(
@@ -1168,11 +1176,7 @@ class CorrectionSession:
 
     def profile_toml(self, *, name: str | None = None) -> str:
         """A stain profile (TOML) with this slide's stain vectors and the thresholds in effect."""
-        prov = self.raw.provenance["assay"]
-        vectors = dict(zip(prov["stains"], prov["stain_vectors"], strict=True))
-        return stain_profile_toml(
-            self.assay, vectors=vectors, thresholds=self.thresholds, name=name
-        )
+        return profile_toml(self.raw.provenance, self.thresholds, name=name)
 
     def save_profile(self, path: str | Path, *, name: str | None = None) -> Path:
         """Write :meth:`profile_toml` to ``path`` (atomic), for ``senpath run --config path``."""

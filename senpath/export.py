@@ -8,7 +8,7 @@ scores its markers on the same cells, and the table says from how many slides ea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def _joined(values: Iterable[Any]) -> str:
     return ";".join(sorted({str(v) for v in values}))
 
 
-def marker_thresholds(provenance: dict[str, Any]) -> dict[str, float]:
+def marker_thresholds(provenance: Mapping[str, Any]) -> dict[str, float]:
     """``{marker: threshold_od}`` a slide was scored with (from its provenance)."""
     return {
         str(m["name"]): float(m["threshold_od"])
@@ -263,15 +263,10 @@ def profile_from_store(res: SlideResults, *, name: str | None = None) -> str:
     vectors and thresholds instead of re-estimating them per slide. See
     :func:`senpath.config.stain_profile_toml`.
     """
-    from senpath.config import get_assay, stain_profile_toml
+    from senpath.corrections import profile_toml
 
-    prov = res.provenance["assay"]
-    assay = get_assay(prov["name"])
-    vectors = dict(zip(prov["stains"], prov["stain_vectors"], strict=True))
-    vectors = {k: v for k, v in vectors.items() if k in assay.stains}
-    text = stain_profile_toml(
-        assay, vectors=vectors, thresholds=marker_thresholds(res.provenance), name=name
-    )
+    # load_results already put corrected thresholds into the provenance
+    text = profile_toml(res.provenance, marker_thresholds(res.provenance), name=name)
     return f"# from slide {res.slide_id!r} ({res.folder})\n{text}"
 
 

@@ -595,6 +595,19 @@ def load_synthetic(
     return images
 
 
+def rerendered(
+    images: Sequence[AnnotatedImage], recipe: str, rng: np.random.Generator
+) -> list[AnnotatedImage]:
+    """H&E images re-rendered in another stain combination (:func:`render_crop`), same labels;
+    named ``<name>:<recipe>``. Used for validation sets in senescence stains."""
+    out = []
+    for im in images:
+        cells = cell_regions(im.labels, mpp=im.mpp)
+        rgb = render_crop(im.rgb, im.labels, cells, kind="he", rng=rng, recipe=recipe)
+        out.append(AnnotatedImage(f"{im.name}:{recipe}", "he", rgb, im.labels, im.mpp))
+    return out
+
+
 def training_sources(root: Path, *, synthetic: bool = False) -> dict[str, list[AnnotatedImage]]:
     """Training images per source: MoNuSeg minus held-out, CoNSeP train, four Ki67 tiles, and (with
     ``synthetic``) generated regions of every assay."""

@@ -40,12 +40,7 @@ def validation_sets(
     }
     for k, recipe in enumerate(VALIDATION_RECIPES):
         rng = np.random.default_rng(1000 + k)
-        out = []
-        for im in sets["monuseg"]:
-            cells = D.cell_regions(im.labels, mpp=im.mpp)
-            rgb = D.render_crop(im.rgb, im.labels, cells, kind="he", rng=rng, recipe=recipe)
-            out.append(D.AnnotatedImage(f"{im.name}:{recipe}", "he", rgb, im.labels, im.mpp))
-        sets[f"monuseg_{recipe}"] = out
+        sets[f"monuseg_{recipe}"] = D.rerendered(sets["monuseg"], recipe, rng)
     return sets
 
 

@@ -210,10 +210,6 @@ def cached_segmenter(
     return _CACHE[key]
 
 
-def _shipped(device: str | torch.device) -> NucleusSegmenter:
-    return cached_segmenter(None, device)
-
-
 def predict_instances(
     rgb: NDArray[np.uint8],
     *,
@@ -256,7 +252,7 @@ def predict_instances(
         )
     if not mpp or mpp <= 0:
         raise ValueError(f"mpp must be a positive resolution in µm/px, got {mpp!r}")
-    seg = model if model is not None else _shipped(device)
+    seg = model if model is not None else cached_segmenter(None, device)
     if abs(mpp / seg.mpp - 1.0) > MPP_TOLERANCE:
         work = resample_rgb(rgb, shape_at_mpp(rgb.shape, mpp, seg.mpp))
     else:

@@ -86,12 +86,7 @@ def _validation_sets(root: Path, consep_limit: int) -> dict[str, list[D.Annotate
     }
     for recipe in ("xgal_nfr", "xgal_h_dab"):
         rng = np.random.default_rng(1234)
-        rendered = []
-        for im in sets["monuseg"]:
-            cells = D.cell_regions(im.labels, mpp=im.mpp)
-            rgb = D.render_crop(im.rgb, im.labels, cells, kind="he", rng=rng, recipe=recipe)
-            rendered.append(D.AnnotatedImage(f"{im.name}:{recipe}", "he", rgb, im.labels, im.mpp))
-        sets[f"monuseg_{recipe}"] = rendered
+        sets[f"monuseg_{recipe}"] = D.rerendered(sets["monuseg"], recipe, rng)
     return sets
 
 
