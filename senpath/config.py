@@ -68,6 +68,8 @@ class Assay:
     phenotypes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: stain -> (R, G, B) OD vector overriding the reference vector (a lab's measured profile)
     stain_vectors: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
+    #: stain -> degrees a per-slide estimate may turn from the prior (default 15, see senpath.stain)
+    stain_tolerance_deg: Mapping[str, float] = field(default_factory=dict)
 
     def marker(self, name: str) -> MarkerRule:
         """The rule for marker ``name``."""
@@ -106,6 +108,14 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
             )
     if not 2 <= len(stains) <= 3:
         raise ConfigError(f"{where}: colour deconvolution needs 2 or 3 stains, got {len(stains)}")
+    tolerance: dict[str, float] = {}
+    for stain, deg in dict(raw.get("stain_tolerance_deg", {})).items():
+        if stain not in stains or not isinstance(deg, int | float) or not 0 < deg <= 90:
+            raise ConfigError(
+                f"{where}: stain_tolerance_deg.{stain} must name one of the assay's stains "
+                f"{list(stains)} and be an angle in degrees in (0, 90]; got {deg!r}"
+            )
+        tolerance[str(stain)] = float(deg)
     nuclear = tuple(raw.get("nuclear_stains", stains[:1]))
     markers = []
     for m in raw.get("marker", []):
@@ -153,6 +163,7 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
         markers=tuple(markers),
         phenotypes=phenotypes,
         stain_vectors=vectors,
+        stain_tolerance_deg=tolerance,
     )
 
 
@@ -345,6 +356,10 @@ def stain_profile_toml(
             raise ConfigError(f"stain {stain!r} of assay {assay.name!r} has no OD vector")
         lines.append(f"{stain} = {_toml_value([round(float(x), 6) for x in vec])}")
     lines.append("")
+    if assay.stain_tolerance_deg:
+        lines.append(f"[assay.{key}.stain_tolerance_deg]")
+        lines += [f"{st} = {_toml_value(float(d))}" for st, d in assay.stain_tolerance_deg.items()]
+        lines.append("")
     if assay.phenotypes:
         lines.append(f"[assay.{key}.phenotype]")
         lines += [f"{p} = {_toml_value(list(t))}" for p, t in assay.phenotypes.items()]

@@ -285,7 +285,13 @@ def plan_slide(
 
     t = time.perf_counter()
     stain_estimate = _slide_stains(
-        slide, tiles, prior=prior, i0=i0, mpp=amp, mode=config.stain_vectors
+        slide,
+        tiles,
+        prior=prior,
+        i0=i0,
+        mpp=amp,
+        mode=config.stain_vectors,
+        tolerance=assay.stain_tolerance_deg,
     )
     timings["stains_s"] = time.perf_counter() - t
     return SlidePlan(
@@ -576,6 +582,7 @@ def commit_slide(
             "stain_vectors": stains.vectors.tolist(),
             "stain_vectors_source": stain_estimate.source,
             "preset_stain_vectors": plan.prior.vectors.tolist(),
+            "stain_tolerance_deg": dict(assay_obj.stain_tolerance_deg),
             # threshold_od: the one each marker was scored with (automatic or the rule's)
             "markers": [
                 {**vars(r), "threshold_od": thresholds[r.name], "rule_threshold_od": r.threshold_od}
@@ -663,7 +670,14 @@ _STAIN_SAMPLE_PIXELS = 400_000
 
 
 def _slide_stains(
-    slide: Any, tiles: Sequence[Any], *, prior: StainSet, i0: Any, mpp: float, mode: str
+    slide: Any,
+    tiles: Sequence[Any],
+    *,
+    prior: StainSet,
+    i0: Any,
+    mpp: float,
+    mode: str,
+    tolerance: Mapping[str, float] | None = None,
 ) -> StainEstimate:
     """The slide's stain vectors: estimated from a sample of its tissue tiles, or the prior.
 
@@ -683,7 +697,7 @@ def _slide_stains(
     od = np.concatenate(samples) if samples else np.zeros((0, 3), np.float32)
     if len(od) > _STAIN_SAMPLE_PIXELS:
         od = od[:: -(-len(od) // _STAIN_SAMPLE_PIXELS)]
-    return estimate_stains(od, prior, estimate=mode == "estimate")
+    return estimate_stains(od, prior, estimate=mode == "estimate", max_angle_deg=tolerance or None)
 
 
 def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:

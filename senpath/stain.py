@@ -256,13 +256,29 @@ def _macenko_two(od: NDArray[np.float64], *, percentile: float) -> NDArray[np.fl
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+#: How far (degrees) a per-slide estimate may turn from its prior before the prior is kept instead: what
+#: catches a slide run under the wrong assay (hematoxylin-X-gal are 18.8 deg apart, DAB-nuclear fast red
+#: 16.5). An assay may widen it per stain (``stain_tolerance_deg`` in its TOML; the ``he`` preset does).
+DEFAULT_MAX_ANGLE_DEG = 15.0
+
+
+def max_angle_for(stain: str, max_angle_deg: float | Mapping[str, float] | None = None) -> float:
+    """The hue tolerance of ``stain``: one number for every stain, or a per-stain mapping whose missing
+    stains (and ``None``) get :data:`DEFAULT_MAX_ANGLE_DEG`."""
+    if max_angle_deg is None:
+        return DEFAULT_MAX_ANGLE_DEG
+    if isinstance(max_angle_deg, Mapping):
+        return float(max_angle_deg.get(stain, DEFAULT_MAX_ANGLE_DEG))
+    return float(max_angle_deg)
+
+
 def estimate_stains(
     od: NDArray[np.floating],
     prior: StainSet,
     *,
     min_od: float = 0.15,
     min_pixels: int = 1000,
-    max_angle_deg: float = 15.0,
+    max_angle_deg: float | Mapping[str, float] | None = None,
     min_separation_deg: float = 10.0,
     percentile: float = 1.0,
     min_improvement: float = 0.3,
@@ -279,7 +295,8 @@ def estimate_stains(
     min_od : pixels with a smaller OD magnitude (glass, faint stroma) are left out.
     min_pixels : fewer stained pixels than this → the prior is kept.
     max_angle_deg : an estimated vector further than this from its prior → the prior is kept (a wrong hue:
-        another chromogen, or a mismatched assay).
+        another chromogen, or a mismatched assay). One number for all stains, or per stain (stains not named,
+        and ``None``, get :data:`DEFAULT_MAX_ANGLE_DEG`, 15°).
     min_separation_deg : estimated vectors closer than this to each other → the prior is kept (one stain
         dominates and the other cannot be resolved).
     percentile : robust extremes of the angle distribution (Macenko's alpha), in percent.
@@ -340,13 +357,14 @@ def estimate_stains(
     if swapped < straight:
         est = est[::-1]
     angles = {name: angle_deg(est[i], prior.vectors[i]) for i, name in enumerate(prior.names)}
-    far = {k: v for k, v in angles.items() if v > max_angle_deg}
+    limits = {k: max_angle_for(k, max_angle_deg) for k in angles}
+    far = {k: v for k, v in angles.items() if v > limits[k]}
     if far:
-        detail = ", ".join(f"{k} {v:.1f}°" for k, v in far.items())
+        detail = ", ".join(f"{k} {v:.1f}° > {limits[k]:g}°" for k, v in far.items())
         return result(
             prior,
             "preset",
-            f"estimate differs in hue from the preset ({detail} > {max_angle_deg}°)",
+            f"estimate differs in hue from the preset ({detail})",
             angles,
         )
     separation = angle_deg(est[0], est[1])

@@ -33,6 +33,12 @@ def test_bad_assay_errors_say_what_to_fix(tmp_path):
         load_assays(f)
     with pytest.raises(ConfigError, match="known assays"):
         get_assay("kI67")
+    t = tmp_path / "bad_tolerance.toml"
+    t.write_text(
+        '[assay.y]\nstains = ["hematoxylin", "dab"]\nstain_tolerance_deg = { eosin = 30 }\n'
+    )
+    with pytest.raises(ConfigError, match="stain_tolerance_deg.eosin must name one of the assay"):
+        load_assays(t)
     g = tmp_path / "bad2.toml"
     g.write_text("[analysis]\nanalysis_mpp_typo = 1\n")
     with pytest.raises(ConfigError, match="unknown \\[analysis\\] keys"):

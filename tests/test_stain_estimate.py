@@ -108,6 +108,57 @@ def test_stain_qc_warns_on_mismatch_only():
     assert set(bad["vectors"]) == {"hematoxylin", "dab"}
 
 
+#: Stain vectors Macenko finds on the real CMU-1 H&E slide: hematoxylin 16.2° and eosin 22.5° from the
+#: references, the hematoxylin 5° from the X-gal reference.
+CMU1_HE = ([0.829, 0.485, 0.280], [0.0, 0.884, 0.468])
+
+
+def test_assay_stain_tolerance_widens_only_where_no_marker_depends_on_it():
+    he = get_assay("he")
+    assert he.stain_tolerance_deg == {"hematoxylin": 17.5, "eosin": 35.0}
+    od = _mixture([unit(v) for v in CMU1_HE])
+    prior = StainSet.from_names(he.stains)
+    # the default 15° refuses real H&E hues, and the preset then leaves a quarter of the OD unexplained
+    strict = stain_qc(estimate_stains(od, prior), assay="he")
+    assert strict["source"] == "preset" and "eosin 2" in strict["reason"]
+    assert strict["status"] == "warning"
+    qc = stain_qc(estimate_stains(od, prior, max_angle_deg=he.stain_tolerance_deg), assay="he")
+    assert qc["source"] == "estimated" and qc["status"] == "ok", qc
+    # an assay with a marker keeps 15°: the same H&E run as X-gal + eosin is still a mismatch
+    sabgal = get_assay("sabgal-eosin")
+    assert sabgal.stain_tolerance_deg == {}
+    bad = stain_qc(
+        estimate_stains(od, StainSet.from_names(sabgal.stains), max_angle_deg=None),
+        assay="sabgal-eosin",
+    )
+    assert bad["source"] == "preset" and bad["status"] == "warning"
+
+
+@pytest.mark.filterwarnings("ignore:object .* reaches the edge of the halo")
+@pytest.mark.parametrize(("run_assay", "status"), [("he", "ok"), ("sabgal-eosin", "warning")])
+def test_real_he_slide_stain_qc(shared_data, tmp_path, run_assay, status):
+    """The real CMU-1 H&E slide is not flagged as H&E, and is flagged when run as X-gal + eosin."""
+    store = senpath.analyze_slide(
+        shared_data / "slides" / "CMU-1-Small-Region.svs",
+        out=tmp_path / "res",
+        assay=run_assay,
+        config=AnalysisConfig(segmenter="classical"),
+    )
+    res = senpath.load_results(store)
+    qc = res.summary["stain_qc"]
+    assert qc["status"] == status, qc
+    if run_assay == "he":
+        assert qc["source"] == "estimated" and qc["residual_fraction"] < 0.07
+        # a lab profile saved from this slide keeps the assay's tolerances
+        from senpath.corrections import profile_toml
+
+        path = tmp_path / "lab.toml"
+        path.write_text(profile_toml(res.provenance, {}, name="he-lab"))
+        assert (
+            load_assays(path)["he-lab"].stain_tolerance_deg == get_assay("he").stain_tolerance_deg
+        )
+
+
 def _slide(tmp_path, assay, seed=3):
     return synth.write_slide(
         tmp_path / f"{assay}.tif", assay=assay, shape=(512, 512), mpp=0.5, seed=seed,

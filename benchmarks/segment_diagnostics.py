@@ -1,0 +1,111 @@
+"""Where the nucleus CNN loses F1 on the held-out real images: detection, boundaries or resolution.
+
+Usage::
+
+    python benchmarks/segment_diagnostics.py [--model models/] [--consep 60] [--threads 2]
+
+Prints three Markdown tables, all on held-out images only (MoNuSeg 3, CoNSeP test, Ki67 2):
+
+1. The resolution ceiling: the annotations resampled to the network's 0.5 µm/px and back to their own
+   grid (nearest neighbour), scored against themselves. This is the best any 0.5 µm/px segmenter
+   could score once its instances are mapped back.
+2. The model's pooled F1 at IoU 0.1, 0.3, 0.5 and 0.7. F1 at 0.1 is close to pure detection (a nucleus
+   found at all); the drop from 0.1 to 0.5 is boundary disagreement.
+3. Matched nuclei (IoU >= 0.1): median predicted / annotated area, per set, with its quartiles.
+
+Needs ``../shared/data`` (the project's real data); exits with a message when it is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+IOUS = (0.1, 0.3, 0.5, 0.7)
+
+
+def _held_out(consep: int) -> dict[str, list]:
+    from senpath.segment import data as D
+
+    return {
+        "monuseg": D.load_monuseg(SHARED, split="validation", native=True),
+        "consep_test": D.load_consep(SHARED, split="test", limit=consep, native=True),
+        "ki67": D.load_ki67(SHARED, split="validation", native=True),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default=None, help="model folder or JSON (default: the shipped one)")
+    p.add_argument("--consep", type=int, default=60, help="CoNSeP test images (even subsample)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    if not SHARED.is_dir():
+        print(f"{SHARED} is absent: this diagnostic needs the project's real data", file=sys.stderr)
+        return 2
+
+    import torch
+    from stardist.matching import matching_dataset
+
+    from senpath.segment import data as D
+    from senpath.segment.evaluate import evaluate_labels
+    from senpath.segment.predict import NucleusSegmenter, predict_instances
+
+    torch.set_num_threads(args.threads)
+    sets = _held_out(args.consep)
+    model = NucleusSegmenter.from_pretrained(args.model, device="cpu")
+
+    print("## Resolution ceiling (annotations at 0.5 µm/px and back)\n")
+    print("| set | images | F1@0.5 | PQ | AJI (mean) |")
+    print("|---|---|---|---|---|")
+    for name, ims in sets.items():
+        trues = [im.labels for im in ims]
+        backs = [
+            D.resample_labels(
+                D.resample_labels(im.labels, D.shape_at_mpp(im.labels.shape, im.mpp, model.mpp)),
+                im.labels.shape,
+            )
+            for im in ims
+        ]
+        ev = evaluate_labels(trues, backs)
+        print(
+            f"| {name} | {len(ims)} | {ev.pooled['f1']:.3f} | {ev.pooled['pq']:.3f} "
+            f"| {ev.mean['aji']:.3f} |"
+        )
+
+    preds = {
+        name: [predict_instances(im.rgb, mpp=im.mpp, model=model) for im in ims]
+        for name, ims in sets.items()
+    }
+    print("\n## Model F1 by IoU threshold (pooled)\n")
+    print("| set | " + " | ".join(f"F1@{t}" for t in IOUS) + " |")
+    print("|---|" + "---|" * len(IOUS))
+    for name, ims in sets.items():
+        trues = [im.labels for im in ims]
+        f1s = [matching_dataset(trues, preds[name], thresh=t, show_progress=False).f1 for t in IOUS]
+        print(f"| {name} | " + " | ".join(f"{f:.3f}" for f in f1s) + " |")
+
+    from stardist.matching import matching
+
+    print("\n## Matched nuclei (IoU >= 0.1): predicted / annotated area\n")
+    print("| set | matched | median | 25 % | 75 % |")
+    print("|---|---|---|---|---|")
+    for name, ims in sets.items():
+        ratios = []
+        for im, pred in zip(ims, preds[name], strict=True):
+            m = matching(im.labels, pred, thresh=0.1, report_matches=True)
+            true_area = np.bincount(im.labels.ravel())
+            pred_area = np.bincount(pred.ravel())
+            ratios += [pred_area[j] / true_area[i] for i, j in m.matched_pairs]
+        r = np.asarray(ratios)
+        q = np.percentile(r, [50, 25, 75]) if len(r) else [np.nan] * 3
+        print(f"| {name} | {len(r)} | {q[0]:.2f} | {q[1]:.2f} | {q[2]:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

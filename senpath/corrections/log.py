@@ -1,0 +1,193 @@
+"""The corrections audit log (``corrections.jsonl``): reading, durable appends, undo state.
+
+One JSON object per line, appended, flushed and fsynced per edit; entries are never rewritten or
+deleted (an undo is an entry of its own). The entry kinds are listed in :mod:`senpath.corrections`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from senpath.results import CELLS, CORRECTIONS, PROVENANCE, atomic_write_bytes
+
+#: Folder of the label regions of nucleus edits (before/after), next to the log.
+CORRECTIONS_DIR = "corrections"
+ACTIONS = ("start", "set_call", "exclude", "include", "set_thresholds", "edit_nuclei", "undo")
+
+
+class CorrectionError(ValueError):
+    """A correction that cannot be made; the message says why and what to do instead."""
+
+
+class StaleCorrectionsWarning(UserWarning):
+    """A corrections log made for an earlier analysis of the slide (not applied)."""
+
+
+# ---------------------------------------------------------------------------------------- the log
+
+
+def _now() -> str:
+    return (
+        _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    )
+
+
+def _default_user() -> str:
+    try:
+        return os.environ.get("SENPATH_USER") or getpass.getuser()
+    except Exception:  # no login name (containers): still log something
+        return "unknown"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, NaN to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        return None if math.isnan(float(obj)) else float(obj)
+    return obj
+
+
+def read_log(folder: str | Path) -> list[dict[str, Any]]:
+    """The entries of a store's corrections log, in order (``[]`` when there is none).
+
+    A last line cut short by a crash (not valid JSON) is left out with a warning: that edit was never
+    committed. A damaged line elsewhere raises :class:`CorrectionError`.
+    """
+    path = Path(folder) / CORRECTIONS
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    entries = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            if n == len(lines):
+                warnings.warn(
+                    f"{path}: its last line is incomplete (interrupted while saving); that edit "
+                    "is lost, the others are kept",
+                    stacklevel=2,
+                )
+                continue
+            raise CorrectionError(
+                f"{path}, line {n}: not valid JSON; the audit log is damaged (restore it from a "
+                "backup, or move it aside to drop the corrections)"
+            ) from None
+    return entries
+
+
+def _append(folder: Path, entry: Mapping[str, Any]) -> None:
+    """Append one entry to the log and force it to disk before returning."""
+    path = folder / CORRECTIONS
+    new = not path.exists()
+    line = json.dumps(_clean(dict(entry)), sort_keys=True, allow_nan=False) + "\n"
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if new and hasattr(os, "O_DIRECTORY"):  # make the new file's name durable too
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _repair_torn_tail(folder: Path) -> None:
+    """Drop a last line cut short by a crash, so later appends start on a line of their own."""
+    path = folder / CORRECTIONS
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    head, _, tail = data.rpartition(b"\n")
+    try:
+        json.loads(tail)
+        atomic_write_bytes(path, data + b"\n")
+    except ValueError:
+        atomic_write_bytes(path, head + b"\n" if head else b"")
+
+
+def entry_states(entries: Sequence[Mapping[str, Any]]) -> dict[int, bool]:
+    """Whether each entry (by id) is in effect: undone entries are not; undoing an undo redoes."""
+    by_id = {int(e["id"]): e for e in entries}
+    active: dict[int, bool] = {}
+
+    def set_state(eid: int, state: bool) -> None:
+        active[eid] = state
+        e = by_id.get(eid)
+        if e is not None and e["action"] == "undo":
+            set_state(int(e["undoes"]), not state)
+
+    for e in entries:
+        eid = int(e["id"])
+        if e["action"] == "undo":
+            set_state(eid, True)
+        else:
+            active[eid] = True
+    return active
+
+
+def active_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The edits in effect, in log order (without ``start`` and ``undo`` entries)."""
+    state = entry_states(entries)
+    return [e for e in entries if e["action"] not in ("start", "undo") and state[int(e["id"])]]
+
+
+def log_matches(entries: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> bool:
+    """Whether a log was made for the analysis now in the store.
+
+    The log's first entry records the sha256 of ``cells.parquet`` and ``provenance.json``, which
+    corrections never rewrite and every run writes anew (provenance holds the run's timings), so a
+    re-analysis of the slide, even one giving the same cells, is told apart.
+    """
+    if not entries:
+        return True
+    head, files = entries[0], manifest.get("files", {})
+    return (
+        head.get("action") == "start"
+        and head.get("cells_sha256") == files.get(CELLS)
+        and head.get("provenance_sha256") == files.get(PROVENANCE)
+    )
+
+
+def set_aside(folder: str | Path) -> Path | None:
+    """Rename a store's corrections (log and label regions) with a UTC timestamp; returns the new
+    log path, or ``None`` when there was none.
+
+    Call it before re-analysing a slide (``senpath run --force``): the new cells have new ids, so the
+    old corrections cannot be replayed on them, but a person's work is never deleted.
+    """
+    folder = Path(folder)
+    log = folder / CORRECTIONS
+    if not log.exists():
+        return None
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = folder / f"corrections.{stamp}.jsonl"
+    os.replace(log, kept)
+    regions = folder / CORRECTIONS_DIR
+    if regions.is_dir():
+        os.replace(regions, folder / f"{CORRECTIONS_DIR}.{stamp}")
+    return kept
