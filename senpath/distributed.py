@@ -51,14 +51,8 @@ from senpath.pipeline import (
     screen_job,
 )
 from senpath.samplesheet import SlideJob
-from senpath.slide_analysis import (
-    SlidePlan,
-    TileResult,
-    analyze_tiles,
-    commit_slide,
-    plan_slide,
-    segment_tiles,
-)
+from senpath.slide_analysis import TileResult, analyze_tiles, commit_slide, segment_tiles
+from senpath.slide_plan import SlidePlan, plan_slide
 
 if TYPE_CHECKING:
     from dask_jobqueue import SLURMCluster

@@ -3,7 +3,8 @@
 A batch runs slide after slide in this process (or on a dask cluster, :mod:`senpath.distributed`); a
 failed slide is reported and the batch goes on. A slide whose store is complete for the same input
 file, settings, assay and model is skipped (resume) unless forced. One slide's analysis lives in
-:mod:`senpath.slide_analysis` (re-exported here: :func:`analyze_slide`, :func:`analyze_region`).
+:mod:`senpath.slide_analysis`, its planning stage in :mod:`senpath.slide_plan` (re-exported here:
+:func:`analyze_slide`, :func:`analyze_region`, :func:`plan_slide`, ...).
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ from senpath.config import AnalysisConfig, Assay, get_assay, load_assays
 from senpath.results import CELLS, PROVENANCE, is_complete
 from senpath.samplesheet import SlideJob, jobs_for_input
 from senpath.slide_analysis import (
-    SlidePlan,
     TileProgress,
     TileResult,
     analyze_region,
     analyze_slide,
     analyze_tiles,
     commit_slide,
-    plan_slide,
     run_identity,
     segment_tiles,
 )
+from senpath.slide_plan import SlidePlan, plan_slide
 
 __all__ = [
     "SlideReport",

@@ -20,6 +20,35 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def batch_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Results root of a small batch (classical segmenter) of three patients, one slide failing.
+
+    P1: a Ki67 slide (``p1-ki67``); P2: a p16 slide (``p2-p16``); P3: a corrupt file (``p3-broken``,
+    failed and logged in ``failures.log``). Module-scoped: each test module gets its own batch, so what one module writes there (an export,
+    a report) is not seen by another.
+    """
+    from senpath import synth
+    from senpath.config import AnalysisConfig
+    from senpath.pipeline import run_batch
+    from senpath.samplesheet import SlideJob
+
+    tmp = tmp_path_factory.mktemp("batch")
+    params = synth.SynthParams(tissue_fraction=0.95)
+    jobs = []
+    for patient, assay, seed in (("P1", "ki67", 1), ("P2", "p16", 2)):
+        s = synth.write_slide(
+            tmp / f"{assay}.tif", assay=assay, shape=(512, 512), mpp=0.5, seed=seed, params=params
+        )
+        jobs.append(SlideJob(f"{patient.lower()}-{assay}", s.path, assay, patient))
+    corrupt = tmp / "corrupt.tif"
+    corrupt.write_bytes(jobs[0].path.read_bytes()[:3000])
+    jobs.append(SlideJob("p3-broken", corrupt, "ki67", "P3"))
+    reports = run_batch(jobs, out=tmp / "results", config=AnalysisConfig(segmenter="classical"))
+    assert [r.status for r in reports] == ["ok", "ok", "failed"]
+    return tmp / "results"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` tests when no CUDA device is present."""
     try:

@@ -7,7 +7,6 @@ each test works on its own copy of the store.
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from senpath import synth
 from senpath.config import AnalysisConfig, get_assay, load_assays, load_config
 from senpath.corrections import (
     CORRECTIONS,
@@ -30,35 +28,20 @@ from senpath.corrections import (
 from senpath.labels import load_labels
 from senpath.results import is_complete, load_results, read_manifest
 from senpath.score import score_cells
+from senpath.testing import analysed_synthetic_slide, copy_store
 
 
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(slide file, results store) of a 512 x 512 px Ki67 slide."""
-    from senpath.pipeline import analyze_slide
-
     root = tmp_path_factory.mktemp("corr")
-    slide = root / "s1.tif"
-    synth.write_slide(
-        slide,
-        assay="ki67",
-        shape=(512, 512),
-        mpp=0.5,
-        seed=1,
-        params=synth.SynthParams(tissue_fraction=0.95),
-    )
-    store = analyze_slide(
-        slide, out=root / "results", assay="ki67", config=AnalysisConfig(segmenter="classical")
-    )
-    return slide, store
+    return analysed_synthetic_slide(root, name="s1", shape=(512, 512), seed=1)
 
 
 @pytest.fixture
 def store(analysed: tuple[Path, Path], tmp_path: Path) -> Path:
     """A fresh copy of the analysed store (same slide file)."""
-    copy = tmp_path / "results" / analysed[1].name
-    shutil.copytree(analysed[1], copy)
-    return copy
+    return copy_store(analysed[1], tmp_path)
 
 
 def _identity(store: Path) -> dict:

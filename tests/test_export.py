@@ -6,41 +6,15 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 from typer.testing import CliRunner
 
 import senpath
-from senpath import synth
 from senpath.cli import app
-from senpath.config import AnalysisConfig
 from senpath.export import export_geojson, load_all, marker_table
-from senpath.pipeline import run_batch
-from senpath.samplesheet import SlideJob
-
-CLASSICAL = AnalysisConfig(segmenter="classical")
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory):
-    """P1: a Ki67 slide; P2: a p16 slide; P3: a corrupt file (fails, logged)."""
-    tmp = tmp_path_factory.mktemp("batch")
-    params = synth.SynthParams(tissue_fraction=0.95)
-    jobs = []
-    for patient, assay, seed in (("P1", "ki67", 1), ("P2", "p16", 2)):
-        s = synth.write_slide(
-            tmp / f"{assay}.tif", assay=assay, shape=(512, 512), mpp=0.5, seed=seed, params=params
-        )
-        jobs.append(SlideJob(f"{patient.lower()}-{assay}", s.path, assay, patient))
-    corrupt = tmp / "corrupt.tif"
-    corrupt.write_bytes(jobs[0].path.read_bytes()[:3000])
-    jobs.append(SlideJob("p3-broken", corrupt, "ki67", "P3"))
-    reports = run_batch(jobs, out=tmp / "results", config=CLASSICAL)
-    assert [r.status for r in reports] == ["ok", "ok", "failed"]
-    return tmp / "results"
-
-
-def test_counts_stay_integer_and_provenance_columns(batch):
-    table = marker_table(load_all(batch), by="patient").set_index("patient_id")
+def test_counts_stay_integer_and_provenance_columns(batch_results):
+    table = marker_table(load_all(batch_results), by="patient").set_index("patient_id")
     assert list(table.index) == ["P1", "P2"]
     for col in (
         "n_slides",
@@ -53,7 +27,7 @@ def test_counts_stay_integer_and_provenance_columns(batch):
         assert str(table[col].dtype) == "Int64", col
     # P1 has no p16 slide: its p16 counts are missing, not 0 and not a float NaN
     assert pd.isna(table.loc["P1", "p16_n_cells"]) and table.loc["P2", "p16_n_cells"] > 0
-    cells = senpath.load_results(batch / "p1-ki67").cells
+    cells = senpath.load_results(batch_results / "p1-ki67").cells
     assert table.loc["P1", "ki67_n_cells"] == len(cells)
     assert table.loc["P1", "ki67_n_positive"] == int(cells["ki67_positive"].sum())
     assert table.loc["P1", "segmenter"] == "classical"
@@ -62,19 +36,19 @@ def test_counts_stay_integer_and_provenance_columns(batch):
     assert pd.isna(table.loc["P1", "p16_threshold_od"])  # no p16 slide
 
 
-def test_excluded_cells_are_left_out(batch):
-    res = senpath.load_results(batch / "p1-ki67")
+def test_excluded_cells_are_left_out(batch_results):
+    res = senpath.load_results(batch_results / "p1-ki67")
     res.cells["excluded"] = False
     res.cells.loc[res.cells.index[:5], "excluded"] = True
     row = marker_table([res], by="slide").iloc[0]
     assert row["ki67_n_cells"] == len(res.cells) - 5
 
 
-def test_export_command_tables_and_geojson(batch, tmp_path):
+def test_export_command_tables_and_geojson(batch_results, tmp_path):
     runner = CliRunner()
     stem = tmp_path / "t" / "markers"
     r = runner.invoke(
-        app, ["export", str(batch), "--format", "csv,parquet,xlsx", "--out", str(stem)]
+        app, ["export", str(batch_results), "--format", "csv,parquet,xlsx", "--out", str(stem)]
     )
     assert r.exit_code == 0, r.output
     parquet = pd.read_parquet(f"{stem}.parquet")
@@ -84,31 +58,31 @@ def test_export_command_tables_and_geojson(batch, tmp_path):
     assert pd.read_excel(f"{stem}.xlsx")["ki67_n_cells"].tolist()[0] == parquet["ki67_n_cells"][0]
 
     out = tmp_path / "qupath"
-    r = runner.invoke(app, ["export", str(batch), "--format", "geojson", "--out", str(out)])
+    r = runner.invoke(app, ["export", str(batch_results), "--format", "geojson", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.glob("*.geojson")) == ["p1-ki67.geojson", "p2-p16.geojson"]
     for slide_id in ("p1-ki67", "p2-p16"):
         fc = json.loads((out / f"{slide_id}.geojson").read_text())
-        assert len(fc["features"]) == len(senpath.load_results(batch / slide_id).cells)
-    r = runner.invoke(app, ["export", str(batch), "--format", "shp"])
+        assert len(fc["features"]) == len(senpath.load_results(batch_results / slide_id).cells)
+    r = runner.invoke(app, ["export", str(batch_results), "--format", "shp"])
     assert r.exit_code != 0 and "unknown format" in r.output
 
 
-def test_export_geojson_api_names_files_by_slide(batch, tmp_path):
-    paths = export_geojson(load_all(batch), tmp_path)
+def test_export_geojson_api_names_files_by_slide(batch_results, tmp_path):
+    paths = export_geojson(load_all(batch_results), tmp_path)
     assert [p.name for p in paths] == ["p1-ki67.geojson", "p2-p16.geojson"]
 
 
-def test_profile_command_saves_the_slide_vectors_and_thresholds(batch, tmp_path):
+def test_profile_command_saves_the_slide_vectors_and_thresholds(batch_results, tmp_path):
     from senpath.config import load_assays, load_config
 
     path = tmp_path / "labA.toml"
     r = CliRunner().invoke(
-        app, ["profile", str(batch / "p1-ki67"), "--out", str(path), "--name", "ki67-labA"]
+        app, ["profile", str(batch_results / "p1-ki67"), "--out", str(path), "--name", "ki67-labA"]
     )
     assert r.exit_code == 0, r.output
     prof = load_assays(path)["ki67-labA"]
-    prov = senpath.load_results(batch / "p1-ki67").provenance
+    prov = senpath.load_results(batch_results / "p1-ki67").provenance
     assert prof.marker("ki67").threshold_od == prov["assay"]["markers"][0]["threshold_od"]
     used = dict(zip(prov["assay"]["stains"], prov["assay"]["stain_vectors"], strict=True))
     for stain in prof.stains:

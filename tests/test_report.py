@@ -9,36 +9,14 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from senpath import synth
 from senpath.cli import app
-from senpath.config import AnalysisConfig
-from senpath.pipeline import run_batch
 from senpath.report import REPORT, failed_slides, write_report
-from senpath.samplesheet import SlideJob
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory):
-    """P1: a Ki67 slide; P2: a p16 slide; P3: a corrupt file (fails, logged)."""
-    tmp = tmp_path_factory.mktemp("batch")
-    params = synth.SynthParams(tissue_fraction=0.95)
-    jobs = []
-    for patient, assay, seed in (("P1", "ki67", 1), ("P2", "p16", 2)):
-        s = synth.write_slide(
-            tmp / f"{assay}.tif", assay=assay, shape=(512, 512), mpp=0.5, seed=seed, params=params
-        )
-        jobs.append(SlideJob(f"{patient.lower()}-{assay}", s.path, assay, patient))
-    corrupt = tmp / "corrupt.tif"
-    corrupt.write_bytes(jobs[0].path.read_bytes()[:3000])
-    jobs.append(SlideJob("p3-broken", corrupt, "ki67", "P3"))
-    run_batch(jobs, out=tmp / "results", config=AnalysisConfig(segmenter="classical"))
-    return tmp / "results"
-
-
-def test_report_contents(batch):
-    r = CliRunner().invoke(app, ["report", str(batch)])
+def test_report_contents(batch_results):
+    r = CliRunner().invoke(app, ["report", str(batch_results)])
     assert r.exit_code == 0, r.output
-    text = (batch / REPORT).read_text(encoding="utf-8")
+    text = (batch_results / REPORT).read_text(encoding="utf-8")
     images = re.findall(r'<img alt="([^"]*)"[^>]*src="data:image/png;base64,([^"]+)"', text)
     # 1 bar chart + 1 histogram per marker (ki67, p16) + 1 QC overlay per complete slide
     assert sorted(alt for alt, _ in images) == sorted([
@@ -50,13 +28,13 @@ def test_report_contents(batch):
     assert 'src="http' not in text and "<script" not in text  # nothing fetched from elsewhere
     for slide_id in ("p1-ki67", "p2-p16", "p3-broken"):
         assert slide_id in text
-    (failure,) = failed_slides(batch)
+    (failure,) = failed_slides(batch_results)
     assert failure[0] == "p3-broken" and "corrupt.tif" in failure[1]
     assert "Failed slides" in text and failure[2].split(":")[0] in text
     assert "threshold" in text and "P1" in text and "P2" in text
 
 
-def test_report_is_written_atomically(batch, tmp_path, monkeypatch):
+def test_report_is_written_atomically(batch_results, tmp_path, monkeypatch):
     out = tmp_path / "r.html"
     out.write_text("old report")
 
@@ -65,7 +43,7 @@ def test_report_is_written_atomically(batch, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        write_report(batch, out=out)
+        write_report(batch_results, out=out)
     assert out.read_text() == "old report"
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]  # no temporary file left
 

@@ -7,10 +7,10 @@ comes with napari's pytest plugin.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+from senpath.testing import analysed_synthetic_slide, copy_store
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -42,29 +42,11 @@ def screenshot_dir() -> Path:
 @pytest.fixture(scope="session")
 def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(slide, results store) of a 768 x 768 px synthetic Ki67 slide, classical segmenter."""
-    from senpath import synth
-    from senpath.config import AnalysisConfig
-    from senpath.pipeline import analyze_slide
-
     root = tmp_path_factory.mktemp("napari")
-    slide = root / "ki67.tif"
-    synth.write_slide(
-        slide,
-        assay="ki67",
-        shape=(768, 768),
-        mpp=0.5,
-        seed=3,
-        params=synth.SynthParams(tissue_fraction=0.95),
-    )
-    store = analyze_slide(
-        slide, out=root / "results", assay="ki67", config=AnalysisConfig(segmenter="classical")
-    )
-    return slide, store
+    return analysed_synthetic_slide(root, name="ki67", shape=(768, 768), seed=3)
 
 
 @pytest.fixture
 def store(analysed: tuple[Path, Path], tmp_path: Path) -> Path:
     """A fresh copy of the analysed store."""
-    copy = tmp_path / "results" / analysed[1].name
-    shutil.copytree(analysed[1], copy)
-    return copy
+    return copy_store(analysed[1], tmp_path)

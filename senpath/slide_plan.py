@@ -1,0 +1,223 @@
+"""Plan one slide: the per-slide decisions the tile stage needs, made once (first stage).
+
+::
+
+    plan_slide  open_slide → tissue mask (low resolution) → glass intensity → tile grid at the
+                analysis mpp over tissue, with halo → stain vectors (per-slide estimate or preset)
+
+The plan is small, plain data (:class:`SlidePlan`), so :mod:`senpath.slide_analysis` runs the tile and
+commit stages from it in this process and :mod:`senpath.distributed` ships it to dask workers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from senpath.config import AnalysisConfig, Assay
+from senpath.segment import resolve_method
+from senpath.stain import (
+    DEFAULT_I0,
+    StainEstimate,
+    StainSet,
+    estimate_background,
+    estimate_stains,
+    rgb_to_od,
+)
+from senpath.tiling import Box, Tile, tile_grid
+
+
+@dataclass
+class SlidePlan:
+    """Everything the tile stage of one slide needs, decided once per slide (small and picklable).
+
+    The stages of :func:`senpath.slide_analysis.analyze_slide` — :func:`plan_slide`,
+    :func:`~senpath.slide_analysis.analyze_tiles` (or :func:`~senpath.slide_analysis.segment_tiles`
+    then :func:`~senpath.slide_analysis.analyze_tiles`) and
+    :func:`~senpath.slide_analysis.commit_slide` — take and return plain data, so the same code runs
+    in this process or as dask tasks on other machines (:mod:`senpath.distributed`), with identical
+    results.
+
+    Attributes
+    ----------
+    path : the slide file.
+    slide_id, patient_id : names used in the store.
+    mpp : the ``mpp`` override given for an uncalibrated file (µm/px), or ``None``.
+    assay : the assay definition.
+    config : the settings, with ``segmenter`` resolved to ``cnn`` or ``classical``.
+    prior : the assay's preset stain vectors.
+    stain_estimate : the slide's stain vectors and their QC evidence.
+    i0 : glass intensity per RGB channel.
+    shape_px : (Y, X) of the slide at the analysis resolution ``config.analysis_mpp``.
+    tiles : the tissue tile grid, in the order ids are assigned (row-major).
+    tissue_fraction : fraction of the slide covered by tissue.
+    tissue_area_mm2 : tissue area in mm².
+    timings : seconds spent so far, by stage (``tissue_s``, ``stains_s``).
+    """
+
+    path: Path
+    slide_id: str
+    patient_id: str
+    mpp: float | None
+    assay: Assay
+    config: AnalysisConfig
+    prior: StainSet
+    stain_estimate: StainEstimate
+    i0: Any  # (3,) float64 ndarray, the glass intensity per RGB channel
+    shape_px: tuple[int, int]
+    tiles: list[Tile]
+    tissue_fraction: float
+    tissue_area_mm2: float
+    timings: dict[str, float]
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tissue tiles."""
+        return len(self.tiles)
+
+
+def plan_slide(
+    path: str | Path,
+    *,
+    assay: Assay,
+    config: AnalysisConfig,
+    mpp: float | None = None,
+    slide_id: str | None = None,
+    patient_id: str | None = None,
+    slide: Any = None,
+) -> SlidePlan:
+    """First stage of analysing a slide: tissue mask, glass intensity, tile grid, stain vectors.
+
+    The later stages are :func:`senpath.slide_analysis.analyze_tiles` and
+    :func:`senpath.slide_analysis.commit_slide` (:func:`senpath.slide_analysis.analyze_slide` runs
+    all three).
+
+    Parameters
+    ----------
+    path : slide file.
+    assay : the assay definition.
+    config : analysis settings (``segmenter`` may be ``auto``; the plan holds it resolved).
+    mpp : pixel size in µm for files without calibration.
+    slide_id, patient_id : names used in the store (default: the file stem).
+    slide : the already opened slide of ``path`` (opened here when ``None``).
+
+    Returns
+    -------
+    SlidePlan
+    """
+    from senpath.io import open_slide
+    from senpath.tissue import tissue_mask
+
+    slide = slide if slide is not None else open_slide(path, mpp=mpp)
+    slide_id = slide_id or slide.slide_id
+    config = config.replace(segmenter=resolve_method(config.segmenter, model=config.model))
+    prior = StainSet.from_names(assay.stains, overrides=assay.stain_vectors)
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    tissue = tissue_mask(slide, target_mpp=config.tissue_mpp)
+    i0 = _estimate_i0(slide, tissue)
+    timings["tissue_s"] = time.perf_counter() - t
+
+    amp = config.analysis_mpp
+    height_um = slide.shape[0] * slide.mpp[1]
+    width_um = slide.shape[1] * slide.mpp[0]
+    shape_px = (max(1, round(height_um / amp)), max(1, round(width_um / amp)))
+    tile_px = max(64, round(config.tile_size_um / amp))
+    halo_px = max(1, math.ceil(config.halo_um / amp))
+    tiles = tile_grid(
+        shape_px, tile_size=tile_px, halo=halo_px, mask=tissue.mask, mask_scale=tissue.mpp / amp
+    )
+
+    t = time.perf_counter()
+    stain_estimate = _slide_stains(
+        slide,
+        tiles,
+        prior=prior,
+        i0=i0,
+        mpp=amp,
+        mode=config.stain_vectors,
+        tolerance=assay.stain_tolerance_deg,
+    )
+    timings["stains_s"] = time.perf_counter() - t
+    return SlidePlan(
+        path=Path(path),
+        slide_id=slide_id,
+        patient_id=patient_id or slide_id,
+        mpp=mpp,
+        assay=assay,
+        config=config,
+        prior=prior,
+        stain_estimate=stain_estimate,
+        i0=np.asarray(i0, dtype=np.float64),
+        shape_px=shape_px,
+        tiles=list(tiles),
+        tissue_fraction=float(tissue.fraction),
+        tissue_area_mm2=float(tissue.mask.sum()) * (tissue.mpp / 1000.0) ** 2,
+        timings=timings,
+    )
+
+
+def read_grid_box(slide: Any, box: Box, mpp: float) -> NDArray[np.uint8]:
+    """The pixels of ``box`` of the analysis grid (px at ``mpp`` µm/px) as (Y, X, 3) uint8."""
+    return slide.read_region(
+        box.x0 * mpp, box.y0 * mpp, (box.x1 - box.x0) * mpp, (box.y1 - box.y0) * mpp, mpp=mpp
+    )
+
+
+#: Tiles sampled (evenly over the tissue tile grid) for the per-slide stain estimate, and pixels kept.
+_STAIN_SAMPLE_TILES = 8
+_STAIN_SAMPLE_PIXELS = 400_000
+
+
+def _slide_stains(
+    slide: Any,
+    tiles: Sequence[Any],
+    *,
+    prior: StainSet,
+    i0: Any,
+    mpp: float,
+    mode: str,
+    tolerance: Mapping[str, float] | None = None,
+) -> StainEstimate:
+    """The slide's stain vectors: estimated from a sample of its tissue tiles, or the prior.
+
+    Pixels are sampled at the analysis resolution (at a coarse resolution, nuclei and cytoplasm mix and
+    the extreme stain directions that Macenko's method looks for are lost).
+    """
+    picks = np.unique(
+        np.linspace(0, len(tiles) - 1, min(len(tiles), _STAIN_SAMPLE_TILES)).astype(int)
+    )
+    samples = []
+    for k in picks.tolist() if len(tiles) else []:
+        rgb = read_grid_box(slide, tiles[k].core, mpp)
+        samples.append(rgb_to_od(rgb, i0).reshape(-1, 3))
+    od = np.concatenate(samples) if samples else np.zeros((0, 3), np.float32)
+    if len(od) > _STAIN_SAMPLE_PIXELS:
+        od = od[:: -(-len(od) // _STAIN_SAMPLE_PIXELS)]
+    return estimate_stains(od, prior, estimate=mode == "estimate", max_angle_deg=tolerance or None)
+
+
+def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:
+    """Glass intensity from the low-resolution image outside the tissue (default when no glass)."""
+    import cv2
+
+    height_um = slide.shape[0] * slide.mpp[1]
+    width_um = slide.shape[1] * slide.mpp[0]
+    thumb = slide.read_region(0, 0, width_um, height_um, mpp=tissue.mpp)
+    mask = cv2.resize(
+        tissue.mask.astype(np.uint8),
+        (thumb.shape[1], thumb.shape[0]),
+        interpolation=cv2.INTER_NEAREST,
+    ).astype(bool)
+    glass = thumb[~mask]
+    if glass.shape[0] < 100:
+        return np.full(3, DEFAULT_I0)
+    return estimate_background(glass, percentile=50.0)
