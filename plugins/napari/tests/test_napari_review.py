@@ -184,3 +184,23 @@ def test_threshold_profile_for_the_batch(make_napari_viewer, store: Path, tmp_pa
     widget.apply_threshold()
     path = widget.save_profile(tmp_path / "lab.toml", name="lab-ki67")
     assert load_assays(path)["lab-ki67"].marker("ki67").threshold_od == pytest.approx(0.3)
+
+
+def test_canvas_size_uses_the_public_canvas_model(make_napari_viewer):
+    from types import SimpleNamespace
+
+    from senpath_napari._review_widget import _canvas_size
+
+    viewer = make_napari_viewer()
+    viewer.window._qt_window.resize(900, 700)
+    viewer.window._qt_window.show()
+    h, w = _canvas_size(viewer)
+    qt = tuple(viewer.window._qt_viewer.canvas.size)  # the private path, for comparison only
+    assert (h, w) == tuple(viewer.canvas.size) == qt, "the public model follows the real canvas"
+    assert (h, w) != (600, 800)  # the model's default: the window's size reached it
+    # an older napari: only the private Qt canvas has it; with neither, a typical canvas
+    old = SimpleNamespace(
+        window=SimpleNamespace(_qt_viewer=SimpleNamespace(canvas=SimpleNamespace(size=(5, 6))))
+    )
+    assert _canvas_size(old) == (5, 6)
+    assert _canvas_size(SimpleNamespace()) == (800, 1000)

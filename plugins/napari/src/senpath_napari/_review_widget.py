@@ -63,12 +63,20 @@ def _camera(viewer: Any) -> Any:
 
 
 def _canvas_size(viewer: Any) -> tuple[int, int]:
-    """(height, width) of the viewer's canvas in screen px (napari has no public accessor)."""
-    try:
-        h, w = viewer.window._qt_viewer.canvas.size
-        return int(h), int(w)
-    except AttributeError:  # a napari without this private attribute: a typical canvas
-        return 800, 1000
+    """(height, width) of the viewer's canvas in screen px.
+
+    ``viewer.canvas.size`` is public since napari 0.9 (the canvas model, napari#8633); before it only
+    the private, deprecated ``window._qt_viewer.canvas.size`` had it.
+    """
+    canvas = getattr(viewer, "canvas", None)
+    size = getattr(canvas, "size", None)
+    if size is None:
+        try:
+            size = viewer.window._qt_viewer.canvas.size
+        except AttributeError:  # neither: a typical canvas
+            return 800, 1000
+    h, w = size
+    return int(h), int(w)
 
 
 class ReviewWidget(QWidget):
