@@ -72,6 +72,35 @@ def test_input_at_quarter_micron_gives_labels_on_input_grid(oracle):
     assert m.mean_true_score > 0.8  # masks come back at full resolution, not blocky
 
 
+def test_finer_input_gets_outlines_drawn_at_its_own_resolution(oracle):
+    """Soft maps at 0.5 µm/px, as a network gives them, for 5.5 µm nuclei of a 0.25 µm/px image:
+    upsampling the maps and drawing the outlines on the image grid beats upsampling the labels."""
+    import cv2
+    from scipy import ndimage as ndi
+    from stardist.matching import matching
+
+    from senpath.segment.data import resample_labels
+    from senpath.segment.predict import instances_on_grid
+
+    _, labels = _disc_image((300, 260), radius=11, spacing=40, seed=2)
+    blurred = cv2.GaussianBlur((labels > 0).astype(np.float32), (0, 0), 2.0)
+    depth = (ndi.distance_transform_edt(labels > 0) / 11.0).astype(np.float32)
+    maps = np.stack(
+        [cv2.resize(m, (130, 150), interpolation=cv2.INTER_AREA) for m in (blurred, depth)]
+    )
+    drawn = instances_on_grid(oracle, maps, labels.shape, mpp=0.25)
+    blocky = resample_labels(oracle.instances(maps), labels.shape)
+    assert drawn.shape == labels.shape and drawn.dtype == np.int32
+    fine, coarse = matching(labels, drawn, thresh=0.5), matching(labels, blocky, thresh=0.5)
+    assert fine.f1 == coarse.f1 == 1.0
+    assert fine.mean_true_score > coarse.mean_true_score + 0.015  # measured 0.947 vs 0.920
+    # at the maps' own grid nothing is resampled; a coarser grid gets the labels mapped back
+    np.testing.assert_array_equal(
+        instances_on_grid(oracle, maps, (150, 130), mpp=0.5), oracle.instances(maps)
+    )
+    assert instances_on_grid(oracle, maps, (75, 65), mpp=1.0).shape == (75, 65)
+
+
 def test_predict_maps_pads_to_stride():
     from senpath.segment.net import build_model
 

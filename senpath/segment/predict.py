@@ -7,8 +7,10 @@ Two levels:
   distance maps) and :meth:`~NucleusSegmenter.instances` (maps → labels).
 - :func:`predict_instances` segments one in-memory image of any size and resolution: resample to
   0.5 µm/px, cut overlapping tiles, batch them, stitch the maps (each output pixel comes from exactly
-  one tile, the one whose core holds it, so the result does not depend on batch order), post-process
-  once, and map the labels back to the input grid with nearest-neighbour resampling.
+  one tile, the one whose core holds it, so the result does not depend on batch order), and
+  post-process once: on the input grid for an image finer than 0.5 µm/px (maps upsampled bilinearly,
+  so outlines are drawn at its own resolution), else at 0.5 µm/px with the labels mapped back by
+  nearest-neighbour resampling.
 """
 
 from __future__ import annotations
@@ -258,7 +260,31 @@ def predict_instances(
     else:
         work = rgb
     maps = seg.predict_image_maps(work, batch_size=batch_size, tile_size=tile_size, halo=halo)
-    labels = seg.instances(maps)
-    if labels.shape != rgb.shape[:2]:
-        labels = resample_labels(labels, rgb.shape[:2])
-    return labels
+    return instances_on_grid(seg, maps, rgb.shape[:2], mpp=mpp)
+
+
+def instances_on_grid(
+    seg: NucleusSegmenter, maps: NDArray[np.floating], shape: tuple[int, int], *, mpp: float
+) -> NDArray[np.int32]:
+    """Nucleus labels on an image grid of ``shape`` at ``mpp`` from maps at the network's resolution.
+
+    A finer grid (e.g. 0.25 µm/px, a 40x scan) gets the maps upsampled bilinearly and the instances
+    drawn there: outlines at the image's own resolution instead of 2x2 blocks. On the held-out real
+    sets at 0.25-0.38 µm/px this raised pooled F1 at IoU 0.5 by 0.008-0.014 and PQ by 0.009-0.011
+    with the same weights (``python -m senpath.segment.export``, see the model card). The grid of the maps, or a coarser one, gets the labels
+    drawn at the network's resolution and mapped back by nearest-neighbour resampling.
+    """
+    import cv2
+
+    if tuple(maps.shape[-2:]) == tuple(shape):
+        return seg.instances(maps)
+    if mpp < seg.mpp:
+        fg, dist = (
+            np.asarray(
+                cv2.resize(np.ascontiguousarray(c), shape[::-1], interpolation=cv2.INTER_LINEAR),
+                np.float32,
+            )
+            for c in maps
+        )
+        return maps_to_instances(fg, dist, mpp=mpp, config=seg.postprocess)
+    return resample_labels(seg.instances(maps), shape)
