@@ -46,6 +46,31 @@ def test_export_then_load_round_trip(exported):
         assert torch.allclose(model(x), loaded(x), atol=5e-2)
 
 
+def test_re_export_of_the_same_weights_keeps_their_training_record(tmp_path):
+    cfg = NetConfig(widths=(4, 8))
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(
+        {"model": build_model(cfg).state_dict(), "net_config": cfg.to_dict(), "step": 7}, ckpt
+    )
+    post = PostprocessConfig().to_dict()
+    first = {"reproduce": "stage 1 && stage 2", "stage1": {"sha256": "abc"}}
+    js = export_checkpoint(
+        ckpt, tmp_path / "m", postprocess=post, metrics={"f1": 1}, training=first
+    )
+    js = export_checkpoint(
+        ckpt, tmp_path / "m", postprocess=post, metrics={"f1": 2}, training={"reproduce": "local"}
+    )
+    spec = json.loads(js.read_text())
+    assert spec["training"] == first and spec["metrics"] == {"f1": 2}  # new metrics, same record
+    torch.manual_seed(1)  # other weights: their own record
+    torch.save(
+        {"model": build_model(cfg).state_dict(), "net_config": cfg.to_dict(), "step": 7}, ckpt
+    )
+    js = export_checkpoint(ckpt, tmp_path / "m", postprocess=post, training={"reproduce": "new"})
+    assert json.loads(js.read_text())["training"] == {"reproduce": "new"}
+
+
 def test_load_accepts_json_pt_or_folder(exported):
     js, _ = exported
     for p in (js, js.with_suffix(".pt"), js.parent):

@@ -157,7 +157,8 @@ def export_checkpoint(
     postprocess : mapping
         Post-processing thresholds (:class:`~senpath.segment.postprocess.PostprocessConfig` fields).
     metrics, training : mapping, optional
-        Validation figures and training provenance recorded in the JSON.
+        Validation figures and training provenance recorded in the JSON. When ``out_dir`` already
+        holds a JSON for byte-identical weights, its ``training`` record is kept instead.
 
     Returns
     -------
@@ -194,6 +195,14 @@ def export_checkpoint(
         "training": dict(training or {}),
     }
     js = out / f"{name}.json"
+    try:
+        previous = json.loads(js.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = {}
+    if previous.get("sha256") == spec["sha256"] and previous.get("training"):
+        # The same weights byte for byte (e.g. metrics re-measured after an inference change): keep
+        # their recorded provenance, which may hold what this checkpoint cannot know (earlier stages).
+        spec["training"] = previous["training"]
     tmp = js.with_name(js.name + ".tmp")
     tmp.write_text(json.dumps(spec, indent=2) + "\n")
     os.replace(tmp, js)
