@@ -202,7 +202,7 @@ def _slide_stains(
     od = np.concatenate(samples) if samples else np.zeros((0, 3), np.float32)
     if len(od) > _STAIN_SAMPLE_PIXELS:
         od = od[:: -(-len(od) // _STAIN_SAMPLE_PIXELS)]
-    return estimate_stains(od, prior, estimate=mode == "estimate", max_angle_deg=tolerance or None)
+    return estimate_stains(od, prior, estimate=mode == "estimate", max_angle_deg=tolerance)
 
 
 def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:
