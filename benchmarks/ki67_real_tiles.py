@@ -4,8 +4,11 @@ Each tile (``../shared/data/ki67_ihc_tiles``, ~0.25 µm/px) is analysed as a use
 ``senpath.analyze_slide(tile, assay="ki67", mpp=0.25)`` (tissue mask, CNN nuclei at 0.5 µm/px, stain
 estimation, measurement, calls). Predicted cells are paired with the annotated nuclei by centroid
 (``senpath.validation.match_cells``, 4 µm), then per tile and pooled it prints: detection F1,
-Ki67 positivity F1 on the paired cells, and the Ki67 labelling index (LI) of all predicted cells against
-the annotated LI. A second block scores the annotated nuclei themselves (scoring without segmentation
+Ki67 positivity F1 on the paired cells, the share of annotated Ki67-positive and Ki67-negative nuclei
+that got a cell (detection recall per class: a detector that misses stained nuclei biases the LI), and
+the Ki67 labelling index (LI) of all predicted cells against the annotated LI. Tiles the shipped CNN
+was trained on are marked; only the held-out ones (``senpath.segment.datasets.KI67_VALIDATION``)
+judge it. A second block scores the annotated nuclei themselves (scoring without segmentation
 error) for comparison. Prints a Markdown table::
 
     python benchmarks/ki67_real_tiles.py [--segmenter cnn|classical] [--device cpu]
@@ -60,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import senpath
     from senpath.config import AnalysisConfig
+    from senpath.segment.datasets import KI67_VALIDATION
     from senpath.validation import match_cells
 
     config = AnalysisConfig(segmenter=args.segmenter, device=args.device)
     stems = sorted(Path(str(q)[: -len("_ihc.png")]) for q in SHARED.glob("*_ihc.png"))
     rows = []
-    pooled = {"pred": [], "truth": [], "all_pred": [], "all_truth": [], "tp": 0, "np": 0, "nt": 0}
+    pooled: dict = {"pred": [], "truth": [], "all_pred": [], "all_truth": [], "found": [],
+                    "held_out": [], "tp": 0, "np": 0, "nt": 0}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for stem in stems:
             store = senpath.analyze_slide(
@@ -80,13 +85,17 @@ def main(argv: list[str] | None = None) -> int:
             pred_pos = cells["ki67_positive"].to_numpy(dtype=bool)
             true_pos = truth["ki67_positive"].to_numpy(dtype=bool)
             det_f1 = 2 * len(pi) / (len(cells) + len(truth)) if len(cells) + len(truth) else 0.0
+            found = np.zeros(len(truth), bool)
+            found[ti] = True
             rows.append(
                 {
-                    "tile": stem.name,
+                    "tile": stem.name + ("" if stem.name in KI67_VALIDATION else " (trained)"),
                     "cells": len(cells),
                     "annotated": len(truth),
                     "detection F1": det_f1,
                     "Ki67 F1 (paired)": _f1(pred_pos[pi], true_pos[ti]),
+                    "found Ki67+": found[true_pos].mean() if true_pos.any() else float("nan"),
+                    "found Ki67-": found[~true_pos].mean(),
                     "LI": 100 * pred_pos.mean() if len(cells) else float("nan"),
                     "LI truth": 100 * true_pos.mean(),
                 }
@@ -95,11 +104,15 @@ def main(argv: list[str] | None = None) -> int:
             pooled["truth"].append(true_pos[ti])
             pooled["all_pred"].append(pred_pos)
             pooled["all_truth"].append(true_pos)
+            pooled["found"].append(found)
+            pooled["held_out"].append(np.full(len(truth), stem.name in KI67_VALIDATION))
             pooled["tp"] += len(pi)
             pooled["np"] += len(cells)
             pooled["nt"] += len(truth)
     all_pred = np.concatenate(pooled["all_pred"])
     all_truth = np.concatenate(pooled["all_truth"])
+    found = np.concatenate(pooled["found"])
+    held = np.concatenate(pooled["held_out"])
     rows.append(
         {
             "tile": "pooled",
@@ -109,11 +122,19 @@ def main(argv: list[str] | None = None) -> int:
             "Ki67 F1 (paired)": _f1(
                 np.concatenate(pooled["pred"]), np.concatenate(pooled["truth"])
             ),
+            "found Ki67+": found[all_truth].mean(),
+            "found Ki67-": found[~all_truth].mean(),
             "LI": 100 * all_pred.mean(),
             "LI truth": 100 * all_truth.mean(),
         }
     )
     table = pd.DataFrame(rows)
+    pos, neg = all_truth & held, ~all_truth & held
+    print(
+        f"held-out tiles ({', '.join(KI67_VALIDATION)}): found {found[pos].sum()}/{pos.sum()} "
+        f"Ki67+ ({100 * found[pos].mean():.1f} %) and {found[neg].sum()}/{neg.sum()} Ki67- "
+        f"({100 * found[neg].mean():.1f} %) annotated nuclei"
+    )
     table["LI error"] = table["LI"] - table["LI truth"]
     print(f"segmenter: {args.segmenter}; assay ki67 preset; tiles at {MPP} µm/px")
     print("| " + " | ".join(table.columns) + " |")

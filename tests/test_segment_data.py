@@ -79,7 +79,8 @@ def test_source_weights_with_a_synthetic_share():
     assert D.source_weights(0.0) == D.SOURCE_WEIGHTS
     w = D.source_weights(0.15)
     assert w["synth"] == 0.15 and sum(w.values()) == pytest.approx(1.0)
-    assert w["monuseg"] / w["consep"] == pytest.approx(0.45 / 0.35)
+    ratio = D.SOURCE_WEIGHTS["monuseg"] / D.SOURCE_WEIGHTS["consep"]
+    assert w["monuseg"] / w["consep"] == pytest.approx(ratio)
     with pytest.raises(ValueError, match="synthetic_share"):
         D.source_weights(1.0)
 
@@ -93,3 +94,58 @@ def test_synthetic_regions_are_annotated_and_kept_in_their_stains():
     assert x.shape == (4, 3, 64, 64) and y.shape == (4, 2, 64, 64)
     assert y[:, 0].mean() > 0.01  # nuclei in the crops
     np.testing.assert_array_equal(x, sampler.batch(0, 4)[0])  # deterministic per (seed, step)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "counterstain", "chromogen"),
+    [
+        ("h_dab", "hematoxylin", "dab"),
+        ("h_dab_fast_red", "hematoxylin", "fast_red"),
+        ("xgal_h_dab", "hematoxylin", "xgal"),
+        ("xgal_nfr", "nuclear_fast_red", "xgal"),
+    ],
+)
+def test_rendering_says_which_nuclei_carry_the_chromogen(recipe, counterstain, chromogen):
+    from senpath.stain import StainSet, deconvolve
+
+    im = _image(seed=2)
+    cells = D.cell_regions(im.labels, mpp=im.mpp)
+    rng = np.random.default_rng(11)
+    rgb, stained = D.render_with_truth(im.rgb, im.labels, cells, kind="he", rng=rng, recipe=recipe)
+    ids = np.unique(im.labels)[1:]
+    marked = stained[chromogen]
+    assert 0 < len(marked) < len(ids) and np.isin(marked, ids).all()
+    # The listed nuclei (X-gal: their cells) hold more of the chromogen than the others.
+    amount = deconvolve(rgb, StainSet.from_names((counterstain, chromogen)))[..., 1]
+    where = cells if chromogen == "xgal" else im.labels
+    mean = np.array([amount[where == i].mean() for i in ids])
+    assert mean[np.isin(ids, marked)].mean() > mean[~np.isin(ids, marked)].mean() + 0.02
+    # Same generator state, same picture: render_crop is the same rendering without the truth.
+    again = D.render_crop(
+        im.rgb, im.labels, cells, kind="he", rng=np.random.default_rng(11), recipe=recipe
+    )
+    np.testing.assert_array_equal(rgb, again)
+
+
+def test_estimated_mpp_from_nucleus_size():
+    from senpath.segment.datasets import NUCLEUS_DIAMETER_UM, estimated_mpp
+
+    labels = np.zeros((200, 200), np.int32)
+    yy, xx = np.mgrid[:200, :200]
+    for i, (cy, cx) in enumerate([(30, 30), (30, 100), (100, 60), (150, 150)], start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 10**2] = i  # ~20 px across
+    diameter = 2 * np.sqrt((labels == 1).sum() / np.pi)
+    assert estimated_mpp(labels) == pytest.approx(NUCLEUS_DIAMETER_UM / diameter)
+    with pytest.raises(ValueError, match="without annotated nuclei"):
+        estimated_mpp(np.zeros((5, 5), np.int32))
+
+
+def test_new_sets_load_with_disjoint_splits(shared_data):
+    for loader in (D.load_cpm15, D.load_dsb2018, D.load_monuseg):
+        train = {im.name for im in loader(shared_data, split="train", native=True)}
+        held = {im.name for im in loader(shared_data, split="validation", native=True)}
+        assert train and held and not train & held
+    dsb = D.load_dsb2018(shared_data, split="validation")
+    assert all(im.kind == "hematoxylin" and im.mpp == D.NETWORK_MPP for im in dsb)
+    ki67 = D.load_ki67(shared_data, split="validation", native=True)
+    assert all(len(im.stained["dab"]) > 0 for im in ki67)  # the annotated Ki67-positive nuclei

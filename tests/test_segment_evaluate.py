@@ -68,3 +68,23 @@ def test_evaluate_folder_reads_pairs(tmp_path):
     assert ev.pooled["f1"] == pytest.approx(1.0)
     with pytest.raises(FileNotFoundError, match="no images"):
         evaluate_folder(tmp_path / "img", tmp_path / "lab", mpp=0.5, pattern="*.jpg")
+
+
+def test_recall_by_stain_counts_found_nuclei_per_class_by_hand():
+    from senpath.segment.evaluate import recall_by_stain
+
+    true = np.zeros((20, 20), np.int32)
+    true[2:6, 2:6] = 1  # stained, found exactly
+    true[10:15, 10:15] = 2  # stained, prediction too small (IoU 9/25 = 0.36)
+    true[15:19, 1:5] = 3  # unstained, missed
+    true[1:4, 14:19] = 4  # unstained, found exactly
+    pred = np.zeros_like(true)
+    pred[2:6, 2:6] = 5
+    pred[10:13, 10:13] = 7
+    pred[1:4, 14:19] = 9
+    out = recall_by_stain([true], [pred], [{"dab": np.array([1, 2])}], thresh=0.5)
+    assert out["dab"] == {"found": 1, "total": 2, "recall": 0.5}
+    assert out["unstained"] == {"found": 1, "total": 2, "recall": 0.5}
+    assert out["gap_dab"]["points"] == 0.0
+    loose = recall_by_stain([true], [pred], [{"dab": np.array([1, 2])}], thresh=0.3)
+    assert loose["dab"]["recall"] == 1.0 and loose["gap_dab"]["points"] == -50.0

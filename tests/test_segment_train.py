@@ -21,8 +21,8 @@ def test_stop_at_then_resume_reproduces_the_uninterrupted_run(shared_data, tmp_p
     T.main(["--out", str(tmp_path / "b"), *common, "--stop-at", "2"])
     assert (tmp_path / "b" / "step_000002.pt").is_file()
     T.main(["--out", str(tmp_path / "b"), *common, "--resume", str(tmp_path / "b" / "last.pt")])
-    a = torch.load(tmp_path / "a" / "step_000004.pt", weights_only=False)
-    b = torch.load(tmp_path / "b" / "step_000004.pt", weights_only=False)
+    a = torch.load(tmp_path / "a" / "step_000004.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "step_000004.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key

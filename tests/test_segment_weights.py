@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from senpath.segment.net import NetConfig, build_model  # noqa: E402
-from senpath.segment.postprocess import PostprocessConfig  # noqa: E402
-from senpath.segment.weights import (  # noqa: E402
+from senpath.segment.net import NetConfig, build_model
+from senpath.segment.postprocess import PostprocessConfig
+from senpath.segment.weights import (
     WeightsIntegrityError,
     default_model_json,
     export_checkpoint,
@@ -117,3 +116,32 @@ def test_shipped_weights_verify_and_are_small():
     assert sum(p.numel() for p in model.parameters()) > 0
     info = shipped_weights_info()
     assert info["model_sha256"] == spec["sha256"] == sha256_file(spec["weights_path"])
+
+
+class _RunsCode:
+    """Pickles to a call of ``os.mkdir``: what a crafted checkpoint could run on load."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def test_a_crafted_checkpoint_cannot_run_code(tmp_path):
+    from senpath.segment.weights import load_checkpoint
+
+    marker = tmp_path / "code-ran"
+    ckpt = tmp_path / "crafted.pt"
+    cfg = NetConfig(widths=(4, 8))
+    payload = {"model": build_model(cfg).state_dict(), "net_config": cfg.to_dict(), "step": 1}
+    torch.save(payload | {"extra": _RunsCode(marker)}, ckpt)
+    with pytest.raises(ValueError, match="crafted.pt: not a senpath training checkpoint"):
+        export_checkpoint(ckpt, tmp_path / "models", postprocess=PostprocessConfig().to_dict())
+    with pytest.raises(ValueError, match="refused to unpickle"):
+        load_checkpoint(ckpt)
+    assert not marker.exists()
+    torch.save(payload, ckpt)  # tensors and plain values load
+    assert load_checkpoint(ckpt)["step"] == 1

@@ -1,10 +1,10 @@
 """Training and validation data: real nucleus annotations re-rendered in stain space.
 
-Real morphology, our stains. Every annotated image (MoNuSeg and CoNSeP H&E, DeepLIIF Ki67 IHC) is
-resampled to the network's 0.5 µm/px (:mod:`senpath.segment.datasets`), colour-deconvolved into
-stain amounts (optical density, OD) and re-composed with the stains senpath measures
-(:mod:`senpath.segment.rerender`, which lists the recipes). Then blur, noise, JPEG, flips and 90°
-rotations. Everything is drawn from a seeded :class:`numpy.random.Generator`, so a step's batch
+Real morphology, our stains. Every annotated image (MoNuSeg, CoNSeP and CPM-15 H&E, DSB-2018
+hematoxylin, DeepLIIF Ki67 IHC) is resampled to the network's 0.5 µm/px
+(:mod:`senpath.segment.datasets`), colour-deconvolved into stain amounts (optical density, OD) and
+re-composed with the stains senpath measures (:mod:`senpath.segment.rerender`, which lists the
+recipes). Then blur, noise, JPEG, flips and 90° rotations. Everything is drawn from a seeded :class:`numpy.random.Generator`, so a step's batch
 depends only on ``(seed, step)``.
 
 This module draws the training crops (:class:`CropSampler`), adds the synthetic supplement
@@ -12,8 +12,9 @@ This module draws the training crops (:class:`CropSampler`), adds the synthetic 
 :mod:`~senpath.segment.datasets` and :mod:`~senpath.segment.rerender` are re-exported here, so
 ``senpath.segment.data`` still gives the whole training-data interface.
 
-Splits (fixed, see :data:`MONUSEG_VALIDATION`, :data:`KI67_VALIDATION`): three MoNuSeg images, the
-whole CoNSeP test split and two Ki67 tiles are never trained on.
+Splits (fixed, see :data:`MONUSEG_VALIDATION`, :data:`CPM15_VALIDATION`, :data:`DSB2018_HOLDOUT_EVERY`,
+:data:`KI67_VALIDATION`): six MoNuSeg images, the whole CoNSeP test split, three CPM-15 images, every
+seventh DSB-2018 image and two Ki67 tiles are never trained on.
 """
 
 from __future__ import annotations
@@ -28,35 +29,28 @@ from numpy.typing import NDArray
 
 # Re-exported (redundant aliases): callers use ``data.X`` for the loaders and the renderer.
 from senpath.segment.datasets import CONSEP_MPP as CONSEP_MPP
+from senpath.segment.datasets import CPM15_VALIDATION as CPM15_VALIDATION
 from senpath.segment.datasets import KI67_MPP as KI67_MPP
 from senpath.segment.datasets import KI67_VALIDATION as KI67_VALIDATION
 from senpath.segment.datasets import MONUSEG_MPP as MONUSEG_MPP
 from senpath.segment.datasets import MONUSEG_VALIDATION as MONUSEG_VALIDATION
 from senpath.segment.datasets import NETWORK_MPP as NETWORK_MPP
 from senpath.segment.datasets import AnnotatedImage as AnnotatedImage
-from senpath.segment.datasets import _read_labels as _read_labels
-from senpath.segment.datasets import _read_rgb as _read_rgb
-from senpath.segment.datasets import _to_network as _to_network
 from senpath.segment.datasets import cell_regions as cell_regions
 from senpath.segment.datasets import instance_targets as instance_targets
 from senpath.segment.datasets import ki67_positive_ids as ki67_positive_ids
 from senpath.segment.datasets import load_consep as load_consep
+from senpath.segment.datasets import load_cpm15 as load_cpm15
+from senpath.segment.datasets import load_dsb2018 as load_dsb2018
 from senpath.segment.datasets import load_ki67 as load_ki67
 from senpath.segment.datasets import load_monuseg as load_monuseg
 from senpath.segment.datasets import resample_labels as resample_labels
 from senpath.segment.datasets import resample_rgb as resample_rgb
 from senpath.segment.datasets import shape_at_mpp as shape_at_mpp
-from senpath.segment.rerender import _RESIDUAL_NAME as _RESIDUAL_NAME
 from senpath.segment.rerender import RECIPES as RECIPES
-from senpath.segment.rerender import _deconvolve3 as _deconvolve3
-from senpath.segment.rerender import _granules as _granules
-from senpath.segment.rerender import _jitter_vector as _jitter_vector
-from senpath.segment.rerender import _od_to_rgb as _od_to_rgb
-from senpath.segment.rerender import _pick as _pick
-from senpath.segment.rerender import _residual_vector as _residual_vector
-from senpath.segment.rerender import _smooth_noise as _smooth_noise
 from senpath.segment.rerender import degrade as degrade
 from senpath.segment.rerender import render_crop as render_crop
+from senpath.segment.rerender import render_with_truth as render_with_truth
 
 # --------------------------------------------------------------------------- sampler
 
@@ -205,22 +199,28 @@ def load_synthetic(
 def rerendered(
     images: Sequence[AnnotatedImage], recipe: str, rng: np.random.Generator
 ) -> list[AnnotatedImage]:
-    """H&E images re-rendered in another stain combination (:func:`render_crop`), same labels;
-    named ``<name>:<recipe>``. Used for validation sets in senescence stains."""
+    """H&E images re-rendered in another stain combination (:func:`render_with_truth`), same labels,
+    with the nuclei each chromogen was put in (``stained``); named ``<name>:<recipe>``. Used for
+    validation sets in senescence stains."""
     out = []
     for im in images:
         cells = cell_regions(im.labels, mpp=im.mpp)
-        rgb = render_crop(im.rgb, im.labels, cells, kind="he", rng=rng, recipe=recipe)
-        out.append(AnnotatedImage(f"{im.name}:{recipe}", "he", rgb, im.labels, im.mpp))
+        rgb, stained = render_with_truth(
+            im.rgb, im.labels, cells, kind="he", rng=rng, recipe=recipe
+        )
+        out.append(AnnotatedImage(f"{im.name}:{recipe}", "he", rgb, im.labels, im.mpp, stained))
     return out
 
 
 def training_sources(root: Path, *, synthetic: bool = False) -> dict[str, list[AnnotatedImage]]:
-    """Training images per source: MoNuSeg minus held-out, CoNSeP train, four Ki67 tiles, and (with
-    ``synthetic``) generated regions of every assay."""
+    """Training images per source: MoNuSeg (both folders) minus held-out, CoNSeP train, CPM-15 and
+    DSB-2018 minus held-out, four Ki67 tiles, and (with ``synthetic``) generated regions of every
+    assay."""
     sources = {
         "monuseg": load_monuseg(root, split="train"),
         "consep": load_consep(root, split="train"),
+        "cpm15": load_cpm15(root, split="train"),
+        "dsb2018": load_dsb2018(root, split="train"),
         "ki67": load_ki67(root, split="train"),
     }
     if synthetic:
@@ -229,7 +229,13 @@ def training_sources(root: Path, *, synthetic: bool = False) -> dict[str, list[A
 
 
 #: Default probability of drawing a crop from each source.
-SOURCE_WEIGHTS: dict[str, float] = {"monuseg": 0.45, "consep": 0.35, "ki67": 0.2}
+SOURCE_WEIGHTS: dict[str, float] = {
+    "monuseg": 0.36,
+    "consep": 0.2,
+    "cpm15": 0.08,
+    "dsb2018": 0.08,
+    "ki67": 0.28,
+}
 
 
 def source_weights(synthetic_share: float = 0.0) -> dict[str, float]:

@@ -1,25 +1,28 @@
 """Real annotated nucleus sets: loading, resampling to the network's resolution, targets, splits.
 
-Every annotated image (MoNuSeg and CoNSeP H&E, DeepLIIF Ki67 IHC) is resampled to the network's
+Every annotated image (MoNuSeg, CoNSeP and CPM-15 H&E, DSB-2018 hematoxylin, DeepLIIF Ki67 IHC) is resampled to the network's
 0.5 µm/px (:data:`NETWORK_MPP`); :func:`instance_targets` gives the foreground and distance targets
 the network is trained on.
 
-Splits (fixed, see :data:`MONUSEG_VALIDATION`, :data:`KI67_VALIDATION`): three MoNuSeg images, the
-whole CoNSeP test split and two Ki67 tiles are never trained on.
+Splits (fixed, see :data:`MONUSEG_VALIDATION`, :data:`CPM15_VALIDATION`, :data:`DSB2018_HOLDOUT_EVERY`,
+:data:`KI67_VALIDATION`): six MoNuSeg images, the whole CoNSeP test split, three CPM-15 images, every
+seventh DSB-2018 image and two Ki67 tiles are never trained on.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-#: Physical resolution the network works at (µm/px).
-NETWORK_MPP = 0.5
+from senpath.segment.resample import NETWORK_MPP as NETWORK_MPP
+from senpath.segment.resample import resample_labels as resample_labels
+from senpath.segment.resample import resample_rgb as resample_rgb
+from senpath.segment.resample import shape_at_mpp as shape_at_mpp
+
 #: MoNuSeg and the DeepLIIF Ki67 tiles are 40x scans.
 MONUSEG_MPP = 0.25
 KI67_MPP = 0.25
@@ -27,12 +30,26 @@ KI67_MPP = 0.25
 #: 24.3 px for MoNuSeg at 0.25 µm/px, so about 0.37 µm/px; we use 0.38 (colorectal nuclei run large).
 CONSEP_MPP = 0.38
 
-#: MoNuSeg images held out for validation (lung, kidney, breast); never trained on.
+#: Median nucleus equivalent diameter (µm) of the annotated 40x sets (MoNuSeg 6.0, CPM-15 6.5): the
+#: yardstick that gives a scale to images that carry none (DSB-2018).
+NUCLEUS_DIAMETER_UM = 6.25
+
+#: MoNuSeg images held out for validation; never trained on. The first three (lung, kidney, breast)
+#: are v1's held-out set; v2 adds three of ``monuseg_train_extra/`` (lung, prostate, liver).
 MONUSEG_VALIDATION: tuple[str, ...] = (
     "TCGA-21-5786-01Z-00-DX1",
     "TCGA-B0-5698-01Z-00-DX1",
     "TCGA-E2-A1B5-01Z-00-DX1",
+    "TCGA-38-6178-01Z-00-DX1",
+    "TCGA-G9-6348-01Z-00-DX1",
+    "TCGA-KB-A93J-01A-01-TS1",
 )
+#: MoNuSeg folders under the data root, in reading order (the 13 images v1 saw come first).
+MONUSEG_FOLDERS: tuple[str, ...] = ("monuseg_train", "monuseg_train_extra")
+#: CPM-15 images held out for validation (one 20x, two 40x).
+CPM15_VALIDATION: tuple[str, ...] = ("image03", "image09", "image13")
+#: Every ``DSB2018_HOLDOUT_EVERY``-th DSB-2018 image (in name order) is held out.
+DSB2018_HOLDOUT_EVERY = 7
 #: Ki67 IHC tiles held out for validation; the other four are trained on.
 KI67_VALIDATION: tuple[str, ...] = ("Lung1", "6_2")
 
@@ -46,12 +63,17 @@ class AnnotatedImage:
     name : str
         Source and file stem, e.g. ``"monuseg/TCGA-21-5784-01Z-00-DX1"``.
     kind : str
-        ``"he"`` (H&E source, re-rendered by recipe) or ``"ihc"`` (hematoxylin + DAB source).
+        ``"he"`` (H&E source, re-rendered by recipe), ``"ihc"`` (hematoxylin + DAB source),
+        ``"hematoxylin"`` (hematoxylin only, re-rendered like H&E) or ``"synth"`` (generated).
     rgb : (Y, X, 3) uint8
     labels : (Y, X) int32
         Nucleus instances, 0 = background.
     mpp : float
         Resolution of ``rgb`` and ``labels`` (µm/px).
+    stained : dict of str to int array
+        Per chromogen (``"dab"``, ``"fast_red"``, ``"xgal"``), the labels of the nuclei that carry
+        it, where known: the Ki67-positive nuclei of the DeepLIIF tiles (``"dab"``), or what a
+        re-rendering added. Empty when unknown.
     """
 
     name: str
@@ -59,37 +81,7 @@ class AnnotatedImage:
     rgb: NDArray[np.uint8]
     labels: NDArray[np.int32]
     mpp: float
-
-
-# --------------------------------------------------------------------------- resampling
-
-
-def resample_rgb(rgb: NDArray[np.uint8], shape: tuple[int, int]) -> NDArray[np.uint8]:
-    """Resize an RGB image to ``shape`` (area averaging when shrinking, bilinear otherwise)."""
-    import cv2
-
-    if rgb.shape[:2] == tuple(shape):
-        return rgb
-    shrink = shape[0] < rgb.shape[0]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return np.asarray(cv2.resize(rgb, (shape[1], shape[0]), interpolation=interp), np.uint8)
-
-
-def resample_labels(labels: NDArray[np.integer], shape: tuple[int, int]) -> NDArray[np.int32]:
-    """Nearest-neighbour resize of a label image to ``shape`` (pixel centres aligned)."""
-    if labels.shape == tuple(shape):
-        return labels.astype(np.int32, copy=False)
-    ys = ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.int64)
-    xs = ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.int64)
-    ys = np.clip(ys, 0, labels.shape[0] - 1)
-    xs = np.clip(xs, 0, labels.shape[1] - 1)
-    return labels[ys[:, None], xs[None, :]].astype(np.int32)
-
-
-def shape_at_mpp(shape: Sequence[int], mpp: float, target_mpp: float) -> tuple[int, int]:
-    """Pixel shape ``(Y, X)`` of an image of ``shape`` at ``mpp`` once resampled to ``target_mpp``."""
-    f = mpp / target_mpp
-    return max(1, round(shape[0] * f)), max(1, round(shape[1] * f))
+    stained: dict[str, NDArray[np.int64]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- targets
@@ -169,21 +161,78 @@ def _to_network(name: str, kind: str, rgb, labels, mpp: float) -> AnnotatedImage
     )
 
 
+def _annotated(name: str, kind: str, rgb, labels, mpp: float, *, native: bool) -> AnnotatedImage:
+    if native:
+        return AnnotatedImage(name, kind, rgb, labels, mpp)
+    return _to_network(name, kind, rgb, labels, mpp)
+
+
+def _in_split(held_out: bool, split: str) -> bool:
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+    return held_out == (split == "validation")
+
+
 def load_monuseg(root: Path, *, split: str, native: bool = False) -> list[AnnotatedImage]:
-    """MoNuSeg images (``split`` = ``"train"`` or ``"validation"``), resampled unless ``native``."""
+    """MoNuSeg images (``split`` = ``"train"`` or ``"validation"``), resampled unless ``native``.
+
+    Reads every folder of :data:`MONUSEG_FOLDERS` that exists under ``root``.
+    """
     out = []
-    folder = Path(root) / "monuseg_train"
+    for sub in MONUSEG_FOLDERS:
+        folder = Path(root) / sub
+        for img_path in sorted((folder / "images").glob("*.png")):
+            if not _in_split(img_path.stem in MONUSEG_VALIDATION, split):
+                continue
+            rgb = _read_rgb(img_path)
+            labels = _read_labels(folder / "labels" / f"{img_path.stem}.tif")
+            name = f"monuseg/{img_path.stem}"
+            out.append(_annotated(name, "he", rgb, labels, MONUSEG_MPP, native=native))
+    return out
+
+
+def load_cpm15(root: Path, *, split: str, native: bool = False) -> list[AnnotatedImage]:
+    """CPM-15 H&E images; 20x images at 0.5 µm/px, 40x at 0.25 (``magnification.json``)."""
+    folder = Path(root) / "cpm15"
+    if not folder.is_dir():
+        return []
+    magnification = json.loads((folder / "magnification.json").read_text())
+    out = []
     for img_path in sorted((folder / "images").glob("*.png")):
-        held_out = img_path.stem in MONUSEG_VALIDATION
-        if held_out != (split == "validation"):
+        if not _in_split(img_path.stem in CPM15_VALIDATION, split):
             continue
+        mpp = {"20x": 0.5, "40x": 0.25}[magnification[img_path.stem]]
         rgb = _read_rgb(img_path)
         labels = _read_labels(folder / "labels" / f"{img_path.stem}.tif")
-        name = f"monuseg/{img_path.stem}"
-        if native:
-            out.append(AnnotatedImage(name, "he", rgb, labels, MONUSEG_MPP))
-        else:
-            out.append(_to_network(name, "he", rgb, labels, MONUSEG_MPP))
+        out.append(_annotated(f"cpm15/{img_path.stem}", "he", rgb, labels, mpp, native=native))
+    return out
+
+
+def estimated_mpp(labels: NDArray[np.integer]) -> float:
+    """Scale (µm/px) of an image without one, from its nuclei: median equivalent diameter taken as
+    :data:`NUCLEUS_DIAMETER_UM`. Clipped to 0.1–1.0 µm/px (10x–100x)."""
+    from skimage.measure import regionprops
+
+    diameters = [r.equivalent_diameter_area for r in regionprops(np.asarray(labels, np.int32))]
+    if not diameters:
+        raise ValueError("cannot estimate the scale of an image without annotated nuclei")
+    return float(np.clip(NUCLEUS_DIAMETER_UM / np.median(diameters), 0.1, 1.0))
+
+
+def load_dsb2018(root: Path, *, split: str, native: bool = False) -> list[AnnotatedImage]:
+    """DSB-2018 hematoxylin tissue crops (kind ``"hematoxylin"``), scale from :func:`estimated_mpp`."""
+    folder = Path(root) / "dsb2018_stage1_he"
+    if not folder.is_dir():
+        return []
+    out = []
+    for i, img_path in enumerate(sorted((folder / "images").glob("*.png"))):
+        if not _in_split(i % DSB2018_HOLDOUT_EVERY == DSB2018_HOLDOUT_EVERY - 1, split):
+            continue
+        rgb = _read_rgb(img_path)
+        labels = _read_labels(folder / "labels" / img_path.name)
+        name = f"dsb2018/{img_path.stem}"
+        mpp = estimated_mpp(labels)
+        out.append(_annotated(name, "hematoxylin", rgb, labels, mpp, native=native))
     return out
 
 
@@ -200,10 +249,7 @@ def load_consep(
         rgb = _read_rgb(img_path)
         labels = _read_labels(folder / "labels" / f"{img_path.stem}.png")
         name = f"consep_{split}/{img_path.stem}"
-        if native:
-            out.append(AnnotatedImage(name, "he", rgb, labels, CONSEP_MPP))
-        else:
-            out.append(_to_network(name, "he", rgb, labels, CONSEP_MPP))
+        out.append(_annotated(name, "he", rgb, labels, CONSEP_MPP, native=native))
     return out
 
 
@@ -218,10 +264,10 @@ def load_ki67(root: Path, *, split: str, native: bool = False) -> list[Annotated
         rgb = _read_rgb(img_path)
         labels = _read_labels(folder / f"{stem}_labels.tif")
         name = f"ki67/{stem}"
-        if native:
-            out.append(AnnotatedImage(name, "ihc", rgb, labels, KI67_MPP))
-        else:
-            out.append(_to_network(name, "ihc", rgb, labels, KI67_MPP))
+        im = _annotated(name, "ihc", rgb, labels, KI67_MPP, native=native)
+        positive = ki67_positive_ids(root, stem)
+        im.stained = {"dab": np.array(sorted(i for i, v in positive.items() if v), np.int64)}
+        out.append(im)
     return out
 
 

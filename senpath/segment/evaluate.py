@@ -12,7 +12,7 @@ mean, because the reference function scores one image at a time.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,6 +112,71 @@ def evaluate_labels(
         {k: float(df[k].mean()) for k in ("precision", "recall", "f1", "pq", "aji")} if rows else {}
     )
     return Evaluation(df, pooled, mean)
+
+
+def found_true_ids(
+    true: NDArray[np.integer], pred: NDArray[np.integer], *, thresh: float = 0.5
+) -> NDArray[np.int64]:
+    """Labels of the annotated nuclei that ``pred`` finds (one-to-one matching at IoU >= ``thresh``,
+    ``stardist.matching``)."""
+    from stardist.matching import matching
+
+    m = matching(np.asarray(true, np.int32), np.asarray(pred, np.int32), thresh=thresh,
+                 report_matches=True)  # fmt: skip
+    pairs = np.asarray(m.matched_pairs, np.int64).reshape(-1, 2)
+    tps = np.asarray(m.matched_tps, np.int64)
+    return np.sort(pairs[tps, 0]) if len(tps) else np.empty(0, np.int64)
+
+
+def recall_by_stain(
+    trues: Sequence[NDArray[np.integer]],
+    preds: Sequence[NDArray[np.integer]],
+    stained: Sequence[Mapping[str, NDArray[np.integer]]],
+    *,
+    thresh: float = 0.5,
+) -> dict[str, dict[str, float]]:
+    """Detection recall of stained and unstained nuclei, pooled over images.
+
+    Parameters
+    ----------
+    trues, preds : sequences of (Y, X) int
+        Annotated and predicted instances per image.
+    stained : sequence of dict of str to int array
+        Per image and chromogen, the annotated labels that carry it (see
+        :attr:`senpath.segment.datasets.AnnotatedImage.stained`).
+    thresh : float
+        IoU a prediction needs to count as finding a nucleus.
+
+    Returns
+    -------
+    dict
+        Per chromogen, and ``"unstained"`` (nuclei carrying none of them): ``found``, ``total``,
+        ``recall``. ``gap_<chromogen>`` entries give ``recall(unstained) - recall(chromogen)``
+        in points (positive: stained nuclei are missed more often).
+    """
+    counts: dict[str, list[int]] = {}
+    for true, pred, groups in zip(trues, preds, stained, strict=True):
+        ids = np.unique(true)
+        ids = ids[ids > 0]
+        found = np.isin(ids, found_true_ids(true, pred, thresh=thresh))
+        any_stain = np.zeros(len(ids), bool)
+        for chromogen, members in groups.items():
+            member = np.isin(ids, members)
+            any_stain |= member
+            c = counts.setdefault(chromogen, [0, 0])
+            c[0] += int(found[member].sum())
+            c[1] += int(member.sum())
+        c = counts.setdefault("unstained", [0, 0])
+        c[0] += int(found[~any_stain].sum())
+        c[1] += int((~any_stain).sum())
+    out: dict[str, dict[str, float]] = {
+        k: {"found": f, "total": t, "recall": f / t if t else float("nan")}
+        for k, (f, t) in counts.items()
+    }
+    for k in list(out):
+        if k != "unstained":
+            out[f"gap_{k}"] = {"points": 100 * (out["unstained"]["recall"] - out[k]["recall"])}
+    return out
 
 
 def segment_image(

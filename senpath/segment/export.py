@@ -4,9 +4,12 @@
 
 - ``--tune`` picks the post-processing thresholds on *training* images (a few MoNuSeg, CoNSeP and
   Ki67 images the network saw), never on the validation images, so validation scores stay honest.
-- Validation (held-out MoNuSeg ×3 at 0.25 µm/px, CoNSeP test, Ki67 ×2, and the held-out MoNuSeg
-  re-rendered in senescence stains) runs through :func:`~senpath.segment.predict.predict_instances`
-  at the images' native resolution, exactly as a user would call it.
+- Validation (held-out MoNuSeg ×6 at 0.25 µm/px, CoNSeP test, CPM-15 ×3, DSB-2018 ×15, Ki67 ×2,
+  and the held-out H&E images re-rendered in every stain combination with a chromogen in a known
+  subset of nuclei) runs through :func:`~senpath.segment.predict.predict_instances` at the images'
+  native resolution, exactly as a user would call it. Where the stained nuclei are known (the
+  Ki67-positive nuclei of the DeepLIIF tiles, the re-rendered sets), detection recall is given for
+  stained and unstained nuclei separately (:func:`~senpath.segment.evaluate.recall_by_stain`).
 - With ``--out`` the weights (float16) and ``nucleus_unet.json`` (config, thresholds, metrics, sha256)
   are written there.
 """
@@ -25,22 +28,28 @@ import numpy as np
 from senpath.segment import data as D
 from senpath.segment.postprocess import PostprocessConfig
 
-#: Stain recipes the held-out MoNuSeg images are re-rendered in for validation.
-VALIDATION_RECIPES = ("h_dab", "xgal_nfr", "xgal_h_dab", "xgal_eosin")
+#: Stain recipes the held-out H&E images are re-rendered in for validation.
+VALIDATION_RECIPES = ("h_dab", "h_dab_fast_red", "xgal_nfr", "xgal_h_dab", "xgal_eosin")
+#: IoU thresholds of the stained-vs-unstained detection recall (0.1: found at all).
+RECALL_IOUS = (0.5, 0.1)
 
 
 def validation_sets(
     root: Path, *, consep_limit: int | None = None
 ) -> dict[str, list[D.AnnotatedImage]]:
-    """Held-out images at native resolution, plus re-rendered MoNuSeg (seeded, fixed)."""
+    """Held-out images at native resolution, plus the held-out MoNuSeg, CPM-15 and DSB-2018 images
+    re-rendered in every :data:`VALIDATION_RECIPES` (seeded, fixed) as ``rerendered_<recipe>``."""
     sets = {
         "monuseg": D.load_monuseg(root, split="validation", native=True),
         "consep_test": D.load_consep(root, split="test", limit=consep_limit, native=True),
+        "cpm15": D.load_cpm15(root, split="validation", native=True),
+        "dsb2018": D.load_dsb2018(root, split="validation", native=True),
         "ki67": D.load_ki67(root, split="validation", native=True),
     }
+    he = sets["monuseg"] + sets["cpm15"] + sets["dsb2018"]
     for k, recipe in enumerate(VALIDATION_RECIPES):
         rng = np.random.default_rng(1000 + k)
-        sets[f"monuseg_{recipe}"] = D.rerendered(sets["monuseg"], recipe, rng)
+        sets[f"rerendered_{recipe}"] = D.rerendered(he, recipe, rng)
     return sets
 
 
@@ -87,19 +96,30 @@ def tune_postprocess(seg, images: list[D.AnnotatedImage]) -> tuple[PostprocessCo
 
 def evaluate_sets(seg, sets: dict[str, list[D.AnnotatedImage]]) -> dict[str, dict[str, Any]]:
     """Pooled and per-image-mean scores per validation set (see :mod:`senpath.segment.evaluate`)."""
-    from senpath.segment.evaluate import evaluate_labels
+    from senpath.segment.evaluate import evaluate_labels, recall_by_stain
     from senpath.segment.predict import predict_instances
 
-    results = {}
+    def rounded(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+
+    results: dict[str, dict[str, Any]] = {}
     for name, images in sets.items():
         t = time.perf_counter()
         preds = [predict_instances(im.rgb, mpp=im.mpp, model=seg) for im in images]
-        ev = evaluate_labels([im.labels for im in images], preds, [im.name for im in images])
-        results[name] = {
-            "pooled": {k: round(v, 4) if isinstance(v, float) else v for k, v in ev.pooled.items()},
-            "mean": {k: round(v, 4) for k, v in ev.mean.items()},
-            "seconds": round(time.perf_counter() - t, 1),
-        }
+        trues = [im.labels for im in images]
+        ev = evaluate_labels(trues, preds, [im.name for im in images])
+        results[name] = {"pooled": rounded(ev.pooled), "mean": rounded(ev.mean)}
+        if any(im.stained for im in images):
+            results[name]["recall_by_stain"] = {
+                f"iou_{iou}": {
+                    k: rounded(v)
+                    for k, v in recall_by_stain(
+                        trues, preds, [im.stained for im in images], thresh=iou
+                    ).items()
+                }
+                for iou in RECALL_IOUS
+            }
+        results[name]["seconds"] = round(time.perf_counter() - t, 1)
     return results
 
 
@@ -124,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from senpath.segment.net import build_model
     from senpath.segment.predict import NucleusSegmenter
     from senpath.segment.train import DEFAULT_DATA_ROOT
-    from senpath.segment.weights import export_checkpoint
+    from senpath.segment.weights import export_checkpoint, load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -138,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(args.checkpoint)
     model = build_model(ckpt["net_config"])
     model.load_state_dict(ckpt["model"])
     seg = NucleusSegmenter(model, device="cpu", precision=args.precision)

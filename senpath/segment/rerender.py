@@ -8,13 +8,20 @@ recipe              what the rendered crop shows
 ==================  =====================================================================
 ``he``              the original H&E, with stain-vector and intensity jitter
 ``h_dab``           hematoxylin nuclei; DAB in some nuclei (Ki67/p16) and in some cytoplasm
-``xgal_nfr``        nuclear fast red nuclei; X-gal granules in the cytoplasm of some cells
-``h_dab_fast_red``  hematoxylin nuclei; DAB in some nuclei; Fast Red in some cytoplasm
-``xgal_eosin``      eosin counterstain (nuclei faint); X-gal granules in some cytoplasm
-``xgal_h_dab``      hematoxylin nuclei; DAB in some nuclei; X-gal in some cytoplasm
+``xgal_nfr``        nuclear fast red nuclei; X-gal granules over some cells
+``h_dab_fast_red``  hematoxylin nuclei; Fast Red in some nuclei (Ki67); DAB in some nuclei and
+                    cytoplasm (p16)
+``xgal_eosin``      eosin counterstain (nuclei faint); X-gal granules over some cells
+``xgal_h_dab``      hematoxylin nuclei; DAB in some nuclei; X-gal granules over some cells
 ==================  =====================================================================
 
-Ki67 IHC tiles are deconvolved into hematoxylin + DAB and re-composed with jittered vectors.
+A nuclear chromogen (DAB, Fast Red) is drawn per nucleus as real IHC shows it (compare the DeepLIIF
+tiles and ROIs): each stained nucleus has its own amount, from faint (0.08 OD) to dark (1.5 OD), a
+granular, uneven texture, sometimes a darker rim, and the hematoxylin underneath is partly masked.
+X-gal precipitate sits in the cytoplasm but, seen through the section, also over the nucleus.
+Ki67 IHC tiles are deconvolved into hematoxylin + DAB and re-composed with jittered vectors; the DAB
+of each stained nucleus is scaled on its own, and some unstained nuclei get DAB, so the network sees
+every shade of brown on real morphology.
 :func:`degrade` then adds scanner-like blur, noise and JPEG compression. Randomness comes only from
 the :class:`numpy.random.Generator` passed in, so a crop is reproduced from the same generator state.
 """
@@ -28,11 +35,11 @@ from senpath.stain import REFERENCE_STAINS, StainSet, estimate_background, unit
 
 #: Rendering recipes for H&E sources and their sampling probabilities.
 RECIPES: dict[str, float] = {
-    "he": 0.25,
-    "h_dab": 0.2,
-    "xgal_nfr": 0.15,
-    "h_dab_fast_red": 0.1,
-    "xgal_eosin": 0.1,
+    "he": 0.15,
+    "h_dab": 0.3,
+    "xgal_nfr": 0.12,
+    "h_dab_fast_red": 0.15,
+    "xgal_eosin": 0.08,
     "xgal_h_dab": 0.2,
 }
 
@@ -93,6 +100,49 @@ def _pick(ids: NDArray, fraction: float, rng: np.random.Generator) -> NDArray[np
     return lut
 
 
+def _per_label(ids: NDArray, values: NDArray) -> NDArray[np.float32]:
+    """Lookup table (index = label) holding ``values`` for ``ids``, 0 elsewhere."""
+    lut = np.zeros(int(ids.max(initial=0)) + 1, np.float32)
+    lut[ids] = values
+    return lut
+
+
+def _nuclear_chromogen(
+    labels: NDArray[np.int32], ids: NDArray, rng: np.random.Generator, *, fraction: float
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """A nuclear chromogen as real IHC shows it: ``(amount (Y, X) OD, chosen)``, where ``chosen`` is
+    a boolean lookup table (index = label) of the stained nuclei.
+
+    A ``fraction`` of the nuclei is stained, each with its own log-uniform amount in 0.08–1.5 OD,
+    under a texture that runs from smooth to granular (chromatin-bound DAB is speckled) and, in
+    some crops, a darker rim (the hollow look of many Ki67-positive nuclei).
+    """
+    import cv2
+
+    shape = labels.shape
+    chosen = _pick(ids, fraction, rng)
+    level = _per_label(ids, np.exp(rng.uniform(np.log(0.08), np.log(1.5), len(ids))))
+    stained = chosen[labels]
+    granular = rng.uniform(0.0, 0.9)
+    texture = (1.0 - granular) * np.clip(1.0 + 0.3 * _smooth_noise(shape, rng, 1.0), 0.2, None)
+    texture += granular * 2.0 * _granules(shape, rng)
+    if rng.random() < 0.35:
+        inside = cv2.distanceTransform(stained.astype(np.uint8), cv2.DIST_L2, 3)
+        rim = np.exp(-inside / rng.uniform(1.0, 2.5))
+        texture *= 0.6 + 0.8 * rim
+    amount = np.where(stained, level[labels] * texture, 0.0).astype(np.float32)
+    # Chromogen precipitate bleeds a little past the nuclear edge.
+    blurred = cv2.GaussianBlur(amount, (0, 0), rng.uniform(0.3, 0.9))
+    return np.asarray(blurred, np.float32), chosen
+
+
+def _masked_hematoxylin(
+    h: NDArray[np.float32], stained: NDArray[np.bool_], rng: np.random.Generator
+) -> NDArray[np.float32]:
+    """Hematoxylin partly hidden under a dark nuclear chromogen (less blue shows through)."""
+    return np.where(stained, h * rng.uniform(0.15, 1.0), h).astype(np.float32)
+
+
 def render_crop(
     rgb: NDArray[np.uint8],
     labels: NDArray[np.int32],
@@ -102,7 +152,21 @@ def render_crop(
     rng: np.random.Generator,
     recipe: str | None = None,
 ) -> NDArray[np.uint8]:
-    """Re-render a crop in another stain combination (see the module docstring).
+    """Re-render a crop in another stain combination (see the module docstring and
+    :func:`render_with_truth`, which takes the same arguments)."""
+    return render_with_truth(rgb, labels, cells, kind=kind, rng=rng, recipe=recipe)[0]
+
+
+def render_with_truth(
+    rgb: NDArray[np.uint8],
+    labels: NDArray[np.int32],
+    cells: NDArray[np.int32],
+    *,
+    kind: str,
+    rng: np.random.Generator,
+    recipe: str | None = None,
+) -> tuple[NDArray[np.uint8], dict[str, NDArray[np.int64]]]:
+    """Re-render a crop in another stain combination and say which nuclei carry which chromogen.
 
     Parameters
     ----------
@@ -110,30 +174,60 @@ def render_crop(
         Source crop (H&E when ``kind="he"``, hematoxylin + DAB when ``kind="ihc"``).
     labels, cells : (Y, X) int32
         Nucleus instances and the same instances grown into cells (cytoplasm proxy).
-    kind : {"he", "ihc"}
+    kind : {"he", "hematoxylin", "ihc"}
+        ``"hematoxylin"`` (hematoxylin-only tissue) is re-rendered like ``"he"``.
     rng : numpy Generator
     recipe : str, optional
         One of :data:`RECIPES` (H&E sources only); drawn at random when omitted.
 
     Returns
     -------
-    (Y, X, 3) uint8
+    rgb : (Y, X, 3) uint8
+    stained : dict of str to int array
+        Per chromogen added by the recipe (``"dab"``, ``"fast_red"``: nuclear; ``"xgal"``: granules
+        over the cell, nucleus included), the nucleus labels that carry it. Real DAB already in an
+        IHC source is not listed (only what the rendering added).
     """
+    marks: dict[str, NDArray[np.bool_]] = {}
+
+    def mark(chromogen: str, chosen: NDArray[np.bool_]) -> None:
+        previous = marks.get(chromogen)
+        marks[chromogen] = chosen if previous is None else previous | chosen
+
+    def result(out: NDArray[np.float32]) -> tuple[NDArray[np.uint8], dict[str, NDArray[np.int64]]]:
+        present = np.unique(labels)
+        present = present[present > 0]
+        stained = {k: present[lut[present]].astype(np.int64) for k, lut in marks.items()}
+        return _od_to_rgb(out, out_i0), stained
+
     i0 = estimate_background(rgb)
     od = -np.log10(np.maximum(rgb.astype(np.float32), 1.0) / i0.astype(np.float32))
     od = np.maximum(od, 0.0)
     out_i0 = np.clip(rng.uniform(225, 255) + rng.normal(0, 4, 3), 200, 255)
     shape = labels.shape
 
+    nucleus = labels > 0
+    # Cells of nuclei cut by the crop edge reach in, so select among cell ids (a superset).
+    ids = np.unique(cells)
+    ids = ids[ids > 0]
+
     if kind == "ihc":
         h, dab, res = _deconvolve3(od, "hematoxylin", "dab")
         vh, vd = _jitter_vector("hematoxylin", rng), _jitter_vector("dab", rng)
+        # Each nucleus' DAB scaled on its own: medium browns as often as dark ones.
+        factor = _per_label(ids, np.exp(rng.uniform(np.log(0.25), np.log(1.4), len(ids))))
+        dab = np.where(nucleus, dab * factor[labels], dab)
+        if rng.random() < 0.5:
+            extra, chosen = _nuclear_chromogen(labels, ids, rng, fraction=rng.uniform(0.1, 0.5))
+            mark("dab", chosen)
+            dab = dab + extra
+            h = _masked_hematoxylin(h, chosen[labels], rng)
         out = (
             h[..., None] * rng.uniform(0.7, 1.3) * vh
             + dab[..., None] * rng.uniform(0.7, 1.3) * vd
             + res[..., None] * _residual_vector(vh, vd) * rng.uniform(0.0, 1.0)
         )
-        return _od_to_rgb(out, out_i0)
+        return result(out)
 
     h, e, res = _deconvolve3(od, "hematoxylin", "eosin")
     if recipe is None:
@@ -143,21 +237,26 @@ def render_crop(
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")
 
-    nucleus = labels > 0
-    # Cells of nuclei cut by the crop edge reach in, so select among cell ids (a superset).
-    ids = np.unique(cells)
-    ids = ids[ids > 0]
     cytoplasm = (cells > 0) & ~nucleus
     hn = h * rng.uniform(0.6, 1.3)
 
-    def nuclear_dab() -> NDArray[np.float32]:
-        pos = _pick(ids, rng.uniform(0.0, 0.7), rng)[labels]
-        level = rng.uniform(0.2, 1.2)
-        texture = 1.0 + 0.3 * _smooth_noise(shape, rng, 1.0)
-        return (pos * level * np.clip(texture, 0.2, None)).astype(np.float32)
+    def nuclear(
+        chromogen: str, fraction_max: float = 0.9
+    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Amount (Y, X) of a nuclear chromogen and the stained-nucleus mask (Y, X)."""
+        fraction = rng.uniform(0.05, fraction_max)
+        amount, chosen = _nuclear_chromogen(labels, ids, rng, fraction=fraction)
+        mark(chromogen, chosen)
+        return amount, chosen[labels]
 
     def cytoplasmic(stain_level: float, granular: bool) -> NDArray[np.float32]:
-        sel = _pick(ids, rng.uniform(0.0, 0.8), rng)[cells] & cytoplasm
+        chosen = _pick(ids, rng.uniform(0.0, 0.8), rng)
+        if granular:  # X-gal: the granules cover the nucleus too, so the whole cell counts
+            mark("xgal", chosen)
+        sel = chosen[cells]
+        # X-gal granules lie over the nucleus too (seen through the section), more thinly.
+        over_nucleus = rng.uniform(0.2, 1.0) if granular else 0.0
+        sel = np.where(cytoplasm, sel, sel * over_nucleus).astype(np.float32)
         if granular:
             texture = _granules(shape, rng)
         else:
@@ -173,9 +272,11 @@ def render_crop(
         layers = [(hn, vh), (e * rng.uniform(0.5, 1.4), ve)]
         layers.append((res * rng.uniform(0.0, 1.0), _residual_vector(vh, ve)))
     elif recipe == "h_dab":
-        dab = nuclear_dab() + cytoplasmic(rng.uniform(0.0, 0.8), granular=False)
+        dab, stained = nuclear("dab")
+        dab = dab + cytoplasmic(rng.uniform(0.0, 0.8), granular=False)
         dab += e * rng.uniform(0.0, 0.15)
-        layers = [(hn * rng.uniform(0.5, 1.0), _jitter_vector("hematoxylin", rng))]
+        hn = _masked_hematoxylin(hn * rng.uniform(0.5, 1.0), stained, rng)
+        layers = [(hn, _jitter_vector("hematoxylin", rng))]
         layers.append((dab, _jitter_vector("dab", rng)))
     elif recipe == "xgal_nfr":
         nfr = hn * rng.uniform(0.4, 1.0) + e * rng.uniform(0.0, 0.2)
@@ -184,10 +285,13 @@ def render_crop(
             (cytoplasmic(rng.uniform(0.3, 1.5), granular=True), _jitter_vector("xgal", rng))
         )
     elif recipe == "h_dab_fast_red":
-        layers = [(hn * rng.uniform(0.5, 1.0), _jitter_vector("hematoxylin", rng))]
-        layers.append((nuclear_dab(), _jitter_vector("dab", rng)))
-        fr = cytoplasmic(rng.uniform(0.2, 1.0), granular=False)
-        layers.append((fr, _jitter_vector("fast_red", rng)))
+        fast_red, red = nuclear("fast_red", 0.6)  # Ki67 in Fast Red: nuclear
+        dab, brown = nuclear("dab", 0.6)  # p16 in DAB: nuclear and cytoplasmic
+        dab = dab + cytoplasmic(rng.uniform(0.0, 0.8), granular=False)
+        hn = _masked_hematoxylin(hn * rng.uniform(0.5, 1.0), red | brown, rng)
+        layers = [(hn, _jitter_vector("hematoxylin", rng))]
+        layers.append((dab, _jitter_vector("dab", rng)))
+        layers.append((fast_red, _jitter_vector("fast_red", rng)))
     elif recipe == "xgal_eosin":
         eo = e * rng.uniform(0.5, 1.2) + h * rng.uniform(0.15, 0.6)
         layers = [(eo, _jitter_vector("eosin", rng))]
@@ -195,15 +299,17 @@ def render_crop(
             (cytoplasmic(rng.uniform(0.3, 1.5), granular=True), _jitter_vector("xgal", rng))
         )
     elif recipe == "xgal_h_dab":
-        layers = [(hn * rng.uniform(0.5, 1.0), _jitter_vector("hematoxylin", rng))]
-        layers.append((nuclear_dab(), _jitter_vector("dab", rng)))
+        dab, stained = nuclear("dab")
+        hn = _masked_hematoxylin(hn * rng.uniform(0.5, 1.0), stained, rng)
+        layers = [(hn, _jitter_vector("hematoxylin", rng))]
+        layers.append((dab, _jitter_vector("dab", rng)))
         layers.append(
             (cytoplasmic(rng.uniform(0.3, 1.5), granular=True), _jitter_vector("xgal", rng))
         )
     out = np.zeros(od.shape, np.float32)
     for amount, vector in layers:
         out += amount[..., None] * vector.astype(np.float32)
-    return _od_to_rgb(out, out_i0)
+    return result(out)
 
 
 def _od_to_rgb(od: NDArray[np.float32], i0: NDArray) -> NDArray[np.uint8]:

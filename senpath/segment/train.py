@@ -78,13 +78,13 @@ def segmentation_loss(logits, target):
 
 
 def _validation_sets(root: Path, consep_limit: int) -> dict[str, list[D.AnnotatedImage]]:
-    """Held-out images at 0.5 µm/px, plus MoNuSeg held-out re-rendered in two senescence stains."""
+    """Held-out images at 0.5 µm/px, plus MoNuSeg held-out re-rendered in three IHC/senescence stains."""
     sets = {
         "monuseg": D.load_monuseg(root, split="validation"),
         "consep": D.load_consep(root, split="test", limit=consep_limit),
         "ki67": D.load_ki67(root, split="validation"),
     }
-    for recipe in ("xgal_nfr", "xgal_h_dab"):
+    for recipe in ("h_dab", "xgal_nfr", "xgal_h_dab"):
         rng = np.random.default_rng(1234)
         sets[f"monuseg_{recipe}"] = D.rerendered(sets["monuseg"], recipe, rng)
     return sets
@@ -179,7 +179,9 @@ def train(args: argparse.Namespace) -> Path:
 
     state = None
     if args.resume is not None:
-        state = torch.load(args.resume, map_location="cpu", weights_only=False)
+        from senpath.segment.weights import load_checkpoint
+
+        state = load_checkpoint(args.resume)
         config = NetConfig.from_dict(state["net_config"])
     elif args.init is not None:
         from senpath.segment.weights import load_weights

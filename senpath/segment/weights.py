@@ -137,6 +137,29 @@ def load_pretrained(
     return model, spec
 
 
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a training checkpoint (:mod:`senpath.segment.train`) as tensors and plain values only.
+
+    ``torch.load`` with ``weights_only=True``: a crafted file cannot run code while it is read (a
+    full unpickler would execute whatever the file asks). Anything else than tensors, numbers,
+    strings, lists and dicts is refused with a ``ValueError`` naming the file.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        raise ValueError(
+            f"{path}: not a senpath training checkpoint of tensors and plain values "
+            f"(refused to unpickle anything else): {str(exc).splitlines()[0]}"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"model", "net_config", "step"} <= set(ckpt):
+        raise ValueError(f"{path}: not a senpath training checkpoint (no model/net_config/step)")
+    return ckpt
+
+
 def export_checkpoint(
     checkpoint: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -169,7 +192,7 @@ def export_checkpoint(
     from senpath.segment.data import NETWORK_MPP
     from senpath.segment.net import OUTPUT_CHANNELS
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(checkpoint)
     state = {
         k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in ckpt["model"].items()
     }
