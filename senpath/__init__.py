@@ -13,15 +13,15 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "analyze_slide", "open_slide", "run_batch", "load_results"]
 
 if TYPE_CHECKING:
+    from senpath.corrections import load_results
     from senpath.io import open_slide
     from senpath.pipeline import analyze_slide, run_batch
-    from senpath.results import load_results
 
 _LAZY = {
     "open_slide": "senpath.io",
     "analyze_slide": "senpath.pipeline",
     "run_batch": "senpath.pipeline",
-    "load_results": "senpath.results",
+    "load_results": "senpath.corrections",
 }
 
 

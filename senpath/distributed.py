@@ -41,8 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 # this module is the dask layer and is only imported when a cluster is used, so dask is imported here
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from senpath.config import AnalysisConfig, Assay
-from senpath.pipeline import (
+from senpath.batch_jobs import (
     BatchProgress,
     SlideReport,
     _count_cells,
@@ -50,9 +49,11 @@ from senpath.pipeline import (
     ok_message,
     screen_job,
 )
+from senpath.config import AnalysisConfig, Assay
 from senpath.samplesheet import SlideJob
-from senpath.slide_analysis import TileResult, analyze_tiles, commit_slide, segment_tiles
+from senpath.slide_analysis import commit_slide
 from senpath.slide_plan import SlidePlan, plan_slide
+from senpath.tile_engine import TileResult, analyze_tiles, segment_tiles
 
 if TYPE_CHECKING:
     from dask_jobqueue import SLURMCluster

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from senpath.results import LABELS
-from senpath.tiling import Box, Instance, Tile, keep_owned, paste
+from senpath.tiling import Instance, paste
 
 #: Chunk side of every level (px).
 CHUNK = 1024
@@ -93,72 +93,12 @@ class LabelStore:
     def add_instances(self, instances: Sequence[Instance]) -> NDArray[np.int64]:
         """Paste instances in order; returns the id each got (0: all its pixels were taken).
 
-        One read and one write of the instances' union box (a few chunks), whatever their number.
+        One read and one write of the instances' union box (a few chunks), whatever their number,
+        with the package's one paste rule (:func:`senpath.tiling.paste`, first writer wins).
         """
-        ids = np.zeros(len(instances), dtype=np.int64)
-        if not instances:
-            return ids
-        region = Box(
-            min(i.bbox.y0 for i in instances),
-            min(i.bbox.x0 for i in instances),
-            max(i.bbox.y1 for i in instances),
-            max(i.bbox.x1 for i in instances),
-        )
-        block = np.asarray(self.level0[region.slices], dtype=np.int32)
-        for k, inst in enumerate(instances):
-            local = Instance(
-                bbox=Box(
-                    inst.bbox.y0 - region.y0,
-                    inst.bbox.x0 - region.x0,
-                    inst.bbox.y1 - region.y0,
-                    inst.bbox.x1 - region.x0,
-                ),
-                mask=inst.mask,
-                local_label=inst.local_label,
-            )
-            # the package's one paste rule (first writer wins), one instance at a time to learn its id
-            after = paste(block, [local], next_id=self.next_id)
-            if after > self.next_id:
-                ids[k] = self.next_id
-            self.next_id = after
-        self.level0[region.slices] = block
+        ids = paste(self.level0, instances, next_id=self.next_id)
+        self.next_id += int(np.count_nonzero(ids))
         return ids
-
-    def add_tile(
-        self,
-        labels: NDArray[np.integer],
-        tile: Tile,
-        local_ids: Sequence[int] | NDArray[np.integer],
-        *,
-        image_shape: tuple[int, int] | None = None,
-    ) -> NDArray[np.int64]:
-        """Paste the nuclei ``local_ids`` of one tile's segmentation; returns their global ids.
-
-        Parameters
-        ----------
-        labels : (H, W) int, the tile's segmentation over ``tile.box``.
-        tile : the tile.
-        local_ids : labels in ``labels`` to paste, in the order their ids are assigned (the order of
-            the tile's rows in the cell table). They must be owned by the tile (halo rule).
-        image_shape : (Y, X) of the whole image (box edges on the border are not halo).
-
-        Returns
-        -------
-        (N,) int64 global id per entry of ``local_ids``; 0 where the nucleus got no pixels (all
-        already taken by a neighbouring tile's nucleus), so the caller drops it from the table.
-        """
-        local_ids = np.asarray(local_ids, dtype=np.int64)
-        owned = {
-            inst.local_label: inst
-            for inst in keep_owned(labels, tile, image_shape=image_shape, on_truncated="keep")
-        }
-        missing = [int(i) for i in local_ids if int(i) not in owned]
-        if missing:
-            raise ValueError(
-                f"labels {missing[:5]} of tile (row {tile.row}, col {tile.col}) are not owned by it "
-                "(centroid outside its core) or absent: pass only the tile's kept cells"
-            )
-        return self.add_instances([owned[int(i)] for i in local_ids])
 
     def commit(self, *, min_side: int | None = None) -> Path:
         """Build the downsampled levels, write the NGFF metadata and rename into ``labels.ome.zarr``.
@@ -278,23 +218,3 @@ def _labels_path(store_folder: str | Path) -> Path:
             "or is incomplete; run `senpath run --force` on the slide"
         )
     return path
-
-
-def labels_digest(path: str | Path) -> str:
-    """Cheap fingerprint of a label zarr: sha256 of its metadata files and its chunk listing (names,
-    sizes), without reading the chunks."""
-    import hashlib
-
-    path = Path(path)
-    h = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            p = Path(root) / name
-            rel = p.relative_to(path).as_posix()
-            h.update(rel.encode("utf-8"))
-            if name.startswith(".z"):
-                h.update(p.read_bytes())
-            else:
-                h.update(str(p.stat().st_size).encode("ascii"))
-    return h.hexdigest()

@@ -37,8 +37,6 @@ from skimage.measure import regionprops_table
 COMPARTMENTS = ("nucleus", "cytoplasm", "cell", "perinuclear", "nucleus_perinuclear")
 #: Per-compartment statistics, in column-name order; ``pNN`` is the nearest-rank NN-th percentile.
 STATISTICS = ("mean", "median", "p75", "p90", "max")
-#: The high percentile reported per compartment (robust "max").
-HIGH_PERCENTILE = 90
 _PERCENTILES = {"median": 50, "p75": 75, "p90": 90}
 
 

@@ -3,37 +3,34 @@
 A batch runs slide after slide in this process (or on a dask cluster, :mod:`senpath.distributed`); a
 failed slide is reported and the batch goes on. A slide whose store is complete for the same input
 file, settings, assay and model is skipped (resume) unless forced. One slide's analysis lives in
-:mod:`senpath.slide_analysis`, its planning stage in :mod:`senpath.slide_plan` (re-exported here:
-:func:`analyze_slide`, :func:`analyze_region`, :func:`plan_slide`, ...).
+:mod:`senpath.slide_analysis`, its planning stage in :mod:`senpath.slide_plan` and its tile loop in
+:mod:`senpath.tile_engine` (re-exported here: :func:`analyze_slide`, :func:`plan_slide`,
+:func:`analyze_tiles`, ...).
 """
 
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from senpath.config import AnalysisConfig, Assay, get_assay, load_assays
-from senpath.results import CELLS, PROVENANCE, is_complete
-from senpath.samplesheet import SlideJob, jobs_for_input
-from senpath.slide_analysis import (
-    TileProgress,
-    TileResult,
-    analyze_region,
-    analyze_slide,
-    analyze_tiles,
-    commit_slide,
-    run_identity,
-    segment_tiles,
+from senpath.batch_jobs import (
+    BatchProgress,
+    SlideReport,
+    _count_cells,
+    failed_report,
+    ok_message,
+    screen_job,
 )
+from senpath.config import AnalysisConfig, Assay, load_assays, resolve_settings
+from senpath.samplesheet import SlideJob, jobs_for_input
+from senpath.slide_analysis import analyze_slide, commit_slide, run_identity
 from senpath.slide_plan import SlidePlan, plan_slide
+from senpath.tile_engine import TileResult, analyze_tiles, segment_tiles
 
 __all__ = [
     "SlideReport",
-    "analyze_region",
     "analyze_slide",
     "plan_batch",
     "run_batch",
@@ -45,18 +42,6 @@ __all__ = [
     "commit_slide",
     "run_identity",
 ]
-
-
-@dataclass
-class SlideReport:
-    """Outcome of one slide in a batch."""
-
-    slide_id: str
-    status: str  # "ok" | "skipped" | "failed"
-    n_cells: int = 0
-    seconds: float = 0.0
-    message: str = ""
-    folder: Path | None = None
 
 
 def plan_batch(
@@ -75,7 +60,7 @@ def run_batch(
     jobs: Iterable[SlideJob],
     *,
     out: str | Path,
-    config: AnalysisConfig | None = None,
+    config: AnalysisConfig | str | Path | Mapping[str, Any] | None = None,
     assays: Mapping[str, Assay] | None = None,
     force: bool = False,
     progress: bool = False,
@@ -92,7 +77,8 @@ def run_batch(
     ----------
     jobs : the slides (see :func:`plan_batch`).
     out : results root folder (one store per slide).
-    config : analysis settings.
+    config : analysis settings, or a settings TOML file or mapping (see
+        :func:`senpath.config.load_settings`; its assays join ``assays``).
     assays : known assays (default: the presets plus none).
     force : redo slides whose store is already complete.
     progress : show progress bars (and the dask dashboard link when a cluster is used).
@@ -112,8 +98,8 @@ def run_batch(
     modes = [bool(workers and workers > 1), scheduler is not None, client is not None]
     if sum(modes) > 1:
         raise ValueError("give only one of workers (N >= 2), scheduler and client")
-    config = config or AnalysisConfig()
-    assays = load_assays() if assays is None else assays
+    config, given = resolve_settings(config, assays)
+    assays = load_assays() if given is None else given
     if any(modes):
         from senpath.distributed import cluster_client, run_batch_distributed
 
@@ -178,141 +164,3 @@ def run_batch(
         if bar:
             bar.close()
     return reports
-
-
-def screen_job(
-    job: SlideJob,
-    *,
-    out: str | Path,
-    config: AnalysisConfig,
-    assays: Mapping[str, Assay],
-    force: bool,
-    seen: set[str],
-) -> tuple[Assay, SlideReport | None]:
-    """Before a slide runs: its assay, and a ``skipped`` report when its store is already current.
-
-    ``seen`` collects the slide ids of the batch so far; a repeated id raises (two slides would write,
-    and on a cluster race for, one store).
-
-    Raises
-    ------
-    ValueError
-        When ``job.slide_id`` repeats an earlier job's.
-    ConfigError
-        When the job's assay is unknown.
-    """
-    if job.slide_id in seen:
-        raise ValueError(
-            f"slide_id {job.slide_id!r} repeats an earlier slide of the batch; each slide needs its "
-            "own slide_id (its results folder): give them distinct names in a sample sheet"
-        )
-    seen.add(job.slide_id)
-    folder = Path(out) / job.slide_id
-    assay = get_assay(job.assay, assays)
-    identity = run_identity(job.path, config=config, assay=assay, mpp=job.mpp)
-    if not force and is_complete(folder, identity):
-        n = _count_cells(folder)
-        return assay, SlideReport(job.slide_id, "skipped", n, 0.0, "complete", folder)
-    return assay, None
-
-
-def failed_report(
-    job: SlideJob,
-    exc: BaseException,
-    *,
-    out: str | Path,
-    seconds: float = 0.0,
-    tb: Any = None,
-) -> SlideReport:
-    """A ``failed`` report for ``job``, its full traceback appended to ``<out>/failures.log``.
-
-    ``tb`` is the traceback when ``exc`` was raised elsewhere (a dask worker's); default: its own.
-    """
-    message = f"{job.path}: {type(exc).__name__}: {exc}"
-    _log_failure(Path(out), job, exc, tb=tb)
-    return SlideReport(job.slide_id, "failed", 0, seconds, message)
-
-
-def ok_message(folder: Path) -> str:
-    """What a user must know about a slide that was analysed well (corrections set aside)."""
-    import json
-
-    try:
-        provenance = json.loads((Path(folder) / PROVENANCE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return ""
-    kept = provenance.get("corrections_set_aside")
-    return f"re-analysed: earlier corrections kept in {kept}, not applied" if kept else ""
-
-
-def _count_cells(folder: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return int(pq.ParquetFile(folder / CELLS).metadata.num_rows)
-
-
-def _log_failure(out: Path, job: SlideJob, exc: BaseException, *, tb: Any = None) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tb = exc.__traceback__ if tb is None else tb
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    with open(out / "failures.log", "a", encoding="utf-8") as fh:
-        fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.slide_id} ({job.path})\n{text}\n")
-
-
-class BatchProgress:
-    """A rich progress display: one bar for the batch, one for the current slide's tiles (or, for a
-    batch on a cluster, where slides run side by side, one for all the batch's tiles)."""
-
-    def __init__(self, n_slides: int) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._progress.start()
-        self._batch = self._progress.add_task("slides", total=n_slides)
-        self._tiles: Any = None
-
-    def slide(self, slide_id: str) -> TileProgress:
-        if self._tiles is not None:
-            self._progress.remove_task(self._tiles)
-        self._tiles = self._progress.add_task(f"  {slide_id} tiles", total=None)
-
-        def update(done: int, total: int) -> None:
-            self._progress.update(self._tiles, completed=done, total=total)
-
-        return update
-
-    def slide_done(self) -> None:
-        self._progress.advance(self._batch)
-
-    def add_tiles(self, n: int) -> None:
-        """Grow the batch-wide tile bar by ``n`` tiles (a slide's tile grid became known)."""
-        if self._tiles is None:
-            self._tiles = self._progress.add_task("  tiles", total=0)
-        task = self._progress.tasks[self._progress.task_ids.index(self._tiles)]
-        self._progress.update(self._tiles, total=(task.total or 0) + n)
-
-    def tiles_done(self, n: int) -> None:
-        """Advance the batch-wide tile bar by ``n`` tiles."""
-        if self._tiles is not None:
-            self._progress.advance(self._tiles, n)
-
-    def print(self, text: str) -> None:
-        """A line above the bars (the dashboard link)."""
-        self._progress.console.print(text)
-
-    def close(self) -> None:
-        self._progress.stop()

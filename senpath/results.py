@@ -10,10 +10,15 @@ Layout of ``<out>/<slide_id>/``::
     labels.ome.zarr/  nucleus label image (multiscale OME-Zarr, ids = cell_id; see senpath.labels)
     manifest.json     written last: the inputs' identity and the files' sha256; no manifest = incomplete
     corrections.jsonl a reviewer's corrections, an append-only audit log (see senpath.corrections);
-                      load_results applies them by default
+                      senpath.load_results applies them by default
 
 Every file is written to a temporary name in the same folder and renamed into place, so an interrupted
 run never leaves a half-written file under a final name; a store without ``manifest.json`` is redone.
+
+This module is the bottom of the results side: it reads and writes the store's files and imports no
+other part of senpath but the typed provenance. :func:`read_results` gives a store as the pipeline
+wrote it; :func:`senpath.load_results` (in :mod:`senpath.corrections`) gives it with a reviewer's
+corrections replayed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from senpath.provenance import Provenance
 
 MANIFEST = "manifest.json"
 CELLS = "cells.parquet"
@@ -132,14 +139,13 @@ class SlideResults:
     """A complete per-slide store, loaded.
 
     ``corrections`` holds the entries of the store's corrections log that were applied to ``cells``,
-    ``summary`` and ``provenance`` (empty when there are none or when loaded with
-    ``corrections=False``).
+    ``summary`` and ``provenance`` (empty when there are none or when loaded without corrections).
     """
 
     folder: Path
     cells: pd.DataFrame
     summary: dict[str, Any]
-    provenance: dict[str, Any]
+    provenance: Provenance
     manifest: dict[str, Any]
     corrections: list[dict[str, Any]] = field(default_factory=list)
 
@@ -147,12 +153,28 @@ class SlideResults:
     def slide_id(self) -> str:
         return str(self.manifest["slide_id"])
 
-    def labels(self, level: int = 0) -> Any:
-        """The nucleus label image (lazy dask array, values = ``cell_id``); see
-        :func:`senpath.labels.load_labels`."""
-        from senpath.labels import load_labels
+    @property
+    def patient_id(self) -> str:
+        """The slide's patient (the slide id when the sample sheet gave none)."""
+        return str(self.manifest.get("patient_id") or self.slide_id)
 
-        return load_labels(self.folder, level=level)
+
+def labels_digest(path: str | Path) -> str:
+    """Cheap fingerprint of a label zarr: sha256 of its metadata files and its chunk listing (names,
+    sizes), without reading the chunks."""
+    path = Path(path)
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            p = Path(root) / name
+            rel = p.relative_to(path).as_posix()
+            h.update(rel.encode("utf-8"))
+            if name.startswith(".z"):
+                h.update(p.read_bytes())
+            else:
+                h.update(str(p.stat().st_size).encode("ascii"))
+    return h.hexdigest()
 
 
 def write_manifest(
@@ -166,8 +188,6 @@ def write_manifest(
 
     ``extra`` adds descriptive fields (``patient_id``, ``assay``) to the manifest.
     """
-    from senpath.labels import labels_digest
-
     files = {
         name: sha256_file(folder / name)
         for name in (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY, QC_HISTOGRAMS, CORRECTIONS)
@@ -209,15 +229,19 @@ def is_complete(folder: str | Path, identity: Mapping[str, Any] | None = None) -
     )
 
 
-def load_results(folder: str | Path, *, corrections: bool = True) -> SlideResults:
-    """Load one slide's committed results store.
+def uncorrected_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline's own summary from a ``summary.json`` a review rewrote with corrected figures
+    (which keeps the pipeline's under ``uncorrected`` and describes the log under ``corrections``)."""
+    out = {k: v for k, v in summary.items() if k not in ("uncorrected", "corrections")}
+    out.update(summary.get("uncorrected") or {})
+    return out
 
-    Parameters
-    ----------
-    folder : the slide's store (``results/<slide_id>``).
-    corrections : apply the reviewer's corrections (``corrections.jsonl``, see
-        :mod:`senpath.corrections`): corrected calls, thresholds and nuclei, and an ``excluded``
-        column. ``False`` gives the table and summary as the pipeline wrote them.
+
+def read_results(folder: str | Path) -> SlideResults:
+    """One slide's committed store as the pipeline wrote it (no corrections applied).
+
+    ``summary`` is the pipeline's summary even when a review has rewritten ``summary.json``
+    (see :func:`uncorrected_summary`). :func:`senpath.load_results` replays the corrections.
 
     Raises
     ------
@@ -233,14 +257,9 @@ def load_results(folder: str | Path, *, corrections: bool = True) -> SlideResult
     cells = pd.read_parquet(folder / CELLS)
     summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
     provenance = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
-    res = SlideResults(folder, cells, summary, provenance, manifest)
-    if "corrections" in summary or (folder / CORRECTIONS).is_file():
-        from senpath.corrections import apply_to_results, uncorrected_summary
-
-        res.summary = uncorrected_summary(summary)
-        if corrections:
-            res = apply_to_results(res)
-    return res
+    return SlideResults(
+        folder, cells, uncorrected_summary(summary), Provenance.from_dict(provenance), manifest
+    )
 
 
 def find_stores(root: str | Path) -> list[Path]:

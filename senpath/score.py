@@ -5,16 +5,23 @@ intensity bin 0/1+/2+/3+, phenotypes that combine markers on the same cells (``s
 ``sabgal+ ki67-``), and an enlarged-nucleus flag relative to the slide's own nucleus sizes.
 
 Per slide: n cells, n positive, % positive with a Wilson 95% interval, H-score (0-300), Allred score
-(0, 2-8), Ki67 labelling index, senescence index (fraction of cells with the senescent phenotype).
+(0, 2-8), labelling index (of a marker whose rule says so: Ki67), senescence index (fraction of cells
+with the senescent phenotype).
+
+This module is the one place these rules live: the pipeline's summary, the per-patient export, the
+reviewer's live figures and the replay of corrections all call :func:`call_marker`,
+:func:`phenotype_flags` / :func:`add_phenotypes` and :func:`marker_figures`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import NDArray
 
 from senpath.config import Assay, MarkerRule
 
@@ -31,6 +38,59 @@ def intensity_bins(values: np.ndarray, bins_od: tuple[float, float, float]) -> n
     """0/1/2/3 intensity bins for OD values (edges are the lower bounds of 1+, 2+, 3+)."""
     v = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
     return np.searchsorted(np.asarray(bins_od), v, side="right").astype(np.int8)
+
+
+def call_marker(
+    values: np.ndarray, threshold_od: float, bins_od: tuple[float, float, float]
+) -> tuple[NDArray[np.bool_], NDArray[np.int8]]:
+    """The marker call of cells: positive at ``threshold_od`` and the intensity bin that agrees.
+
+    Parameters
+    ----------
+    values : (N,) float, the marker's per-cell OD (NaN: no value, called negative).
+    threshold_od : positive when the value is at least this (OD).
+    bins_od : lower OD edges of the bins 1+, 2+, 3+.
+
+    Returns
+    -------
+    (positive, bins) : (N,) bool and (N,) int8 0-3; a negative cell is 0, a positive one at least 1+.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    positive = np.nan_to_num(v, nan=0.0) >= float(threshold_od)
+    bins = intensity_bins(v, bins_od)
+    bins = np.where(positive, np.maximum(bins, 1), 0).astype(np.int8)
+    return positive, bins
+
+
+def manual_bin(rule: MarkerRule, od: float, positive: bool) -> int:
+    """The intensity bin of a cell a person calls ``positive``: its OD bin, at least 1+ (0 if negative)."""
+    return int(call_marker(np.array([od]), -math.inf if positive else math.inf, rule.bins_od)[1][0])
+
+
+def phenotype_flags(
+    calls: Mapping[str, np.ndarray], terms: tuple[str, ...] | list[str], n: int
+) -> NDArray[np.bool_]:
+    """Cells with a phenotype: every term (``"sabgal+"``, ``"ki67-"``) holds for the cell's calls.
+
+    Parameters
+    ----------
+    calls : marker -> (N,) bool positive calls.
+    terms : the phenotype's required calls.
+    n : number of cells.
+    """
+    flag = np.ones(n, dtype=bool)
+    for term in terms:
+        pos = np.asarray(calls[term[:-1]], dtype=bool)
+        flag &= pos if term[-1] == "+" else ~pos
+    return flag
+
+
+def add_phenotypes(cells: pd.DataFrame, assay: Assay) -> None:
+    """Set one bool column per phenotype of ``assay`` from the table's ``<marker>_positive`` calls
+    (in place)."""
+    calls = {r.name: cells[f"{r.name}_positive"].to_numpy(dtype=bool) for r in assay.markers}
+    for pheno, terms in assay.phenotypes.items():
+        cells[pheno] = phenotype_flags(calls, terms, len(cells))
 
 
 #: Fewer cells with a finite value than this → no automatic threshold (the rule's is kept).
@@ -142,21 +202,11 @@ def score_cells(
             raise KeyError(f"per-cell table lacks {col!r} needed by marker {rule.name!r}")
         thr = float(thresholds.get(rule.name, rule.threshold_od))
         values = out[col].to_numpy(dtype=np.float64)
+        positive, bins = call_marker(values, thr, rule.bins_od)
         out[f"{rule.name}_od"] = values
-        out[f"{rule.name}_positive"] = np.nan_to_num(values, nan=0.0) >= thr
-        out[f"{rule.name}_bin"] = intensity_bins(values, rule.bins_od)
-        # the bin must agree with the call: a positive cell is at least 1+, a negative one is 0
-        out.loc[~out[f"{rule.name}_positive"], f"{rule.name}_bin"] = 0
-        out.loc[
-            out[f"{rule.name}_positive"] & (out[f"{rule.name}_bin"] == 0), f"{rule.name}_bin"
-        ] = 1
-    for pheno, terms in assay.phenotypes.items():
-        flag = np.ones(len(out), dtype=bool)
-        for term in terms:
-            marker, sign = term[:-1], term[-1]
-            pos = out[f"{marker}_positive"].to_numpy(dtype=bool)
-            flag &= pos if sign == "+" else ~pos
-        out[pheno] = flag
+        out[f"{rule.name}_positive"] = positive
+        out[f"{rule.name}_bin"] = bins
+    add_phenotypes(out, assay)
     if "nucleus_area_um2" in out.columns and len(out):
         median = float(np.median(out["nucleus_area_um2"]))
         out["enlarged_nucleus"] = out["nucleus_area_um2"] >= enlarged_factor * median
@@ -207,6 +257,30 @@ def allred_score(bins: np.ndarray) -> int | None:
     return proportion + intensity
 
 
+def proportion_figures(flags: np.ndarray) -> dict[str, Any]:
+    """``n``, ``k`` (cells flagged), ``pct`` and its Wilson 95% interval ``ci95`` (NaN for no cells)."""
+    flags = np.asarray(flags, dtype=bool)
+    n, k = len(flags), int(flags.sum())
+    return {"n": n, "k": k, "pct": 100.0 * k / n if n else math.nan, "ci95": wilson_interval(k, n)}
+
+
+def marker_figures(positive: np.ndarray, bins: np.ndarray) -> dict[str, Any]:
+    """A marker's figures over a set of cells (the caller leaves excluded cells out).
+
+    Returns ``n_cells``, ``n_positive``, ``pct_positive``, ``pct_positive_ci95`` (Wilson, %),
+    ``h_score`` (0-300) and ``allred`` (0, 2-8; ``None`` for no cells).
+    """
+    share = proportion_figures(positive)
+    return {
+        "n_cells": share["n"],
+        "n_positive": share["k"],
+        "pct_positive": share["pct"],
+        "pct_positive_ci95": share["ci95"],
+        "h_score": h_score(bins),
+        "allred": allred_score(bins),
+    }
+
+
 def summarize_markers(
     scored: pd.DataFrame, assay: Assay, *, thresholds: dict[str, float] | None = None
 ) -> dict[str, Any]:
@@ -221,32 +295,27 @@ def summarize_markers(
     n = len(scored)
     summary: dict[str, Any] = {"assay": assay.name, "n_cells": n, "markers": {}}
     for rule in assay.markers:
-        pos = scored[f"{rule.name}_positive"].to_numpy(dtype=bool)
-        k = int(pos.sum())
-        bins = scored[f"{rule.name}_bin"].to_numpy()
-        lo, hi = wilson_interval(k, n)
+        figures = marker_figures(
+            scored[f"{rule.name}_positive"].to_numpy(dtype=bool),
+            scored[f"{rule.name}_bin"].to_numpy(),
+        )
         entry: dict[str, Any] = {
             "stain": rule.stain,
             "compartment": rule.compartment,
-            "n_cells": n,
-            "n_positive": k,
-            "pct_positive": 100.0 * k / n if n else math.nan,
-            "pct_positive_ci95": [lo, hi],
-            "h_score": h_score(bins),
-            "allred": allred_score(bins),
+            **figures,
+            "pct_positive_ci95": list(figures["pct_positive_ci95"]),
             "value_column": marker_value_column(rule),
             "threshold_od": float((thresholds or {}).get(rule.name, rule.threshold_od)),
             "bins_od": list(rule.bins_od),
         }
-        if rule.name == "ki67":
+        if rule.labelling_index:
             entry["labelling_index"] = entry["pct_positive"]
         summary["markers"][rule.name] = entry
     for pheno in assay.phenotypes:
-        k = int(scored[pheno].sum())
-        lo, hi = wilson_interval(k, n)
-        summary[f"{pheno}_index"] = 100.0 * k / n if n else math.nan
-        summary[f"{pheno}_index_ci95"] = [lo, hi]
-        summary[f"n_{pheno}"] = k
+        share = proportion_figures(scored[pheno].to_numpy(dtype=bool))
+        summary[f"{pheno}_index"] = share["pct"]
+        summary[f"{pheno}_index_ci95"] = list(share["ci95"])
+        summary[f"n_{pheno}"] = share["k"]
     summary["median_nucleus_area_um2"] = (
         float(np.median(scored["nucleus_area_um2"])) if n else math.nan
     )

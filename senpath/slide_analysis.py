@@ -5,9 +5,10 @@
     plan_slide     open_slide → tissue mask (low resolution) → glass intensity → tile grid at the
                    analysis mpp over tissue, with halo → stain vectors (per-slide estimate or preset)
                    (in :mod:`senpath.slide_plan`; imported here)
-    analyze_tiles  per tile: read, deconvolve, segment nuclei, measure, keep the nuclei whose centroid
-                   lies in the tile's core (halo rule: each nucleus counted once, whole)
-                   (segment_tiles does the inference half alone, for GPU workers)
+    analyze_tiles  the tile engine (in :mod:`senpath.tile_engine`; imported here): per tile, read,
+                   deconvolve once, segment nuclei with the slide's segmenter, measure, keep the
+                   nuclei whose centroid lies in the tile's core (halo rule: each nucleus counted
+                   once, whole); segment_tiles does the inference half alone, for GPU workers
     commit_slide   paste the nuclei in tile order (global cell ids) → score (marker rules,
                    phenotypes) → per-slide summary → results store, manifest last
 
@@ -19,20 +20,18 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from numpy.typing import NDArray
 
 import senpath
-from senpath.config import AnalysisConfig, Assay, get_assay
+from senpath.config import AnalysisConfig, Assay, get_assay, resolve_settings
 from senpath.labels import LabelStore
-from senpath.measure import measure_cells
-from senpath.report import slide_histograms_png
+from senpath.provenance import marker_record
+from senpath.qc_plots import slide_histograms_png
 from senpath.results import (
     CELLS,
     MANIFEST,
@@ -47,111 +46,30 @@ from senpath.results import (
     write_manifest,
 )
 from senpath.score import score_cells, slide_thresholds, summarize_markers
-from senpath.segment import resolve_method, segment_nuclei
-from senpath.slide_plan import SlidePlan, plan_slide, read_grid_box
-from senpath.stain import DEFAULT_I0, StainSet, deconvolve, stain_qc
-from senpath.tiling import Instance, Tile, keep_owned
+from senpath.segment import resolve_method
+from senpath.slide_plan import SlidePlan, plan_slide
+from senpath.stain import stain_qc
+from senpath.tile_engine import (
+    TileResult,
+    analyze_tiles,
+    empty_cells,
+    plan_segmenter,
+    segment_tiles,
+)
+
+__all__ = [
+    "TileProgress",
+    "TileResult",
+    "analyze_slide",
+    "analyze_tiles",
+    "commit_slide",
+    "plan_slide",
+    "run_identity",
+    "segment_tiles",
+]
 
 #: Tile progress callback: (tiles done, tiles total).
 TileProgress = Callable[[int, int], None]
-
-
-def _segment_region(
-    rgb: NDArray[np.uint8],
-    *,
-    mpp: float,
-    assay: Assay,
-    stains: StainSet,
-    config: AnalysisConfig,
-    i0: float | Sequence[float] = DEFAULT_I0,
-) -> NDArray[np.int32]:
-    """Nucleus labels of one region: the inference half of :func:`analyze_region` (GPU work)."""
-    return segment_nuclei(
-        rgb,
-        mpp=mpp,
-        stains=stains,
-        nuclear_stains=assay.nuclear_stains,
-        method=config.segmenter,
-        device=config.device,
-        i0=i0,
-        min_area_um2=config.min_nucleus_area_um2,
-        model=config.model,
-    )
-
-
-def _measure_region(
-    rgb: NDArray[np.uint8],
-    labels: NDArray[np.int32],
-    *,
-    mpp: float,
-    stains: StainSet,
-    config: AnalysisConfig,
-    i0: float | Sequence[float] = DEFAULT_I0,
-    origin_um: tuple[float, float] = (0.0, 0.0),
-    tile: Tile | None = None,
-    image_shape: tuple[int, int] | None = None,
-) -> pd.DataFrame:
-    """Per-cell table of one segmented region: the measuring half of :func:`analyze_region`."""
-    conc = deconvolve(rgb, stains, i0)
-    cells = measure_cells(
-        labels,
-        conc,
-        stain_names=stains.names,
-        mpp=mpp,
-        cytoplasm_um=config.cytoplasm_um,
-        origin_um=origin_um,
-    )
-    keep = (cells["nucleus_area_um2"] >= config.min_nucleus_area_um2) & (
-        cells["nucleus_area_um2"] <= config.max_nucleus_area_um2
-    )
-    if tile is not None:
-        # one ownership rule for the whole package (exact integer centroid arithmetic), so
-        # neighbouring tiles never both keep, or both drop, a nucleus on their shared edge
-        owned = keep_owned(labels, tile, image_shape=image_shape, on_truncated="warn")
-        keep &= cells["cell_id"].isin([inst.local_label for inst in owned])
-    return cells[keep].reset_index(drop=True)
-
-
-def analyze_region(
-    rgb: NDArray[np.uint8],
-    *,
-    mpp: float,
-    assay: Assay,
-    stains: StainSet,
-    config: AnalysisConfig,
-    i0: float | Sequence[float] = DEFAULT_I0,
-    origin_um: tuple[float, float] = (0.0, 0.0),
-    tile: Tile | None = None,
-    image_shape: tuple[int, int] | None = None,
-) -> tuple[pd.DataFrame, NDArray[np.int32]]:
-    """Segment and measure the nuclei of one in-memory region (a tile with its halo, or an image).
-
-    Parameters
-    ----------
-    rgb : (Y, X, 3) uint8 at ``mpp`` µm/px.
-    tile : the tile ``rgb`` covers (its ``box``); only nuclei whose centroid lies in the tile's core
-        are returned (the halo rule, :func:`senpath.tiling.keep_owned`). ``None`` keeps all.
-    image_shape : (Y, X) of the whole image at ``mpp`` (tile edges on the image border are not halo).
-    origin_um : slide position in µm of pixel (0, 0).
-
-    Returns
-    -------
-    (cells, labels)
-        Per-cell table (``cell_id`` = label in ``labels``) and the (Y, X) int32 nucleus labels.
-    """
-    labels = _segment_region(rgb, mpp=mpp, assay=assay, stains=stains, config=config, i0=i0)
-    cells = _measure_region(
-        rgb,
-        labels,
-        mpp=mpp,
-        stains=stains,
-        config=config,
-        i0=i0,
-        origin_um=origin_um,
-        tile=tile,
-        image_shape=image_shape,
-    )
-    return cells, labels
 
 
 def _model_identity(method: str, model: str | None = None) -> dict[str, Any]:
@@ -162,129 +80,12 @@ def _model_identity(method: str, model: str | None = None) -> dict[str, Any]:
     return {"method": "classical", "model_sha256": None}
 
 
-@dataclass
-class TileResult:
-    """One tile's analysis, ready to paste: its kept cells and their masks.
-
-    Attributes
-    ----------
-    index : position of the tile in :attr:`senpath.slide_plan.SlidePlan.tiles`.
-    cells : per-cell table; ``cell_id`` is still the nucleus label in the tile's segmentation.
-    instances : the owned nucleus masks, one per row of ``cells`` and in the same order (what
-        :meth:`senpath.labels.LabelStore.add_instances` pastes; the tile's halo is not kept).
-    """
-
-    index: int
-    cells: pd.DataFrame
-    instances: list[Instance]
-
-
-def segment_tiles(
-    plan: SlidePlan, indices: Sequence[int], *, slide: Any = None
-) -> list[NDArray[np.int32]]:
-    """Nucleus labels of the tiles ``plan.tiles[i]`` for ``i`` in ``indices`` (the inference stage).
-
-    Returns
-    -------
-    list of (H, W) int32
-        One label image per tile, over the tile's box (core and halo), in ``indices`` order.
-    """
-    from senpath.io import open_slide
-
-    slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
-    amp = plan.config.analysis_mpp
-    stains = plan.stain_estimate.stains
-    return [
-        _segment_region(
-            read_grid_box(slide, plan.tiles[i].box, amp),
-            mpp=amp,
-            assay=plan.assay,
-            stains=stains,
-            config=plan.config,
-            i0=plan.i0,
-        )
-        for i in indices
-    ]
-
-
-def analyze_tiles(
-    plan: SlidePlan,
-    indices: Sequence[int],
-    *,
-    labels: Sequence[NDArray[np.int32]] | None = None,
-    slide: Any = None,
-) -> Iterator[TileResult]:
-    """Read, segment (unless ``labels`` are given), measure and keep the owned nuclei of tiles.
-
-    Parameters
-    ----------
-    plan : the slide's plan.
-    indices : positions in ``plan.tiles``, in the order the results are yielded.
-    labels : the tiles' label images from :func:`segment_tiles` (same order), when the inference
-        ran elsewhere; ``None`` segments here.
-    slide : the opened slide (opened here when ``None``).
-
-    Yields
-    ------
-    TileResult
-        One per tile, lazily (a whole slide's results need not be held at once).
-    """
-    from senpath.io import open_slide
-
-    slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
-    amp = plan.config.analysis_mpp
-    stains = plan.stain_estimate.stains
-    for k, i in enumerate(indices):
-        tile = plan.tiles[i]
-        rgb = read_grid_box(slide, tile.box, amp)
-        if labels is None:
-            tile_labels = _segment_region(
-                rgb, mpp=amp, assay=plan.assay, stains=stains, config=plan.config, i0=plan.i0
-            )
-        else:
-            tile_labels = labels[k]
-        cells = _measure_region(
-            rgb,
-            tile_labels,
-            mpp=amp,
-            stains=stains,
-            config=plan.config,
-            i0=plan.i0,
-            origin_um=(tile.box.x0 * amp, tile.box.y0 * amp),
-            tile=tile,
-            image_shape=plan.shape_px,
-        )
-        instances = _owned_instances(tile_labels, tile, cells["cell_id"], plan.shape_px)
-        yield TileResult(int(i), cells, instances)
-
-
-def _owned_instances(
-    labels: NDArray[np.integer],
-    tile: Tile,
-    local_ids: Iterable[int],
-    image_shape: tuple[int, int],
-) -> list[Instance]:
-    """The masks of the nuclei ``local_ids`` that ``tile`` owns, in ``local_ids`` order."""
-    owned = {
-        inst.local_label: inst
-        for inst in keep_owned(labels, tile, image_shape=image_shape, on_truncated="keep")
-    }
-    ids = [int(i) for i in local_ids]
-    missing = [i for i in ids if i not in owned]
-    if missing:
-        raise ValueError(
-            f"labels {missing[:5]} of tile (row {tile.row}, col {tile.col}) are not owned by it "
-            "(centroid outside its core) or absent"
-        )
-    return [owned[i] for i in ids]
-
-
 def analyze_slide(
     path: str | Path,
     *,
     out: str | Path,
     assay: str | Assay,
-    config: AnalysisConfig | None = None,
+    config: AnalysisConfig | str | Path | Mapping[str, Any] | None = None,
     mpp: float | None = None,
     slide_id: str | None = None,
     patient_id: str | None = None,
@@ -299,7 +100,9 @@ def analyze_slide(
     out : results root folder.
     assay : assay name (``ki67``, ``p16``, ``sabgal``, ``sabgal-eosin``, ``sabgal+ki67``,
         ``p16+ki67`` or a user assay) or an :class:`~senpath.config.Assay`.
-    config : analysis settings (defaults: 0.5 µm/px, 5 µm cytoplasm ring, CNN when installed).
+    config : analysis settings (defaults: 0.5 µm/px, 5 µm cytoplasm ring, CNN when installed), or
+        a settings TOML file or mapping, checked by :func:`senpath.config.load_settings` (its
+        assays can then be named in ``assay``).
     mpp : pixel size in µm for files without calibration.
     slide_id, patient_id : names used in the store (default: the file stem).
     tile_progress : called with (tiles done, total) as tiles finish.
@@ -311,7 +114,7 @@ def analyze_slide(
     from senpath.io import open_slide
 
     t_start = time.perf_counter()
-    config = config or AnalysisConfig()
+    config, assays = resolve_settings(config, assays)
     assay_obj = assay if isinstance(assay, Assay) else get_assay(assay, assays)
     slide = open_slide(path, mpp=mpp)
     plan = plan_slide(
@@ -323,7 +126,7 @@ def analyze_slide(
         patient_id=patient_id,
         slide=slide,
     )
-    results = analyze_tiles(plan, range(plan.n_tiles), slide=slide)
+    results = analyze_tiles(plan, range(plan.n_tiles), slide=slide, segmenter=plan_segmenter(plan))
     return commit_slide(
         plan, results, out=out, slide=slide, tile_progress=tile_progress, t_start=t_start
     )
@@ -385,13 +188,9 @@ def commit_slide(
                 f"expected {expected} (cell ids are assigned in tile order)"
             )
         expected += 1
-        cells = result.cells
-        if len(cells):
-            cells = cells.copy()
-            cells.insert(1, "tile_label", cells["cell_id"].astype(np.int32))
+        if len(result.cells):
             # cell_id = the id pasted into the label image; a nucleus left with no pixels is dropped
-            cells["cell_id"] = label_store.add_instances(result.instances)
-            parts.append(cells[cells["cell_id"] > 0].reset_index(drop=True))
+            parts.append(result.with_ids(label_store.add_instances(result.instances)))
         if tile_progress:
             tile_progress(done, len(tiles))
     if expected != len(tiles):
@@ -399,7 +198,7 @@ def commit_slide(
         raise ValueError(f"{plan.slide_id}: {expected} tile results for {len(tiles)} tiles")
     timings["cells_s"] = timings.get("cells_s", 0.0) + time.perf_counter() - t
 
-    cells = pd.concat(parts, ignore_index=True) if parts else _empty_cells(stains)
+    cells = pd.concat(parts, ignore_index=True) if parts else empty_cells(stains)
     cells.insert(0, "slide_id", plan.slide_id)
     threshold_info = slide_thresholds(
         cells, assay_obj, auto=config.auto_threshold, bounds_od=config.auto_threshold_bounds_od
@@ -443,10 +242,7 @@ def commit_slide(
             "preset_stain_vectors": plan.prior.vectors.tolist(),
             "stain_tolerance_deg": dict(assay_obj.stain_tolerance_deg),
             # threshold_od: the one each marker was scored with (automatic or the rule's)
-            "markers": [
-                {**vars(r), "threshold_od": thresholds[r.name], "rule_threshold_od": r.threshold_od}
-                for r in assay_obj.markers
-            ],
+            "markers": [marker_record(r, thresholds[r.name]) for r in assay_obj.markers],
             "phenotypes": {k: list(v) for k, v in assay_obj.phenotypes.items()},
         },
         "background_i0": [float(v) for v in np.atleast_1d(plan.i0)],
@@ -512,15 +308,6 @@ def run_identity(
         "model_sha256": _model_identity(method, config.model).get("model_sha256"),
         "senpath_version": senpath.__version__,
     }
-
-
-def _empty_cells(stains: StainSet) -> pd.DataFrame:
-    empty = measure_cells(
-        np.zeros((1, 1), np.int32), np.zeros((1, 1, len(stains.names)), np.float32),
-        stain_names=stains.names, mpp=1.0,
-    )  # fmt: skip
-    empty.insert(1, "tile_label", pd.Series(dtype=np.int32))
-    return empty
 
 
 def _qc_overlay_png(

@@ -11,7 +11,6 @@ commit stages from it in this process and :mod:`senpath.distributed` ships it to
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from senpath.stain import (
     estimate_stains,
     rgb_to_od,
 )
-from senpath.tiling import Box, Tile, tile_grid
+from senpath.tiling import Box, Tile, halo_px, tile_grid
 
 
 @dataclass
@@ -39,8 +38,8 @@ class SlidePlan:
     """Everything the tile stage of one slide needs, decided once per slide (small and picklable).
 
     The stages of :func:`senpath.slide_analysis.analyze_slide` — :func:`plan_slide`,
-    :func:`~senpath.slide_analysis.analyze_tiles` (or :func:`~senpath.slide_analysis.segment_tiles`
-    then :func:`~senpath.slide_analysis.analyze_tiles`) and
+    :func:`~senpath.tile_engine.analyze_tiles` (or :func:`~senpath.tile_engine.segment_tiles`
+    then :func:`~senpath.tile_engine.analyze_tiles`) and
     :func:`~senpath.slide_analysis.commit_slide` — take and return plain data, so the same code runs
     in this process or as dask tasks on other machines (:mod:`senpath.distributed`), with identical
     results.
@@ -95,7 +94,7 @@ def plan_slide(
 ) -> SlidePlan:
     """First stage of analysing a slide: tissue mask, glass intensity, tile grid, stain vectors.
 
-    The later stages are :func:`senpath.slide_analysis.analyze_tiles` and
+    The later stages are :func:`senpath.tile_engine.analyze_tiles` and
     :func:`senpath.slide_analysis.commit_slide` (:func:`senpath.slide_analysis.analyze_slide` runs
     all three).
 
@@ -131,9 +130,12 @@ def plan_slide(
     width_um = slide.shape[1] * slide.mpp[0]
     shape_px = (max(1, round(height_um / amp)), max(1, round(width_um / amp)))
     tile_px = max(64, round(config.tile_size_um / amp))
-    halo_px = max(1, math.ceil(config.halo_um / amp))
     tiles = tile_grid(
-        shape_px, tile_size=tile_px, halo=halo_px, mask=tissue.mask, mask_scale=tissue.mpp / amp
+        shape_px,
+        tile_size=tile_px,
+        halo=halo_px(config.halo_um, amp),
+        mask=tissue.mask,
+        mask_scale=tissue.mpp / amp,
     )
 
     t = time.perf_counter()

@@ -1,10 +1,11 @@
-"""Tile grid with halo, and stitching of per-tile instance labels into global ids.
+"""Tile grid with halo, the halo rule, ownership of nuclei, and pasting them into global ids.
 
-The halo rule (as in stardist's tiled prediction): each tile is segmented with ``halo`` px of
-context on every side. A nucleus belongs to the tile whose *core* holds its centroid; it is
-kept whole from that tile's segmentation (which sees it entirely, provided the halo is larger
-than a nucleus) and relabelled with a global id. Nuclei whose centroid lies in another tile's
-core are dropped, because that tile keeps them.
+The halo rule (as in stardist's tiled prediction): each tile is segmented with a halo of context on
+every side, at least as wide as the largest nucleus (:func:`min_halo_um`, in µm; :func:`halo_px`
+turns µm into px). A nucleus belongs to the tile whose *core* holds its centroid; it is kept whole
+from that tile's segmentation (which sees it entirely, as the halo is larger than a nucleus) and
+relabelled with a global id. Nuclei whose centroid lies in another tile's core are dropped, because
+that tile keeps them.
 
 Ownership is decided with integer arithmetic (``core_y0 * n <= sum(y) < core_y1 * n``), so two
 tiles that see the same object always agree on its owner, whatever the float rounding.
@@ -15,15 +16,15 @@ wins**: tiles are pasted in row-major order (then by local label), and a pixel t
 holds a nucleus is never overwritten; the later nucleus keeps its remaining pixels (and is
 dropped if none remain).
 
-Global ids are assigned 1, 2, ... in paste order; :func:`paste` returns the next free id.
-For whole slides, :class:`LabelWriter` pastes each tile's owned nuclei into a (zarr) array
-region by region, so no full-resolution label image is ever held in memory.
+Global ids are assigned 1, 2, ... in paste order; :func:`paste` returns the id each nucleus got.
+The loop that reads, segments and measures tiles is :mod:`senpath.tile_engine` (numpy/dask only
+here).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,19 +35,13 @@ __all__ = [
     "Box",
     "HaloTooSmallError",
     "Instance",
-    "LabelWriter",
     "Tile",
-    "bounded_map",
-    "default_halo",
-    "iter_tiles",
+    "halo_px",
     "keep_owned",
+    "min_halo_um",
     "paste",
-    "segment_tiled",
     "tile_grid",
 ]
-
-#: Largest nucleus diameter expected in brightfield tissue (µm), used for the default halo.
-MAX_NUCLEUS_DIAMETER_UM = 15.0
 
 
 class HaloTooSmallError(ValueError):
@@ -121,19 +116,35 @@ class Instance:
     local_label: int
 
 
-def default_halo(mpp: float, *, max_nucleus_um: float = MAX_NUCLEUS_DIAMETER_UM) -> int:
-    """Halo in px at ``mpp`` µm/px: twice the largest nucleus diameter (context + whole nuclei).
+def min_halo_um(max_nucleus_area_um2: float) -> float:
+    """The smallest halo (µm) that holds a whole nucleus: the diameter of the largest nucleus.
 
     Parameters
     ----------
+    max_nucleus_area_um2 : float
+        Area of the largest nucleus kept, in µm² (a disc of that area has this diameter).
+
+    Returns
+    -------
+    float
+        Diameter in µm, ``2 * sqrt(area / pi)`` (22.6 µm for 400 µm²).
+    """
+    return 2.0 * math.sqrt(max_nucleus_area_um2 / math.pi)
+
+
+def halo_px(halo_um: float, mpp: float) -> int:
+    """A halo of ``halo_um`` µm in px at ``mpp`` µm/px, rounded up (at least 1 px).
+
+    Parameters
+    ----------
+    halo_um : float
+        Halo width in µm.
     mpp : float
-        Analysis pixel size in µm/px.
-    max_nucleus_um : float
-        Largest nucleus diameter in µm.
+        Pixel size in µm/px.
     """
     if not mpp > 0:
         raise ValueError(f"mpp must be a positive pixel size in µm/px, got {mpp!r}")
-    return math.ceil(2 * max_nucleus_um / mpp)
+    return max(1, math.ceil(halo_um / mpp))
 
 
 def tile_grid(
@@ -239,7 +250,7 @@ def keep_owned(
     labels = np.asarray(labels)
     if labels.shape != tile.box.shape:
         raise ValueError(
-            f"segment_fn returned labels of shape {labels.shape} for a tile of shape "
+            f"the segmenter returned labels of shape {labels.shape} for a tile of shape "
             f"{tile.box.shape}; it must return one label per input pixel."
         )
     if labels.dtype.kind not in "iu":
@@ -272,8 +283,8 @@ def keep_owned(
                 f"object {label} of tile (row {tile.row}, col {tile.col}) at image px "
                 f"y={bbox.y0}-{bbox.y1}, x={bbox.x0}-{bbox.x1} reaches the edge of the halo, so "
                 f"it may be cut: raise halo (now {_halo_of(tile)} px) above the "
-                f"largest object size (this one spans at least {max(bbox.shape)} px), e.g. default_halo(mpp, "
-                "max_nucleus_um=...) with a larger max_nucleus_um."
+                f"largest object size (this one spans at least {max(bbox.shape)} px): a larger "
+                "halo_um in the analysis settings."
             )
             if on_truncated == "raise":
                 raise HaloTooSmallError(message)
@@ -314,164 +325,56 @@ def _touches(bbox: Box, box: Box, inner: tuple[bool, bool, bool, bool]) -> bool:
     )
 
 
-def paste(out: Any, instances: list[Instance], *, next_id: int) -> int:
-    """Write instances into ``out`` with new ids from ``next_id``; first writer wins.
+def paste(
+    out: Any,
+    instances: Sequence[Instance],
+    *,
+    next_id: int,
+    origin: tuple[int, int] = (0, 0),
+) -> NDArray[np.int64]:
+    """Write instances into ``out`` with new ids from ``next_id``, in order; first writer wins.
 
     Parameters
     ----------
     out : (Y, X) int ndarray or array-like supporting slice get/set (e.g. zarr)
-        Global label image; 0 = unlabelled. Pixels already labelled are never overwritten.
-    instances : list of Instance
-        Owned objects (from :func:`keep_owned`), pasted in order.
+        Global label image (or a window of it); 0 = unlabelled. Pixels already labelled are
+        never overwritten.
+    instances : sequence of Instance
+        Owned objects (from :func:`keep_owned`), pasted in order; each must lie inside ``out``.
     next_id : int
         First id to assign.
+    origin : (int, int)
+        Image px ``(y, x)`` of ``out[0, 0]`` (a window of the image).
 
     Returns
     -------
-    int
-        The next free id. An instance whose pixels are all taken gets no id.
+    (N,) int64 ndarray
+        The id each instance got, in order: ``next_id``, ``next_id + 1``, ...; 0 for an instance
+        whose pixels were all taken (it gets no id). The next free id is ``next_id`` plus the
+        number of non-zero entries.
     """
+    ids = np.zeros(len(instances), dtype=np.int64)
     if not instances:
-        return next_id
+        return ids
     # one read-modify-write of the union box: cheap for numpy, one round trip for zarr
+    oy, ox = origin
     region = Box(
-        min(i.bbox.y0 for i in instances),
-        min(i.bbox.x0 for i in instances),
-        max(i.bbox.y1 for i in instances),
-        max(i.bbox.x1 for i in instances),
+        min(i.bbox.y0 for i in instances) - oy,
+        min(i.bbox.x0 for i in instances) - ox,
+        max(i.bbox.y1 for i in instances) - oy,
+        max(i.bbox.x1 for i in instances) - ox,
     )
     block = np.array(out[region.slices])
-    for inst in instances:
+    for k, inst in enumerate(instances):
         sl = (
-            slice(inst.bbox.y0 - region.y0, inst.bbox.y1 - region.y0),
-            slice(inst.bbox.x0 - region.x0, inst.bbox.x1 - region.x0),
+            slice(inst.bbox.y0 - oy - region.y0, inst.bbox.y1 - oy - region.y0),
+            slice(inst.bbox.x0 - ox - region.x0, inst.bbox.x1 - ox - region.x0),
         )
         target = block[sl]
         free = inst.mask & (target == 0)
         if free.any():
             target[free] = next_id
+            ids[k] = next_id
             next_id += 1
     out[region.slices] = block
-    return next_id
-
-
-class LabelWriter:
-    """Stitch per-tile owned instances into a label array without holding the whole image.
-
-    Parameters
-    ----------
-    out : (Y, X) int32 array-like
-        Destination, e.g. ``zarr.create_array(store, shape=(Y, X), chunks=(2048, 2048),
-        dtype="int32", fill_value=0)`` or a numpy array.
-
-    Notes
-    -----
-    Not thread-safe: tiles are segmented in parallel, but one writer pastes their results in
-    grid order (which also makes ids deterministic).
-    """
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-        self.next_id = 1
-
-    def add(self, instances: list[Instance]) -> int:
-        """Paste one tile's owned instances; returns how many new ids were assigned."""
-        before = self.next_id
-        self.next_id = paste(self.out, instances, next_id=self.next_id)
-        return self.next_id - before
-
-    @property
-    def count(self) -> int:
-        """Number of ids assigned so far."""
-        return self.next_id - 1
-
-
-def iter_tiles(image: Any, tiles: list[Tile]) -> Iterator[tuple[Tile, NDArray[np.uint8]]]:
-    """Yield ``(tile, rgb)`` with ``rgb`` the tile's ``box`` read from a numpy/dask image."""
-    for tile in tiles:
-        yield tile, _read(image, tile.box)
-
-
-def segment_tiled(
-    image: Any,
-    segment_fn: Callable[[NDArray[Any]], NDArray[np.integer]],
-    *,
-    tile_size: int | tuple[int, int],
-    halo: int,
-    mask: NDArray[np.bool_] | None = None,
-    mask_scale: float | tuple[float, float] | None = None,
-    out: Any = None,
-    on_truncated: Literal["raise", "warn", "keep"] = "raise",
-    workers: int = 1,
-) -> Any:
-    """Segment an image tile by tile and stitch the instances with the halo rule.
-
-    Parameters
-    ----------
-    image : (Y, X, 3) ndarray or dask array
-        The image at the analysis resolution.
-    segment_fn : callable
-        ``segment_fn(rgb_tile) -> labels`` with labels ``(h, w)`` integers, 0 = background.
-    tile_size : int or (int, int)
-        Core size in px.
-    halo : int
-        Context in px on each side; must exceed the largest object (see :func:`default_halo`).
-    mask, mask_scale
-        Tissue mask and its scale, as in :func:`tile_grid`.
-    out : (Y, X) int32 array-like, optional
-        Where to write (e.g. a zarr array); default a new numpy array.
-    on_truncated : {"raise", "warn", "keep"}
-        See :func:`keep_owned`.
-    workers : int
-        Threads that read and segment tiles concurrently (at most ``2 * workers`` tiles in
-        flight); results are still stitched in grid order, so ids do not depend on it.
-
-    Returns
-    -------
-    (Y, X) int32 array
-        ``out`` (or the new array) with global ids 1..N.
-    """
-    shape = tuple(int(s) for s in image.shape[:2])
-    if out is None:
-        out = np.zeros(shape, dtype=np.int32)
-    elif tuple(out.shape) != shape:
-        raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape} (the image's Y, X)")
-    tiles = tile_grid(shape, tile_size=tile_size, halo=halo, mask=mask, mask_scale=mask_scale)
-    writer = LabelWriter(out)
-
-    def run(tile: Tile) -> list[Instance]:
-        rgb = _read(image, tile.box)
-        return keep_owned(segment_fn(rgb), tile, image_shape=shape, on_truncated=on_truncated)
-
-    for instances in bounded_map(run, tiles, workers=workers):
-        writer.add(instances)
-    return out
-
-
-def _read(image: Any, box: Box) -> NDArray[Any]:
-    block = image[box.slices]
-    if hasattr(block, "compute"):
-        block = block.compute()
-    return np.asarray(block)
-
-
-def bounded_map(fn: Callable[[Any], Any], items: list[Any], *, workers: int = 1) -> Iterator[Any]:
-    """``map(fn, items)`` on ``workers`` threads, in order, with at most ``2 * workers`` pending.
-
-    Unlike ``ThreadPoolExecutor.map`` it does not submit everything up front, so a slow
-    consumer (the stitcher) never lets decoded tiles pile up in memory.
-    """
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Any] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    return ids

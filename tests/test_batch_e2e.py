@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from senpath import synth
 from senpath.cli import app
-from senpath.results import CELLS, MANIFEST, SUMMARY, is_complete, load_results
+from senpath.corrections import load_results
+from senpath.results import CELLS, MANIFEST, SUMMARY, is_complete
 from senpath.score import h_score
 
 # patient, slide id, assay, seed: Ki67 and p16 on adjacent sections for P1, dual stains for P2

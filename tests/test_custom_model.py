@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
-torch = pytest.importorskip("torch")
-
-import senpath  # noqa: E402
-from senpath import synth  # noqa: E402
-from senpath.cli import app  # noqa: E402
-from senpath.config import AnalysisConfig, ConfigError, get_assay  # noqa: E402
-from senpath.segment.net import NetConfig, build_model  # noqa: E402
-from senpath.segment.postprocess import PostprocessConfig  # noqa: E402
-from senpath.segment.weights import export_checkpoint, shipped_weights_info  # noqa: E402
-from senpath.slide_analysis import run_identity  # noqa: E402
+import senpath
+from senpath import synth
+from senpath.cli import app
+from senpath.config import AnalysisConfig, ConfigError, get_assay
+from senpath.segment.net import NetConfig, build_model
+from senpath.segment.postprocess import PostprocessConfig
+from senpath.segment.weights import export_checkpoint, shipped_weights_info
+from senpath.slide_analysis import run_identity
 
 
 @pytest.fixture()
@@ -33,7 +32,7 @@ def test_own_model_is_used_recorded_and_part_of_the_identity(tmp_path, own_model
                           params=synth.SynthParams(tissue_fraction=0.95))  # fmt: skip
     config = AnalysisConfig(model=str(own_model.parent))  # segmenter "auto" becomes the CNN
     store = senpath.analyze_slide(s.path, out=tmp_path / "res", assay="ki67", config=config)
-    seg = senpath.load_results(store).provenance["segmenter"]
+    seg = senpath.load_results(store).provenance.segmenter
     own = shipped_weights_info(own_model)
     assert seg["method"] == "cnn" and seg["model_sha256"] == own["model_sha256"]
     assert seg["model_path"] == str(own_model.parent)
@@ -51,7 +50,7 @@ def test_model_flag_on_the_command_line(tmp_path, own_model):
     args = ["run", str(s.path), "--assay", "ki67", "--out", str(out), "--model", str(own_model)]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    seg = senpath.load_results(out / "k").provenance["segmenter"]
+    seg = senpath.load_results(out / "k").provenance.segmenter
     assert seg["model_sha256"] == shipped_weights_info(own_model)["model_sha256"]
     labels = tmp_path / "labels.tif"
     r = CliRunner().invoke(

@@ -77,19 +77,6 @@ def test_recommit_replaces_and_stale_tmp_is_removed(tmp_path):
     assert int(load_labels(tmp_path).max().compute()) == 2
 
 
-def test_add_tile_refuses_cells_the_tile_does_not_own(tmp_path):
-    from senpath.tiling import tile_grid
-
-    tiles = tile_grid((32, 32), tile_size=16, halo=4)
-    labels = np.zeros(tiles[0].box.shape, np.int32)
-    labels[2:5, 2:5] = 1  # centroid in the core of tile 0
-    labels[2:5, 17:20] = 2  # centroid in tile 1's core: not tile 0's
-    store = LabelStore(tmp_path, (32, 32), mpp=1.0)
-    assert store.add_tile(labels, tiles[0], [1], image_shape=(32, 32)).tolist() == [1]
-    with pytest.raises(ValueError, match="not owned"):
-        store.add_tile(labels, tiles[0], [2], image_shape=(32, 32))
-
-
 def test_slide_label_ids_are_the_cell_table_ids(tmp_path):
     s = synth.write_slide(
         tmp_path / "k.tif", assay="ki67", shape=(512, 512), mpp=0.5, seed=1,

@@ -104,3 +104,38 @@ def test_slide_thresholds_auto_is_reported_and_used():
     )
     few = slide_thresholds(cells.head(MIN_CELLS_AUTO_THRESHOLD - 1), assay, auto=True)["ki67"]
     assert few["source"] == "rule" and "kept the rule" in few["auto_skipped"]
+
+
+def test_call_marker_by_hand() -> None:
+    from senpath.score import call_marker
+
+    od = np.array([np.nan, 0.0, 0.1, 0.15, 0.2, 0.4, 0.9])
+    positive, bins = call_marker(od, 0.12, (0.15, 0.375, 0.70))
+    assert positive.tolist() == [False, False, False, True, True, True, True]
+    # a positive cell under the 1+ edge is 1+; a negative cell above it would be 0
+    assert bins.tolist() == [0, 0, 0, 1, 1, 2, 3] and bins.dtype == np.int8
+    positive, bins = call_marker(od, 0.5, (0.15, 0.375, 0.70))
+    assert bins.tolist() == [0, 0, 0, 0, 0, 0, 3]
+
+
+def test_manual_bin_and_phenotypes_by_hand() -> None:
+    from senpath.config import MarkerRule
+    from senpath.score import manual_bin, phenotype_flags
+
+    rule = MarkerRule("m", "dab", "nucleus", bins_od=(0.15, 0.375, 0.70))
+    assert [manual_bin(rule, od, True) for od in (0.0, 0.2, 0.5, 0.8)] == [1, 1, 2, 3]
+    assert manual_bin(rule, 0.8, False) == 0
+    calls = {"a": np.array([1, 1, 0, 0], bool), "b": np.array([1, 0, 1, 0], bool)}
+    assert phenotype_flags(calls, ("a+", "b-"), 4).tolist() == [False, True, False, False]
+    assert phenotype_flags(calls, (), 4).tolist() == [True] * 4
+
+
+def test_marker_figures_by_hand() -> None:
+    from senpath.score import marker_figures
+
+    fig = marker_figures(np.array([1, 1, 0, 0], bool), np.array([1, 3, 0, 0]))
+    assert fig["n_cells"] == 4 and fig["n_positive"] == 2 and fig["pct_positive"] == 50.0
+    assert fig["h_score"] == 100.0  # 1 x 25% + 3 x 25%
+    assert fig["allred"] == 4 + 2  # proportion: 1/3 < 50% <= 2/3 -> 4; intensity: mean(1, 3) = 2
+    empty = marker_figures(np.zeros(0, bool), np.zeros(0))
+    assert empty["n_cells"] == 0 and np.isnan(empty["pct_positive"]) and empty["allred"] is None

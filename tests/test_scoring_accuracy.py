@@ -36,7 +36,7 @@ def test_marker_calls_match_truth_every_assay(tmp_path, assay, segmenter):
     assert sorted(markers) == sorted(synth.ASSAY_MARKERS[assay])
     cmp = compare_with_truth(res.cells, truth, markers=markers)
     assert cmp["detection"]["f1"] >= (0.95 if segmenter == "cnn" else 0.90), cmp["detection"]
-    assert res.provenance["segmenter"]["method"] == segmenter
+    assert res.provenance.segmenter_method == segmenter
     for m in markers:
         assert cmp[m]["f1"] >= 0.95, (m, cmp[m])
         assert abs(cmp[m]["h_score"] - cmp[m]["h_score_truth"]) <= 10.0, (m, cmp[m])

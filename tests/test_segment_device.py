@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from senpath.segment import device as device_mod  # noqa: E402
-from senpath.segment.device import resolve_device  # noqa: E402
+from senpath.segment import device as device_mod
+from senpath.segment.device import resolve_device
 
 
 def test_cpu_always_resolves():
@@ -54,3 +54,21 @@ def test_missing_mps_and_unknown_names(monkeypatch):
         resolve_device("mps")
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
+
+
+@pytest.mark.gpu
+def test_shipped_model_on_cuda_finds_the_nuclei_it_finds_on_cpu():
+    """The shipped network on a real CUDA device (fp32) segments a synthetic tile like the CPU."""
+    from senpath import synth
+    from senpath.segment.predict import NucleusSegmenter, predict_instances
+
+    rgb = synth.render_region("ki67", shape=(512, 512), mpp=0.5, seed=3).rgb
+    cpu = NucleusSegmenter.from_pretrained(device="cpu", precision="fp32")
+    cuda = NucleusSegmenter.from_pretrained(device="cuda", precision="fp32")
+    assert cuda.device.type == "cuda"
+    on_cpu = predict_instances(rgb, mpp=0.5, model=cpu)
+    on_cuda = predict_instances(rgb, mpp=0.5, model=cuda)
+    n_cpu, n_cuda = len(np.unique(on_cpu)) - 1, len(np.unique(on_cuda)) - 1
+    assert n_cpu > 20 and abs(n_cuda - n_cpu) <= max(1, n_cpu // 50)
+    a, b = on_cpu > 0, on_cuda > 0
+    assert (a & b).sum() / (a | b).sum() > 0.99  # foreground IoU

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from senpath.segment.net import (  # noqa: E402
+from senpath.segment.net import (
     OUTPUT_CHANNELS,
     NetConfig,
     NucleusUNet,

@@ -150,7 +150,7 @@ def test_real_he_slide_stain_qc(shared_data, tmp_path, run_assay, status):
     if run_assay == "he":
         assert qc["source"] == "estimated" and qc["residual_fraction"] < 0.07
         # a lab profile saved from this slide keeps the assay's tolerances
-        from senpath.corrections import profile_toml
+        from senpath.provenance import profile_toml
 
         path = tmp_path / "lab.toml"
         path.write_text(profile_toml(res.provenance, {}, name="he-lab"))
@@ -191,11 +191,11 @@ def test_pipeline_reports_stain_qc_per_slide(tmp_path, slide_assay, run_assay, s
         assert "warning" not in res.summary
     # provenance holds the vectors used and where they came from
     prov = res.provenance
-    assert prov["assay"]["stain_vectors_source"] == qc["source"]
+    assert prov.assay.stain_vectors_source == qc["source"]
     np.testing.assert_allclose(
-        prov["assay"]["stain_vectors"], [qc["vectors"][n] for n in qc["stains"]], atol=1e-5
+        prov.assay.stain_vectors, [qc["vectors"][n] for n in qc["stains"]], atol=1e-5
     )
-    assert prov["stain_estimate"]["residual_od"] == qc["residual_od"]
+    assert prov.records["stain_estimate"]["residual_od"] == qc["residual_od"]
 
 
 def test_profile_round_trip_fixes_vectors_and_thresholds(tmp_path):
@@ -222,7 +222,7 @@ def test_profile_round_trip_fixes_vectors_and_thresholds(tmp_path):
     )
     res = senpath.load_results(store)
     assert res.summary["stain_qc"]["source"] == "preset"
-    np.testing.assert_allclose(res.provenance["assay"]["stain_vectors"][0], h, atol=1e-5)
+    np.testing.assert_allclose(res.provenance.assay.stain_vectors[0], h, atol=1e-5)
     assert res.summary["markers"]["ki67"]["threshold_od"] == 0.2
     truth = pd.read_parquet(s.truth_path)
     assert (

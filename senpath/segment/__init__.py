@@ -1,5 +1,7 @@
 """Nucleus segmentation: the shipped CNN (default when its weights are installed) or the classical baseline.
 
+A :class:`Segmenter` is chosen and loaded once per slide (:func:`load_segmenter`) and handed to the
+tile engine (:mod:`senpath.tile_engine`), which calls :meth:`Segmenter.segment` per tile.
 Only this subpackage imports torch, and only when the CNN is used.
 """
 
@@ -7,17 +9,93 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from importlib import resources
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from senpath.segment.classical import segment_classical
+from senpath.segment.classical import ClassicalSegmenter, segment_classical
 from senpath.stain import DEFAULT_I0, StainSet
 
-__all__ = ["cnn_available", "resolve_method", "segment_classical", "segment_nuclei"]
+__all__ = [
+    "ClassicalSegmenter",
+    "CnnSegmenter",
+    "Segmenter",
+    "cnn_available",
+    "load_segmenter",
+    "resolve_method",
+    "segment_classical",
+    "segment_nuclei",
+]
 
 #: Name of the shipped weights' metadata file inside ``senpath.models`` (config, thresholds, sha256).
 WEIGHTS_META = "nucleus_unet.json"
+
+
+class Segmenter(Protocol):
+    """Nucleus segmentation of one image, resolved and loaded once per slide.
+
+    Implementations: :class:`CnnSegmenter`, :class:`~senpath.segment.classical.ClassicalSegmenter`.
+    """
+
+    @property
+    def method(self) -> str:
+        """``cnn`` or ``classical`` (recorded in the provenance)."""
+        ...
+
+    def segment(
+        self,
+        rgb: NDArray[np.uint8],
+        *,
+        mpp: float,
+        concentrations: NDArray[np.float32] | None = None,
+    ) -> NDArray[np.int32]:
+        """Nucleus labels of one image.
+
+        Parameters
+        ----------
+        rgb : (Y, X, 3) uint8 at ``mpp`` µm/px.
+        mpp : pixel size in µm/px.
+        concentrations : (Y, X, S) float32 stain concentrations of ``rgb`` with the slide's stains
+            and glass intensity, when the caller has them (a method that needs them then does not
+            deconvolve again); ``None``: the method computes what it needs.
+
+        Returns
+        -------
+        (Y, X) int32 instance labels on the input grid, 0 = background.
+        """
+        ...
+
+
+class CnnSegmenter:
+    """The nucleus CNN (a :class:`Segmenter`): weights loaded once per process and device.
+
+    Parameters
+    ----------
+    model : model JSON (or folder) of a CNN of your own; ``None``: the shipped one.
+    device : torch device (``auto`` picks CUDA, then MPS, then CPU).
+    """
+
+    method = "cnn"
+
+    def __init__(self, model: str | None = None, device: str = "auto") -> None:
+        from senpath.segment.predict import cached_segmenter
+
+        self.model = model
+        self.device = device
+        self.network: Any = cached_segmenter(model, device)
+
+    def segment(
+        self,
+        rgb: NDArray[np.uint8],
+        *,
+        mpp: float,
+        concentrations: NDArray[np.float32] | None = None,
+    ) -> NDArray[np.int32]:
+        """(Y, X) int32 nucleus labels of ``rgb`` at ``mpp`` µm/px (``concentrations`` unused)."""
+        from senpath.segment.predict import predict_instances
+
+        return predict_instances(rgb, mpp=mpp, model=self.network)
 
 
 def cnn_available() -> bool:
@@ -47,6 +125,38 @@ def resolve_method(method: str, *, model: str | None = None) -> str:
     return method
 
 
+def load_segmenter(
+    method: str = "auto",
+    *,
+    stains: StainSet,
+    nuclear_stains: Sequence[str],
+    model: str | None = None,
+    device: str = "auto",
+    i0: float | Sequence[float] | NDArray[np.floating] = DEFAULT_I0,
+    min_area_um2: float = 10.0,
+) -> Segmenter:
+    """Resolve ``method`` and load it: the one segmenter of a slide.
+
+    Parameters
+    ----------
+    method : ``auto``, ``cnn`` or ``classical``.
+    stains, nuclear_stains : the slide's stains and those that mark nuclei (classical method).
+    model : model JSON (or folder) of a CNN of your own; the shipped one when ``None``.
+    device : torch device for the CNN.
+    i0 : glass intensity (classical method).
+    min_area_um2 : smallest nucleus kept by the classical method (µm²).
+
+    Returns
+    -------
+    Segmenter
+    """
+    if resolve_method(method, model=model) == "cnn":
+        return CnnSegmenter(model, device)
+    return ClassicalSegmenter(
+        stains=stains, nuclear_stains=tuple(nuclear_stains), i0=i0, min_area_um2=min_area_um2
+    )
+
+
 def segment_nuclei(
     rgb: NDArray[np.uint8],
     *,
@@ -59,7 +169,9 @@ def segment_nuclei(
     min_area_um2: float = 10.0,
     model: str | None = None,
 ) -> NDArray[np.int32]:
-    """Segment nuclei in an in-memory brightfield image.
+    """Segment nuclei in one in-memory brightfield image (``senpath segment``).
+
+    For many tiles of a slide, load the segmenter once with :func:`load_segmenter` instead.
 
     Parameters
     ----------
@@ -74,11 +186,13 @@ def segment_nuclei(
     -------
     (Y, X) int32 instance labels on the input pixel grid.
     """
-    method = resolve_method(method, model=model)
-    if method == "cnn":
-        from senpath.segment.predict import cached_segmenter, predict_instances
-
-        return predict_instances(rgb, mpp=mpp, model=cached_segmenter(model, device))
-    return segment_classical(
-        rgb, mpp=mpp, stains=stains, nuclear_stains=nuclear_stains, i0=i0, min_area_um2=min_area_um2
+    segmenter = load_segmenter(
+        method,
+        stains=stains,
+        nuclear_stains=nuclear_stains,
+        model=model,
+        device=device,
+        i0=i0,
+        min_area_um2=min_area_um2,
     )
+    return segmenter.segment(rgb, mpp=mpp)

@@ -7,6 +7,7 @@ installed. It works at any resolution because every size is given in µm.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,6 +57,7 @@ def segment_classical(
     smooth_um: float = 0.5,
     min_area_um2: float = 10.0,
     split_distance_um: float = 2.5,
+    concentrations: NDArray[np.float32] | None = None,
 ) -> NDArray[np.int32]:
     """Segment nuclei in a brightfield image.
 
@@ -72,13 +74,16 @@ def segment_classical(
     smooth_um : Gaussian smoothing sigma before thresholding.
     min_area_um2 : smaller objects are dropped.
     split_distance_um : minimum distance between two nucleus centres when splitting touching nuclei.
+    concentrations : (Y, X, S) float32, optional
+        ``deconvolve(rgb, stains, i0)`` when the caller has it already (the tile engine measures
+        with the same array), so a tile is deconvolved once; computed here when ``None``.
 
     Returns
     -------
     (Y, X) int32
         Instance labels, 0 = background, 1..N nuclei.
     """
-    conc = deconvolve(rgb, stains, i0)
+    conc = deconvolve(rgb, stains, i0) if concentrations is None else concentrations
     # Each nuclear stain is thresholded on its own and the masks are united: a summed channel would
     # let dark chromogen-positive nuclei (Ki67 DAB) pull Otsu above the pale counterstained ones.
     mask = np.zeros(rgb.shape[:2], bool)
@@ -108,3 +113,40 @@ def segment_classical(
     if small.size:
         labels[np.isin(labels, small)] = 0
     return relabel_sequential(labels)[0].astype(np.int32)
+
+
+@dataclass(frozen=True)
+class ClassicalSegmenter:
+    """The classical method with one slide's stains and glass intensity (a :class:`Segmenter`).
+
+    Attributes
+    ----------
+    stains : the slide's stain vectors.
+    nuclear_stains : names of the stains that mark nuclei.
+    i0 : glass intensity (one value or one per RGB channel).
+    min_area_um2 : smaller objects are dropped (µm²).
+    """
+
+    stains: StainSet
+    nuclear_stains: tuple[str, ...]
+    i0: float | Sequence[float] | NDArray[np.floating] = DEFAULT_I0
+    min_area_um2: float = 10.0
+    method: str = field(default="classical", init=False)
+
+    def segment(
+        self,
+        rgb: NDArray[np.uint8],
+        *,
+        mpp: float,
+        concentrations: NDArray[np.float32] | None = None,
+    ) -> NDArray[np.int32]:
+        """(Y, X) int32 nucleus labels of ``rgb`` at ``mpp`` µm/px; see :func:`segment_classical`."""
+        return segment_classical(
+            rgb,
+            mpp=mpp,
+            stains=self.stains,
+            nuclear_stains=self.nuclear_stains,
+            i0=self.i0,  # type: ignore[arg-type]
+            min_area_um2=self.min_area_um2,
+            concentrations=concentrations,
+        )

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from senpath.segment.data import NETWORK_MPP, resample_labels, resample_rgb, shape_at_mpp
 from senpath.segment.postprocess import PostprocessConfig, maps_to_instances
+from senpath.segment.resample import NETWORK_MPP, resample_labels, resample_rgb, shape_at_mpp
+from senpath.tiling import halo_px
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Relative mpp difference below which an image is used as is (no resampling).
 MPP_TOLERANCE = 0.02
+#: Context (µm) around the core of each network tile: every map pixel is computed with at least this
+#: much image on each side (32 px at 0.5 µm/px). It serves the network's receptive field, not the
+#: ownership of nuclei: the maps are stitched pixel by pixel and post-processed once, so a nucleus
+#: need not fit in it (the analysis tiles' halo, ``AnalysisConfig.halo_um``, holds whole nuclei).
+NETWORK_HALO_UM = 16.0
 
 
 class NucleusSegmenter:
@@ -163,13 +169,22 @@ class NucleusSegmenter:
     # ------------------------------------------------------------------ images
 
     def predict_image_maps(
-        self, rgb: NDArray[np.uint8], *, batch_size: int = 8, tile_size: int = 256, halo: int = 32
+        self,
+        rgb: NDArray[np.uint8],
+        *,
+        batch_size: int = 8,
+        tile_size: int = 256,
+        halo: int | None = None,
     ) -> NDArray[np.float32]:
         """Maps ``(2, Y, X)`` for an image already at ``self.mpp``, by overlapping tiles.
 
-        Each tile is ``tile_size`` px including a ``halo`` px margin on every side; only its core
-        (``tile_size - 2 * halo``) is kept, so every output pixel comes from exactly one tile.
+        Each tile is ``tile_size`` px including a ``halo`` px margin on every side (default
+        :data:`NETWORK_HALO_UM` at 0.5 µm/px: 32 px); only its core (``tile_size - 2 * halo``) is kept,
+        so every output pixel comes from exactly one tile.
         """
+        if halo is None:
+            # in px of the network grid as trained (0.5 µm/px), whatever the model's own mpp
+            halo = halo_px(NETWORK_HALO_UM, NETWORK_MPP)
         if tile_size % self.stride:
             raise ValueError(f"tile_size must be a multiple of {self.stride}, got {tile_size}")
         core = tile_size - 2 * halo
@@ -220,7 +235,7 @@ def predict_instances(
     device: str = "auto",
     batch_size: int = 8,
     tile_size: int = 256,
-    halo: int = 32,
+    halo: int | None = None,
 ) -> NDArray[np.int32]:
     """Segment nuclei in an RGB image of any size.
 
@@ -238,8 +253,8 @@ def predict_instances(
         Tiles per network call.
     tile_size : int
         Tile side in px at 0.5 µm/px, halo included; a multiple of 16.
-    halo : int
-        Context margin per side in px at 0.5 µm/px (32 px = 16 µm, more than two nucleus diameters).
+    halo : int, optional
+        Context margin per side in px at 0.5 µm/px; default :data:`NETWORK_HALO_UM` (16 µm = 32 px).
 
     Returns
     -------

@@ -8,7 +8,6 @@ into a results store (``<output>/<slide_id>``) that opens for review when it is 
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from collections.abc import Generator
@@ -49,6 +48,11 @@ def analyze_view(
 ) -> Generator[tuple[int, int], None, tuple[pd.DataFrame, np.ndarray, tuple[float, float]]]:
     """Analyse a region of a slide in memory, tile by tile (yields ``(done, total)``).
 
+    The region gets the cells a stored run of the slide finds there: the slide is planned as a run
+    plans it (tissue tiles, stain vectors and glass intensity of the whole slide, planned once per
+    slide, assay and settings) and the tiles near the region go through the same tile engine
+    (:func:`senpath.tile_engine.analyze_box`).
+
     Parameters
     ----------
     slide : a :class:`senpath.io.Slide`.
@@ -57,60 +61,34 @@ def analyze_view(
 
     Returns
     -------
-    (cells, labels, origin_um) : scored per-cell table, (Y, X) int32 labels at the analysis mpp and
-    the (y, x) µm position of labels pixel (0, 0).
+    (cells, labels, origin_um) : scored per-cell table of the cells whose centroid lies in the
+    region, (Y, X) int32 labels at the analysis mpp and the (y, x) µm position of labels pixel
+    (0, 0).
     """
-    from senpath.pipeline import analyze_region
     from senpath.score import score_cells
-    from senpath.stain import StainSet, estimate_background
-    from senpath.tiling import Instance, keep_owned, paste, tile_grid
+    from senpath.tile_engine import analyze_box, grid_box
 
-    amp = config.analysis_mpp
-    y0, x0, y1, x1 = box_um
-    rgb = slide.read_region(x0, y0, x1 - x0, y1 - y0, mpp=amp)
-    shape = rgb.shape[:2]
-    stains = StainSet.from_names(assay.stains, overrides=assay.stain_vectors)
-    bright = rgb.reshape(-1, 3)
-    i0 = estimate_background(bright[:: max(1, len(bright) // 200_000)])
-    tiles = tile_grid(
-        shape,
-        tile_size=max(64, round(config.tile_size_um / amp)),
-        halo=max(1, math.ceil(config.halo_um / amp)),
-    )
-    labels = np.zeros(shape, dtype=np.int32)
-    parts, next_id = [], 1
-    for done, tile in enumerate(tiles, start=1):
-        b = tile.box
-        cells, tile_labels = analyze_region(
-            rgb[b.y0 : b.y1, b.x0 : b.x1],
-            mpp=amp,
-            assay=assay,
-            stains=stains,
-            config=config,
-            i0=i0,
-            origin_um=(x0 + b.x0 * amp, y0 + b.y0 * amp),
-            tile=tile,
-            image_shape=shape,
-        )
-        owned = {
-            i.local_label: i
-            for i in keep_owned(tile_labels, tile, image_shape=shape, on_truncated="keep")
-        }
-        ids = []
-        for local in cells["cell_id"].to_numpy():
-            inst = owned[int(local)]
-            after = paste(
-                labels, [Instance(inst.bbox, inst.mask, inst.local_label)], next_id=next_id
-            )
-            ids.append(next_id if after > next_id else 0)
-            next_id = after
-        cells["cell_id"] = ids
-        parts.append(cells[cells["cell_id"] > 0])
-        yield done, len(tiles)
-    cells = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    plan = _plan(slide, assay, config)
+    box = grid_box(plan, box_um)
+    cells, labels = yield from analyze_box(plan, box, slide=slide)
     if len(cells):
         cells = score_cells(cells, assay)
-    return cells, labels, (y0, x0)
+    amp = plan.config.analysis_mpp
+    return cells, labels, (box.y0 * amp, box.x0 * amp)
+
+
+_PLANS: dict[tuple[str, str, Any], Any] = {}
+
+
+def _plan(slide: Any, assay: Any, config: Any) -> Any:
+    """The slide's plan for ``assay`` and ``config``, made once (the last one is kept)."""
+    from senpath.slide_plan import plan_slide
+
+    key = (str(slide.path), repr(assay), config)
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = plan_slide(slide.path, assay=assay, config=config, slide=slide)
+    return _PLANS[key]
 
 
 class AnalysisWidget(QWidget):
@@ -118,13 +96,17 @@ class AnalysisWidget(QWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        from senpath.config import load_assays
+        from senpath.config import load_settings
 
         self.viewer = napari_viewer
         self.worker: Any = None
         self.last_result: Any = None
         self._stop = threading.Event()
-        self._assays = load_assays()
+        defaults = load_settings()
+        self._assays = dict(defaults.assays)
+        self._analysis = defaults.analysis
+        self._settings_source: str | None = None
+        self._run_config = self._analysis
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.layer_combo = QComboBox()
@@ -138,11 +120,17 @@ class AnalysisWidget(QWidget):
         self.segmenter_combo.addItems(["auto", "classical", "cnn"])
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("results folder (whole slide); default: next to the slide")
+        self.settings_edit = QLineEdit()
+        self.settings_edit.setPlaceholderText("settings TOML (optional), as senpath run --config")
+        self.settings_edit.editingFinished.connect(
+            lambda: self.load_settings(self.settings_edit.text())
+        )
         form.addRow("slide", self.layer_combo)
         form.addRow("assay", self.assay_combo)
         form.addRow("analyse", self.scope_combo)
         form.addRow("segmenter", self.segmenter_combo)
         form.addRow("output", self.out_edit)
+        form.addRow("settings", self.settings_edit)
         layout.addLayout(form)
         row = QHBoxLayout()
         self.run_button = QPushButton("Run")
@@ -162,6 +150,42 @@ class AnalysisWidget(QWidget):
         self.viewer.layers.events.inserted.connect(lambda _: self._refresh_layers())
         self.viewer.layers.events.removed.connect(lambda _: self._refresh_layers())
         self._refresh_layers()
+
+    def load_settings(self, path: str | Path | None) -> bool:
+        """Read a settings file with senpath's strict loader, as ``senpath run --config`` does.
+
+        Its assays join the assay list and its ``[analysis]`` settings are used by the next run; a
+        newly loaded file also sets the segmenter choice. A bad file is refused with its problems,
+        one line each naming the file and the key, in the result line.
+
+        Parameters
+        ----------
+        path : the TOML file; empty or ``None``: the defaults and the shipped assays.
+
+        Returns
+        -------
+        bool
+            Whether the settings were loaded (``False``: the problems are shown).
+        """
+        from senpath.config import ConfigError, load_settings
+
+        try:
+            settings = load_settings(Path(path) if path else None)
+        except ConfigError as exc:
+            self.result_label.setText(str(exc))
+            return False
+        current = self.assay_combo.currentText()
+        self._assays = dict(settings.assays)
+        self._analysis = settings.analysis
+        self.assay_combo.clear()
+        self.assay_combo.addItems(sorted(self._assays))
+        if current in self._assays:
+            self.assay_combo.setCurrentText(current)
+        if settings.source != self._settings_source:
+            self.segmenter_combo.setCurrentText(settings.analysis.segmenter)
+            self._settings_source = settings.source
+            self.result_label.setText(f"settings: {settings.source}" if settings.source else "")
+        return True
 
     def _slide_layers(self) -> list[Any]:
         return [lay for lay in self.viewer.layers if (lay.metadata or {}).get("senpath_slide")]
@@ -211,18 +235,20 @@ class AnalysisWidget(QWidget):
     ) -> Any:
         """Start the analysis in a worker thread; returns the worker."""
         from napari.qt.threading import create_worker
-        from senpath.config import AnalysisConfig
         from senpath.io import open_slide
 
         layers = [lay for lay in self._slide_layers() if lay.name == self.layer_combo.currentText()]
         if not layers:
             self.result_label.setText("open a slide first (File > Open, or a sample)")
             return None
+        if not self.load_settings(self.settings_edit.text()):  # re-read: the file may have changed
+            return None
         layer = layers[0]
         slide_path = Path(layer.metadata["senpath_slide"])
         slide = open_slide(slide_path)
         assay = self._assays[self.assay_combo.currentText()]
-        config = AnalysisConfig(segmenter=self.segmenter_combo.currentText())
+        config = self._analysis.replace(segmenter=self.segmenter_combo.currentText())
+        self._run_config = config  # the region's labels are at this config's analysis_mpp
         scope = scope or self.scope_combo.currentText()
         self._stop = threading.Event()
         if scope == "whole slide":
@@ -296,9 +322,7 @@ class AnalysisWidget(QWidget):
             self._finish(f"results written to {result}; open the Review widget to correct them")
             return
         cells, labels, (y0, x0) = result
-        from senpath.config import AnalysisConfig
-
-        amp = labels_mpp = AnalysisConfig().analysis_mpp
+        amp = labels_mpp = self._run_config.analysis_mpp
         text = [f"{len(cells)} cells in the region"]
         if len(cells) and assay.markers:
             from senpath.score import summarize_markers

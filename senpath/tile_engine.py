@@ -1,0 +1,341 @@
+"""The tile engine: the one loop from a slide's tiles to owned, measured nuclei.
+
+::
+
+    per tile   read the tile's box (core + halo) at the analysis mpp
+               → deconvolve once (stain concentrations, shared by segmenting and measuring)
+               → segment (the slide's segmenter, loaded once per slide)
+               → measure (per-cell table) → keep nuclei in the size range whose centroid lies
+                 in the tile's core (ownership, decided once) → TileResult (cells + masks)
+
+Every caller runs it: a slide in this process (:func:`senpath.slide_analysis.analyze_slide`), dask
+tile tasks (:mod:`senpath.distributed`; with GPU workers :func:`segment_tiles` does the inference
+half and :func:`analyze_tiles` the rest with the labels it returns), the napari quick look of a box
+(:func:`analyze_box`) and the benchmarks. The pasting of owned nuclei into global ids is
+:func:`senpath.tiling.paste`, in tile order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from senpath.config import AnalysisConfig
+from senpath.measure import measure_cells
+from senpath.segment import Segmenter, load_segmenter
+from senpath.slide_plan import SlidePlan, read_grid_box
+from senpath.stain import StainSet, deconvolve
+from senpath.tiling import Box, Instance, Tile, keep_owned, paste
+
+__all__ = [
+    "TileResult",
+    "analyze_box",
+    "analyze_tile",
+    "analyze_tiles",
+    "empty_cells",
+    "grid_box",
+    "plan_segmenter",
+    "segment_tiles",
+]
+
+
+@dataclass
+class TileResult:
+    """One tile's analysis, ready to paste: its kept cells and their masks.
+
+    Attributes
+    ----------
+    index : position of the tile in :attr:`senpath.slide_plan.SlidePlan.tiles`.
+    cells : per-cell table; ``cell_id`` is still the nucleus label in the tile's segmentation.
+    instances : the owned nucleus masks, one per row of ``cells`` and in the same order (what
+        :func:`senpath.tiling.paste` pastes; the tile's halo is not kept).
+    """
+
+    index: int
+    cells: pd.DataFrame
+    instances: list[Instance]
+
+    def with_ids(self, ids: NDArray[np.integer]) -> pd.DataFrame:
+        """The cells with their pasted global ids; those that got none (0) are dropped.
+
+        Parameters
+        ----------
+        ids : (N,) int, the id :func:`senpath.tiling.paste` gave each of :attr:`instances`.
+
+        Returns
+        -------
+        DataFrame
+            ``cells`` with ``tile_label`` (the nucleus label in the tile) after ``cell_id``, and
+            ``cell_id`` the global id.
+        """
+        cells = self.cells.copy()
+        cells.insert(1, "tile_label", cells["cell_id"].astype(np.int32))
+        cells["cell_id"] = ids
+        return cells[cells["cell_id"] > 0].reset_index(drop=True)
+
+
+def plan_segmenter(plan: SlidePlan) -> Segmenter:
+    """The slide's segmenter, loaded once: the plan's method with its stains and glass intensity."""
+    config = plan.config
+    return load_segmenter(
+        config.segmenter,
+        stains=plan.stain_estimate.stains,
+        nuclear_stains=plan.assay.nuclear_stains,
+        model=config.model,
+        device=config.device,
+        i0=plan.i0,
+        min_area_um2=config.min_nucleus_area_um2,
+    )
+
+
+def analyze_tile(
+    rgb: NDArray[np.uint8],
+    tile: Tile,
+    *,
+    segmenter: Segmenter | None,
+    stains: StainSet,
+    i0: float | Sequence[float] | NDArray[np.floating],
+    mpp: float,
+    config: AnalysisConfig,
+    image_shape: tuple[int, int],
+    index: int = 0,
+    labels: NDArray[np.integer] | None = None,
+) -> tuple[TileResult, NDArray[np.integer]]:
+    """Segment (unless ``labels`` are given), measure and keep the owned nuclei of one tile.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8, the pixels of ``tile.box`` at ``mpp`` µm/px.
+    tile : the tile (its ``box`` is what ``rgb`` covers, its ``core`` what it owns).
+    segmenter : the slide's segmenter (may be ``None`` when ``labels`` are given).
+    stains, i0 : the slide's stain vectors and glass intensity (per RGB channel).
+    mpp : analysis pixel size in µm/px.
+    config : settings (cytoplasm ring, nucleus size range in µm²).
+    image_shape : (Y, X) px of the whole image at ``mpp`` (box edges on its border are not halo).
+    index : position of the tile in its grid (carried into the result).
+    labels : (H, W) int, the tile's segmentation when it ran elsewhere; ``None`` segments here.
+
+    Returns
+    -------
+    (TileResult, labels)
+        The owned cells in the size range with their masks, and the tile's (H, W) labels.
+    """
+    concentrations = deconvolve(rgb, stains, i0)  # type: ignore[arg-type]
+    if labels is None:
+        if segmenter is None:
+            raise ValueError("analyze_tile needs a segmenter, or the tile's labels")
+        labels = segmenter.segment(rgb, mpp=mpp, concentrations=concentrations)
+    # ownership, once per tile: exact integer centroid arithmetic, so neighbouring tiles never both
+    # keep, or both drop, a nucleus on their shared edge (it also checks the labels' shape and type)
+    owned = {
+        inst.local_label: inst
+        for inst in keep_owned(labels, tile, image_shape=image_shape, on_truncated="warn")
+    }
+    cells = measure_cells(
+        labels,
+        concentrations,
+        stain_names=stains.names,
+        mpp=mpp,
+        cytoplasm_um=config.cytoplasm_um,
+        origin_um=(tile.box.x0 * mpp, tile.box.y0 * mpp),
+    )
+    keep = (
+        (cells["nucleus_area_um2"] >= config.min_nucleus_area_um2)
+        & (cells["nucleus_area_um2"] <= config.max_nucleus_area_um2)
+        & cells["cell_id"].isin(list(owned))
+    )
+    cells = cells[keep].reset_index(drop=True)
+    instances = [owned[int(i)] for i in cells["cell_id"]]
+    return TileResult(int(index), cells, instances), labels
+
+
+def segment_tiles(
+    plan: SlidePlan,
+    indices: Sequence[int],
+    *,
+    slide: Any = None,
+    segmenter: Segmenter | None = None,
+) -> list[NDArray[np.int32]]:
+    """Nucleus labels of the tiles ``plan.tiles[i]`` for ``i`` in ``indices`` (the inference half).
+
+    Parameters
+    ----------
+    plan : the slide's plan.
+    indices : positions in ``plan.tiles``.
+    slide : the opened slide (opened here when ``None``).
+    segmenter : the slide's segmenter (:func:`plan_segmenter` when ``None``).
+
+    Returns
+    -------
+    list of (H, W) int32
+        One label image per tile, over the tile's box (core and halo), in ``indices`` order.
+    """
+    from senpath.io import open_slide
+
+    slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
+    segmenter = segmenter if segmenter is not None else plan_segmenter(plan)
+    amp = plan.config.analysis_mpp
+    return [
+        segmenter.segment(read_grid_box(slide, plan.tiles[i].box, amp), mpp=amp) for i in indices
+    ]
+
+
+def analyze_tiles(
+    plan: SlidePlan,
+    indices: Sequence[int],
+    *,
+    labels: Sequence[NDArray[np.integer]] | None = None,
+    slide: Any = None,
+    segmenter: Segmenter | None = None,
+) -> Iterator[TileResult]:
+    """Read, segment (unless ``labels`` are given), measure and keep the owned nuclei of tiles.
+
+    Parameters
+    ----------
+    plan : the slide's plan.
+    indices : positions in ``plan.tiles``, in the order the results are yielded.
+    labels : the tiles' label images from :func:`segment_tiles` (same order), when the inference
+        ran elsewhere; ``None`` segments here.
+    slide : the opened slide (opened here when ``None``).
+    segmenter : the slide's segmenter (:func:`plan_segmenter` when ``None``; a benchmark may pass
+        its own).
+
+    Yields
+    ------
+    TileResult
+        One per tile, lazily (a whole slide's results need not be held at once).
+    """
+    from senpath.io import open_slide
+
+    slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
+    if segmenter is None and labels is None:
+        segmenter = plan_segmenter(plan)
+    amp = plan.config.analysis_mpp
+    for k, i in enumerate(indices):
+        tile = plan.tiles[i]
+        result, _ = analyze_tile(
+            read_grid_box(slide, tile.box, amp),
+            tile,
+            segmenter=segmenter,
+            stains=plan.stain_estimate.stains,
+            i0=plan.i0,
+            mpp=amp,
+            config=plan.config,
+            image_shape=plan.shape_px,
+            index=i,
+            labels=None if labels is None else labels[k],
+        )
+        yield result
+
+
+def analyze_box(
+    plan: SlidePlan,
+    box: Box,
+    *,
+    slide: Any = None,
+    segmenter: Segmenter | None = None,
+) -> Generator[tuple[int, int], None, tuple[pd.DataFrame, NDArray[np.int32]]]:
+    """The cells of a box of the slide, as a stored run of ``plan`` finds them (the quick look).
+
+    The tiles of the slide's grid whose box (core + halo) meets ``box`` are analysed and pasted in
+    grid order, as :func:`senpath.slide_analysis.commit_slide` does for all tiles; the cells whose
+    centroid lies in ``box`` are kept. Yields ``(tiles done, tiles total)`` after each tile.
+
+    Parameters
+    ----------
+    plan : the slide's plan (tissue tiles, stain vectors, glass intensity of the whole slide).
+    box : a box of the analysis grid (px at ``plan.config.analysis_mpp``).
+    slide : the opened slide (opened here when ``None``).
+    segmenter : the slide's segmenter (:func:`plan_segmenter` when ``None``).
+
+    Returns
+    -------
+    (cells, labels)
+        The cells whose centroid lies in ``box`` (``cell_id`` numbered here, in paste order; every
+        other column as in the slide's stored table before scoring), and ``box.shape`` int32
+        labels holding those cells' pixels (values = ``cell_id``).
+
+    Notes
+    -----
+    A stored run pastes every tile of the slide; here only those near the box. A nucleus in the box
+    whose pixels were all taken by nuclei of earlier tiles, some of them far from the box, is
+    dropped by a stored run and may be kept here: an overlap the halo rule makes rare.
+    """
+    amp = plan.config.analysis_mpp
+    indices = [i for i, t in enumerate(plan.tiles) if _meets(t.box, box)]
+    window = box
+    for i in indices:
+        window = _union(window, plan.tiles[i].box)
+    pasted = np.zeros(window.shape, dtype=np.int32)
+    parts, next_id = [], 1
+    for done, result in enumerate(
+        analyze_tiles(plan, indices, slide=slide, segmenter=segmenter), start=1
+    ):
+        ids = paste(pasted, result.instances, next_id=next_id, origin=(window.y0, window.x0))
+        next_id += int(np.count_nonzero(ids))
+        parts.append(result.with_ids(ids))
+        yield done, len(indices)
+    cells = (
+        pd.concat(parts, ignore_index=True) if parts else empty_cells(plan.stain_estimate.stains)
+    )
+    # the measured centroid in grid px (x_um is the pixel centre's position)
+    y_px = cells["y_um"].to_numpy() / amp - 0.5
+    x_px = cells["x_um"].to_numpy() / amp - 0.5
+    inside = (box.y0 <= y_px) & (y_px < box.y1) & (box.x0 <= x_px) & (x_px < box.x1)
+    cells = cells[inside].reset_index(drop=True)
+    labels = pasted[
+        box.y0 - window.y0 : box.y1 - window.y0, box.x0 - window.x0 : box.x1 - window.x0
+    ].copy()
+    labels[~np.isin(labels, cells["cell_id"].to_numpy())] = 0
+    return cells, labels
+
+
+def grid_box(plan: SlidePlan, box_um: tuple[float, float, float, float]) -> Box:
+    """The box of the analysis grid that covers ``(y0, x0, y1, x1)`` level-0 µm, clipped to the slide.
+
+    Parameters
+    ----------
+    plan : the slide's plan (grid pixel size ``plan.config.analysis_mpp`` µm/px).
+    box_um : (y0, x0, y1, x1) in µm from the slide's origin.
+
+    Returns
+    -------
+    Box
+        In grid px: the pixels the µm box touches (may be empty where it misses the slide).
+    """
+    import math
+
+    amp = plan.config.analysis_mpp
+    height, width = plan.shape_px
+    y0, x0, y1, x1 = box_um
+    return Box(
+        min(height, max(0, math.floor(y0 / amp))),
+        min(width, max(0, math.floor(x0 / amp))),
+        min(height, max(0, math.ceil(y1 / amp))),
+        min(width, max(0, math.ceil(x1 / amp))),
+    )
+
+
+def _meets(a: Box, b: Box) -> bool:
+    return a.y0 < b.y1 and b.y0 < a.y1 and a.x0 < b.x1 and b.x0 < a.x1
+
+
+def _union(a: Box, b: Box) -> Box:
+    return Box(min(a.y0, b.y0), min(a.x0, b.x0), max(a.y1, b.y1), max(a.x1, b.x1))
+
+
+def empty_cells(stains: StainSet) -> pd.DataFrame:
+    """A per-cell table with no rows and the columns of a pasted one (``tile_label`` included)."""
+    empty = measure_cells(
+        np.zeros((1, 1), np.int32),
+        np.zeros((1, 1, len(stains.names)), np.float32),
+        stain_names=stains.names,
+        mpp=1.0,
+    )
+    empty.insert(1, "tile_label", pd.Series(dtype=np.int32))
+    return empty
