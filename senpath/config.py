@@ -7,6 +7,7 @@ Everything physical is in microns. Assays are data (TOML), not code branches: th
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import sys
@@ -21,7 +22,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from senpath._schema import Problems, Setting, dotted, shown
 from senpath.stain import REFERENCE_STAINS
+from senpath.tiling import min_halo_um
 
 #: Compartments and statistics a marker rule may name (the same as :mod:`senpath.measure` measures).
 COMPARTMENTS = ("nucleus", "cytoplasm", "cell", "perinuclear", "nucleus_perinuclear")
@@ -29,7 +32,17 @@ STATISTICS = ("mean", "median", "p75", "p90", "max")
 
 
 class ConfigError(ValueError):
-    """An invalid configuration or assay definition; the message says what to change."""
+    """Invalid settings or assay definitions: one line per problem, each saying what to change.
+
+    Attributes
+    ----------
+    problems : list of str
+        The lines of the message, one per problem (a settings file's name the file and the key).
+    """
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = [line for p in problems for line in str(p).splitlines() if line.strip()]
+        super().__init__("\n".join(self.problems))
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,9 @@ class MarkerRule:
     bins_od : three increasing OD edges for intensity bins 1+, 2+, 3+ (H-score).
     statistic : one of :data:`STATISTICS`; the per-cell value is the column
         ``{stain}_od_{statistic}_{compartment}``.
+    labelling_index : the marker is a proliferation marker (Ki67) whose % positive is reported as
+        the labelling index (``<marker>_labelling_index`` in summaries and exports). Not part of the
+        rule's ``repr``, which identifies a run for resume: it changes no call.
     """
 
     name: str
@@ -53,6 +69,7 @@ class MarkerRule:
     threshold_od: float = 0.15
     bins_od: tuple[float, float, float] = (0.15, 0.375, 0.70)
     statistic: str = "mean"
+    labelling_index: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -79,87 +96,247 @@ class Assay:
         raise KeyError(f"assay {self.name!r} has no marker {name!r}")
 
 
-def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
-    where = f"assay {name!r} in {source}"
-    try:
-        stains = tuple(raw["stains"])
-    except KeyError:
-        raise ConfigError(
-            f'{where}: missing \'stains\' (a list such as ["hematoxylin", "dab"])'
-        ) from None
-    custom = dict(raw.get("stain_vectors", {}))
-    vectors: dict[str, tuple[float, float, float]] = {}
-    for stain, vec in custom.items():
-        try:
-            v = tuple(float(x) for x in vec)
-        except (TypeError, ValueError):
-            v = ()
-        if len(v) != 3 or min(v) < 0 or max(v) <= 0:
-            raise ConfigError(
-                f"{where}: stain_vectors.{stain} must be three non-negative OD values (R, G, B), "
-                f"not all zero; got {vec!r}"
-            )
-        vectors[str(stain)] = (v[0], v[1], v[2])
-    for stain in stains:
-        if stain not in REFERENCE_STAINS and stain not in custom:
-            raise ConfigError(
-                f"{where}: unknown stain {stain!r}; use one of {sorted(REFERENCE_STAINS)} "
-                "or give its OD vector under [assay.NAME.stain_vectors]"
-            )
-    if not 2 <= len(stains) <= 3:
-        raise ConfigError(f"{where}: colour deconvolution needs 2 or 3 stains, got {len(stains)}")
-    tolerance: dict[str, float] = {}
-    for stain, deg in dict(raw.get("stain_tolerance_deg", {})).items():
-        if stain not in stains or not isinstance(deg, int | float) or not 0 < deg <= 90:
-            raise ConfigError(
-                f"{where}: stain_tolerance_deg.{stain} must name one of the assay's stains "
-                f"{list(stains)} and be an angle in degrees in (0, 90]; got {deg!r}"
-            )
-        tolerance[str(stain)] = float(deg)
-    nuclear = tuple(raw.get("nuclear_stains", stains[:1]))
-    markers = []
-    for m in raw.get("marker", []):
-        rule = MarkerRule(
-            name=str(m["name"]),
-            stain=str(m["stain"]),
-            compartment=str(m.get("compartment", "nucleus")),
-            threshold_od=float(m.get("threshold_od", 0.15)),
-            bins_od=tuple(float(b) for b in m.get("bins_od", (0.15, 0.375, 0.70))),  # type: ignore[arg-type]
-            statistic=str(m.get("statistic", "mean")),
+#: Sections of a settings file: ``[analysis]`` and ``[assay.NAME]`` (one per assay).
+SECTIONS = ("analysis", "assay")
+#: Keys of an ``[assay.NAME]`` table.
+ASSAY_KEYS = (
+    "description", "stains", "nuclear_stains", "stain_vectors", "stain_tolerance_deg", "phenotype",
+    "marker",
+)  # fmt: skip
+#: Highest OD a threshold or bin edge may take: an 8-bit RGB pixel reaches log10(255) ≈ 2.4 OD.
+OD_MAX = 3.0
+
+#: Type and range of every ``[analysis]`` setting (a field of :class:`AnalysisConfig`).
+ANALYSIS_SETTINGS: dict[str, Setting] = {
+    "analysis_mpp": Setting("number", "µm/px", 0, 10, low_open=True, example="0.5 (20x)"),
+    "tile_size_um": Setting("number", "µm", 32, 8192, example="512"),
+    "halo_um": Setting("number", "µm", 0, 500, low_open=True, example="24"),
+    "cytoplasm_um": Setting("number", "µm", 0, 50, example="5.0"),
+    "min_nucleus_area_um2": Setting("number", "µm²", 0, 10_000, example="10"),
+    "max_nucleus_area_um2": Setting("number", "µm²", 0, 10_000, low_open=True, example="400"),
+    "segmenter": Setting("choice", choices=("auto", "cnn", "classical")),
+    "model": Setting("string", example='"my_models/"'),
+    "device": Setting(
+        "string",
+        pattern=r"auto|cpu|mps|cuda(:\d+)?",
+        pattern_hint="use auto, cpu, cuda, cuda:N or mps",
+        example='"cuda:0"',
+    ),
+    "tissue_mpp": Setting("number", "µm/px", 0, 100, low_open=True, example="8"),
+    "stain_vectors": Setting("choice", choices=("estimate", "preset")),
+    "auto_threshold": Setting("bool"),
+    "auto_threshold_bounds_od": Setting(
+        "numbers", "OD", 0, OD_MAX, length=2, increasing=True, example="[0.08, 0.5]"
+    ),
+}
+
+#: Type and range of every key of a ``[[assay.NAME.marker]]`` table.
+MARKER_SETTINGS: dict[str, Setting] = {
+    "name": Setting(
+        "string",
+        # a marker names table columns and phenotype terms ("ki67+"): no '+' or spaces in it
+        pattern=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+        pattern_hint="a marker name may use letters, digits, '_' and '-'",
+        example='"ki67"',
+    ),
+    "stain": Setting("string", example='"dab"'),
+    "compartment": Setting("choice", choices=COMPARTMENTS),
+    "statistic": Setting("choice", choices=STATISTICS),
+    "threshold_od": Setting("number", "OD", 0, OD_MAX, low_open=True, example="0.15"),
+    "bins_od": Setting(
+        "numbers", "OD", 0, OD_MAX, length=3, increasing=True, example="[0.15, 0.375, 0.70]"
+    ),
+    "labelling_index": Setting("bool"),
+}
+_STAIN_VECTOR = Setting("numbers", "OD", 0, None, length=3, example="[0.27, 0.57, 0.78]")
+_TOLERANCE = Setting("number", "degrees", 0, 90, low_open=True, example="15")
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
+def _parse_marker(
+    raw: Mapping[str, Any], at: tuple[str, ...], stains: tuple[str, ...], problems: Problems
+) -> MarkerRule | None:
+    """One ``[[assay.NAME.marker]]`` table, or ``None`` when it has problems (recorded)."""
+    n_before = len(problems.lines)
+    problems.unknown_keys(at, raw, MARKER_SETTINGS)
+    required = {
+        "name": 'give the marker\'s name, e.g. name = "ki67"',
+        "stain": f"give the stain that reports it, one of the assay's stains ({', '.join(stains)})",
+    }
+    for key, fix in required.items():
+        if key not in raw:
+            problems.add(dotted(*at, key), f"is missing: {fix}")
+    for key, setting in MARKER_SETTINGS.items():
+        if key in raw:
+            problems.check(dotted(*at, key), raw[key], setting)
+    stain = raw.get("stain")
+    if stains and isinstance(stain, str) and stain not in stains:
+        problems.add_value(
+            dotted(*at, "stain"),
+            stain,
+            f"is not a stain of this assay: use one of {', '.join(stains)}",
         )
-        if rule.stain not in stains:
-            raise ConfigError(
-                f"{where}: marker {rule.name!r} uses stain {rule.stain!r}, not in {stains}"
+    if len(problems.lines) > n_before:
+        return None
+    return MarkerRule(
+        name=raw["name"],
+        stain=raw["stain"],
+        compartment=raw.get("compartment", "nucleus"),
+        threshold_od=float(raw.get("threshold_od", 0.15)),
+        bins_od=tuple(float(b) for b in raw.get("bins_od", (0.15, 0.375, 0.70))),  # type: ignore[arg-type]
+        statistic=raw.get("statistic", "mean"),
+        labelling_index=raw.get("labelling_index", False),
+    )
+
+
+def _parse_stains(
+    raw: Mapping[str, Any], at: tuple[str, ...], problems: Problems
+) -> tuple[tuple[str, ...], dict[str, tuple[float, float, float]]]:
+    """The assay's stains and its own OD vectors (problems recorded; empty when unusable)."""
+    key = dotted(*at, "stains")
+    stains: tuple[str, ...] = ()
+    value = raw.get("stains")
+    if value is None:
+        problems.add(
+            key, 'is missing: give the assay\'s 2 or 3 stains, e.g. ["hematoxylin", "dab"]'
+        )
+    elif not _is_text_list(value) or not 2 <= len(value) <= 3 or len(set(value)) != len(value):
+        problems.add_value(
+            key,
+            value,
+            "is not a list of 2 or 3 different stains (colour deconvolution needs 2 or 3): "
+            'e.g. ["hematoxylin", "dab"]',
+        )
+    else:
+        stains = tuple(value)
+    vectors: dict[str, tuple[float, float, float]] = {}
+    given = raw.get("stain_vectors", {})
+    if not isinstance(given, Mapping):
+        problems.add_value(
+            dotted(*at, "stain_vectors"),
+            given,
+            "is not a table: write stain_vectors = { dab = [0.27, 0.57, 0.78] }",
+        )
+        given = {}
+    for stain, vec in given.items():
+        vkey = dotted(*at, "stain_vectors", stain)
+        if stains and stain not in stains:
+            problems.add(
+                vkey,
+                f"is not a stain of this assay: give vectors for its stains ({', '.join(stains)})",
             )
-        if rule.compartment not in COMPARTMENTS:
-            raise ConfigError(
-                f"{where}: marker {rule.name!r} compartment must be one of {COMPARTMENTS}"
+        elif problems.check(vkey, vec, _STAIN_VECTOR):
+            if max(float(x) for x in vec) <= 0:
+                problems.add_value(vkey, vec, "is all zero: give the stain's (R, G, B) OD vector")
+            else:
+                vectors[str(stain)] = (float(vec[0]), float(vec[1]), float(vec[2]))
+    for stain in stains:
+        if stain not in REFERENCE_STAINS and stain not in given:
+            close = difflib.get_close_matches(stain, list(REFERENCE_STAINS), n=1)
+            hint = f"did you mean {json.dumps(close[0])}? " if close else ""
+            problems.add(
+                key,
+                f"names unknown stain {json.dumps(stain)}: {hint}use one of "
+                f"{', '.join(sorted(REFERENCE_STAINS))} or give its OD vector under "
+                f"[{dotted(*at, 'stain_vectors')}]",
             )
-        if rule.statistic not in STATISTICS:
-            raise ConfigError(
-                f"{where}: marker {rule.name!r} statistic {rule.statistic!r} must be one of "
-                f"{STATISTICS}"
+    return stains, vectors
+
+
+def _parse_assay(name: str, raw: Any, problems: Problems) -> Assay | None:
+    """One ``[assay.NAME]`` table, or ``None`` when it has problems (all recorded in ``problems``)."""
+    at = ("assay", name)
+    if not isinstance(raw, Mapping):
+        problems.add_value(
+            dotted(*at),
+            raw,
+            f"is not a table: write [{dotted(*at)}] on its own line, then its keys",
+        )
+        return None
+    n_before = len(problems.lines)
+    problems.unknown_keys(at, raw, ASSAY_KEYS)
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        problems.add_value(dotted(*at, "description"), description, "is not a text: quote it")
+    stains, vectors = _parse_stains(raw, at, problems)
+    nuclear = raw.get("nuclear_stains", list(stains[:1]))
+    nkey = dotted(*at, "nuclear_stains")
+    if not _is_text_list(nuclear) or not nuclear or (stains and not set(nuclear) <= set(stains)):
+        problems.add_value(
+            nkey,
+            nuclear,
+            f"is not a list of the assay's stains ({', '.join(stains)}) that mark nuclei",
+        )
+    tolerance: dict[str, float] = {}
+    given = raw.get("stain_tolerance_deg", {})
+    if not isinstance(given, Mapping):
+        problems.add_value(
+            dotted(*at, "stain_tolerance_deg"), given, "is not a table: e.g. { hematoxylin = 17.5 }"
+        )
+        given = {}
+    for stain, deg in given.items():
+        tkey = dotted(*at, "stain_tolerance_deg", stain)
+        if stains and stain not in stains:
+            problems.add(
+                tkey, f"must name one of the assay's stains ({', '.join(stains)}), not {stain!r}"
             )
-        if len(rule.bins_od) != 3 or list(rule.bins_od) != sorted(rule.bins_od):
-            raise ConfigError(
-                f"{where}: marker {rule.name!r} bins_od must be 3 increasing OD values"
+        elif problems.check(tkey, deg, _TOLERANCE):
+            tolerance[str(stain)] = float(deg)
+    mkey = dotted(*at, "marker")
+    raw_markers = raw.get("marker", [])
+    if isinstance(raw_markers, Mapping):
+        problems.add(mkey, f"is one table: write each marker as [[{mkey}]] (double brackets)")
+        raw_markers = []
+    elif not isinstance(raw_markers, list) or not all(isinstance(m, Mapping) for m in raw_markers):
+        problems.add_value(
+            mkey, raw_markers, f"is not a list of markers: write each as [[{mkey}]] with its keys"
+        )
+        raw_markers = []
+    markers: list[MarkerRule] = []
+    first: dict[str, int] = {}
+    for i, m in enumerate(raw_markers):
+        rule = _parse_marker(m, (*at, f"marker[{i}]"), stains, problems)
+        if rule is None:
+            continue
+        if rule.name in first:
+            problems.add_value(
+                dotted(*at, f"marker[{i}]", "name"),
+                rule.name,
+                f"repeats marker[{first[rule.name]}]: give each marker its own name",
             )
+        first.setdefault(rule.name, i)
         markers.append(rule)
-    names = {m.name for m in markers}
+    names = sorted({str(m.get("name")) for m in raw_markers})
     phenotypes: dict[str, tuple[str, ...]] = {}
-    for pheno, calls in dict(raw.get("phenotype", {})).items():
-        for call in calls:
-            if call[-1:] not in "+-" or call[:-1] not in names:
-                raise ConfigError(
-                    f"{where}: phenotype {pheno!r} term {call!r} must be a marker of this assay "
-                    f"followed by + or - (markers: {sorted(names)})"
-                )
-        phenotypes[str(pheno)] = tuple(calls)
+    given = raw.get("phenotype", {})
+    if not isinstance(given, Mapping):
+        problems.add_value(
+            dotted(*at, "phenotype"), given, 'is not a table: e.g. senescent = ["sabgal+", "ki67-"]'
+        )
+        given = {}
+    for pheno, calls in given.items():
+        pkey = dotted(*at, "phenotype", pheno)
+        bad = not _is_text_list(calls) or not calls
+        bad = bad or any(c[-1:] not in ("+", "-") or c[:-1] not in names for c in calls)
+        if bad:
+            problems.add_value(
+                pkey,
+                calls,
+                "is not a list of calls, each a marker of this assay followed by + or -: "
+                f'e.g. ["{names[0] if names else "ki67"}+"] (markers: {", ".join(names) or "none"})',
+            )
+        else:
+            phenotypes[str(pheno)] = tuple(calls)
+    if len(problems.lines) > n_before:
+        return None
     return Assay(
         name=name,
-        description=str(raw.get("description", "")),
+        description=description,
         stains=stains,
-        nuclear_stains=nuclear,
+        nuclear_stains=tuple(nuclear),
         markers=tuple(markers),
         phenotypes=phenotypes,
         stain_vectors=vectors,
@@ -167,25 +344,185 @@ def _parse_assay(name: str, raw: Mapping[str, Any], *, source: str) -> Assay:
     )
 
 
-def load_assays(extra: str | Path | None = None) -> dict[str, Assay]:
-    """Load the shipped assay presets, then any assays from the user TOML file ``extra``.
+def _parse_analysis(
+    section: Mapping[str, Any], problems: Problems, base: Path | None
+) -> AnalysisConfig | None:
+    """The ``[analysis]`` table, or ``None`` when it has problems (all recorded in ``problems``)."""
+    n_before = len(problems.lines)
+    problems.unknown_keys(("analysis",), section, ANALYSIS_SETTINGS)
+    for key, value in section.items():
+        setting = ANALYSIS_SETTINGS.get(key)
+        if setting is None:
+            continue
+        if key == "stain_vectors" and isinstance(value, Mapping):
+            problems.add(
+                dotted("analysis", key),
+                'is a table: here it is "estimate" or "preset"; OD vectors go under '
+                "[assay.NAME.stain_vectors]",
+            )
+            continue
+        problems.check(dotted("analysis", key), value, setting)
+    if len(problems.lines) > n_before:
+        return None
+    values = dict(section)
+    if isinstance(values.get("model"), str) and base is not None:
+        # a relative model path is relative to the settings file
+        values["model"] = str((base / values["model"]).resolve())
+    try:
+        return AnalysisConfig(**values)
+    except ConfigError as exc:  # a check across settings (halo, model): still one line each
+        for line in exc.problems:
+            problems.note(f"[analysis] {line}")
+        return None
 
-    A user assay with a preset's name replaces it.
-    """
+
+def _parse_settings(
+    raw: Mapping[str, Any], source: str, base: Path | None
+) -> tuple[AnalysisConfig, dict[str, Assay]]:
+    """Check a whole settings document; raise one :class:`ConfigError` listing every problem."""
+    problems = Problems(source)
+    for key in raw:
+        if key in ANALYSIS_SETTINGS:
+            problems.add(dotted(key), "is an [analysis] setting: move it under [analysis]")
+        elif key in ASSAY_KEYS:
+            problems.add(dotted(key), "is a key of an assay: move it under [assay.NAME]")
+    others = {k: v for k, v in raw.items() if k not in ANALYSIS_SETTINGS and k not in ASSAY_KEYS}
+    problems.unknown_keys((), others, SECTIONS, what="section")
+    section = raw.get("analysis", {})
+    analysis: AnalysisConfig | None = None
+    if not isinstance(section, Mapping):
+        problems.add_value(
+            "analysis", section, "is not a table: write [analysis] on its own line, settings below"
+        )
+    else:
+        analysis = _parse_analysis(section, problems, base)
+    assays: dict[str, Assay] = {}
+    tables = raw.get("assay", {})
+    if not isinstance(tables, Mapping):
+        problems.add_value("assay", tables, "is not a table: write [assay.NAME] for each assay")
+        tables = {}
+    for name, table in tables.items():
+        assay = _parse_assay(str(name), table, problems)
+        if assay is not None:
+            assays[assay.name] = assay
+    if problems.lines or analysis is None:
+        raise ConfigError(*problems.lines)
+    return analysis, assays
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document of a settings file; any reading problem is one :class:`ConfigError` line."""
+    if path.exists() and not path.is_file():  # a folder or a pipe: never block on reading it
+        raise ConfigError(f"{path}: is not a regular file: give a TOML settings file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not UTF-8 text: save the settings file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror or exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: is not valid TOML: {exc}") from exc
+
+
+def _preset_assays() -> dict[str, Assay]:
     text = resources.files("senpath").joinpath("presets/assays.toml").read_text(encoding="utf-8")
-    raw = tomllib.loads(text)
-    assays = {
-        n: _parse_assay(n, a, source="senpath presets") for n, a in raw.get("assay", {}).items()
-    }
-    if extra is not None:
-        path = Path(extra)
-        try:
-            user = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        for n, a in user.get("assay", {}).items():
-            assays[n] = _parse_assay(n, a, source=str(path))
-    return assays
+    return _parse_settings(tomllib.loads(text), "senpath/presets/assays.toml", None)[1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a settings file defines, read and checked once.
+
+    Attributes
+    ----------
+    analysis : the ``[analysis]`` settings (defaults for keys the file leaves out).
+    assays : the shipped presets plus the file's ``[assay.NAME]`` assays (a file's assay replaces the
+        preset of the same name).
+    source : the file (or ``<settings mapping>``) the settings came from; ``None`` for defaults.
+    """
+
+    analysis: AnalysisConfig
+    assays: Mapping[str, Assay]
+    source: str | None = None
+
+
+#: How a settings mapping (not a file) is named in messages.
+MAPPING_SOURCE = "<settings mapping>"
+
+
+def load_settings(source: str | Path | Mapping[str, Any] | None = None) -> Settings:
+    """Read and check a settings file (or a mapping of the same shape): the one settings loader.
+
+    The CLI (``--config``), the Python API (``config=`` of :func:`senpath.analyze_slide` and
+    :func:`senpath.run_batch`) and the napari plugin all read settings here. Every key has a type
+    and a range; unknown sections and keys are errors at every level.
+
+    Parameters
+    ----------
+    source : a TOML file with ``[analysis]`` settings and ``[assay.NAME]`` assays; or a mapping of
+        the same shape (``{"analysis": {"segmenter": "classical"}}``); ``None``: the defaults.
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem, one line each: the file, the full dotted key
+        (``assay.my-ki67.marker[0].threshold_od``) and what to write instead.
+    """
+    presets = _preset_assays()
+    if source is None:
+        return Settings(AnalysisConfig(), presets)
+    if isinstance(source, Mapping):
+        analysis, assays = _parse_settings(source, MAPPING_SOURCE, None)
+        return Settings(analysis, {**presets, **assays}, MAPPING_SOURCE)
+    path = Path(source)
+    analysis, assays = _parse_settings(_read_toml(path), str(path), path.parent)
+    return Settings(analysis, {**presets, **assays}, str(path))
+
+
+def resolve_settings(
+    config: AnalysisConfig | str | Path | Mapping[str, Any] | None,
+    assays: Mapping[str, Assay] | None = None,
+) -> tuple[AnalysisConfig, Mapping[str, Assay] | None]:
+    """The analysis settings and assays for ``config=`` of the Python API.
+
+    Parameters
+    ----------
+    config : an :class:`AnalysisConfig`, a settings TOML path, a settings mapping (see
+        :func:`load_settings`) or ``None`` (the defaults).
+    assays : assays given by the caller; they take precedence over a settings file's.
+
+    Returns
+    -------
+    (analysis, assays)
+        ``assays`` stays ``None`` when neither the caller nor a settings file gave any (the presets
+        are then loaded where an assay is looked up).
+    """
+    if config is None:
+        return AnalysisConfig(), assays
+    if isinstance(config, AnalysisConfig):
+        return config, assays
+    if isinstance(config, (str, Path, Mapping)):
+        settings = load_settings(config)
+        return settings.analysis, {**settings.assays, **(assays or {})}
+    raise TypeError(
+        "config must be an AnalysisConfig, the path of a settings TOML file or a mapping of the "
+        f"same shape; got {type(config).__name__}"
+    )
+
+
+def load_assays(extra: str | Path | None = None) -> dict[str, Assay]:
+    """The shipped assay presets, then the assays of the settings file ``extra``.
+
+    A user assay with a preset's name replaces it. The whole file is checked (see
+    :func:`load_settings`, which reads both halves of a settings file at once).
+    """
+    return dict(load_settings(extra).assays)
 
 
 def get_assay(name: str, assays: Mapping[str, Assay] | None = None) -> Assay:
@@ -237,22 +574,23 @@ class AnalysisConfig:
     auto_threshold_bounds_od: tuple[float, float] = (0.08, 0.5)
 
     def __post_init__(self) -> None:
-        if self.analysis_mpp <= 0:
-            raise ConfigError("analysis_mpp must be > 0 µm/px (0.5 is typical for 20x)")
-        if self.segmenter not in ("auto", "cnn", "classical"):
-            raise ConfigError("segmenter must be 'auto', 'cnn' or 'classical'")
+        problems = _field_problems(self)
+        if problems:
+            raise ConfigError(*problems)
         if self.model is not None and self.segmenter == "classical":
             raise ConfigError("model is for the CNN segmenter: drop it or use segmenter 'cnn'")
-        if self.stain_vectors not in ("estimate", "preset"):
-            raise ConfigError("stain_vectors must be 'estimate' (per slide) or 'preset'")
         lo, hi = (float(x) for x in self.auto_threshold_bounds_od)
         if not 0 <= lo < hi:
             raise ConfigError(
                 "auto_threshold_bounds_od must be two OD values, low < high, e.g. [0.08, 0.5]"
             )
         object.__setattr__(self, "auto_threshold_bounds_od", (lo, hi))
-        if self.halo_um < 2 * (self.max_nucleus_area_um2 / 3.14159) ** 0.5 * 0.5:
-            raise ConfigError("halo_um must be at least the largest nucleus diameter")
+        if self.halo_um < min_halo_um(self.max_nucleus_area_um2):
+            raise ConfigError(
+                f"halo_um ({self.halo_um:g} µm) must be at least the largest nucleus diameter, "
+                f"{min_halo_um(self.max_nucleus_area_um2):.1f} µm for max_nucleus_area_um2 = "
+                f"{self.max_nucleus_area_um2:g} µm²: raise halo_um or lower max_nucleus_area_um2"
+            )
 
     def replace(self, **changes: Any) -> AnalysisConfig:
         """A copy with some fields changed (``None`` values are ignored)."""
@@ -267,23 +605,31 @@ class AnalysisConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def load_config(path: str | Path | None = None) -> AnalysisConfig:
-    """Read ``[analysis]`` settings from a TOML file (missing keys keep their defaults)."""
-    if path is None:
-        return AnalysisConfig()
-    p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {p}: {exc}") from exc
-    section = raw.get("analysis", {})
-    known = {f.name for f in dataclasses.fields(AnalysisConfig)}
-    unknown = set(section) - known
-    if unknown:
-        raise ConfigError(f"{p}: unknown [analysis] keys {sorted(unknown)}; known: {sorted(known)}")
-    if isinstance(section.get("model"), str):  # a relative model path is relative to the TOML file
-        section = {**section, "model": str((p.parent / section["model"]).resolve())}
-    return AnalysisConfig(**section)
+def _field_problems(config: AnalysisConfig) -> list[str]:
+    """Type and range problems of each setting of ``config`` (see :data:`ANALYSIS_SETTINGS`)."""
+    problems = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "model" and value is None:
+            continue
+        problem = ANALYSIS_SETTINGS[f.name].check(value)
+        if problem is not None:
+            problems.append(f"`{f.name}` = {shown(value)} {problem}")
+    if not problems and config.min_nucleus_area_um2 >= config.max_nucleus_area_um2:
+        problems.append(
+            f"`min_nucleus_area_um2` = {config.min_nucleus_area_um2:g} is not below "
+            f"`max_nucleus_area_um2` = {config.max_nucleus_area_um2:g}: lower the first or raise "
+            "the second"
+        )
+    return problems
+
+
+def load_config(path: str | Path | Mapping[str, Any] | None = None) -> AnalysisConfig:
+    """The ``[analysis]`` settings of a settings file (missing keys keep their defaults).
+
+    The whole file is checked (see :func:`load_settings`, which reads both halves at once).
+    """
+    return load_settings(path).analysis
 
 
 def _toml_value(value: Any) -> str:
@@ -374,6 +720,7 @@ def stain_profile_toml(
             f"statistic = {_toml_value(rule.statistic)}",
             f"threshold_od = {_toml_value(thr)}",
             f"bins_od = {_toml_value([float(b) for b in rule.bins_od])}",
+            *(["labelling_index = true"] if rule.labelling_index else []),
             "",
         ]
     return "\n".join(lines)

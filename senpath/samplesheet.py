@@ -1,13 +1,16 @@
 """Sample sheets and batch inputs: which slides to analyse, for which patient, with which assay.
 
 A sample sheet is a CSV with columns ``patient_id,slide_id,path,assay`` and optional ``mpp`` and
-``section``. Relative paths resolve against the sheet's folder. Every row is validated and all problems
-are reported together, each with its row number, so a user fixes the sheet in one go.
+``section``; other columns (a lab's notes) are kept out of the way, unless one is a near miss of a
+sheet column (``mmp``, ``Section``), which is an error. Relative paths resolve against the sheet's
+folder. Every row is validated and all problems are reported together, one line each naming the sheet
+and the row, so a user fixes the sheet in one go.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -20,18 +23,67 @@ SLIDE_EXTENSIONS = (
     ".ome.tiff", ".png", ".jpg", ".jpeg",
 )  # fmt: skip
 REQUIRED_COLUMNS = ("patient_id", "slide_id", "path", "assay")
+OPTIONAL_COLUMNS = ("mpp", "section")
 _SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 class SampleSheetError(ValueError):
-    """A sample sheet with problems; ``problems`` lists one message per bad row or column."""
+    """A sample sheet with problems; ``problems`` lists them, one line each naming the sheet."""
 
     def __init__(self, sheet: Path, problems: list[str]) -> None:
         self.sheet = sheet
         self.problems = problems
-        super().__init__(
-            f"sample sheet {sheet} has {len(problems)} problem(s):\n  " + "\n  ".join(problems)
+        super().__init__("\n".join(problems))
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """``a`` and ``b`` differ by case only or by one letter changed, added, removed or swapped."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        return len(diff) == 1 or (
+            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+            and a[diff[1]] == b[diff[0]]
+        )  # fmt: skip
+    short, long = sorted((a, b), key=len)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
+
+
+def _header_problems(sheet: Path, header: list[str]) -> list[str]:
+    """Problems of the header row: missing, repeated and misspelt columns (one line each)."""
+    problems = []
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        sep = ";" if ";" in header[0] else "\\t"
+        return [
+            f"{sheet}: the header is separated by {sep!r}: save it as comma-separated CSV "
+            f"(columns {','.join(REQUIRED_COLUMNS)})"
+        ]
+    for col in sorted(set(header)):
+        if header.count(col) > 1:
+            problems.append(f"{sheet}: column {col!r} appears {header.count(col)} times: keep one")
+    absent = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c not in header]
+    for col in header:
+        near = [c for c in absent if _one_edit_apart(col, c)]
+        if col not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS and near:
+            problems.append(
+                f"{sheet}: column {col!r} is not a sample-sheet column: did you mean {near[0]!r}?"
+            )
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing and not problems:
+        hints = [
+            f"{got[0]!r} for {c!r}?"
+            for c in missing
+            if (got := difflib.get_close_matches(c, header, n=1, cutoff=0.6))
+        ]
+        problems.append(
+            f"{sheet}: missing column(s) {missing}; the header must include "
+            f"{list(REQUIRED_COLUMNS)}" + (f" (did you mean {', '.join(hints)})" if hints else "")
         )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -70,26 +122,45 @@ def read_sample_sheet(
     """
     sheet = Path(sheet)
     assays = set(known_assays)
+    if sheet.exists() and not sheet.is_file():  # a folder or a pipe: never block on reading it
+        raise SampleSheetError(sheet, [f"{sheet}: is not a regular file: give a CSV sample sheet"])
     try:
         with open(sheet, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
             rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SampleSheetError(sheet, [f"cannot read the file: {exc}"]) from exc
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
+    except UnicodeDecodeError:
+        raise SampleSheetError(
+            sheet, [f"{sheet}: is not UTF-8 text: save the sheet as CSV UTF-8"]
+        ) from None
+    except (OSError, csv.Error) as exc:
+        raise SampleSheetError(sheet, [f"{sheet}: cannot read the file: {exc}"]) from exc
+    if not header:
         raise SampleSheetError(
             sheet,
-            [f"missing column(s) {missing}; the header must include {list(REQUIRED_COLUMNS)}"],
+            [f"{sheet}: is empty: the first line must be the header {','.join(REQUIRED_COLUMNS)}"],
         )
+    header_problems = _header_problems(sheet, header)
+    if header_problems:
+        raise SampleSheetError(sheet, header_problems)
+    if not rows:  # an empty batch would "succeed" having analysed nothing
+        raise SampleSheetError(
+            sheet, [f"{sheet}: has a header but no slide rows: add one row per slide"]
+        )
+    known = ", ".join(sorted(assays))
     jobs: list[SlideJob] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
     for i, raw in enumerate(rows, start=1):
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-        where = f"row {i}"
+        where = f"{sheet}: row {i}"
         errs = []
+        if raw.get(None):  # type: ignore[call-overload]  # DictReader keeps surplus values under None
+            n_values = len(header) + len(raw[None])  # type: ignore[index]
+            errs.append(
+                f"{where}: {n_values} values for {len(header)} columns: quote a value that holds "
+                'a comma ("a,b.svs")'
+            )
         for col in REQUIRED_COLUMNS:
             if not row.get(col):
                 errs.append(f"{where}: empty {col!r}")
@@ -99,10 +170,15 @@ def read_sample_sheet(
                 f"{where}: slide_id {slide_id!r} may only use letters, digits, '.', '_', '+', '-'"
             )
         if slide_id in seen:
-            errs.append(f"{where}: slide_id {slide_id!r} repeats row {seen[slide_id]}")
+            errs.append(
+                f"{where}: slide_id {slide_id!r} repeats row {seen[slide_id]}: give each slide its "
+                "own slide_id"
+            )
         assay = row.get("assay", "")
         if assay and assay not in assays:
-            errs.append(f"{where}: unknown assay {assay!r}; known: {', '.join(sorted(assays))}")
+            close = difflib.get_close_matches(assay, sorted(assays), n=1, cutoff=0.6)
+            hint = f": did you mean {close[0]!r}?" if close else ";"
+            errs.append(f"{where}: unknown assay {assay!r}{hint} (known: {known})")
         mpp: float | None = None
         if row.get("mpp"):
             try:
@@ -110,12 +186,17 @@ def read_sample_sheet(
                 if not (math.isfinite(mpp) and 0.01 <= mpp <= 100):
                     raise ValueError
             except ValueError:
-                errs.append(f"{where}: mpp {row['mpp']!r} is not a pixel size in µm (0.01-100)")
+                errs.append(
+                    f"{where}: mpp {row['mpp']!r} is not a pixel size: give µm per pixel between "
+                    "0.01 and 100, with a decimal point (0.25), or leave it empty"
+                )
         path = Path(row.get("path", ""))
         if not path.is_absolute():
             path = sheet.parent / path
         if row.get("path") and not path.exists():
             errs.append(f"{where}: slide file {path} does not exist")
+        elif row.get("path") and path.is_dir():
+            errs.append(f"{where}: {path} is a folder, not a slide file")
         if errs:
             problems.extend(errs)
             continue
@@ -134,7 +215,9 @@ def scan_folder(folder: str | Path) -> list[Path]:
     found = []
     for p in sorted(folder.rglob("*")):
         name = p.name.lower()
-        if p.is_file() and not name.startswith(".") and name.endswith(SLIDE_EXTENSIONS):
+        # anything named like a slide is a job, even a folder, a named pipe or a broken link: its
+        # failure line then says what is wrong instead of the scan leaving it out silently
+        if not name.startswith(".") and name.endswith(SLIDE_EXTENSIONS):
             if name.endswith((".labels.tif", ".labels.tiff")):  # ground-truth label images
                 continue
             found.append(p)

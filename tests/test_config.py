@@ -29,7 +29,7 @@ def test_user_assay_from_toml(tmp_path):
 def test_bad_assay_errors_say_what_to_fix(tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text('[assay.x]\nstains = ["hematoxylin", "indigo"]\n')
-    with pytest.raises(ConfigError, match="unknown stain 'indigo'"):
+    with pytest.raises(ConfigError, match='`assay.x.stains` names unknown stain "indigo"'):
         load_assays(f)
     with pytest.raises(ConfigError, match="known assays"):
         get_assay("kI67")
@@ -37,11 +37,16 @@ def test_bad_assay_errors_say_what_to_fix(tmp_path):
     t.write_text(
         '[assay.y]\nstains = ["hematoxylin", "dab"]\nstain_tolerance_deg = { eosin = 30 }\n'
     )
-    with pytest.raises(ConfigError, match="stain_tolerance_deg.eosin must name one of the assay"):
+    with pytest.raises(
+        ConfigError, match="`assay.y.stain_tolerance_deg.eosin` must name one of the assay's stains"
+    ):
         load_assays(t)
     g = tmp_path / "bad2.toml"
     g.write_text("[analysis]\nanalysis_mpp_typo = 1\n")
-    with pytest.raises(ConfigError, match="unknown \\[analysis\\] keys"):
+    with pytest.raises(
+        ConfigError,
+        match="`analysis.analysis_mpp_typo` is not a known key: did you mean `analysis_mpp`",
+    ):
         load_config(g)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from senpath.io import _image, _openslide, _tiff
+from senpath.io._checks import content_mismatch, probe_file
 from senpath.io._slide import (
     MPP_TOLERANCE,
     PixelFormat,
@@ -118,18 +119,20 @@ def open_slide(
     Raises
     ------
     SlideError
-        The file is missing, empty, of an unsupported type, damaged, or has no pixel size; the
-        message says how to fix it. Corrupt tile data raise :class:`SlideError` when read.
+        The file is missing, empty, not a regular file (a folder, named pipe, link loop), not
+        readable, of an unsupported type, not what its extension says, truncated, damaged, has a
+        header that claims more pixels than the file can hold, or has no pixel size; one line
+        that names the file, the problem and the fix. Corrupt tile data raise
+        :class:`SlideError` when read.
+
+    Notes
+    -----
+    Cheap checks come first (file type, size, first bytes, then the header's tile table against
+    the file size), so a bad file fails in milliseconds without decoding anything; every later
+    read decodes at most one file tile or strip at a time (see ``senpath.io._checks``).
     """
     path = Path(path)
-    if not path.exists():
-        raise SlideError(f"{path}: no such file; check the path (relative to {Path.cwd()}).")
-    if path.is_dir() and not path.name.lower().endswith(".mrxs"):
-        raise SlideError(f"{path}: is a folder; pass the slide file inside it.")
-    if not os.access(path, os.R_OK):
-        raise SlideError(f"{path}: permission denied; make the file readable for this user.")
-    if path.is_file() and path.stat().st_size == 0:
-        raise SlideError(f"{path}: the file is empty (0 bytes); copy or export the slide again.")
+    probe = probe_file(path)  # never opens a pipe, a folder or a device
     user_mpp = normalize_mpp(path, mpp)
 
     candidates = BACKENDS
@@ -164,6 +167,9 @@ def open_slide(
                 ) from exc
         if any(name.endswith(ext) for ext in b.extensions):
             declined.append(f"{b.name}: does not recognise the content")
+    mismatch = content_mismatch(path, probe.head)
+    if mismatch is not None:
+        raise mismatch
     raise SlideError(
         f"{path}: no reader can open this file ({'; '.join(declined)}). The file may be damaged, "
         "or not what its extension says; check it opens in QuPath or convert it to OME-TIFF."

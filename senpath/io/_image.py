@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from senpath.io._checks import check_ratio
 from senpath.io._slide import (
     PixelFormat,
     Slide,
@@ -42,8 +44,10 @@ def _load(path: str, fmt: PixelFormat, mode: str) -> NDArray[np.uint8]:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGBA") if mode == "P" else image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked at open
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGBA") if mode == "P" else image)
     except Exception as exc:
         raise SlideError(f"{path}: cannot decode the image ({exc}); the file is corrupt.") from exc
     if array.dtype == np.int32:  # PIL mode "I" from 16-bit PNG
@@ -78,14 +82,25 @@ def open_image(path: Path, *, mpp: tuple[float, float] | None, reason: str) -> S
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            width, height, mode = image.width, image.height, image.mode
-            dpi = image.info.get("dpi")
+        with warnings.catch_warnings():
+            # the sizes are checked below against the file size and MAX_PIXELS
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height, mode = image.width, image.height, image.mode
+                bands = len(image.getbands())
+                dpi = image.info.get("dpi")
     except Exception as exc:
         raise SlideError(
             f"{path}: not a readable PNG/JPEG ({exc}); the file is damaged or truncated."
         ) from exc
     check_dimensions(path, (height, width))
+    check_ratio(
+        path,
+        decoded=width * height * bands,
+        stored=os.path.getsize(path),
+        compressed=True,
+        what=f"a {width} x {height} px image",
+    )
     if width * height > MAX_PIXELS:
         raise SlideError(
             f"{path}: {width} x {height} px is too large for a plain image (decoded whole); "

@@ -7,6 +7,7 @@ the file's tiles; a chunk is one ``OpenSlide.read_region`` call.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import threading
 from collections import OrderedDict
@@ -24,6 +25,7 @@ from senpath.io._slide import (
     check_mpp,
     chunk_multiple,
     missing_mpp,
+    parse_float,
     slide_id_from_path,
 )
 
@@ -161,12 +163,16 @@ def open_openslide(path: Path, *, mpp: tuple[float, float] | None, reason: str) 
         final_mpp, source = mpp, "mpp="
     elif "openslide.mpp-x" in props and "openslide.mpp-y" in props:
         source = "openslide.mpp-x/y"
-        final_mpp = check_mpp(
-            path, (float(props["openslide.mpp-x"]), float(props["openslide.mpp-y"])), source=source
-        )
+        raw = (props["openslide.mpp-x"], props["openslide.mpp-y"])
+        x, y = parse_float(raw[0]), parse_float(raw[1])
+        if x is None or y is None:
+            raise missing_mpp(path, f"openslide.mpp-x/y are {raw[0]!r}/{raw[1]!r}, not numbers")
+        final_mpp = check_mpp(path, (x, y), source=source)
     else:
         raise missing_mpp(path, "OpenSlide reports no openslide.mpp-x")
-    objective = props.get("openslide.objective-power")
+    objective = parse_float(props.get("openslide.objective-power"))
+    if objective is not None and not (math.isfinite(objective) and objective > 0):
+        objective = None
 
     associated = {}
     for name in osr.associated_images:
@@ -184,7 +190,7 @@ def open_openslide(path: Path, *, mpp: tuple[float, float] | None, reason: str) 
         levels=levels,
         mpp=final_mpp,
         downsamples=[width0 / a.shape[1] for a in levels],
-        objective_power=float(objective) if objective else None,
+        objective_power=objective,
         vendor=str(props.get("openslide.vendor", "unknown")),
         backend="openslide",
         backend_reason=reason,

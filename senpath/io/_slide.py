@@ -89,6 +89,17 @@ class PixelFormat:
         return np.ascontiguousarray(block, dtype=np.uint8)
 
 
+def parse_float(value: Any) -> float | None:
+    """``value`` (metadata text or number) as a float, or None when it is not a number.
+
+    NaN and infinities are returned as floats: :func:`check_mpp` names them in its message.
+    """
+    try:
+        return float(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
 def check_mpp(path: Path, mpp: tuple[float, float], *, source: str) -> tuple[float, float]:
     """Raise :class:`SlideError` unless both pixel sizes are plausible microscope µm/px."""
     low, high = PLAUSIBLE_MPP_UM

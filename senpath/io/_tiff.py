@@ -14,6 +14,7 @@ fallback for layouts the fast path does not cover (separate colour planes, multi
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -26,6 +27,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from senpath.io._checks import (
+    MAX_SEGMENT_BYTES,
+    check_level_sizes,
+    check_tiff_level,
+    human_bytes,
+)
 from senpath.io._slide import (
     BACKGROUND,
     PixelFormat,
@@ -35,6 +42,7 @@ from senpath.io._slide import (
     check_mpp,
     chunk_multiple,
     missing_mpp,
+    parse_float,
     slide_id_from_path,
 )
 
@@ -46,6 +54,71 @@ _ASSOCIATED = ("thumbnail", "label", "macro")
 MAX_OPEN_FILES = 64
 _cache_lock = threading.Lock()
 _open_files: OrderedDict[tuple[str, int, int], tuple[Any, int]] = OrderedDict()
+#: Largest dask chunk of a stripped level (bytes, RGB): a strip spans the whole width, so chunks
+#: of a wide stripped image get fewer rows instead of 1,024.
+STRIP_CHUNK_BYTES = 32 * 2**20
+#: What tifffile logs (and otherwise skips over) when an image directory or a tag's values lie
+#: past the end of the file or cannot be read: the mark of a truncated copy.
+_TRUNCATION_SIGNS = (
+    "invalid offset to first page",
+    "invalid page offset",
+    "invalid offset to page",
+    "corrupted tag list",
+    "invalid value offset",
+)
+_log = logging.getLogger(__name__)
+
+
+class _TifffileLog(logging.Filter):
+    """Collects tifffile's log records while a file is parsed, keeping them off the console.
+
+    tifffile logs what it skips over in a damaged header and goes on; senpath turns the records
+    that mean truncation into one error line and keeps the rest for debugging (logger
+    ``senpath.io._tiff`` at DEBUG).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(re.sub(r"^<[^>]*>\s*", "", record.getMessage()))
+        return False
+
+
+def _parse_tiff(path: str) -> Any:
+    """``tifffile.TiffFile`` of ``path`` with its series parsed; SlideError for a truncated file."""
+    import tifffile
+
+    tifffile_logger = logging.getLogger("tifffile")
+    capture = _TifffileLog()
+    tifffile_logger.addFilter(capture)
+    try:
+        tif = tifffile.TiffFile(path, mode="r")
+        try:
+            _compact_tile_tables(tif)  # parses every series and level
+        except BaseException:
+            tif.close()
+            raise
+    finally:
+        tifffile_logger.removeFilter(capture)
+    for message in capture.messages:
+        _log.debug("%s: tifffile: %s", path, message)
+    signs = [
+        m[m.index(sign) :]
+        for m in capture.messages
+        for sign in _TRUNCATION_SIGNS
+        if sign in m and not re.search(r"invalid value offset [0-7]\b", m)  # a bad pointer
+    ]
+    if signs:
+        tif.close()
+        size = os.path.getsize(path)
+        detail = signs[0].rstrip("')\"")
+        raise SlideError(
+            f"{path}: truncated or damaged: its header points past the end of the file ({size} "
+            f"bytes; tifffile: {detail}); the copy is incomplete: copy or download it again."
+        )
+    return tif
 
 
 def _open_cached(path: str) -> tuple[Any, int]:
@@ -54,8 +127,6 @@ def _open_cached(path: str) -> tuple[Any, int]:
     Chunk readers are pickled by path only, so each dask worker process opens a file once.
     The least recently used files beyond :data:`MAX_OPEN_FILES` are closed.
     """
-    import tifffile
-
     st = os.stat(path)
     key = (path, st.st_mtime_ns, st.st_size)
     with _cache_lock:
@@ -63,8 +134,7 @@ def _open_cached(path: str) -> tuple[Any, int]:
         if hit is not None:
             _open_files.move_to_end(key)
             return hit
-        tif = tifffile.TiffFile(path, mode="r")
-        _compact_tile_tables(tif)
+        tif = _parse_tiff(path)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         hit = _open_files[key] = (tif, fd)
         stale = [k for k in _open_files if k[0] == path and k != key]
@@ -141,6 +211,13 @@ class TiffLevelArray:
             math.ceil(self.shape[0] / self.segment[0]),
             math.ceil(self.shape[1] / self.segment[1]),
         )
+        decoded = self.segment[0] * self.segment[1] * fmt.samples * fmt.dtype.itemsize
+        if decoded > MAX_SEGMENT_BYTES:  # open_tiff says so first for pyramid levels
+            raise SlideError(
+                f"{path}: series {series} level {level} has tiles/strips of {self.segment[1]} x "
+                f"{self.segment[0]} px ({human_bytes(decoded)} decoded), more than senpath "
+                f"decodes at a time ({human_bytes(MAX_SEGMENT_BYTES)})."
+            )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.path, self.series, self.level, self.fmt))
@@ -298,13 +375,18 @@ def open_tiff(path: Path, *, mpp: tuple[float, float] | None, reason: str) -> Sl
     try:
         tif, _ = _open_cached(spath)
         series_list = list(tif.series)
+    except SlideError:
+        raise
     except Exception as exc:  # tifffile raises many types for damaged headers
         raise SlideError(
             f"{path}: not a readable TIFF ({exc}); the file is damaged or truncated: copy or "
             "export it again."
         ) from exc
     if not series_list:
-        raise SlideError(f"{path}: the TIFF holds no image; check that this is the slide file.")
+        raise SlideError(
+            f"{path}: the TIFF holds no image directory; the file is truncated or damaged: copy "
+            "or export the slide again."
+        )
 
     main = next((i for i, s in enumerate(series_list) if s.name.lower() not in _ASSOCIATED), 0)
     series = series_list[main]
@@ -316,12 +398,19 @@ def open_tiff(path: Path, *, mpp: tuple[float, float] | None, reason: str) -> Sl
         samples = _samples_from_axes(path, series.levels[0].axes, series.levels[0].shape)
     fmt = PixelFormat.check(path, samples=samples, dtype=first.dtype)
 
+    file_size = os.path.getsize(path)
+    shapes = [
+        (int(lvl.keyframe.imagelength), int(lvl.keyframe.imagewidth)) for lvl in series.levels
+    ]
+    for shape in shapes:
+        check_dimensions(path, shape)
+    check_level_sizes(path, shapes)
+    for li, lvl in enumerate(series.levels):
+        check_tiff_level(path, li, lvl.keyframe, file_size)
     level_arrays = []
     sources = []
     for li, lvl in enumerate(series.levels):
         page = lvl.keyframe
-        check_dimensions(path, (page.imagelength, page.imagewidth))
-        _check_offsets(path, li, page)
         simple = len(lvl.pages) == 1 and (page.planarconfig == 1 or page.samplesperpixel == 1)
         reader_cls = TiffLevelArray if simple else ZarrLevelArray
         reader = reader_cls(spath, main, li, fmt)
@@ -346,6 +435,7 @@ def open_tiff(path: Path, *, mpp: tuple[float, float] | None, reason: str) -> Sl
         if si != main and key in _ASSOCIATED:
             page = s.pages[0].keyframe
             try:
+                check_tiff_level(path, -1, page, file_size)
                 afmt = PixelFormat(samples=int(page.samplesperpixel), dtype=np.dtype(page.dtype))
                 reader = TiffLevelArray(spath, si, -1, afmt)
                 associated[key] = _to_dask(da, reader, name=f"senpath-assoc-{path.name}-{key}")
@@ -371,13 +461,10 @@ def open_tiff(path: Path, *, mpp: tuple[float, float] | None, reason: str) -> Sl
 
 
 def _to_dask(da: Any, reader: Any, *, name: str) -> Any:
-    chunks = (
-        chunk_multiple(reader.segment[0]),
-        chunk_multiple(reader.segment[1])
-        if reader.segment[1] < reader.shape[1]
-        else reader.shape[1],
-        3,
-    )
+    seg_rows, seg_cols = reader.segment
+    cols = chunk_multiple(seg_cols) if seg_cols < reader.shape[1] else reader.shape[1]
+    rows = chunk_multiple(seg_rows, target=min(1024, max(1, STRIP_CHUNK_BYTES // (3 * cols))))
+    chunks = (rows, cols, 3)
     import dask.base
 
     token = dask.base.tokenize(
@@ -401,19 +488,6 @@ def _samples_from_axes(path: Path, axes: str, shape: tuple[int, ...]) -> int:
     return 1
 
 
-def _check_offsets(path: Path, level: int, page: Any) -> None:
-    """Refuse a file whose tile table points past its end (a truncated copy)."""
-    size = os.path.getsize(path)
-    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
-    counts = np.asarray(page.databytecounts, dtype=np.int64)
-    if offsets.size and int((offsets + counts).max()) > size:
-        missing = int(((offsets + counts) > size).sum())
-        raise SlideError(
-            f"{path}: truncated: {missing} of {offsets.size} tiles of level {level} lie past the end "
-            f"of the file ({size} bytes); the copy is incomplete: copy or download it again."
-        )
-
-
 def _metadata(
     tif: Any, page: Any, path: Path
 ) -> tuple[str, tuple[float, float] | None, str, float | None]:
@@ -421,30 +495,36 @@ def _metadata(
     description = page.description or ""
     objective: float | None = None
     if tif.is_svs:
-        found = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", description)
-        mag = re.search(r"\|\s*AppMag\s*=\s*([0-9.]+)", description)
-        objective = float(mag.group(1)) if mag else None
-        if found:
-            value = float(found.group(1))
-            return "aperio", (value, value), "Aperio ImageDescription MPP", objective
-        return "aperio", None, "Aperio ImageDescription has no MPP field", objective
+        found = re.search(r"\|\s*MPP\s*=\s*([^|\r\n]*)", description)
+        mag = re.search(r"\|\s*AppMag\s*=\s*([^|\r\n]*)", description)
+        objective = _positive(parse_float(mag.group(1))) if mag else None
+        if not found:
+            return "aperio", None, "Aperio ImageDescription has no MPP field", objective
+        value = parse_float(found.group(1))
+        if value is None:
+            detail = f"the Aperio MPP field says {found.group(1).strip()!r}, not a number"
+            return "aperio", None, detail, objective
+        return "aperio", (value, value), "Aperio ImageDescription MPP", objective
     if tif.is_ome:
-        mpp, objective = _ome_mpp(tif.ome_metadata or "")
+        mpp, objective, detail = _ome_mpp(tif.ome_metadata or "")
         if mpp is not None:
             return "ome", mpp, "OME-XML PhysicalSizeX/Y", objective
+        if detail:
+            return "ome", None, detail, objective
         vendor = "ome"
     elif tif.is_ndpi:
         vendor = "hamamatsu"
         mag = page.tags.get(65421)  # NDPI Magnification
-        objective = float(mag.value) if mag is not None and float(mag.value) > 0 else None
+        objective = _positive(parse_float(mag.value)) if mag is not None else None
     elif tif.is_philips:
         vendor = "philips"
         found = re.search(
             r'DICOM_PIXEL_SPACING".*?>"?([0-9.eE+-]+)"?\s+"?([0-9.eE+-]+)', description
         )
         if found:  # millimetres per pixel (row, column)
-            y, x = float(found.group(1)) * 1000, float(found.group(2)) * 1000
-            return vendor, (x, y), "Philips DICOM_PIXEL_SPACING", None
+            row, col = parse_float(found.group(1)), parse_float(found.group(2))
+            if row is not None and col is not None:
+                return vendor, (col * 1000, row * 1000), "Philips DICOM_PIXEL_SPACING", None
     elif tif.is_scn:
         vendor = "leica-scn"
     else:
@@ -469,24 +549,33 @@ def _resolution_mpp(page: Any) -> tuple[tuple[float, float] | None, str]:
 _OME_UNITS_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
 
 
-def _ome_mpp(xml: str) -> tuple[tuple[float, float] | None, float | None]:
+def _positive(value: float | None) -> float | None:
+    """``value`` when it is a finite number above 0 (an objective power), else None."""
+    return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _ome_mpp(xml: str) -> tuple[tuple[float, float] | None, float | None, str]:
+    """Level-0 (x, y) µm/px, objective power and, when a size is present but unusable, why."""
     try:
         root = ET.fromstring(xml)
     except ET.ParseError:
-        return None, None
+        return None, None, ""
     pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
     objective = None
     for el in root.iter():
         if el.tag.endswith("Objective") and el.get("NominalMagnification"):
-            objective = float(el.get("NominalMagnification", "0")) or None
+            objective = _positive(parse_float(el.get("NominalMagnification", "")))
             break
     if pixels is None or pixels.get("PhysicalSizeX") is None:
-        return None, objective
+        return None, objective, ""
     values = []
     for ax in "XY":
         raw = pixels.get(f"PhysicalSize{ax}") or pixels.get("PhysicalSizeX") or "nan"
         unit = pixels.get(f"PhysicalSize{ax}Unit", "µm")
         if unit not in _OME_UNITS_UM:
-            return None, objective
-        values.append(float(raw) * _OME_UNITS_UM[unit])
-    return (values[0], values[1]), objective
+            return None, objective, ""
+        value = parse_float(raw)
+        if value is None:
+            return None, objective, f"OME-XML PhysicalSize{ax} is {raw!r}, not a number"
+        values.append(value * _OME_UNITS_UM[unit])
+    return (values[0], values[1]), objective, ""
