@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -91,18 +92,19 @@ def run(
 
       senpath run samples.csv --out results/ --scheduler tcp://node01:8786   (SLURM, see docs)
     """
-    from senpath.config import load_assays, load_config
+    from senpath.config import load_settings
     from senpath.pipeline import plan_batch, run_batch
 
     if workers and scheduler:
         raise typer.BadParameter("--workers and --scheduler are mutually exclusive: give one")
-    assays = load_assays(config)
-    cfg = load_config(config).replace(
+    settings = load_settings(config)  # the whole file, checked once: every problem on its own line
+    assays = settings.assays
+    cfg = settings.analysis.replace(
         segmenter=segmenter, device=device, model=str(model) if model else None
     )
     jobs, problems = plan_batch(input, assays=assays, assay=assay, mpp=mpp)
     for problem in problems:
-        console.print(f"[red]sample sheet:[/red] {problem}")
+        _error_line("sample sheet", problem)
     if dry_run:
         table = Table(title=f"plan: {len(jobs)} slide(s) -> {out}")
         for col in ("slide_id", "patient_id", "assay", "path"):
@@ -158,6 +160,9 @@ def export(
 ) -> None:
     """Write the per-patient (or per-slide) marker table, or per-slide QuPath GeoJSON cells.
 
+    Table formats already written at the same place by an earlier export are rewritten too, so no
+    file keeps figures from before a review.
+
     Examples:
 
       senpath export results/ --by patient --format csv,xlsx
@@ -173,6 +178,7 @@ def export(
         export_geojson,
         load_all,
         marker_table,
+        stale_formats,
         write_anndata,
         write_table,
     )
@@ -195,7 +201,12 @@ def export(
     else:
         stem = out or results / f"markers_by_{by}"
     if tables:
-        for path in write_table(marker_table(stores, by=by), stem, tables):
+        # the same table in other formats from an earlier export would keep older figures
+        # (uncorrected ones after a review): rewrite them too
+        stale = stale_formats(stem, tables)
+        if stale:
+            console.print(f"also rewriting {', '.join(stale)} at {stem} (an earlier export)")
+        for path in write_table(marker_table(stores, by=by), stem, tables + stale):
             console.print(f"wrote {path}")
     if "anndata" in formats:
         console.print(f"wrote {write_anndata(stores, stem.parent / 'cells.h5ad')}")
@@ -216,8 +227,9 @@ def profile(
 
     Example: senpath profile results/P01-ki67 --out labA.toml --name ki67-labA
     """
+    from senpath.corrections import load_results
     from senpath.export import profile_from_store
-    from senpath.results import atomic_write_bytes, load_results
+    from senpath.results import atomic_write_bytes
 
     text = profile_from_store(load_results(store), name=name)
     atomic_write_bytes(out, text.encode("utf-8"))
@@ -240,6 +252,33 @@ def report(
 
     path = write_report(results, out=out)
     console.print(f"wrote {path}")
+
+
+@app.command()
+def relink(
+    store: Annotated[Path, typer.Argument(help="One slide's results folder (RESULTS/<slide_id>).")],
+    slide: Annotated[Path, typer.Argument(help="Where the slide file is now.")],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Accept a file whose size differs from the analysed slide's."),
+    ] = False,
+) -> None:
+    """Point a results folder to its slide after the slide was moved (recorded in its corrections log).
+
+    The review in napari and nucleus edits read the slide's pixels from there; the analysis itself
+    (provenance.json) is left as it was.
+
+    Example: senpath relink results/P01-ki67 /archive/2024/P01-ki67.svs
+    """
+    from senpath.corrections import CorrectionError, CorrectionSession
+
+    try:
+        with CorrectionSession(store) as session:
+            entry = session.relink_slide(slide, force=force)
+    except CorrectionError as exc:
+        _error_line("error", str(exc))
+        raise typer.Exit(2) from None
+    console.print(f"{store.name}: slide now at {entry['slide_path']} (was {entry['previous']})")
 
 
 @app.command()
@@ -404,15 +443,28 @@ def train(ctx: typer.Context) -> None:
     raise typer.Exit(train_main(list(ctx.args)))
 
 
+def _error_line(label: str, line: str) -> None:
+    """Print one problem as one line on stderr: never wrapped, never read as rich markup.
+
+    A settings message quotes TOML (``[analysys]``), which rich would otherwise take for a style tag
+    and drop; a long path must not be folded over several lines either.
+    """
+    console.print(f"[red]{label}:[/red] {escape(line)}", soft_wrap=True)
+
+
 def main() -> None:
-    """Console-script entry point; turns expected errors into one clear line and exit code 2."""
+    """Console-script entry point; turns expected errors into clear lines and exit code 2.
+
+    An error with several problems (a settings file, a sample sheet) prints one line per problem.
+    """
     from senpath.config import ConfigError
     from senpath.samplesheet import SampleSheetError
 
     try:
         app()
     except (ConfigError, SampleSheetError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            _error_line("error", line)
         sys.exit(2)
 
 

@@ -8,21 +8,17 @@ scores its markers on the same cells, and the table says from how many slides ea
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from senpath.results import (
-    SlideResults,
-    atomic_path,
-    atomic_write_bytes,
-    find_stores,
-    load_results,
-)
-from senpath.score import allred_score, h_score, wilson_interval
+from senpath.corrections import load_results, n_corrections
+from senpath.provenance import profile_toml
+from senpath.results import SlideResults, atomic_path, atomic_write_bytes, find_stores
+from senpath.score import marker_figures, proportion_figures
 
 EXPORT_FORMATS = ("csv", "parquet", "xlsx")
 #: Formats written one file per slide (into a folder) rather than one table.
@@ -34,6 +30,7 @@ _COUNT_SUFFIXES = ("_n_cells", "_n_positive", "_n_slides", "_allred")
 
 
 def marker_names(cells: pd.DataFrame) -> list[str]:
+    """The markers a scored per-cell table has calls for (``<marker>_positive`` columns), sorted."""
     return sorted(c[: -len("_positive")] for c in cells.columns if c.endswith("_positive"))
 
 
@@ -42,18 +39,18 @@ def _phenotype_names(summary: dict[str, Any]) -> list[str]:
 
 
 def _marker_stats(cells: pd.DataFrame, marker: str) -> dict[str, Any]:
-    pos = cells[f"{marker}_positive"].to_numpy(dtype=bool)
-    bins = cells[f"{marker}_bin"].to_numpy()
-    n, k = len(pos), int(pos.sum())
-    lo, hi = wilson_interval(k, n)
+    figures = marker_figures(
+        cells[f"{marker}_positive"].to_numpy(dtype=bool), cells[f"{marker}_bin"].to_numpy()
+    )
+    lo, hi = figures.pop("pct_positive_ci95")
     return {
-        f"{marker}_n_cells": n,
-        f"{marker}_n_positive": k,
-        f"{marker}_pct_positive": 100.0 * k / n if n else math.nan,
+        f"{marker}_n_cells": figures["n_cells"],
+        f"{marker}_n_positive": figures["n_positive"],
+        f"{marker}_pct_positive": figures["pct_positive"],
         f"{marker}_pct_positive_ci95_low": lo,
         f"{marker}_pct_positive_ci95_high": hi,
-        f"{marker}_h_score": h_score(bins),
-        f"{marker}_allred": allred_score(bins),
+        f"{marker}_h_score": figures["h_score"],
+        f"{marker}_allred": figures["allred"],
     }
 
 
@@ -80,15 +77,13 @@ def _group_row(group: Sequence[SlideResults]) -> dict[str, Any]:
         cells = pd.concat(per_marker[m], ignore_index=True)
         row.update(_marker_stats(cells, m))
         row[f"{m}_n_slides"] = len(per_marker[m])
-    if "ki67_pct_positive" in row:
-        row["ki67_labelling_index"] = row["ki67_pct_positive"]
+    labelling = {m.name for r in group for m in r.provenance.markers if m.rule.labelling_index}
+    for m in sorted(labelling & set(per_marker)):
+        row[f"{m}_labelling_index"] = row[f"{m}_pct_positive"]
     for p in sorted(per_pheno):
-        flags = pd.concat(per_pheno[p], ignore_index=True).to_numpy(dtype=bool)
-        n, k = len(flags), int(flags.sum())
-        lo, hi = wilson_interval(k, n)
-        row[f"{p}_index"] = 100.0 * k / n if n else math.nan
-        row[f"{p}_index_ci95_low"] = lo
-        row[f"{p}_index_ci95_high"] = hi
+        share = proportion_figures(pd.concat(per_pheno[p], ignore_index=True).to_numpy(dtype=bool))
+        row[f"{p}_index"] = share["pct"]
+        row[f"{p}_index_ci95_low"], row[f"{p}_index_ci95_high"] = share["ci95"]
         row[f"{p}_n_slides"] = len(per_pheno[p])
     areas = pd.concat(all_cells, ignore_index=True)["nucleus_area_um2"]
     row["median_nucleus_area_um2"] = float(np.median(areas)) if len(areas) else math.nan
@@ -100,30 +95,19 @@ def _joined(values: Iterable[Any]) -> str:
     return ";".join(sorted({str(v) for v in values}))
 
 
-def marker_thresholds(provenance: Mapping[str, Any]) -> dict[str, float]:
-    """``{marker: threshold_od}`` a slide was scored with (from its provenance)."""
-    return {
-        str(m["name"]): float(m["threshold_od"])
-        for m in provenance.get("assay", {}).get("markers", [])
-        if m.get("threshold_od") is not None
-    }
-
-
 def _provenance_columns(group: Sequence[SlideResults], markers: Sequence[str]) -> dict[str, Any]:
     """What produced the figures; text, ``;``-joined when the group's slides differ."""
     prov = [r.provenance for r in group]
     cols = {
-        "senpath_version": _joined(p.get("senpath_version") for p in prov),
-        "segmenter": _joined(p.get("segmenter", {}).get("method") for p in prov),
-        "model_sha256": _joined(p.get("segmenter", {}).get("model_sha256") for p in prov),
-        "analysis_mpp": _joined(p.get("config", {}).get("analysis_mpp") for p in prov),
-        "cytoplasm_um": _joined(p.get("config", {}).get("cytoplasm_um") for p in prov),
-        "stain_vectors_source": _joined(
-            p.get("assay", {}).get("stain_vectors_source", "preset") for p in prov
-        ),
+        "senpath_version": _joined(p.senpath_version for p in prov),
+        "segmenter": _joined(p.segmenter_method for p in prov),
+        "model_sha256": _joined(p.model_sha256 for p in prov),
+        "analysis_mpp": _joined(p.config.get("analysis_mpp") for p in prov),
+        "cytoplasm_um": _joined(p.config.get("cytoplasm_um") for p in prov),
+        "stain_vectors_source": _joined(p.assay.stain_vectors_source for p in prov),
     }
     for m in markers:
-        values = [marker_thresholds(p)[m] for p in prov if m in marker_thresholds(p)]
+        values = [p.thresholds[m] for p in prov if m in p.thresholds]
         cols[f"{m}_threshold_od"] = _joined(values)
     return cols
 
@@ -138,25 +122,33 @@ def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.
     ``analysis_mpp``, ``cytoplasm_um``, ``stain_vectors_source``, ``m_threshold_od``: text,
     ``;``-joined when a patient's slides differ). Cells flagged ``excluded`` are left out.
     Counts are nullable integers (``Int64``), empty where a patient has no slide with the marker.
+
+    When a slide of the table was reviewed (a corrections log), two columns say which figures
+    are corrected: ``n_corrections`` (edits in effect, over the row's slides) and ``corrected``
+    (``yes`` / ``no``). A table of uncorrected slides has neither.
     """
     if by not in ("patient", "slide"):
         raise ValueError("by must be 'patient' or 'slide'")
+    results = list(results)
+    reviewed = any(res.corrections for res in results)
     groups: dict[str, list[SlideResults]] = {}
     for res in results:
-        key = (
-            str(res.manifest.get("patient_id") or res.slide_id) if by == "patient" else res.slide_id
-        )
+        key = res.patient_id if by == "patient" else res.slide_id
         groups.setdefault(key, []).append(res)
     rows = []
     for key in sorted(groups):
-        row = {"patient_id" if by == "patient" else "slide_id": key}
+        row: dict[str, Any] = {"patient_id" if by == "patient" else "slide_id": key}
         if by == "slide":
-            row["patient_id"] = str(groups[key][0].manifest.get("patient_id") or key)
+            row["patient_id"] = groups[key][0].patient_id
         row.update(_group_row(groups[key]))
+        if reviewed:
+            n = sum(n_corrections(res.corrections) for res in groups[key])
+            row["n_corrections"] = n
+            row["corrected"] = "yes" if n else "no"
         rows.append(row)
     table = pd.DataFrame(rows)
     for col in table.columns:
-        if col in ("n_slides", "n_cells") or col.endswith(_COUNT_SUFFIXES):
+        if col in ("n_slides", "n_cells", "n_corrections") or col.endswith(_COUNT_SUFFIXES):
             table[col] = table[col].astype("Int64")
     return table
 
@@ -190,7 +182,7 @@ def cells_anndata(results: Iterable[SlideResults]) -> Any:
         ids = pd.DataFrame(
             {
                 "slide_id": res.slide_id,
-                "patient_id": str(res.manifest.get("patient_id") or res.slide_id),
+                "patient_id": res.patient_id,
                 "assay": str(res.manifest.get("assay", "")),
             },
             index=cells.index,
@@ -213,8 +205,8 @@ def cells_anndata(results: Iterable[SlideResults]) -> Any:
         slides[res.slide_id] = {
             "patient_id": ids["patient_id"].iloc[0] if len(ids) else res.slide_id,
             "assay": str(res.manifest.get("assay", "")),
-            "thresholds_od": marker_thresholds(res.provenance),
-            "model_sha256": str(res.provenance.get("segmenter", {}).get("model_sha256")),
+            "thresholds_od": res.provenance.thresholds,
+            "model_sha256": str(res.provenance.model_sha256),
         }
     if not obs_parts:
         raise ValueError("no slides to export")
@@ -263,16 +255,23 @@ def profile_from_store(res: SlideResults, *, name: str | None = None) -> str:
     vectors and thresholds instead of re-estimating them per slide. See
     :func:`senpath.config.stain_profile_toml`.
     """
-    from senpath.corrections import profile_toml
-
     # load_results already put corrected thresholds into the provenance
-    text = profile_toml(res.provenance, marker_thresholds(res.provenance), name=name)
+    text = profile_toml(res.provenance, res.provenance.thresholds, name=name)
     return f"# from slide {res.slide_id!r} ({res.folder})\n{text}"
 
 
 def load_all(results_root: str | Path) -> list[SlideResults]:
     """Every committed slide store under ``results_root``."""
     return [load_results(p) for p in find_stores(results_root)]
+
+
+def stale_formats(path_stem: str | Path, formats: Sequence[str]) -> list[str]:
+    """The table formats already at ``path_stem`` that ``formats`` leaves out.
+
+    Rewriting only some of them after a review would leave the others with the figures from
+    before (a corrected CSV next to an uncorrected XLSX); the export command rewrites them too.
+    """
+    return [f for f in EXPORT_FORMATS if f not in formats and Path(f"{path_stem}.{f}").is_file()]
 
 
 def write_table(table: pd.DataFrame, path_stem: str | Path, formats: Sequence[str]) -> list[Path]:

@@ -9,6 +9,11 @@ One ``FeatureCollection`` per slide, one ``Feature`` per cell, as QuPath (0.4+) 
                     "classification": {"name": "ki67: Positive", "color": [r, g, b]},
                     "measurements": {"nucleus_area_um2": 31.5, ...}}}
 
+A slide with corrections (``senpath.load_results`` applied its log) adds two flags to every
+feature's ``properties``: ``excluded`` (a reviewer excluded the cell) and ``manual`` (a reviewer set a
+call by hand; ``manualMarkers`` names the markers). An excluded cell is classified ``Ignore*``,
+QuPath's class for objects it leaves out of its counts, so QuPath never counts it again.
+
 Coordinates are level-0 pixels of the original slide (QuPath's convention; pixel ``(0, 0)`` covers
 ``[0, 1) x [0, 1)``), converted from the label image's µm grid with the slide's level-0 µm/px.
 Outlines are traced on pixel edges (not pixel centres), so a polygon's area matches the pixel count
@@ -28,6 +33,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from senpath.labels import label_mpp, load_labels
+from senpath.provenance import Provenance
 from senpath.results import SlideResults, atomic_path
 
 #: Namespace of cell UUIDs: ``uuid5(CELL_NAMESPACE, f"{slide_id}/{cell_id}")``.
@@ -36,6 +43,9 @@ CELL_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "cells.senpath")
 POSITIVE_RGB = (200, 50, 50)
 NEGATIVE_RGB = (112, 112, 225)
 PHENOTYPE_RGB = (230, 150, 0)
+#: QuPath's built-in class of ignored objects (left out of its counts), for excluded cells.
+IGNORE_CLASS = "Ignore*"
+IGNORE_RGB = (180, 180, 180)
 #: Label-image block read at once (px, plus a margin for cells that cross its edge).
 BLOCK = 2048
 
@@ -166,13 +176,11 @@ def cell_outlines(
 
 
 def _classification(
-    cells: pd.DataFrame, provenance: dict[str, Any]
+    cells: pd.DataFrame, provenance: Provenance
 ) -> tuple[list[dict[str, Any] | None], str | None]:
-    markers = [m["name"] for m in provenance.get("assay", {}).get("markers", [])]
+    markers = [m.name for m in provenance.markers]
     marker = markers[0] if markers and f"{markers[0]}_positive" in cells.columns else None
-    phenotypes = [
-        p for p in provenance.get("assay", {}).get("phenotypes", {}) if p in cells.columns
-    ]
+    phenotypes = [p for p in provenance.assay.phenotypes if p in cells.columns]
     n = len(cells)
     out: list[dict[str, Any] | None] = [None] * n
     if marker is not None:
@@ -188,7 +196,30 @@ def _classification(
         flag = cells[name].to_numpy(dtype=bool)
         for i in np.flatnonzero(flag).tolist():
             out[i] = {"name": name.capitalize(), "color": list(PHENOTYPE_RGB)}
+    if "excluded" in cells.columns:
+        for i in np.flatnonzero(cells["excluded"].to_numpy(dtype=bool)).tolist():
+            out[i] = {"name": IGNORE_CLASS, "color": list(IGNORE_RGB)}
     return out, marker
+
+
+def _review_flags(cells: pd.DataFrame, provenance: Provenance) -> list[dict[str, Any]] | None:
+    """Per cell ``excluded``, ``manual`` and ``manualMarkers``; ``None`` for an uncorrected table."""
+    if "excluded" not in cells.columns:
+        return None
+    excluded = cells["excluded"].to_numpy(dtype=bool)
+    manual = {
+        m.name: cells[f"{m.name}_manual"].to_numpy(dtype=bool)
+        for m in provenance.markers
+        if f"{m.name}_manual" in cells.columns
+    }
+    flags = []
+    for i in range(len(cells)):
+        markers = [name for name, values in manual.items() if values[i]]
+        flag: dict[str, Any] = {"excluded": bool(excluded[i]), "manual": bool(markers)}
+        if markers:
+            flag["manualMarkers"] = markers
+        flags.append(flag)
+    return flags
 
 
 def _measurement_columns(cells: pd.DataFrame) -> list[str]:
@@ -203,15 +234,12 @@ def _measurement_columns(cells: pd.DataFrame) -> list[str]:
 
 def slide_features(res: SlideResults) -> Iterator[dict[str, Any]]:
     """The GeoJSON Features (QuPath cells) of one committed slide store (label-block order)."""
-    from senpath.labels import label_mpp, load_labels
-
     cells = res.cells.sort_values("cell_id").reset_index(drop=True)
-    slide_mpp = res.provenance["slide"]["mpp"]
-    config = res.provenance.get("config", {})
-    cytoplasm_um = float(config.get("cytoplasm_um", 5.0))
-    margin_um = float(config.get("halo_um", 24.0)) + 2 * cytoplasm_um
+    cytoplasm_um = res.provenance.cytoplasm_um
+    margin_um = res.provenance.halo_um + 2 * cytoplasm_um
     labels = load_labels(res.folder)
     classes, _ = _classification(cells, res.provenance)
+    flags = _review_flags(cells, res.provenance)
     columns = _measurement_columns(cells)
     values = cells[columns].to_numpy(dtype=np.float64, na_value=np.nan)
     row_of = {int(c): i for i, c in enumerate(cells["cell_id"])}
@@ -221,7 +249,7 @@ def slide_features(res: SlideResults) -> Iterator[dict[str, Any]]:
         label_mpp=label_mpp(res.folder),
         cytoplasm_um=cytoplasm_um,
         margin_um=margin_um,
-        slide_mpp=(float(slide_mpp[0]), float(slide_mpp[1])),
+        slide_mpp=res.provenance.slide_mpp,
     )
     for cid, cell_geom, nucleus_geom in outlines:
         if cell_geom is None or nucleus_geom is None:
@@ -240,6 +268,8 @@ def slide_features(res: SlideResults) -> Iterator[dict[str, Any]]:
         }
         if classes[i] is not None:
             properties["classification"] = classes[i]
+        if flags is not None:
+            properties.update(flags[i])
         yield {
             "type": "Feature",
             "id": cell_uuid(res.slide_id, cid),

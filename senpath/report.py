@@ -2,7 +2,10 @@
 
 Sections: per-patient marker bars (% positive with Wilson 95% CI error bars, phenotype indices),
 per-marker histograms of the thresholded optical density with the threshold line(s), the slides
-(with QC thumbnails), the per-patient table, and the failed slides from ``failures.log``. Plots are
+(with QC thumbnails), the per-patient table, and the failed slides from ``failures.log``. Slides
+a person reviewed (a corrections log) are named as corrected at the top, in the slides table and in
+the per-patient table; their figures are the corrected ones, while the QC overlay stays the picture
+of the pipeline's calls and is labelled so. Plots are
 PNG images embedded as base64, so the file can be mailed or archived on its own. Everything is
 derived from the per-cell tables and provenance of the committed stores.
 """
@@ -11,36 +14,34 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 import senpath
-from senpath.export import load_all, marker_names, marker_table, marker_thresholds
+from senpath.corrections import n_corrections
+from senpath.export import load_all, marker_names, marker_table
+from senpath.qc_plots import figure, png_bytes, slide_histograms_png
 from senpath.results import QC_OVERLAY, SlideResults, atomic_write_bytes
+from senpath.score import marker_value_column
+
+__all__ = [
+    "failed_slides",
+    "marker_bars_png",
+    "od_histogram_png",
+    "render_report",
+    "slide_histograms_png",
+    "write_report",
+]
 
 REPORT = "report.html"
 FAILURES = "failures.log"
 _FAILURE_HEADER = re.compile(r"^=== \S+ \S+ (?P<slide>\S+) \((?P<path>.*)\)$", re.MULTILINE)
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure  # the object API: no pyplot state, Agg canvas
-
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _img(png: bytes, alt: str, *, width: int | None = None) -> str:
@@ -62,7 +63,7 @@ def marker_bars_png(table: pd.DataFrame) -> bytes | None:
     patients = table["patient_id"].astype(str).tolist()
     x = np.arange(len(patients))
     width = 0.8 / len(series)
-    fig = _figure(max(6.0, 0.9 * len(patients) * len(series) ** 0.5 + 2), 4.0)
+    fig = figure(max(6.0, 0.9 * len(patients) * len(series) ** 0.5 + 2), 4.0)
     ax = fig.add_subplot()
     for k, (name, col) in enumerate(series):
         value = pd.to_numeric(table[col], errors="coerce").to_numpy(dtype=float)
@@ -83,14 +84,14 @@ def marker_bars_png(table: pd.DataFrame) -> bytes | None:
     ax.set_ylim(0, 100)
     ax.legend(fontsize="small")
     ax.set_title("Markers by patient")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def od_histogram_png(
     od: np.ndarray, thresholds: Sequence[float], *, marker: str, column: str
 ) -> bytes:
     """Histogram of a marker's per-cell OD value with its threshold line(s)."""
-    fig = _figure(5.0, 3.2)
+    fig = figure(5.0, 3.2)
     ax = fig.add_subplot()
     od = od[np.isfinite(od)]
     if od.size:
@@ -103,39 +104,7 @@ def od_histogram_png(
     ax.set_title(f"{marker}: {od.size} cells")
     if thresholds:
         ax.legend(fontsize="small")
-    return _png(fig)
-
-
-def slide_histograms_png(cells: pd.DataFrame, thresholds: dict[str, float]) -> bytes:
-    """One slide's QC picture: a histogram per marker of the per-cell OD it is called on.
-
-    Parameters
-    ----------
-    cells : the slide's scored per-cell table (``<marker>_od`` columns).
-    thresholds : marker name -> threshold in OD the slide was scored with (drawn as a line).
-    """
-    markers = [m for m in thresholds if f"{m}_od" in cells.columns]
-    fig = _figure(4.5 * max(1, len(markers)), 3.2)
-    if not markers:
-        fig.text(0.5, 0.5, "no marker in this assay", ha="center", va="center")
-        return _png(fig)
-    if "excluded" in cells.columns:
-        cells = cells[~cells["excluded"].astype(bool)]
-    for i, marker in enumerate(markers, start=1):
-        ax = fig.add_subplot(1, len(markers), i)
-        od = cells[f"{marker}_od"].to_numpy(dtype=float)
-        od = od[np.isfinite(od)]
-        t = float(thresholds[marker])
-        hi = max(float(np.percentile(od, 99.5)) if od.size else 0.0, t) * 1.1 or 1.0
-        if od.size:
-            ax.hist(od, bins=60, range=(min(0.0, float(od.min())), hi), color="0.45")
-        ax.axvline(t, color="crimson", linestyle="--", label=f"threshold {t:g} OD")
-        n_pos = int((od >= t).sum())
-        ax.set_title(f"{marker}: {n_pos}/{od.size} positive", fontsize="medium")
-        ax.set_xlabel(f"{marker} OD")
-        ax.set_ylabel("cells")
-        ax.legend(fontsize="small")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _marker_od(stores: Sequence[SlideResults], marker: str) -> tuple[np.ndarray, list[float], str]:
@@ -147,15 +116,10 @@ def _marker_od(stores: Sequence[SlideResults], marker: str) -> tuple[np.ndarray,
         if "excluded" in cells.columns:
             cells = cells[~cells["excluded"].astype(bool)]
         values.append(cells[f"{marker}_od"].to_numpy(dtype=float))
-        if marker in marker_thresholds(res.provenance):
-            thresholds.append(marker_thresholds(res.provenance)[marker])
-        rule = next(
-            (m for m in res.provenance.get("assay", {}).get("markers", []) if m["name"] == marker),
-            None,
-        )
-        if rule:
-            stat = rule.get("statistic", "mean")
-            columns.add(f"{rule['stain']}_od_{stat}_{rule['compartment']}")
+        for record in res.provenance.markers:
+            if record.name == marker:
+                thresholds.append(record.threshold_od)
+                columns.add(marker_value_column(record.rule))
     od = np.concatenate(values) if values else np.zeros(0)
     return od, thresholds, " / ".join(sorted(columns)) or f"{marker}_od"
 
@@ -206,6 +170,14 @@ def render_report(results_root: str | Path) -> str:
         f"senpath {html.escape(senpath.__version__)}, written {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>",
     ]
     if stores:
+        corrected = [res for res in stores if n_corrections(res.corrections)]
+        if corrected:
+            names = ", ".join(html.escape(res.slide_id) for res in corrected)
+            parts.append(
+                f"<p class='warn'><b>Corrected:</b> {len(corrected)} slide(s) were reviewed and "
+                f"corrected by a person ({names}): their figures, tables and histograms are the "
+                "corrected ones; their QC overlays show the pipeline's calls before the review.</p>"
+            )
         table = marker_table(stores, by="patient")
         parts.append("<h2>Markers by patient</h2>")
         bars = marker_bars_png(table)
@@ -227,6 +199,8 @@ def render_report(results_root: str | Path) -> str:
             qc = res.folder / QC_OVERLAY
             if qc.is_file():
                 caption = html.escape(res.slide_id)
+                if n_corrections(res.corrections):
+                    caption += " <span class='warn'>(pipeline's calls, before the review)</span>"
                 parts.append(
                     f"<figure>{_img(qc.read_bytes(), f'QC {res.slide_id}', width=360)}"
                     f"<figcaption>{caption}</figcaption></figure>"
@@ -255,7 +229,12 @@ def render_report(results_root: str | Path) -> str:
 
 def _slides_table(stores: Sequence[SlideResults]) -> str:
     rows = ["<table><tr>"]
-    heads = ("slide_id", "patient_id", "assay", "cells", "tissue mm²", "segmenter", "warning")
+    heads: tuple[str, ...] = (
+        "slide_id", "patient_id", "assay", "cells", "tissue mm²", "segmenter", "warning"
+    )  # fmt: skip
+    reviewed = any(res.corrections for res in stores)
+    if reviewed:
+        heads += ("corrected",)
     rows.append("".join(f"<th class='l'>{h}</th>" for h in heads) + "</tr>")
     for res in stores:
         s = res.summary
@@ -265,16 +244,19 @@ def _slides_table(stores: Sequence[SlideResults]) -> str:
             if "excluded" in res.cells.columns
             else len(res.cells)
         )
-        values = (
+        values: tuple[str, ...] = (
             res.slide_id,
-            str(res.manifest.get("patient_id") or res.slide_id),
+            res.patient_id,
             str(s.get("assay", "")),
             str(int(cells)),
             f"{area:.2f}" if isinstance(area, float) and math.isfinite(area) else "",
-            str(res.provenance.get("segmenter", {}).get("method", "")),
+            res.provenance.segmenter_method or "",
             str(s.get("warning", "")),
         )
         cls = ["l", "l", "l", "", "", "l", "l warn"]
+        if reviewed:
+            values += (_corrected_text(res),)
+            cls.append("l warn")
         rows.append(
             "<tr>"
             + "".join(
@@ -284,6 +266,17 @@ def _slides_table(stores: Sequence[SlideResults]) -> str:
         )
     rows.append("</table>")
     return "".join(rows)
+
+
+def _corrected_text(res: SlideResults) -> str:
+    """``yes: N corrections, last <time> by <user>`` for a reviewed slide, ``no`` otherwise."""
+    n = n_corrections(res.corrections)
+    if not n:
+        return "no"
+    last = res.corrections[-1]
+    return (
+        f"yes: {n} correction(s), last {str(last.get('time', ''))[:16]} by {last.get('user', '?')}"
+    )
 
 
 def write_report(results_root: str | Path, *, out: str | Path | None = None) -> Path:

@@ -21,12 +21,13 @@ from senpath.corrections import (
     CorrectionSession,
     StaleCorrectionsWarning,
     apply_corrections,
+    load_results,
     marker_stats,
     read_log,
     review_queue,
 )
 from senpath.labels import load_labels
-from senpath.results import is_complete, load_results, read_manifest
+from senpath.results import is_complete, read_manifest
 from senpath.score import score_cells
 from senpath.testing import analysed_synthetic_slide, copy_store
 
@@ -95,7 +96,8 @@ def test_flip_exclude_threshold_are_logged_and_loaded(store: Path) -> None:
     assert (
         res.summary["markers"]["ki67"]["pct_positive"] == on_disk["markers"]["ki67"]["pct_positive"]
     )
-    assert res.provenance["assay"]["markers"][0]["threshold_od"] == 0.30
+    assert res.provenance.markers[0].threshold_od == 0.30
+    assert res.provenance.markers[0].pipeline_threshold_od == 0.15
     # the raw table and the pipeline's summary stay reachable
     plain = load_results(store, corrections=False)
     pd.testing.assert_frame_equal(plain.cells, raw.cells)
@@ -134,6 +136,7 @@ def test_session_state_equals_replay_of_the_log(store: Path) -> None:
         s.raw.cells, read_log(store), assay=s.assay, thresholds=s.base_thresholds
     )
     pd.testing.assert_frame_equal(replay, s.cells, check_dtype=False)
+    s.close()  # one writer at a time: the next session opens once this one is closed
     reopened = CorrectionSession(store, user="t")
     pd.testing.assert_frame_equal(reopened.cells, s.cells, check_dtype=False)
     assert int(reopened.cells.set_index("cell_id").loc[int(ids[7]), "ki67_bin"]) == 3
@@ -288,6 +291,7 @@ def test_a_torn_last_line_is_dropped_and_the_log_goes_on(store: Path) -> None:
         fh.write('{"action": "set_call", "cell_ids": [1')  # a crash mid-write
     with pytest.warns(UserWarning, match="incomplete"):
         assert len(read_log(store)) == 2
+    s.close()
     s2 = CorrectionSession(store, user="t")
     s2.exclude([int(s2.cells["cell_id"].iat[1])])
     lines = (store / CORRECTIONS).read_text().splitlines()
@@ -302,6 +306,7 @@ def test_a_log_from_an_earlier_analysis_is_not_applied_and_kept(
     s = CorrectionSession(store, user="t")
     s.exclude([int(s.cells["cell_id"].iat[0])])
     s.save()
+    s.close()
     log = (store / CORRECTIONS).read_text()
     with pytest.warns(UserWarning, match="corrections of the previous analysis are kept"):
         analyze_slide(  # what `senpath run --force` does: the log is set aside, not lost
@@ -335,7 +340,7 @@ def test_profile_round_trip(store: Path, tmp_path: Path) -> None:
     assay = load_assays(path)["lab-ki67"]
     assert assay.marker("ki67").threshold_od == pytest.approx(0.22)
     assert load_config(path).stain_vectors == "preset"
-    vectors = s.raw.provenance["assay"]["stain_vectors"]
+    vectors = s.raw.provenance.assay.stain_vectors
     assert np.allclose(assay.stain_vectors["dab"], vectors[1], atol=1e-6)
 
 
@@ -402,3 +407,239 @@ def test_review_queue_orders_by_distance_to_threshold() -> None:
     q = review_queue(cells, "p16", threshold_od=0.18)
     assert q.tolist() == [2, 1]  # 0.02 away, then 0.13; 3 is manual, 4 excluded
     assert review_queue(cells, "p16", threshold_od=0.18, band_od=0.05).tolist() == [2]
+
+
+def test_a_relabelled_nucleus_is_remeasured_as_the_pipeline_measured_it(store: Path) -> None:
+    """Nucleus edits measure with the glass intensity the cells were measured with. A store whose
+    provenance has no ``background_i0`` was measured at the pipeline's default (240), not 255."""
+    prov = json.loads((store / "provenance.json").read_text())
+    assert prov.pop("background_i0") == [240.0, 240.0, 240.0]  # the synthetic slide's glass
+    (store / "provenance.json").write_text(json.dumps(prov))  # as a store without the key
+    s = CorrectionSession(store, user="t")
+    cells = s.cells
+    inner = cells[(cells["x_um"].between(60, 196)) & (cells["y_um"].between(60, 196))]
+    target = int(inner["cell_id"].iat[0])
+    cy, cx = _centre_px(s, target)
+    y0, x0 = cy - 40, cx - 40
+    edited = s.read_labels(y0, x0, y0 + 80, x0 + 80)
+    new_id = s.next_cell_id()
+    edited[edited == target] = new_id  # the same pixels under a new id: re-measured
+    entry = s.edit_nuclei(edited, origin=(y0, x0))
+    assert entry is not None and entry["removed"] == [target] and entry["added"] == [new_id]
+    before, after = s.raw.cells.set_index("cell_id").loc[target], s.cell(new_id)
+    od = [c for c in before.index if "_od_" in c]
+    assert od and "dab_od_mean_nucleus" in od
+    np.testing.assert_allclose(after[od].to_numpy(float), before[od].to_numpy(float), rtol=1e-6)
+    assert after["nucleus_area_um2"] == before["nucleus_area_um2"]
+
+
+# ------------------------------------------------------------- one writer at a time (issue 15)
+
+_HOLD_SESSION = """
+import sys, time
+from senpath.corrections import CorrectionSession
+s = CorrectionSession(sys.argv[1], user="other-reviewer")
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_and_can_only_read(store: Path) -> None:
+    import os
+    import socket
+
+    from senpath.corrections import LOCK, StoreLockedError
+
+    first = CorrectionSession(store, user="anna")
+    lock = json.loads((store / LOCK).read_text())
+    assert lock["host"] == socket.gethostname() and lock["pid"] == os.getpid()
+    assert lock["user"] == "anna" and lock["time"]
+    # a second window on the same folder (same process): refused, then opened read-only
+    with pytest.raises(StoreLockedError, match="anna .*read-only"):
+        CorrectionSession(store, user="ben")
+    second = CorrectionSession(store, user="ben", read_only=True)
+    assert second.read_only and second.locked_by is not None
+    cid = int(second.cells["cell_id"].iat[0])
+    with pytest.raises(CorrectionError, match="read-only"):
+        second.flip_call(cid, "ki67")
+    with pytest.raises(CorrectionError, match="read-only"):
+        second.undo()
+    first.flip_call(cid, "ki67")
+    first.close()
+    assert not (store / LOCK).exists()
+    with pytest.raises(CorrectionError, match="read-only"):
+        first.exclude([cid])  # a closed session no longer writes
+    third = CorrectionSession(store, user="ben")  # the lock is free again
+    third.exclude([cid])
+    third.close()
+    assert [e["user"] for e in read_log(store)] == ["anna", "anna", "ben"]
+
+
+def test_a_live_writer_in_another_process_locks_and_a_dead_one_is_taken_over(
+    store: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    from senpath.corrections import StaleLockWarning, StoreLockedError
+
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_SESSION, str(store)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "open"
+        with pytest.raises(StoreLockedError, match=f"other-reviewer .*process {other.pid}"):
+            CorrectionSession(store, user="me")
+    finally:
+        other.kill()
+        other.wait()
+    # its process is gone (killed: the lock file is left behind): taken over, with a message
+    with pytest.warns(StaleLockWarning, match=f"other-reviewer .*process {other.pid}"):
+        s = CorrectionSession(store, user="me")
+    assert s.lock_taken_over is not None and s.lock_taken_over.pid == other.pid
+    s.flip_call(int(s.cells["cell_id"].iat[0]), "ki67")
+    s.close()
+
+
+def test_entry_ids_are_unique_and_old_numbered_logs_still_replay(store: Path) -> None:
+    s = CorrectionSession(store, user="t")
+    ids = s.cells["cell_id"].to_numpy()
+    a, b = int(ids[0]), int(ids[1])
+    s.flip_call(a, "ki67")
+    s.close()
+    # an earlier version numbered entries 0, 1, 2 ...: rewrite the log that way
+    log = read_log(store)
+    for n, e in enumerate(log):
+        e["id"] = n
+    (store / CORRECTIONS).write_text("".join(json.dumps(e) + "\n" for e in log))
+    s = CorrectionSession(store, user="t")
+    flip_b = s.flip_call(b, "ki67")
+    undo = s.undo(1)  # the old entry, by its number
+    assert undo is not None and undo["undoes"] == 1
+    assert not bool(s.cell(a)["ki67_manual"]) and bool(s.cell(b)["ki67_manual"])
+    s.undo(flip_b["id"])
+    log = read_log(store)
+    keys = [str(e["id"]) for e in log]
+    assert len(set(keys)) == len(keys) == 5
+    assert all(isinstance(e["id"], str) and len(e["id"]) == 32 for e in log[2:])
+    s.close()
+    replayed = load_results(store).cells.set_index("cell_id")
+    assert not replayed.loc[[a, b], "ki67_manual"].any()
+
+
+# ----------------------------------------------- a nucleus edit changes its neighbours' rings
+
+
+def _full_remeasure(store: Path, slide: Path, s: CorrectionSession) -> pd.DataFrame:
+    """Every cell of the store measured anew on the whole label image (the reference)."""
+    from senpath.io import open_slide
+    from senpath.measure import measure_cells
+    from senpath.stain import StainSet, deconvolve
+
+    prov = s.raw.provenance
+    labels = np.asarray(load_labels(store, 0).compute(), dtype=np.int32)
+    amp = s.label_mpp
+    rgb = open_slide(slide).read_region(0, 0, labels.shape[1] * amp, labels.shape[0] * amp, mpp=amp)
+    stains = StainSet(prov.assay.stains, np.asarray(prov.assay.stain_vectors, dtype=float))
+    conc = deconvolve(rgb, stains, prov.background_i0)
+    return measure_cells(
+        labels, conc, stain_names=stains.names, mpp=amp, cytoplasm_um=prov.cytoplasm_um
+    ).set_index("cell_id")
+
+
+@pytest.mark.parametrize("edit", ["delete", "grow"])
+def test_a_nucleus_edit_remeasures_the_neighbours_whose_ring_changes(
+    store: Path, analysed: tuple[Path, Path], edit: str
+) -> None:
+    from skimage.segmentation import expand_labels
+
+    s = CorrectionSession(store, user="t")
+    before = _full_remeasure(store, analysed[0], s)
+    cols = ["nucleus_area_um2", "cell_area_um2", "dab_od_mean_cytoplasm", "dab_od_mean_cell"]
+    # the pipeline's measurements are those of a whole-image measurement
+    raw = s.raw.cells.set_index("cell_id")
+    np.testing.assert_allclose(raw[cols], before.loc[raw.index, cols], rtol=1e-6)
+
+    cells = s.cells.set_index("cell_id")
+    inner = cells[cells["x_um"].between(60, 196) & cells["y_um"].between(60, 196)]
+    # the inner cell with the most neighbours within two cytoplasm rings
+    gap = np.hypot(
+        inner["x_um"].to_numpy()[:, None] - cells["x_um"].to_numpy()[None],
+        inner["y_um"].to_numpy()[:, None] - cells["y_um"].to_numpy()[None],
+    )
+    target = int(inner.index[np.argmax((gap < 14).sum(axis=1))])
+    cy, cx = _centre_px(s, target)
+    y0, x0 = cy - 30, cx - 30
+    region = s.read_labels(y0, x0, y0 + 60, x0 + 60)
+    edited = region.copy()
+    if edit == "delete":
+        edited[edited == target] = 0
+    else:  # redraw the nucleus 2 px larger
+        grown = expand_labels(np.where(region == target, target, 0), distance=2)
+        edited[(grown == target) & (region == 0)] = target
+    entry = s.edit_nuclei(edited, origin=(y0, x0))
+    after = _full_remeasure(store, analysed[0], s)
+    now = s.cells.set_index("cell_id")
+    assert set(now.index) == set(after.index)
+    np.testing.assert_allclose(now[cols], after.loc[now.index, cols], rtol=1e-6)
+    assert entry is not None and entry["remeasured"], "the edit changes neighbours' rings"
+    assert target not in entry["remeasured"]
+    # the neighbours did change (the pipeline's values would be wrong for them)
+    changed = before.loc[entry["remeasured"], "cell_area_um2"]
+    assert (changed != after.loc[entry["remeasured"], "cell_area_um2"]).any()
+    # the log replays to the same table; undo gives the pipeline's rows back
+    s.close()
+    replayed = load_results(store).cells.set_index("cell_id")
+    np.testing.assert_allclose(replayed[cols], now.loc[replayed.index, cols], rtol=1e-9)
+    s = CorrectionSession(store, user="t")
+    s.undo()
+    back = s.cells.set_index("cell_id")
+    np.testing.assert_allclose(back[cols], raw.loc[back.index, cols], rtol=1e-9)
+    s.close()
+
+
+# --------------------------------------------------------------------- a slide that has moved
+
+
+def test_a_moved_slide_is_relinked_from_the_command_line(tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from senpath import synth
+    from senpath.cli import app
+    from senpath.results import PROVENANCE
+    from senpath.testing import analysed_synthetic_slide
+
+    slide, store = analysed_synthetic_slide(tmp_path, name="m1", shape=(256, 256), seed=4)
+    provenance = (store / PROVENANCE).read_bytes()
+    moved = tmp_path / "archive" / slide.name
+    moved.parent.mkdir()
+    shutil.move(slide, moved)
+    s = CorrectionSession(store, user="t")
+    assert not s.slide_found and s.slide_path == slide
+    cid = int(s.cells["cell_id"].iat[0])
+    cy, cx = _centre_px(s, cid)
+    region = s.read_labels(cy - 10, cx - 10, cy + 10, cx + 10)
+    with pytest.raises(CorrectionError, match="slide_path"):  # nucleus edits need the pixels
+        s.edit_nuclei(np.where(region == cid, 0, region), origin=(cy - 10, cx - 10))
+    s.close()
+
+    runner = CliRunner()
+    other = synth.write_slide(tmp_path / "other.tif", assay="ki67", shape=(200, 256), mpp=0.5)
+    r = runner.invoke(app, ["relink", str(store), str(other.path)])
+    assert r.exit_code == 2 and "does not look like the slide" in r.output  # a wrong file
+    r = runner.invoke(app, ["relink", str(store), str(moved)])
+    assert r.exit_code == 0, r.output
+    res = load_results(store)
+    assert res.provenance.slide_path == str(moved.resolve())
+    assert res.provenance.slide["analysed_path"] == str(slide)
+    assert (store / PROVENANCE).read_bytes() == provenance  # the analysis record is untouched
+    assert res.summary["corrections"]["n_corrections"] == 0  # not a correction of the cells
+    assert is_complete(store, _identity(store))
+    with CorrectionSession(store, user="t") as s:  # the review finds it and edits nuclei again
+        assert s.slide_found and s.slide_path == moved.resolve()
+        entry = s.edit_nuclei(np.where(region == cid, 0, region), origin=(cy - 10, cx - 10))
+        assert entry is not None and entry["removed"] == [cid]
+        assert s.undo() is not None and s.undo() is None  # undo leaves the relink alone
+    assert load_results(store).provenance.slide_path == str(moved.resolve())

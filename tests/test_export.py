@@ -83,9 +83,48 @@ def test_profile_command_saves_the_slide_vectors_and_thresholds(batch_results, t
     assert r.exit_code == 0, r.output
     prof = load_assays(path)["ki67-labA"]
     prov = senpath.load_results(batch_results / "p1-ki67").provenance
-    assert prof.marker("ki67").threshold_od == prov["assay"]["markers"][0]["threshold_od"]
-    used = dict(zip(prov["assay"]["stains"], prov["assay"]["stain_vectors"], strict=True))
+    assert prof.marker("ki67").threshold_od == prov.markers[0].threshold_od
+    assert prof.marker("ki67").labelling_index  # the profile keeps what the marker reports
+    used = dict(zip(prov.assay.stains, prov.assay.stain_vectors, strict=True))
     for stain in prof.stains:
         vec = np.asarray(prof.stain_vectors[stain], float)
         np.testing.assert_allclose(vec / np.linalg.norm(vec), used[stain], atol=1e-5)
     assert load_config(path).stain_vectors == "preset"  # the batch uses these vectors as given
+
+
+def _review(store):
+    """A person corrects a slide: one exclusion, one flipped call."""
+    from senpath.corrections import CorrectionSession
+
+    s = CorrectionSession(store, user="reviewer")
+    ids = s.cells["cell_id"].to_numpy()
+    s.exclude([int(ids[0])])
+    s.flip_call(int(ids[1]), "ki67")
+    s.save()
+
+
+def test_a_review_reaches_every_table_format_with_a_corrected_column(batch_results, tmp_path):
+    import shutil
+
+    root = tmp_path / "batch"
+    shutil.copytree(batch_results, root)
+    runner = CliRunner()
+    # the demo's export (CSV and XLSX), then a review, then an export with the default format
+    r = runner.invoke(app, ["export", str(root), "--by", "patient", "--format", "csv,xlsx"])
+    assert r.exit_code == 0, r.output
+    before = pd.read_excel(root / "markers_by_patient.xlsx").set_index("patient_id")
+    assert "corrected" not in before.columns  # an unreviewed batch: the table as it was
+    _review(root / "p1-ki67")
+    r = runner.invoke(app, ["export", str(root), "--by", "patient"])
+    assert r.exit_code == 0, r.output
+    for table in (
+        pd.read_csv(root / "markers_by_patient.csv"),
+        pd.read_excel(root / "markers_by_patient.xlsx"),
+    ):
+        row = table.set_index("patient_id")
+        assert row.loc["P1", "corrected"] == "yes" and row.loc["P1", "n_corrections"] == 2
+        assert row.loc["P2", "corrected"] == "no" and row.loc["P2", "n_corrections"] == 0
+        assert row.loc["P1", "ki67_n_cells"] == before.loc["P1", "ki67_n_cells"] - 1  # excluded
+    slides = marker_table(load_all(root), by="slide").set_index("slide_id")
+    assert slides.loc["p1-ki67", "corrected"] == "yes"
+    assert str(slides["n_corrections"].dtype) == "Int64"

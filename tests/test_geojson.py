@@ -110,3 +110,31 @@ def test_qupath_cell_features(store, tmp_path):
     # a second export gives the same file (deterministic ids and order)
     again = write_slide_geojson(res, tmp_path / "again.geojson")
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_excluded_and_manual_cells_are_flagged_and_ignored_by_qupath(store, tmp_path):
+    from senpath.corrections import CorrectionSession
+    from senpath.testing import copy_store
+
+    plain = json.loads(write_slide_geojson(senpath.load_results(store), tmp_path / "a.geojson")
+                       .read_text())["features"]  # fmt: skip
+    assert not {"excluded", "manual"} & set(plain[0]["properties"])  # uncorrected: as before
+    copy = copy_store(store, tmp_path)
+    s = CorrectionSession(copy, user="t")
+    ids = s.cells["cell_id"].to_numpy()
+    excluded, flipped = int(ids[3]), int(ids[4])
+    s.exclude([excluded])
+    s.flip_call(flipped, "ki67")
+    res = senpath.load_results(copy)
+    features = json.loads(write_slide_geojson(res, tmp_path / "b.geojson").read_text())["features"]
+    props = {f["id"]: f["properties"] for f in features}
+    ex = props[cell_uuid(res.slide_id, excluded)]
+    assert ex["excluded"] is True and ex["classification"]["name"] == "Ignore*"
+    fl = props[cell_uuid(res.slide_id, flipped)]
+    assert fl["manual"] is True and fl["manualMarkers"] == ["ki67"] and fl["excluded"] is False
+    assert fl["classification"]["name"] != "Ignore*"
+    others = [
+        p for k, p in props.items() if k not in (cell_uuid(res.slide_id, c) for c in ids[3:5])
+    ]
+    assert not any(p["excluded"] or p["manual"] for p in others)
+    assert sum(p["classification"]["name"] == "Ignore*" for p in props.values()) == 1

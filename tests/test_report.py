@@ -51,3 +51,25 @@ def test_report_is_written_atomically(batch_results, tmp_path, monkeypatch):
 def test_report_without_results_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="senpath run"):
         write_report(tmp_path)
+
+
+def test_a_corrected_slide_is_named_in_the_report(batch_results, tmp_path):
+    import shutil
+
+    from senpath.corrections import CorrectionSession
+
+    root = tmp_path / "batch"
+    shutil.copytree(batch_results, root)
+    plain = (write_report(root)).read_text(encoding="utf-8")
+    assert "<b>Corrected:</b>" not in plain and "<th>corrected</th>" not in plain  # unreviewed
+    s = CorrectionSession(root / "p1-ki67", user="reviewer")
+    s.flip_call(int(s.cells["cell_id"].iat[0]), "ki67")
+    s.save()
+    text = write_report(root).read_text(encoding="utf-8")
+    assert re.search(r"<b>Corrected:</b> 1 slide\(s\).*\(p1-ki67\)", text)
+    assert re.search(
+        r"<td class='l warn'>yes: 1 correction\(s\), last [^<]* by reviewer</td>", text
+    )
+    assert "<td class='l warn'>no</td>" in text  # p2-p16, not reviewed
+    assert "p1-ki67 <span class='warn'>(pipeline's calls, before the review)</span>" in text
+    assert "<th>corrected</th>" in text  # the per-patient table says it too

@@ -10,21 +10,26 @@ written to the slide's store as it happens::
 ``cells.parquet`` is never rewritten: it stays what the pipeline measured and called, so the
 algorithm's and the reviewer's calls can always be compared, and the log identifies the analysis it
 corrects by the sha256 of that file (its first line, ``action = "start"``). The corrected table is
-``apply_corrections(raw cells, log)``; :func:`senpath.results.load_results` applies it by default, so
+``apply_corrections(raw cells, log)``; :func:`senpath.load_results` applies it by default, so
 exports, the report and GeoJSON show the corrected cells (``load_results(folder, corrections=False)``
 gives the raw table). The label image is the exception: nucleus edits are written into
 ``labels.ome.zarr`` (level 0, and the lower levels rebuilt for the region), with the region before the
 edit kept in ``corrections/`` so the edit can be undone.
 
-Log entries (every one has ``id``, ``time`` (UTC, ISO 8601), ``user``, ``action``)::
+Log entries (every one has ``id``, ``time`` (UTC, ISO 8601), ``user``, ``action``; ``id`` is a
+unique string, a number in logs of earlier versions, which are read as they are)::
 
     start           cells_sha256, provenance_sha256 (the analysis corrected), slide_id, version
     set_call        marker, cell_ids, previous [{positive, bin}] per cell, new {positive, bin}
     exclude/include cell_ids, previous [excluded] per cell, new (bool)
     set_thresholds  new {marker: OD}, previous {marker: OD}, n_changed (calls that changed)
     edit_nuclei     region [y0, x0, y1, x1] (level-0 label px), cell_ids (all touched), removed, added,
-                    modified, previous {rows}, new {rows} (the re-measured cells), labels (npz file)
+                    modified, remeasured (neighbours whose cytoplasm ring changed), previous {rows},
+                    new {rows} (the re-measured cells), labels (npz file)
     undo            undoes (the id of the entry reverted; undoing an undo redoes)
+
+One session writes a store's corrections at a time: it holds ``corrections.lock`` (host, pid, user,
+time); a second one opens read-only (see :mod:`senpath.corrections.lock`).
 
 A cell's call set by a person wins over its threshold call, also after the thresholds change later
 (``<marker>_manual`` says which calls are manual); phenotypes (``senescent``) follow the final calls.
@@ -32,15 +37,18 @@ A cell's call set by a person wins over its threshold call, also after the thres
 The package, one job a module::
 
     log             the audit log: reading it, durable appends, which entries are in effect
-    replay          the log replayed over the cells: thresholds, calls, summary, provenance
+    replay          the log replayed over the cells: thresholds, calls, summary, provenance;
+                    load_results (a store with its corrections)
     review          a marker's live figures and the cells nearest its threshold first
     label_regions   reading and writing a region of the label image
+    lock            the writer's lock of a store's corrections
     session         CorrectionSession, the review of one slide (its nucleus edits in nucleus_edits)
 """
 
 from __future__ import annotations
 
 from senpath.corrections.label_regions import read_label_region, write_label_region
+from senpath.corrections.lock import LOCK, StaleLockWarning, StoreLockedError, lock_owner
 from senpath.corrections.log import (
     ACTIONS,
     CORRECTIONS,
@@ -48,24 +56,22 @@ from senpath.corrections.log import (
     CorrectionError,
     StaleCorrectionsWarning,
     active_entries,
+    entry_key,
     entry_states,
     log_matches,
+    n_corrections,
     read_log,
+    relinked_slide_path,
     set_aside,
 )
 from senpath.corrections.replay import (
     apply_corrections,
     apply_to_results,
-    assay_from_provenance,
-    corrected_provenance,
     corrected_summary,
     corrected_thresholds,
-    manual_bin,
+    load_results,
     measurement_columns,
-    profile_toml,
     scored_columns,
-    store_thresholds,
-    uncorrected_summary,
 )
 from senpath.corrections.review import marker_stats, review_queue
 from senpath.corrections.session import CorrectionSession
@@ -76,26 +82,28 @@ __all__ = [
     "CORRECTIONS_DIR",
     "CorrectionError",
     "CorrectionSession",
+    "LOCK",
+    "StaleLockWarning",
+    "StoreLockedError",
     "StaleCorrectionsWarning",
     "active_entries",
     "apply_corrections",
     "apply_to_results",
-    "assay_from_provenance",
-    "corrected_provenance",
     "corrected_summary",
     "corrected_thresholds",
+    "entry_key",
     "entry_states",
+    "lock_owner",
+    "load_results",
     "log_matches",
-    "manual_bin",
     "marker_stats",
+    "n_corrections",
     "measurement_columns",
-    "profile_toml",
     "read_label_region",
     "read_log",
+    "relinked_slide_path",
     "review_queue",
     "scored_columns",
     "set_aside",
-    "store_thresholds",
-    "uncorrected_summary",
     "write_label_region",
 ]

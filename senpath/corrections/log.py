@@ -11,6 +11,7 @@ import getpass
 import json
 import math
 import os
+import uuid
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,18 @@ from senpath.results import CELLS, CORRECTIONS, PROVENANCE, atomic_write_bytes
 
 #: Folder of the label regions of nucleus edits (before/after), next to the log.
 CORRECTIONS_DIR = "corrections"
-ACTIONS = ("start", "set_call", "exclude", "include", "set_thresholds", "edit_nuclei", "undo")
+ACTIONS = (
+    "start",
+    "set_call",
+    "exclude",
+    "include",
+    "set_thresholds",
+    "edit_nuclei",
+    "relink_slide",
+    "undo",
+)
+#: The actions that change the cells or their calls (what makes a slide "corrected").
+CELL_ACTIONS = ("set_call", "exclude", "include", "set_thresholds", "edit_nuclei")
 
 
 class CorrectionError(ValueError):
@@ -130,19 +142,31 @@ def _repair_torn_tail(folder: Path) -> None:
         atomic_write_bytes(path, head + b"\n" if head else b"")
 
 
-def entry_states(entries: Sequence[Mapping[str, Any]]) -> dict[int, bool]:
-    """Whether each entry (by id) is in effect: undone entries are not; undoing an undo redoes."""
-    by_id = {int(e["id"]): e for e in entries}
-    active: dict[int, bool] = {}
+def entry_key(entry: Mapping[str, Any]) -> str:
+    """An entry's id as a key: new entries get a unique string (:func:`new_entry_id`); older logs
+    numbered their entries 0, 1, 2, ... (read as ``"0"``, ``"1"``, ...)."""
+    return str(entry["id"])
 
-    def set_state(eid: int, state: bool) -> None:
+
+def new_entry_id() -> str:
+    """A fresh entry id, unique whoever writes (two sessions never make the same one)."""
+    return uuid.uuid4().hex
+
+
+def entry_states(entries: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
+    """Whether each entry (by :func:`entry_key`) is in effect: undone entries are not; undoing an
+    undo redoes."""
+    by_id = {entry_key(e): e for e in entries}
+    active: dict[str, bool] = {}
+
+    def set_state(eid: str, state: bool) -> None:
         active[eid] = state
         e = by_id.get(eid)
         if e is not None and e["action"] == "undo":
-            set_state(int(e["undoes"]), not state)
+            set_state(str(e["undoes"]), not state)
 
     for e in entries:
-        eid = int(e["id"])
+        eid = entry_key(e)
         if e["action"] == "undo":
             set_state(eid, True)
         else:
@@ -153,7 +177,18 @@ def entry_states(entries: Sequence[Mapping[str, Any]]) -> dict[int, bool]:
 def active_entries(entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The edits in effect, in log order (without ``start`` and ``undo`` entries)."""
     state = entry_states(entries)
-    return [e for e in entries if e["action"] not in ("start", "undo") and state[int(e["id"])]]
+    return [e for e in entries if e["action"] not in ("start", "undo") and state[entry_key(e)]]
+
+
+def n_corrections(entries: Sequence[Mapping[str, Any]]) -> int:
+    """How many edits of the cells or their calls are in effect (0: the pipeline's results)."""
+    return sum(e["action"] in CELL_ACTIONS for e in active_entries(entries))
+
+
+def relinked_slide_path(entries: Sequence[Mapping[str, Any]]) -> str | None:
+    """Where the slide is now, when it was moved since the analysis (the latest ``relink_slide``)."""
+    paths = [str(e["slide_path"]) for e in entries if e["action"] == "relink_slide"]
+    return paths[-1] if paths else None
 
 
 def log_matches(entries: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any]) -> bool:

@@ -18,7 +18,13 @@ from numpy.typing import NDArray
 
 from senpath.config import Assay
 from senpath.corrections.label_regions import read_label_region, write_label_region
-from senpath.corrections.log import CORRECTIONS_DIR, CorrectionError, entry_states
+from senpath.corrections.log import (
+    CORRECTIONS_DIR,
+    CorrectionError,
+    entry_key,
+    entry_states,
+    new_entry_id,
+)
 from senpath.corrections.replay import measurement_columns
 from senpath.results import SlideResults, atomic_write_bytes
 
@@ -48,6 +54,8 @@ class NucleusEdits:
 
         def _recompute(self) -> None: ...
 
+        def _check_writable(self) -> None: ...
+
     def read_labels(self, y0: int, x0: int, y1: int, x1: int) -> NDArray[np.int32]:
         """Level-0 labels of a region (px at :attr:`label_mpp`), to edit and pass to
         :meth:`edit_nuclei`."""
@@ -65,7 +73,7 @@ class NucleusEdits:
         if self._slide is None:
             from senpath.io import open_slide
 
-            path = self._slide_path or Path(self.raw.provenance["slide"]["path"])
+            path = self._slide_path or Path(self.raw.provenance.slide_path)
             if not path.exists():
                 raise CorrectionError(
                     f"the slide {path} is not where it was analysed; nucleus edits re-measure "
@@ -86,16 +94,15 @@ class NucleusEdits:
         rgb = self._open_slide().read_region(
             x0 * amp, y0 * amp, labels.shape[1] * amp, labels.shape[0] * amp, mpp=amp
         )
-        stains = StainSet(
-            tuple(prov["assay"]["stains"]), np.asarray(prov["assay"]["stain_vectors"], dtype=float)
-        )
-        conc = deconvolve(rgb, stains, prov.get("background_i0", 255.0))
+        stains = StainSet(prov.assay.stains, np.asarray(prov.assay.stain_vectors, dtype=float))
+        # the glass intensity the slide's cells were measured with (per RGB channel)
+        conc = deconvolve(rgb, stains, prov.background_i0)
         measured = measure_cells(
             labels,
             conc,
             stain_names=stains.names,
             mpp=amp,
-            cytoplasm_um=float(prov.get("config", {}).get("cytoplasm_um", 5.0)),
+            cytoplasm_um=prov.cytoplasm_um,
             origin_um=(x0 * amp, y0 * amp),
         )
         measured = measured[measured["cell_id"].isin(list(ids))].reset_index(drop=True)
@@ -119,9 +126,13 @@ class NucleusEdits:
         edited : (H, W) int, the region's labels after the edit.
         origin : (y0, x0) of the region in level-0 label px.
 
+        Cells whose nucleus is unchanged but whose cytoplasm ring changes (a neighbour of a nucleus
+        added, deleted or redrawn) are re-measured too (``remeasured``).
+
         Returns
         -------
-        The log entry (``removed``, ``added``, ``modified`` ids), or ``None`` when nothing changed.
+        The log entry (``removed``, ``added``, ``modified``, ``remeasured`` ids), or ``None`` when
+        nothing changed.
         """
         edited = np.asarray(edited)
         if edited.ndim != 2 or not np.issubdtype(edited.dtype, np.integer):
@@ -141,47 +152,67 @@ class NucleusEdits:
         if not diff.any():
             return None
         touched = sorted((set(np.unique(before[diff])) | set(np.unique(edited[diff]))) - {0})
-        cfg = self.raw.provenance.get("config", {})
-        margin = math.ceil(
-            (float(cfg.get("halo_um", 24.0)) + float(cfg.get("cytoplasm_um", 5.0))) / self.label_mpp
-        )
+        prov = self.raw.provenance
+        # A neighbour whose cytoplasm ring reaches the edit has its nucleus within two rings of
+        # it; the window holds that whole cell (a nucleus is at most the halo across, plus a ring).
+        margin = math.ceil((prov.halo_um + 3 * prov.cytoplasm_um) / self.label_mpp)
         wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
         wy1, wx1 = min(h, y1 + margin), min(w, x1 + margin)
-        window = self.read_labels(wy0, wx0, wy1, wx1)
+        window_before = self.read_labels(wy0, wx0, wy1, wx1)
+        window = window_before.copy()
         window[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0] = edited
         present = set(np.unique(window).tolist()) - {0}
         known = set(self.cells["cell_id"].tolist())
         removed = [c for c in touched if c not in present and c in known]
         added = [c for c in touched if c in present and c not in known]
         modified = [c for c in touched if c in present and c in known]
-        new_rows = self._measure(window, (wy0, wx0), added + modified)
+        remeasured = [
+            c for c in self._ring_changed(window_before, window) if c in known and c not in touched
+        ]
+        new_rows = self._measure(window, (wy0, wx0), added + modified + remeasured)
         prev_cols = measurement_columns(self.raw.cells, self.assay)
-        gone = self.cells[self.cells["cell_id"].isin(removed + modified)]
-        entry_id = int(self.entries[-1]["id"]) + 1 if self.entries else 1
+        gone = self.cells[self.cells["cell_id"].isin(removed + modified + remeasured)]
+        self._check_writable()
+        entry_id = new_entry_id()
         regions = self.folder / CORRECTIONS_DIR
         regions.mkdir(exist_ok=True)
-        npz = f"{CORRECTIONS_DIR}/{entry_id:06d}.npz"
+        npz = f"{CORRECTIONS_DIR}/{entry_id}.npz"
         buf = _npz_bytes(before=before, after=edited, origin=np.array([y0, x0]))
         atomic_write_bytes(self.folder / npz, buf)
         entry = self._log(
             {
+                "id": entry_id,
                 "action": "edit_nuclei",
                 "region": [y0, x0, y1, x1],
                 "cell_ids": touched,
                 "removed": removed,
                 "added": added,
                 "modified": modified,
+                "remeasured": remeasured,
                 "previous": {"rows": gone[prev_cols].to_dict("records")},
                 "new": {"rows": new_rows.to_dict("records")},
                 "labels": npz,
                 **({"note": note} if note else {}),
             }
         )
-        if entry["id"] != entry_id:  # another writer appended meanwhile: not supported
-            raise CorrectionError("the corrections log changed under this session; reopen it")
         write_label_region(self.folder, (y0, x0), edited)
         self._recompute()
         return entry
+
+    def _ring_changed(self, before: NDArray[np.int32], after: NDArray[np.int32]) -> list[int]:
+        """Ids whose cell (nucleus + cytoplasm ring) differs between two label windows.
+
+        A nucleus added, grown or deleted next to a cell moves the border between their rings (a
+        ring stops halfway to a neighbour), so that cell's cytoplasm measurements change too.
+        """
+        from senpath.measure import cell_compartments
+
+        kwargs = {"mpp": self.label_mpp, "cytoplasm_um": self.raw.provenance.cytoplasm_um}
+        cell_before = cell_compartments(before, **kwargs)["cell"]
+        cell_after = cell_compartments(after, **kwargs)["cell"]
+        diff = cell_before != cell_after
+        ids = set(np.unique(cell_before[diff]).tolist()) | set(np.unique(cell_after[diff]).tolist())
+        return sorted(int(c) for c in ids - {0})
 
     def _sync_labels(self, entry: Mapping[str, Any], in_effect: bool) -> None:
         """Make the label region of a nucleus edit match whether the edit is in effect."""
@@ -197,16 +228,22 @@ class NucleusEdits:
         if not self.entries:
             return
         last = self.entries[-1]
-        by_id = {int(e["id"]): e for e in self.entries}
+        by_id = {entry_key(e): e for e in self.entries}
         target = last
         while target.get("action") == "undo":
-            target = by_id[int(target["undoes"])]
+            target = by_id[str(target["undoes"])]
         if target.get("action") == "edit_nuclei" and (self.folder / target["labels"]).is_file():
-            self._sync_labels(target, entry_states(self.entries)[int(target["id"])])
+            self._sync_labels(target, entry_states(self.entries)[entry_key(target)])
 
 
 def _overlap(a: Sequence[int], b: Sequence[int]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _shared_cells(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two nucleus edits measured a cell in common (its nucleus or its ring changed)."""
+    cells_a = set(a["cell_ids"]) | set(a.get("remeasured", []))
+    return bool(cells_a & (set(b["cell_ids"]) | set(b.get("remeasured", []))))
 
 
 def _npz_bytes(**arrays: NDArray[Any]) -> bytes:

@@ -1,89 +1,36 @@
 """Replaying the corrections log over the pipeline's cells: thresholds, re-scoring, summary.
 
-The corrected table is ``apply_corrections(raw cells, log)``; :func:`apply_to_results` gives a loaded
-store its corrected cells, summary and provenance (what :func:`senpath.results.load_results` shows by
-default).
+The corrected table is ``apply_corrections(raw cells, log)``; :func:`load_results` gives a store with
+its corrected cells, summary and provenance (``senpath.load_results``). The calls, phenotypes and
+figures are those of :mod:`senpath.score`, the one place the scoring rules live.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from senpath.config import Assay, MarkerRule, get_assay, stain_profile_toml
+from senpath.config import Assay
 from senpath.corrections.log import (
-    ACTIONS,
+    CELL_ACTIONS,
     StaleCorrectionsWarning,
     active_entries,
     log_matches,
+    n_corrections,
     read_log,
+    relinked_slide_path,
 )
-from senpath.results import CORRECTIONS, SlideResults
-from senpath.score import intensity_bins, marker_value_column, score_cells, summarize_markers
+from senpath.results import CORRECTIONS, SlideResults, read_results
+from senpath.score import add_phenotypes, marker_value_column, score_cells, summarize_markers
 
-# ------------------------------------------------------------------------- assay and thresholds
-
-
-def assay_from_provenance(provenance: Mapping[str, Any]) -> Assay:
-    """The assay a store was scored with, rebuilt from its ``provenance.json``.
-
-    Marker rules keep their own (rule) thresholds; :func:`store_thresholds` gives the ones used.
-    """
-    info = provenance["assay"]
-    markers = []
-    for m in info.get("markers", []):
-        markers.append(
-            MarkerRule(
-                name=str(m["name"]),
-                stain=str(m["stain"]),
-                compartment=str(m["compartment"]),
-                threshold_od=float(m.get("rule_threshold_od", m["threshold_od"])),
-                bins_od=tuple(float(b) for b in m["bins_od"]),  # type: ignore[arg-type]
-                statistic=str(m.get("statistic", "mean")),
-            )
-        )
-    stains = tuple(str(s) for s in info["stains"])
-    try:  # a shipped preset knows its nuclear stains and description
-        preset = get_assay(str(info["name"]))
-        nuclear, description = preset.nuclear_stains, preset.description
-    except ValueError:
-        nuclear, description = stains[:1], ""
-    return Assay(
-        name=str(info["name"]),
-        description=description,
-        stains=stains,
-        nuclear_stains=nuclear,
-        markers=tuple(markers),
-        phenotypes={k: tuple(v) for k, v in info.get("phenotypes", {}).items()},
-        stain_vectors={
-            s: tuple(float(x) for x in v)  # type: ignore[misc]
-            for s, v in zip(stains, info.get("stain_vectors", []), strict=False)
-        },
-        stain_tolerance_deg={
-            str(s): float(d) for s, d in info.get("stain_tolerance_deg", {}).items()
-        },
-    )
-
-
-def store_thresholds(provenance: Mapping[str, Any]) -> dict[str, float]:
-    """``{marker: OD}`` thresholds the pipeline scored the slide with."""
-    from senpath.export import marker_thresholds
-
-    return marker_thresholds(provenance)
-
-
-def profile_toml(
-    provenance: Mapping[str, Any], thresholds: Mapping[str, float], *, name: str | None = None
-) -> str:
-    """A lab stain profile (TOML for ``senpath run --config``): the slide's assay with the stain
-    vectors it was measured with and the given thresholds (see :func:`stain_profile_toml`)."""
-    return stain_profile_toml(assay_from_provenance(provenance), thresholds=thresholds, name=name)
+# ------------------------------------------------------------------------------------ thresholds
 
 
 def corrected_thresholds(
@@ -123,15 +70,6 @@ def _rescore(cells: pd.DataFrame, assay: Assay, thresholds: Mapping[str, float])
             cells[col] = scored[col].to_numpy()
 
 
-def _phenotypes(cells: pd.DataFrame, assay: Assay) -> None:
-    for pheno, terms in assay.phenotypes.items():
-        flag = np.ones(len(cells), dtype=bool)
-        for term in terms:
-            pos = cells[f"{term[:-1]}_positive"].to_numpy(dtype=bool)
-            flag &= pos if term[-1] == "+" else ~pos
-        cells[pheno] = flag
-
-
 def _rows_frame(rows: Sequence[Mapping[str, Any]], like: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame(list(rows))
     for col in frame.columns:
@@ -156,8 +94,8 @@ def apply_corrections(
     ----------
     cells : the raw per-cell table (``cells.parquet``).
     entries : the log (:func:`read_log`); undone entries are skipped.
-    assay : the slide's assay (:func:`assay_from_provenance`).
-    thresholds : ``{marker: OD}`` the raw table was scored with (:func:`store_thresholds`).
+    assay : the slide's assay (``res.provenance.assay.assay()``).
+    thresholds : ``{marker: OD}`` the raw table was scored with (``res.provenance.thresholds``).
 
     Returns
     -------
@@ -170,7 +108,7 @@ def apply_corrections(
     out = cells.copy()
     edits = [e for e in active if e["action"] == "edit_nuclei"]
     for e in edits:
-        gone = set(e["removed"]) | set(e["modified"])
+        gone = set(e["removed"]) | set(e["modified"]) | set(e.get("remeasured", []))
         out = out[~out["cell_id"].isin(gone)]
         if e["new"]["rows"]:
             out = pd.concat([out, _rows_frame(e["new"]["rows"], out)], ignore_index=True)
@@ -207,16 +145,9 @@ def apply_corrections(
             out[f"{rule.name}_positive"], out[f"{rule.name}_bin"] = p, b.astype(np.int8)
         out[f"{rule.name}_manual"] = manual
     if any(calls.values()):
-        _phenotypes(out, assay)
+        add_phenotypes(out, assay)
     out["excluded"] = np.isin(ids, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
     return out
-
-
-def manual_bin(rule: MarkerRule, od: float, positive: bool) -> int:
-    """The intensity bin of a cell a person calls ``positive``: its OD bin, at least 1+ (0 if negative)."""
-    if not positive:
-        return 0
-    return max(1, int(intensity_bins(np.array([od]), rule.bins_od)[0]))
 
 
 # --------------------------------------------------------------------------- summary, provenance
@@ -268,36 +199,17 @@ def corrected_summary(
         "log": CORRECTIONS,
         "n_entries": sum(e["action"] != "start" for e in entries),
         "n_in_effect": len(active),
-        "by_action": {a: sum(e["action"] == a for e in active) for a in ACTIONS[1:-1]},
+        "by_action": {a: sum(e["action"] == a for e in active) for a in CELL_ACTIONS},
+        "n_corrections": n_corrections(entries),
         "n_excluded": int(cells["excluded"].sum()) if "excluded" in cells.columns else 0,
         "last_time": entries[-1]["time"] if entries else None,
     }
     return out
 
 
-def uncorrected_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The pipeline's own summary from a summary rewritten by :func:`corrected_summary`."""
-    out = {k: v for k, v in summary.items() if k not in ("uncorrected", "corrections")}
-    out.update(summary.get("uncorrected") or {})
-    return out
-
-
-def corrected_provenance(
-    provenance: Mapping[str, Any], thresholds: Mapping[str, float], n_entries: int
-) -> dict[str, Any]:
-    """Provenance as loaded with corrections: markers' ``threshold_od`` are the ones in effect (the
-    pipeline's kept as ``pipeline_threshold_od``) and ``corrections`` names the log."""
-    out = json.loads(json.dumps(provenance))
-    for m in out["assay"].get("markers", []):
-        if m["name"] in thresholds and float(thresholds[m["name"]]) != float(m["threshold_od"]):
-            m["pipeline_threshold_od"] = m["threshold_od"]
-            m["threshold_od"] = float(thresholds[m["name"]])
-    out["corrections"] = {"log": CORRECTIONS, "n_entries": n_entries}
-    return out
-
-
 def apply_to_results(res: SlideResults) -> SlideResults:
-    """A loaded raw store with its corrections applied (cells, summary, provenance).
+    """A store read as written (:func:`senpath.results.read_results`) with its corrections applied
+    (cells, summary, provenance).
 
     A log made for an earlier analysis of the slide (``senpath run --force`` since) is not applied:
     a :class:`StaleCorrectionsWarning` says so and where it is.
@@ -314,13 +226,39 @@ def apply_to_results(res: SlideResults) -> SlideResults:
             stacklevel=3,
         )
         return res
-    assay = assay_from_provenance(res.provenance)
-    base = store_thresholds(res.provenance)
+    assay = res.provenance.assay.assay()
+    base = res.provenance.thresholds
     cells = apply_corrections(res.cells, entries, assay=assay, thresholds=base)
     summary = corrected_summary(res.summary, cells, entries, assay=assay, thresholds=base)
     final = corrected_thresholds(entries, base)
     n = sum(e["action"] != "start" for e in entries)
-    provenance = corrected_provenance(res.provenance, final, n)
+    provenance = res.provenance.with_thresholds(
+        final,
+        corrections={"log": CORRECTIONS, "n_entries": n, "n_corrections": n_corrections(entries)},
+    )
+    moved = relinked_slide_path(entries)
+    if moved is not None:  # the slide was moved since the analysis: where it is now
+        slide = {**provenance.slide, "path": moved, "analysed_path": provenance.slide_path}
+        provenance = dataclasses.replace(provenance, slide=slide)
     return SlideResults(
         res.folder, cells, summary, provenance, res.manifest, corrections=list(entries)
     )
+
+
+def load_results(folder: str | Path, *, corrections: bool = True) -> SlideResults:
+    """Load one slide's committed results store (``senpath.load_results``).
+
+    Parameters
+    ----------
+    folder : the slide's store (``results/<slide_id>``).
+    corrections : apply the reviewer's corrections (``corrections.jsonl``, see
+        :mod:`senpath.corrections`): corrected calls, thresholds and nuclei, and an ``excluded``
+        column. ``False`` gives the table and summary as the pipeline wrote them.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``folder`` has no manifest (never run, or interrupted before it was committed).
+    """
+    res = read_results(folder)
+    return apply_to_results(res) if corrections else res

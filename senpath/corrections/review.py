@@ -3,7 +3,6 @@ threshold first."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from senpath.config import Assay
-from senpath.score import intensity_bins
+from senpath.score import call_marker, marker_figures
 
 # ------------------------------------------------------------------------------------ statistics
 
@@ -24,17 +23,15 @@ def marker_stats(
     With ``threshold_od``, the figures the slide would have at that threshold (manual calls kept);
     without, the current calls.
     """
-    from senpath.score import h_score
-
     rule = assay.marker(marker)
     if "excluded" in cells.columns:
         cells = cells[~cells["excluded"].to_numpy(dtype=bool)]
     pos = cells[f"{marker}_positive"].to_numpy(dtype=bool)
     bins = cells[f"{marker}_bin"].to_numpy()
     if threshold_od is not None:
-        od = np.nan_to_num(cells[f"{marker}_od"].to_numpy(dtype=np.float64), nan=0.0)
-        auto_pos = od >= float(threshold_od)
-        auto_bin = np.where(auto_pos, np.maximum(1, intensity_bins(od, rule.bins_od)), 0)
+        auto_pos, auto_bin = call_marker(
+            cells[f"{marker}_od"].to_numpy(dtype=np.float64), float(threshold_od), rule.bins_od
+        )
         manual = (
             cells[f"{marker}_manual"].to_numpy(dtype=bool)
             if f"{marker}_manual" in cells.columns
@@ -42,13 +39,10 @@ def marker_stats(
         )
         pos = np.where(manual, pos, auto_pos)
         bins = np.where(manual, bins, auto_bin)
-    n, k = len(pos), int(pos.sum())
+    figures = marker_figures(pos, bins)
     return {
         "marker": marker,
-        "n_cells": n,
-        "n_positive": k,
-        "pct_positive": 100.0 * k / n if n else math.nan,
-        "h_score": h_score(bins),
+        **{k: figures[k] for k in ("n_cells", "n_positive", "pct_positive", "h_score")},
     }
 
 

@@ -19,7 +19,9 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from senpath.corrections.label_regions import _labels_group
+from senpath.corrections.lock import CorrectionLock, LockOwner, StoreLockedError, lock_owner
 from senpath.corrections.log import (
+    CELL_ACTIONS,
     CorrectionError,
     StaleCorrectionsWarning,
     _append,
@@ -27,32 +29,32 @@ from senpath.corrections.log import (
     _default_user,
     _now,
     _repair_torn_tail,
+    entry_key,
     entry_states,
     log_matches,
+    new_entry_id,
     read_log,
+    relinked_slide_path,
     set_aside,
 )
-from senpath.corrections.nucleus_edits import NucleusEdits, _overlap
-from senpath.corrections.replay import (
-    _phenotypes,
-    apply_corrections,
-    assay_from_provenance,
-    corrected_summary,
-    corrected_thresholds,
-    manual_bin,
-    profile_toml,
-    store_thresholds,
-)
+from senpath.corrections.nucleus_edits import NucleusEdits, _overlap, _shared_cells
+from senpath.corrections.replay import apply_corrections, corrected_summary, corrected_thresholds
 from senpath.corrections.review import marker_stats, review_queue
+from senpath.labels import label_mpp
+from senpath.provenance import profile_toml
+from senpath.qc_plots import slide_histograms_png
 from senpath.results import (
     CELLS,
     CORRECTIONS,
     PROVENANCE,
+    QC_HISTOGRAMS,
     SUMMARY,
     atomic_write_bytes,
     atomic_write_json,
+    read_results,
     write_manifest,
 )
+from senpath.score import add_phenotypes, manual_bin
 
 
 class CorrectionSession(NucleusEdits):
@@ -69,31 +71,52 @@ class CorrectionSession(NucleusEdits):
     user : name written into the log (default: ``$SENPATH_USER`` or the login name).
     slide_path : the slide file, when it is no longer where it was analysed (nucleus edits re-measure
         cells on its pixels).
+    read_only : open to look, not to correct: no lock is taken and every edit raises
+        :class:`CorrectionError`.
+
+    Raises
+    ------
+    StoreLockedError
+        When another review session (another window, another person) writes this store's
+        corrections now; open it with ``read_only=True`` to look meanwhile.
 
     Notes
     -----
+    A session writes only while it holds the store's lock (``corrections.lock``, see
+    :mod:`senpath.corrections.lock`); :meth:`close` releases it. A lock left by a review that is no
+    longer running is taken over with a :class:`~senpath.corrections.lock.StaleLockWarning`
+    (``lock_taken_over`` then says whose it was).
+
     A log made for an earlier analysis of the slide is moved aside (:func:`set_aside`) when the
     session opens; ``moved_aside`` then holds its new path.
     """
 
     def __init__(
-        self, folder: str | Path, *, user: str | None = None, slide_path: str | Path | None = None
+        self,
+        folder: str | Path,
+        *,
+        user: str | None = None,
+        slide_path: str | Path | None = None,
+        read_only: bool = False,
     ) -> None:
-        from senpath.labels import label_mpp
-        from senpath.results import load_results
-
         self.folder = Path(folder)
         self.user = user or _default_user()
-        self.raw = load_results(self.folder, corrections=False)
-        self.assay = assay_from_provenance(self.raw.provenance)
-        self.base_thresholds = store_thresholds(self.raw.provenance)
+        self.raw = read_results(self.folder)
+        self._lock: CorrectionLock | None = None
+        self.lock_taken_over: LockOwner | None = None
+        if not read_only:
+            self._lock = CorrectionLock(self.folder, user=self.user)
+            self.lock_taken_over = self._lock.taken_over
+        self.assay = self.raw.provenance.assay.assay()
+        self.base_thresholds = self.raw.provenance.thresholds
         self.label_mpp = float(label_mpp(self.folder))
         self._slide_path = Path(slide_path) if slide_path else None
         self._slide: Any = None
         self.moved_aside: Path | None = None
-        _repair_torn_tail(self.folder)
+        if not read_only:
+            _repair_torn_tail(self.folder)
         self.entries = read_log(self.folder)
-        if self.entries and not log_matches(self.entries, self.raw.manifest):
+        if self.entries and not log_matches(self.entries, self.raw.manifest) and not read_only:
             self.moved_aside = set_aside(self.folder)
             warnings.warn(
                 f"{self.folder / CORRECTIONS} was made for an earlier analysis of this slide; "
@@ -102,8 +125,38 @@ class CorrectionSession(NucleusEdits):
                 stacklevel=2,
             )
             self.entries = []
-        self._repair_labels()
+        if self._slide_path is None and relinked_slide_path(self.entries):
+            self._slide_path = Path(str(relinked_slide_path(self.entries)))
+        if not read_only:
+            self._repair_labels()
         self._recompute()
+
+    # ------------------------------------------------------------------------------ lock
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this session cannot correct (opened read-only, or closed)."""
+        return self._lock is None
+
+    @property
+    def locked_by(self) -> LockOwner | None:
+        """The other session that writes this store now (``None``: none)."""
+        owner = lock_owner(self.folder)
+        if owner is not None and self._lock is not None and owner == self._lock.owner:
+            return None
+        return owner
+
+    def close(self) -> None:
+        """Stop correcting: release the store's lock (the session stays readable)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> CorrectionSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ----------------------------------------------------------------------------- state
 
@@ -151,26 +204,103 @@ class CorrectionSession(NucleusEdits):
             return 0
         return int(_labels_group(self.folder)["0"][i, j])
 
+    def _check_writable(self) -> None:
+        if self._lock is None:
+            raise CorrectionError(
+                f"{self.slide_id} is open read-only: no correction can be made in this session"
+            )
+        if not self._lock.held:
+            owner = lock_owner(self.folder)
+            who = f" by {owner.describe()}" if owner else ""
+            raise StoreLockedError(
+                f"{self.slide_id}: this session no longer holds the corrections lock (taken "
+                f"over{who}); reopen the review to go on"
+            )
+
+    # ----------------------------------------------------------------------------- the slide
+
+    @property
+    def slide_path(self) -> Path:
+        """Where the slide file is now (where it was analysed, unless it was relinked)."""
+        return self._slide_path or Path(self.raw.provenance.slide_path)
+
+    @property
+    def slide_found(self) -> bool:
+        """Whether the slide file is where :attr:`slide_path` says."""
+        return self.slide_path.is_file() or self.slide_path.is_dir()
+
+    def relink_slide(self, path: str | Path, *, force: bool = False) -> dict[str, Any]:
+        """Record where the slide is now, after it was moved or copied since the analysis.
+
+        The store's ``provenance.json`` is never rewritten (the log identifies the analysis by its
+        sha256): the new path is a ``relink_slide`` entry of the log, which
+        :func:`senpath.load_results` and the napari plugin follow. It is not an edit of the cells
+        (undo leaves it alone; relink again to change it).
+
+        Parameters
+        ----------
+        path : the slide file now.
+        force : accept a file whose size or level-0 size differ from the analysed slide's.
+
+        Raises
+        ------
+        CorrectionError
+            When the file is missing, or does not look like the analysed slide (without ``force``).
+        """
+        from senpath.io import open_slide
+
+        new = Path(path).expanduser().resolve()
+        if not new.exists():
+            raise CorrectionError(f"{new}: no such file")
+        if not force:
+            problems = []
+            size = self.raw.manifest.get("identity", {}).get("input", {}).get("size")
+            if size is not None and new.is_file() and new.stat().st_size != int(size):
+                problems.append(f"{new.stat().st_size} bytes, the analysed slide had {size}")
+            shape = self.raw.provenance.slide.get("shape")
+            mpp = self.raw.manifest.get("identity", {}).get("mpp")
+            try:
+                opened = open_slide(new, mpp=mpp)
+            except Exception as exc:
+                raise CorrectionError(f"{new} cannot be read as a slide: {exc}") from None
+            found = list(opened.shape)
+            if shape is not None and found != [int(v) for v in shape[:2]]:
+                problems.append(
+                    f"{found[0]} x {found[1]} px, the analysed one {shape[0]} x {shape[1]}"
+                )
+            if problems:
+                raise CorrectionError(
+                    f"{new} does not look like the slide {self.slide_id} was analysed from ("
+                    + "; ".join(problems)
+                    + "): give the right file, or force=True (--force) if it is"
+                )
+        entry = self._log(
+            {
+                "action": "relink_slide",
+                "slide_path": str(new),
+                "previous": str(self.slide_path),
+                "cell_ids": [],
+            }
+        )
+        self._slide_path, self._slide = new, None
+        return entry
+
     def _log(self, entry: dict[str, Any]) -> dict[str, Any]:
+        self._check_writable()
         if not self.entries:
             head = {
-                "id": 0,
+                "id": new_entry_id(),
                 "time": _now(),
                 "user": self.user,
                 "action": "start",
                 "slide_id": self.slide_id,
                 "cells_sha256": self.raw.manifest.get("files", {}).get(CELLS),
                 "provenance_sha256": self.raw.manifest.get("files", {}).get(PROVENANCE),
-                "senpath_version": self.raw.provenance.get("senpath_version"),
+                "senpath_version": self.raw.provenance.senpath_version,
             }
             _append(self.folder, head)
             self.entries.append(head)
-        full = {
-            "id": int(self.entries[-1]["id"]) + 1,
-            "time": _now(),
-            "user": self.user,
-            **entry,
-        }
+        full = {"id": new_entry_id(), "time": _now(), "user": self.user, **entry}
         full = _clean(full)
         _append(self.folder, full)
         self.entries.append(full)
@@ -221,7 +351,7 @@ class CorrectionSession(NucleusEdits):
         self.cells.iloc[rows, positions[1]] = np.int8(bin)
         self.cells.iloc[rows, positions[2]] = True
         if self.assay.phenotypes:
-            _phenotypes(self.cells, self.assay)
+            add_phenotypes(self.cells, self.assay)
         return entry
 
     def flip_call(self, cell_id: int, marker: str) -> dict[str, Any]:
@@ -285,7 +415,7 @@ class CorrectionSession(NucleusEdits):
             "previous": {m: current[m] for m in new},
             "new": new,
         }
-        trial = [*self.entries, {"id": -1, **entry}]
+        trial = [*self.entries, {"id": "", **entry}]
         cells = apply_corrections(
             self.raw.cells, trial, assay=self.assay, thresholds=self.base_thresholds
         )
@@ -303,45 +433,48 @@ class CorrectionSession(NucleusEdits):
         self._index = pd.Index(self.cells["cell_id"].to_numpy())
         return logged
 
-    def undo(self, entry_id: int | None = None) -> dict[str, Any] | None:
+    def undo(self, entry_id: int | str | None = None) -> dict[str, Any] | None:
         """Revert an edit (default: the latest one in effect) by logging an ``undo`` entry.
 
         History is never deleted: the reverted entry stays in the log. Undoing an ``undo`` redoes
         it. A nucleus edit can only be undone while no later edit in effect overlaps its region.
         Returns the undo entry (``None`` when there is nothing to undo).
         """
+        self._check_writable()
         state = entry_states(self.entries)
-        by_id = {int(e["id"]): e for e in self.entries}
+        by_id = {entry_key(e): e for e in self.entries}
+        position = {entry_key(e): k for k, e in enumerate(self.entries)}
         if entry_id is None:
             candidates = [
                 e
                 for e in reversed(self.entries)
-                if e["action"] not in ("start", "undo") and state[int(e["id"])]
+                if e["action"] in CELL_ACTIONS and state[entry_key(e)]
             ]
             if not candidates:
                 return None
             target = candidates[0]
         else:
-            if int(entry_id) not in by_id or by_id[int(entry_id)]["action"] == "start":
+            key = str(entry_id)
+            if key not in by_id or by_id[key]["action"] in ("start", "relink_slide"):
                 raise CorrectionError(f"no correction with id {entry_id} to undo")
-            target = by_id[int(entry_id)]
-            if not state[int(entry_id)]:
+            target = by_id[key]
+            if not state[key]:
                 raise CorrectionError(f"correction {entry_id} is already undone")
-        trial = [*self.entries, {"id": -1, "action": "undo", "undoes": int(target["id"])}]
+        trial = [*self.entries, {"id": "", "action": "undo", "undoes": entry_key(target)}]
         after = entry_states(trial)
         changed = [
-            by_id[i]
-            for i in sorted(by_id)
-            if by_id[i]["action"] == "edit_nuclei" and state[i] != after[i]
+            e
+            for e in self.entries
+            if e["action"] == "edit_nuclei" and state[entry_key(e)] != after[entry_key(e)]
         ]
         for e in changed:
             later = [
                 f
                 for f in self.entries
                 if f["action"] == "edit_nuclei"
-                and int(f["id"]) > int(e["id"])
-                and after[int(f["id"])]
-                and _overlap(e["region"], f["region"])
+                and position[entry_key(f)] > position[entry_key(e)]
+                and after[entry_key(f)]
+                and (_overlap(e["region"], f["region"]) or _shared_cells(e, f))
             ]
             if later:
                 raise CorrectionError(
@@ -351,7 +484,7 @@ class CorrectionSession(NucleusEdits):
         entry = self._log(
             {
                 "action": "undo",
-                "undoes": int(target["id"]),
+                "undoes": target["id"],
                 "marker": target.get("marker"),
                 "cell_ids": target.get("cell_ids", []),
                 "previous": target.get("new"),
@@ -360,7 +493,7 @@ class CorrectionSession(NucleusEdits):
         )
         state = entry_states(self.entries)
         for e in changed:
-            self._sync_labels(e, state[int(e["id"])])
+            self._sync_labels(e, state[entry_key(e)])
         self._recompute()
         return entry
 
@@ -385,8 +518,7 @@ class CorrectionSession(NucleusEdits):
         ``qc_histograms.png`` the thresholds in effect; the manifest is rewritten last with the same
         run identity, so the store stays complete and a resumed batch does not redo the slide.
         """
-        from senpath.results import QC_HISTOGRAMS
-
+        self._check_writable()
         summary = corrected_summary(
             self.raw.summary,
             self.cells,
@@ -396,8 +528,6 @@ class CorrectionSession(NucleusEdits):
         )
         atomic_write_json(self.folder / SUMMARY, summary)
         if (self.folder / QC_HISTOGRAMS).is_file():
-            from senpath.report import slide_histograms_png
-
             atomic_write_bytes(
                 self.folder / QC_HISTOGRAMS, slide_histograms_png(self.cells, self.thresholds)
             )

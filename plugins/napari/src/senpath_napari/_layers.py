@@ -37,6 +37,8 @@ BIN_COLOURS = {
 }
 #: Above this many cells, the centroid Points layer is left out (the label overlay scales).
 MAX_POINTS = 200_000
+#: Units of every layer's world coordinates (the scale bar reads them; napari's default is pixels).
+UNITS = ("µm", "µm")
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -50,6 +52,7 @@ def slide_layer(slide: Any, *, name: str | None = None) -> LayerData:
         "multiscale": len(levels) > 1,
         "scale": (float(slide.mpp[1]), float(slide.mpp[0])),
         "contrast_limits": (0, 255),
+        "units": UNITS,
         "metadata": {
             "senpath_slide": str(slide.path),
             "senpath_role": "slide",
@@ -130,6 +133,7 @@ def calls_layer(
         "name": f"{marker} calls",
         "multiscale": len(levels) > 1,
         "scale": (mpp, mpp),
+        "units": UNITS,
         "colormap": class_colormap(mode),
         "opacity": 0.8,
         "metadata": {"senpath_store": str(folder), "senpath_role": "calls", "marker": marker},
@@ -169,6 +173,7 @@ def points_layer(cells: pd.DataFrame, marker: str, folder: str | Path) -> LayerD
     kwargs = {
         "name": "cells",
         "size": 4.0,
+        "units": UNITS,
         "face_color": point_colours(cells, marker),
         "border_width": 0,
         "features": features,
@@ -178,24 +183,39 @@ def points_layer(cells: pd.DataFrame, marker: str, folder: str | Path) -> LayerD
     return (coords, kwargs, "points")
 
 
+def slide_missing_message(slide_id: str, path: str | Path, folder: str | Path) -> str:
+    """What to tell when a store's slide is not where it was analysed, and how to point to it."""
+    return (
+        f"The slide of {slide_id} is not at {path} (moved since the analysis?): its cells are "
+        "shown without the slide. Point to it with 'Locate slide…' in the Review widget, or "
+        f"`senpath relink {folder} NEW_PATH`."
+    )
+
+
 def results_layers(folder: str | Path, *, marker: str | None = None) -> list[LayerData]:
     """A results store as layers: the slide (when its file is found), the call overlay and points.
 
-    The cells are the corrected ones (``senpath.load_results`` applies the store's corrections).
+    The cells are the corrected ones (``senpath.load_results`` applies the store's corrections,
+    and follows a slide relinked with ``senpath relink``). A slide that is not found is left out
+    with a napari warning that says how to point to it.
     """
     import senpath
     from senpath.io import open_slide
 
     folder = Path(folder)
     res = senpath.load_results(folder)
-    markers = [m["name"] for m in res.provenance["assay"].get("markers", [])]
+    markers = [m.name for m in res.provenance.markers]
     layers: list[LayerData] = []
-    slide_path = Path(res.provenance["slide"]["path"])
+    slide_path = Path(res.provenance.slide_path)
     if slide_path.exists():
         slide = open_slide(slide_path, mpp=res.manifest.get("identity", {}).get("mpp"))
         data, kwargs, kind = slide_layer(slide, name=res.slide_id)
         kwargs["metadata"]["senpath_store"] = str(folder)
         layers.append((data, kwargs, kind))
+    else:
+        from napari.utils.notifications import show_warning
+
+        show_warning(slide_missing_message(res.slide_id, slide_path, folder))
     if not markers:  # an H&E store: nuclei only
         from senpath.labels import label_mpp
 
@@ -205,6 +225,7 @@ def results_layers(folder: str | Path, *, marker: str | None = None) -> list[Lay
             "name": "nuclei",
             "multiscale": len(levels) > 1,
             "scale": (mpp, mpp),
+            "units": UNITS,
             "metadata": {"senpath_store": str(folder), "senpath_role": "nuclei"},
         }
         layers.append((levels if len(levels) > 1 else levels[0], kwargs, "labels"))

@@ -14,7 +14,12 @@
 Every correction goes through :class:`senpath.corrections.CorrectionSession`: appended to the
 store's ``corrections.jsonl`` (fsynced) before the widget shows it, so a crash loses at most the edit
 being made; the derived files (summary, manifest) are rewritten shortly after each edit (autosave)
-and on "Save".
+and on "Save". One window corrects a store at a time (the store's ``corrections.lock``): a second one
+opens it read-only and says who is correcting it. Closing the widget saves, releases the lock and
+removes its mouse and key bindings from the viewer.
+
+A store whose slide has moved opens without the slide, with a warning; "Locate slide…" records where
+it is now (``senpath relink`` does the same from the command line).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -98,18 +103,71 @@ class ReviewWidget(QWidget):
         self.editor: Any = None
         self.editor_origin: tuple[int, int] = (0, 0)
         self.pending_ids: set[int] = set()
+        self._key_handlers: dict[str, Any] = {}
+        self._connected = False
+        self._docked = False
         self._build()
         self._autosave = QTimer(self)
         self._autosave.setSingleShot(True)
         self._autosave.setInterval(1500)
         self._autosave.timeout.connect(self.save)
-        for key, method in SHORTCUTS.items():
-            self.viewer.bind_key(key, self._key_handler(method), overwrite=True)
-        self.viewer.mouse_drag_callbacks.append(self._on_mouse)
-        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self._connect()
         for layer in list(self.viewer.layers):
             if self._store_of(layer) and self.session is None:
                 self.open_store(self._store_of(layer), add_layers=False)
+
+    # ------------------------------------------------------------------ viewer hooks, closing
+
+    def _connect(self) -> None:
+        """Register the click action, the shortcuts and the layer watch with the viewer."""
+        if self._connected:
+            return
+        for key, method in SHORTCUTS.items():
+            handler = self._key_handler(method)
+            self._key_handlers[key] = handler
+            self.viewer.bind_key(key, handler, overwrite=True)
+        self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self._connected = True
+
+    def teardown(self) -> None:
+        """Stop reviewing: write pending edits, release the store and unhook from the viewer.
+
+        Called when the widget is closed (its dock's close button): a closed widget must not go
+        on editing on clicks and shortcuts, nor keep other windows from correcting the store.
+        """
+        if self._connected:
+            from napari.utils.key_bindings import KeyBinding
+
+            for key, handler in self._key_handlers.items():
+                # only our own binding: another widget may have bound the key since
+                if self.viewer.keymap.get(KeyBinding.from_str(key)) is handler:
+                    self.viewer.bind_key(key, None)
+            self._key_handlers.clear()
+            if self._on_mouse in self.viewer.mouse_drag_callbacks:
+                self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+            self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
+            self._connected = False
+        if self.session is not None:
+            if not self.session.read_only:
+                self.close_editor()
+                self.save()
+            self.session.close()
+
+    def event(self, event: QEvent) -> bool:
+        # napari's dock close button takes the widget out of its dock (parent None), it does not
+        # close it: that is when it stops reviewing
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                self.teardown()
+        return super().event(event)
+
+    def closeEvent(self, event: Any) -> None:
+        self.teardown()
+        super().closeEvent(event)
 
     # ------------------------------------------------------------------------------ layout
 
@@ -123,6 +181,11 @@ class ReviewWidget(QWidget):
         top.addWidget(self.store_label, 1)
         top.addWidget(open_button)
         layout.addLayout(top)
+        self.locate_button = QPushButton("Locate slide…")
+        self.locate_button.setToolTip("The slide was moved since the analysis: point to its file")
+        self.locate_button.clicked.connect(self._choose_slide)
+        self.locate_button.setVisible(False)
+        layout.addWidget(self.locate_button)
 
         form = QFormLayout()
         self.marker_combo = QComboBox()
@@ -257,21 +320,42 @@ class ReviewWidget(QWidget):
             self.open_store(folder)
 
     def open_store(self, folder: str | Path, *, add_layers: bool = True) -> None:
-        """Start reviewing a results store (adds its layers unless they are open already)."""
-        from senpath.corrections import CorrectionSession
+        """Start reviewing a results store (adds its layers unless they are open already).
+
+        When another window or person corrects the store now, it opens read-only and says so.
+        """
+        import warnings
+
+        from napari.utils.notifications import show_info
+        from senpath.corrections import CorrectionSession, StaleLockWarning, StoreLockedError
 
         folder = Path(folder)
         if self.session is not None:
-            self.save()
-        self.session = CorrectionSession(folder)
+            if not self.session.read_only:
+                self.save()
+            self.session.close()
+        locked: str | None = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", StaleLockWarning)
+            try:
+                self.session = CorrectionSession(folder)
+            except StoreLockedError as exc:
+                locked = str(exc)
+                self.session = CorrectionSession(folder, read_only=True)
         if add_layers and not self._layers("calls"):
             for data, kwargs, kind in _layers.results_layers(folder):
                 getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-        self.store_label.setText(f"<b>{self.session.slide_id}</b> ({folder})")
+        mode = " <b>read-only</b>" if locked else ""
+        self.store_label.setText(f"<b>{self.session.slide_id}</b> ({folder}){mode}")
         if self.session.moved_aside:
             self.status_label.setText(
                 f"an old corrections log (earlier analysis) was kept as {self.session.moved_aside.name}"
             )
+        for w in caught:
+            if issubclass(w.category, StaleLockWarning):
+                show_info(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.marker_combo.blockSignals(True)
         self.marker_combo.clear()
         self.marker_combo.addItems(self.session.markers)
@@ -279,6 +363,49 @@ class ReviewWidget(QWidget):
         if self.session.markers:
             self.set_marker(self.session.markers[0])
         self._update_status()
+        self.locate_button.setVisible(not self.session.slide_found)
+        if not self.session.slide_found:  # the reader (results_layers) has warned already
+            self.status_label.setText(
+                _layers.slide_missing_message(
+                    self.session.slide_id, self.session.slide_path, folder
+                )
+            )
+        if locked:
+            self._tell(locked)
+
+    def _choose_slide(self) -> None:
+        if self.session is None:
+            return
+        path, _ = QFileDialog.getOpenFileName(
+            self, f"Where is the slide of {self.session.slide_id} now?", str(Path.home())
+        )
+        if path:
+            self.relink_slide(path)
+
+    def relink_slide(self, path: str | Path, *, force: bool = False) -> bool:
+        """Point the store to its slide file after it was moved (logged), and show the slide."""
+        from senpath.corrections import CorrectionError
+        from senpath.io import open_slide
+
+        if self.session is None:
+            return False
+        try:
+            entry = self.session.relink_slide(path, force=force)
+        except CorrectionError as exc:
+            self._tell(str(exc))
+            return False
+        mpp = self.session.raw.manifest.get("identity", {}).get("mpp")
+        data, kwargs, _ = _layers.slide_layer(
+            open_slide(entry["slide_path"], mpp=mpp), name=self.session.slide_id
+        )
+        kwargs["metadata"]["senpath_store"] = str(self.session.folder)
+        for layer in self._layers("slide"):
+            self.viewer.layers.remove(layer)
+        layer = self.viewer.add_image(data, **kwargs)
+        self.viewer.layers.move(self.viewer.layers.index(layer), 0)  # under the overlays
+        self.locate_button.setVisible(False)
+        self._update_status(f"slide found at {entry['slide_path']} (recorded in the log)")
+        return True
 
     def _layers(self, role: str) -> list[Any]:
         store = str(self.session.folder) if self.session else None
@@ -326,9 +453,11 @@ class ReviewWidget(QWidget):
             layer.colormap = _layers.class_colormap(mode)
             layer.name = f"{self.marker} calls"
             layer.metadata["marker"] = self.marker
+        coords = cells[["y_um", "x_um"]].to_numpy(dtype=np.float64)
         for layer in self._layers("cells"):
-            if len(layer.data) != len(cells):  # nuclei added or removed
-                layer.data = cells[["y_um", "x_um"]].to_numpy(dtype=np.float64)
+            # a nucleus edit can keep the number of cells and still move, add or remove some
+            if not np.array_equal(np.asarray(layer.data), coords):
+                layer.data = coords
             layer.features = _layers.point_features(cells, self.marker)
             layer.face_color = _layers.point_colours(cells, self.marker, mode)
         self._update_stats()
@@ -381,6 +510,16 @@ class ReviewWidget(QWidget):
         self.status_label.setText(message)
         show_warning(message)
 
+    def _try(self, edit: Any, *args: Any) -> Any:
+        """Make one correction; tell why when it cannot be made (read-only, invalid)."""
+        from senpath.corrections import CorrectionError
+
+        try:
+            return edit(*args)
+        except CorrectionError as exc:
+            self._tell(str(exc))
+            return None
+
     def _edited(self, *, overlay: bool = True) -> None:
         """After any correction: redraw, and schedule the autosave of the derived files."""
         if overlay:
@@ -405,11 +544,12 @@ class ReviewWidget(QWidget):
         if cid == 0 or action == "off":
             return cid
         self.current_cell = cid
+        entry = None
         if action == "flip call":
-            self.session.flip_call(cid, self.marker)
+            entry = self._try(self.session.flip_call, cid, self.marker)
         elif action.startswith("exclude"):
-            self.session.toggle_excluded(cid)
-        if action != "select only":
+            entry = self._try(self.session.toggle_excluded, cid)
+        if entry is not None:
             self._edited()
         self._show_cell(cid)
         return cid
@@ -440,7 +580,7 @@ class ReviewWidget(QWidget):
         value = float(self.spin.value() if value is None else value)
         if value != self.spin.value():
             self.spin.setValue(value)
-        entry = self.session.set_thresholds({self.marker: value})
+        entry = self._try(self.session.set_thresholds, {self.marker: value})
         if entry is not None:
             self._edited()
 
@@ -490,15 +630,15 @@ class ReviewWidget(QWidget):
     def flip_current(self) -> None:
         """Flip the call of the current cell."""
         if self.session is not None and self.current_cell and self.marker:
-            self.session.flip_call(self.current_cell, self.marker)
-            self._edited()
+            if self._try(self.session.flip_call, self.current_cell, self.marker) is not None:
+                self._edited()
             self._show_cell(self.current_cell)
 
     def exclude_current(self) -> None:
         """Exclude (or include again) the current cell."""
         if self.session is not None and self.current_cell:
-            self.session.toggle_excluded(self.current_cell)
-            self._edited()
+            if self._try(self.session.toggle_excluded, self.current_cell) is not None:
+                self._edited()
             self._show_cell(self.current_cell)
 
     def _show_cell(self, cid: int, *, centre: bool = False) -> None:
@@ -518,6 +658,7 @@ class ReviewWidget(QWidget):
                 np.array([[y, x]]),
                 name="current cell",
                 size=14.0,
+                units=_layers.UNITS,
                 face_color="transparent",
                 border_color="yellow",
                 border_width=0.15,
@@ -565,10 +706,16 @@ class ReviewWidget(QWidget):
 
     def save(self) -> None:
         """Rewrite the store's derived files (summary, manifest) from the corrections."""
-        if self.session is None:
+        if self.session is None or self.session.read_only:
             return
+        from senpath.corrections import CorrectionError
+
         self._autosave.stop()
-        self.session.save()
+        try:
+            self.session.save()
+        except CorrectionError as exc:  # the lock was taken over (removed by hand)
+            self._tell(str(exc))
+            return
         self._update_status()
 
     # --------------------------------------------------------------------------- nuclei
@@ -607,6 +754,9 @@ class ReviewWidget(QWidget):
         """
         if self.session is None:
             return None
+        if self.session.read_only:
+            self._tell(f"{self.session.slide_id} is open read-only: nuclei cannot be edited here")
+            return None
         self.close_editor()
         y0, x0, y1, x1 = region or self._view_region()
         amp = self.session.label_mpp
@@ -617,6 +767,7 @@ class ReviewWidget(QWidget):
             name="nuclei (editing)",
             scale=(amp, amp),
             translate=(y0 * amp, x0 * amp),
+            units=_layers.UNITS,
             opacity=0.6,
             metadata={"senpath_role": "editor", "senpath_store": str(self.session.folder)},
         )
