@@ -189,7 +189,7 @@ def export_checkpoint(
     """
     import torch
 
-    from senpath.segment.data import NETWORK_MPP
+    from senpath.segment.resample import NETWORK_MPP
     from senpath.segment.net import OUTPUT_CHANNELS
 
     ckpt = load_checkpoint(checkpoint)
