@@ -14,7 +14,7 @@ from typing import Any
 
 from senpath.config import AnalysisConfig, Assay, get_assay
 from senpath.provenance import Provenance
-from senpath.results import CELLS, PROVENANCE, is_complete
+from senpath.results import CELLS, PROVENANCE, is_complete, store_folder
 from senpath.samplesheet import SlideJob
 from senpath.slide_analysis import TileProgress, run_identity
 
@@ -29,6 +29,7 @@ class SlideReport:
     seconds: float = 0.0
     message: str = ""
     folder: Path | None = None
+    traceback: str = ""  # of a failed slide (also in failures.log)
 
 
 def screen_job(
@@ -58,13 +59,28 @@ def screen_job(
             "own slide_id (its results folder): give them distinct names in a sample sheet"
         )
     seen.add(job.slide_id)
-    folder = Path(out) / job.slide_id
     assay = get_assay(job.assay, assays)
+    return assay, None if force else skipped_report(job, out=out, config=config, assay=assay)
+
+
+def skipped_report(
+    job: SlideJob, *, out: str | Path, config: AnalysisConfig, assay: Assay
+) -> SlideReport | None:
+    """A ``skipped`` report when the slide's store is complete for this input, settings, assay and
+    model (its files matching its manifest); ``None`` when the slide must be analysed.
+
+    The slide's file is probed first (:func:`senpath.io.probe_file`), so a file that cannot be read
+    (a symbolic link loop, a folder, a pipe) gets the reader's one line, not a raw ``OSError``.
+    """
+    from senpath.io import probe_file
+
+    probe_file(job.path)
+    folder = store_folder(out, job.slide_id)
     identity = run_identity(job.path, config=config, assay=assay, mpp=job.mpp)
-    if not force and is_complete(folder, identity):
+    if is_complete(folder, identity):
         n = _count_cells(folder)
-        return assay, SlideReport(job.slide_id, "skipped", n, 0.0, "complete", folder)
-    return assay, None
+        return SlideReport(job.slide_id, "skipped", n, 0.0, "complete", folder)
+    return None
 
 
 def failed_report(
@@ -79,9 +95,26 @@ def failed_report(
 
     ``tb`` is the traceback when ``exc`` was raised elsewhere (a dask worker's); default: its own.
     """
-    message = f"{job.path}: {type(exc).__name__}: {exc}"
-    _log_failure(Path(out), job, exc, tb=tb)
-    return SlideReport(job.slide_id, "failed", 0, seconds, message)
+    text = _log_failure(Path(out), job, exc, tb=tb)
+    return SlideReport(job.slide_id, "failed", 0, seconds, failure_line(job, exc), None, text)
+
+
+#: Errors whose message is written for the user (it names the problem and the fix): shown as they
+#: are. Any other exception is unexpected, and its type is shown too (its traceback is in the log).
+_EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError)
+
+
+def failure_line(job: SlideJob, exc: BaseException) -> str:
+    """One line for a failed slide: the file once, then the problem.
+
+    ``path: problem`` for senpath's own errors (whose message may already start with the file:
+    it is not repeated); ``path: KeyError: 'x'`` for an unexpected one.
+    """
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not isinstance(exc, _EXPECTED_ERRORS):
+        text = f"{type(exc).__name__}: {text}"
+    path = str(job.path)
+    return text if text.startswith(path) else f"{path}: {text}"
 
 
 def ok_message(folder: Path) -> str:
@@ -100,12 +133,19 @@ def _count_cells(folder: Path) -> int:
     return int(pq.ParquetFile(folder / CELLS).metadata.num_rows)
 
 
-def _log_failure(out: Path, job: SlideJob, exc: BaseException, *, tb: Any = None) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _log_failure(out: Path, job: SlideJob, exc: BaseException, *, tb: Any = None) -> str:
+    """Append the traceback to ``<out>/failures.log``; returns it."""
     tb = exc.__traceback__ if tb is None else tb
     text = "".join(traceback.format_exception(type(exc), exc, tb))
-    with open(out / "failures.log", "a", encoding="utf-8") as fh:
-        fh.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.slide_id} ({job.path})\n{text}\n")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "failures.log", "a", encoding="utf-8") as fh:
+            fh.write(
+                f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.slide_id} ({job.path})\n{text}\n"
+            )
+    except OSError:  # the results folder went away: the report line still says what failed
+        pass
+    return text
 
 
 class BatchProgress:

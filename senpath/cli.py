@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,19 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+#: ``--debug``: print tracebacks (default: one line per problem; a batch's are in failures.log).
+_DEBUG = False
+DEBUG_HELP = "Print the traceback of every error (default: one line each; see failures.log)."
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
+) -> None:
+    """Measure senescence markers (SA-beta-gal, p16, Ki67) per cell in whole-slide images."""
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
+
 
 MppOpt = Annotated[
     float | None,
@@ -77,6 +91,7 @@ def run(
             help="Run on an existing dask cluster: its scheduler address (tcp://host:8786).",
         ),
     ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
 ) -> None:
     """Analyse slides: segment nuclei, measure stains per cell, call markers, write results stores.
 
@@ -95,6 +110,8 @@ def run(
     from senpath.config import load_settings
     from senpath.pipeline import plan_batch, run_batch
 
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
     if workers and scheduler:
         raise typer.BadParameter("--workers and --scheduler are mutually exclusive: give one")
     settings = load_settings(config)  # the whole file, checked once: every problem on its own line
@@ -131,6 +148,11 @@ def run(
             r.message,
         )
     Console().print(table)
+    if _DEBUG:
+        for r in report:
+            if r.status == "failed" and r.traceback:
+                console.print(f"--- {r.slide_id}", soft_wrap=True)
+                console.print(r.traceback, markup=False, highlight=False, soft_wrap=True)
     n_failed = sum(r.status == "failed" for r in report) + len(problems)
     counts = {s: sum(r.status == s for r in report) for s in ("ok", "skipped", "failed")}
     console.print(
@@ -455,7 +477,8 @@ def _error_line(label: str, line: str) -> None:
 def main() -> None:
     """Console-script entry point; turns expected errors into clear lines and exit code 2.
 
-    An error with several problems (a settings file, a sample sheet) prints one line per problem.
+    An error with several problems (a settings file, a sample sheet) prints one line per problem;
+    ``--debug`` (``senpath --debug CMD`` or ``senpath run --debug``) prints the traceback too.
     """
     from senpath.config import ConfigError
     from senpath.samplesheet import SampleSheetError
@@ -463,8 +486,17 @@ def main() -> None:
     try:
         app()
     except (ConfigError, SampleSheetError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if _DEBUG:
+            traceback.print_exc()
         for line in str(exc).splitlines() or [type(exc).__name__]:
             _error_line("error", line)
+        sys.exit(2)
+    except Exception as exc:  # a bug or an unforeseen error: one line, the traceback on --debug
+        if _DEBUG:
+            traceback.print_exc()
+        text = " ".join(str(exc).split())
+        hint = "" if _DEBUG else " (run with --debug for the traceback)"
+        _error_line("error", f"{type(exc).__name__}: {text}{hint}")
         sys.exit(2)
 
 

@@ -8,6 +8,7 @@ scores its markers on the same cells, and the table says from how many slides ea
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,33 @@ def stale_formats(path_stem: str | Path, formats: Sequence[str]) -> list[str]:
     return [f for f in EXPORT_FORMATS if f not in formats and Path(f"{path_stem}.{f}").is_file()]
 
 
+#: A text cell starting with one of these is read as a formula by spreadsheet programs (OWASP,
+#: "CSV Injection"): ``=HYPERLINK(...)`` in a patient id would run when the table is opened.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def neutralise_formula(value: Any) -> Any:
+    """``value`` with a ``'`` in front when it is text a spreadsheet would run as a formula.
+
+    Numbers, and text that is a plain number (``-0.5``), are returned as they are.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _NUMBER.match(value):
+        return "'" + value
+    return value
+
+
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``table`` for CSV and XLSX: formula-like text cells (and column names) prefixed
+    with ``'`` (see :func:`neutralise_formula`); numeric columns are not touched. Parquet and the
+    stores keep the values as they are."""
+    out = table.rename(columns=lambda c: neutralise_formula(c) if isinstance(c, str) else c)
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col].dtype):
+            out[col] = out[col].map(neutralise_formula)
+    return out
+
+
 def write_table(table: pd.DataFrame, path_stem: str | Path, formats: Sequence[str]) -> list[Path]:
     """Write ``table`` as ``<stem>.csv/.parquet/.xlsx`` atomically; returns the paths written."""
     import io
@@ -285,7 +313,7 @@ def write_table(table: pd.DataFrame, path_stem: str | Path, formats: Sequence[st
         path = Path(f"{path_stem}.{fmt}")
         buf = io.BytesIO()
         if fmt == "csv":
-            buf.write(table.to_csv(index=False).encode("utf-8"))
+            buf.write(spreadsheet_safe(table).to_csv(index=False).encode("utf-8"))
         elif fmt == "parquet":
             table.to_parquet(buf, index=False)
         else:
@@ -295,7 +323,7 @@ def write_table(table: pd.DataFrame, path_stem: str | Path, formats: Sequence[st
                 raise RuntimeError(
                     "XLSX export needs openpyxl: pip install 'senpath[xlsx]'"
                 ) from None
-            table.to_excel(buf, index=False, engine="openpyxl")
+            spreadsheet_safe(table).to_excel(buf, index=False, engine="openpyxl")
         atomic_write_bytes(path, buf.getvalue())
         written.append(path)
     return written

@@ -12,6 +12,8 @@ Level ``k`` pixel ``(i, j)`` is level-0 pixel ``(i * 2**k, j * 2**k)``, so the N
 
 The array is written under a temporary name in the slide folder while tiles are pasted, and
 :meth:`LabelStore.commit` renames it to ``labels.ome.zarr``; a store's manifest is written after that.
+The temporary name carries the writer's pid and host: a new store removes the temporaries of writers
+that are gone, never another live process's (see :func:`senpath.results.remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from senpath.results import LABELS
+from senpath.results import LABELS, register_temp, remove_stale_temps, temp_tag
 from senpath.tiling import Instance, paste
 
 #: Chunk side of every level (px).
@@ -65,11 +68,18 @@ class LabelStore:
 
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        _remove_stale_tmp(self.folder)
+        remove_stale_temps(self.folder, LABELS)  # of killed writers only: never a live one's
         self.shape = (int(shape[0]), int(shape[1]))
         self.mpp = float(mpp)
         self.chunk = int(chunk)
-        self.tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=self.folder))
+        self.tmp = Path(
+            tempfile.mkdtemp(
+                prefix=_TMP_PREFIX, suffix=f".{temp_tag()}{_TMP_SUFFIX}", dir=self.folder
+            )
+        )
+        register_temp(self.tmp, True)
+        # abandoned without commit or abort (an error between them): removed when collected
+        self._finalizer = weakref.finalize(self, _discard_tmp, self.tmp)
         self._group = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
         self.level0 = self._create_level(0, self.shape)
         self.next_id = 1
@@ -125,17 +135,17 @@ class LabelStore:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, final)
+        self._finalizer()
         return final
 
     def abort(self) -> None:
         """Remove the temporary array (after a failure)."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._finalizer()
 
 
-def _remove_stale_tmp(folder: Path) -> None:
-    """Temporary label arrays left by an interrupted run of this slide."""
-    for path in folder.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
-        shutil.rmtree(path, ignore_errors=True)
+def _discard_tmp(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    register_temp(tmp, False)
 
 
 def _downsample_into(src: Any, dst: Any, chunk: int) -> None:

@@ -22,11 +22,14 @@ from senpath.batch_jobs import (
     failed_report,
     ok_message,
     screen_job,
+    skipped_report,
 )
 from senpath.config import AnalysisConfig, Assay, load_assays, resolve_settings
+from senpath.results import prepare_results_root, store_folder
 from senpath.samplesheet import SlideJob, jobs_for_input
 from senpath.slide_analysis import analyze_slide, commit_slide, run_identity
 from senpath.slide_plan import SlidePlan, plan_slide
+from senpath.store_lock import hold_store
 from senpath.tile_engine import TileResult, analyze_tiles, segment_tiles
 
 __all__ = [
@@ -100,6 +103,9 @@ def run_batch(
         raise ValueError("give only one of workers (N >= 2), scheduler and client")
     config, given = resolve_settings(config, assays)
     assays = load_assays() if given is None else given
+    prepare_results_root(
+        out
+    )  # a file, or a folder this user cannot write: one line, not a traceback
     if any(modes):
         from senpath.distributed import cluster_client, run_batch_distributed
 
@@ -138,22 +144,38 @@ def run_batch(
                 if skipped is not None:
                     reports.append(skipped)
                     continue
-                on_tile = bar.slide(job.slide_id) if bar else None
-                folder = analyze_slide(
-                    job.path,
-                    out=out,
-                    assay=assay,
-                    config=config,
-                    mpp=job.mpp,
-                    slide_id=job.slide_id,
-                    patient_id=job.patient_id,
-                    tile_progress=on_tile,
-                )
+                # the store's lock for the whole slide: another run (or a review) writing it now
+                # makes this slide fail with a line naming that writer
+                with hold_store(store_folder(out, job.slide_id), warn=False) as lock:
+                    # done by another run while this one waited on earlier slides: skip it
+                    done = (
+                        None if force else skipped_report(job, out=out, config=config, assay=assay)
+                    )
+                    if done is not None:
+                        reports.append(done)
+                        continue
+                    on_tile = bar.slide(job.slide_id) if bar else None
+                    folder = analyze_slide(
+                        job.path,
+                        out=out,
+                        assay=assay,
+                        config=config,
+                        mpp=job.mpp,
+                        slide_id=job.slide_id,
+                        patient_id=job.patient_id,
+                        tile_progress=on_tile,
+                    )
+                notes = [lock.takeover_message(), ok_message(folder)]
                 n = _count_cells(folder)
                 reports.append(
                     SlideReport(
-                        job.slide_id, "ok", n, time.perf_counter() - t, ok_message(folder), folder
-                    )
+                        job.slide_id,
+                        "ok",
+                        n,
+                        time.perf_counter() - t,
+                        "; ".join(m for m in notes if m),
+                        folder,
+                    )  # fmt: skip
                 )
             except Exception as exc:  # one bad slide must not stop the batch
                 reports.append(failed_report(job, exc, out=out, seconds=time.perf_counter() - t))

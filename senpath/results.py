@@ -13,7 +13,11 @@ Layout of ``<out>/<slide_id>/``::
                       senpath.load_results applies them by default
 
 Every file is written to a temporary name in the same folder and renamed into place, so an interrupted
-run never leaves a half-written file under a final name; a store without ``manifest.json`` is redone.
+run never leaves a half-written file under a final name; a store without ``manifest.json`` is redone,
+and so is one whose files do not match the sha256 its manifest lists (:func:`store_problems`). A
+temporary name carries its writer's pid and host (``.<name>.<random>.<pid>@<host>.tmp``), so a later
+writer removes only the temporaries of writers that are gone (:func:`remove_stale_temps`), never
+those of another process that is writing now.
 
 This module is the bottom of the results side: it reads and writes the store's files and imports no
 other part of senpath but the typed provenance. :func:`read_results` gives a store as the pipeline
@@ -23,12 +27,16 @@ corrections replayed.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
 import math
 import os
+import re
+import socket
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +59,152 @@ CORRECTIONS = "corrections.jsonl"
 #: Bump when the store's layout changes incompatibly (old stores are then recomputed on resume).
 #: 2: the label image (labels.ome.zarr) is part of the store and cell_id equals its label ids.
 STORE_VERSION = 2
+#: What a slide id may hold: it names the slide's folder under ``out`` (one rule for the sample
+#: sheet, the CLI and the API, so no id reaches outside ``out``).
+SLIDE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def slide_id_problem(slide_id: str) -> str | None:
+    """Why ``slide_id`` cannot name a store folder (``None``: it can)."""
+    if not isinstance(slide_id, str) or not SLIDE_ID_PATTERN.match(slide_id):
+        return (
+            f"slide_id {slide_id!r} may only use letters, digits, '.', '_', '+', '-' and must "
+            "start with a letter or digit (it names the slide's results folder)"
+        )
+    return None
+
+
+def store_folder(out: str | Path, slide_id: str) -> Path:
+    """The store of ``slide_id`` under the results root ``out`` (``<out>/<slide_id>``).
+
+    Raises
+    ------
+    ValueError
+        When ``slide_id`` is not a plain folder name (``../x``, ``a/b``, empty), which would
+        place the store outside ``out``.
+    """
+    folder = Path(out) / slide_id
+    if (
+        not slide_id
+        or slide_id in (".", "..")
+        or Path(slide_id).name != slide_id
+        or "\\" in slide_id
+        or "\0" in slide_id
+    ):
+        raise ValueError(
+            f"slide_id {slide_id!r} is not a folder name: it would put the results outside {out}; "
+            "give a slide_id of letters, digits, '.', '_', '+', '-'"
+        )
+    return folder
+
+
+class OutputFolderError(ValueError):
+    """A results folder that cannot be used: a file, under a file, or not writable."""
+
+
+def prepare_results_root(out: str | Path) -> Path:
+    """Create the results root ``out`` if needed and check that this user can write in it.
+
+    Raises
+    ------
+    OutputFolderError
+        One line naming the folder and the fix: ``out`` is a file, lies under a file, or cannot
+        be created or written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(
+            f"results folder {out}: is a file, not a folder: give a folder for the results (it is created "
+            "if missing)"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        blocker = next((p for p in [out, *out.parents] if p.exists() and not p.is_dir()), out)
+        raise OutputFolderError(
+            f"results folder {out}: cannot be created because {blocker} is a file: give a folder path"
+        ) from None
+    except OSError as exc:
+        raise OutputFolderError(
+            f"results folder {out}: cannot create the folder ({exc.strerror or exc}): choose a folder you "
+            "can write to"
+        ) from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".senpath-write-check.", dir=out)
+    except OSError as exc:
+        raise OutputFolderError(
+            f"results folder {out}: cannot write in this folder ({exc.strerror or exc}): choose a folder "
+            "you can write to, or ask for write permission"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return out
+
+
+# ------------------------------------------------------------------------------ temporary files
+
+#: Temporaries this process is writing now (a temporary of this pid not in here is stale).
+_LIVE_TEMPS: set[str] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def temp_tag() -> str:
+    """The part of a temporary name that says who writes it: ``<pid>@<host>``."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def register_temp(path: Path, live: bool) -> None:
+    """Mark a temporary of this process as being written (``live``) or done with."""
+    with _LIVE_LOCK:
+        (_LIVE_TEMPS.add if live else _LIVE_TEMPS.discard)(str(path))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (someone else's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def temp_is_stale(path: Path, prefix: str) -> bool:
+    """Whether the temporary ``path`` (named ``<prefix><random>.<pid>@<host>.tmp``) is provably
+    left by a writer that is gone: its process is dead on this host, or it is this process's and
+    not being written. A temporary of another host, or with no writer in its name, is kept."""
+    core = path.name[len(prefix) : -len(".tmp")]
+    _, _, tag = core.partition(".")
+    pid_text, at, host = tag.partition("@")
+    if not at or not pid_text.isdigit() or host != socket.gethostname():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        with _LIVE_LOCK:
+            return str(path) not in _LIVE_TEMPS
+    return not pid_alive(pid)
+
+
+def remove_stale_temps(folder: str | Path, name: str) -> list[Path]:
+    """Remove the stale temporaries of ``<folder>/<name>`` (files or folders) left by writers that
+    were killed; returns what was removed. Those of live writers are left alone."""
+    import shutil
+
+    prefix = f".{name}."
+    removed = []
+    for tmp in Path(folder).glob(f"{glob.escape(prefix)}*.tmp"):
+        if temp_is_stale(tmp, prefix):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 @contextmanager
@@ -61,12 +215,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
         with atomic_path(out / "cells.h5ad") as tmp:
             adata.write_h5ad(tmp)
+
+    Temporaries of ``path`` left by a writer that was killed (a dead pid on this host) are removed
+    first; those of a live writer are not.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent, path.name)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".{temp_tag()}.tmp", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(name)
+    register_temp(tmp, True)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -75,6 +236,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        register_temp(tmp, False)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -217,12 +380,76 @@ def read_manifest(folder: str | Path) -> dict[str, Any] | None:
         return None
 
 
+class IncompleteStoreError(FileNotFoundError):
+    """A results store that is not complete: no manifest, or files that do not match it."""
+
+
+#: Files whose sha256 must equal the manifest's. ``corrections.jsonl`` is not among them: it is an
+#: append-only log that grows with every edit between two saves (its first entry names the
+#: analysis it corrects, see :mod:`senpath.corrections`).
+_HASHED = (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY, QC_HISTOGRAMS)
+
+
+def store_problems(folder: str | Path, manifest: Mapping[str, Any] | None = None) -> list[str]:
+    """Why the store in ``folder`` is not complete, one short phrase each (``[]``: it is).
+
+    A store is complete when its manifest is readable and of this store version, every file it
+    lists is there with the sha256 it lists, and its label image has every level it declares. The
+    label image's fingerprint is not compared when the store has a corrections log: a nucleus edit
+    changes the labels before the review saves (the log holds the regions before and after).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder) if manifest is None else manifest
+    if manifest is None:
+        return [f"no readable {MANIFEST}"]
+    if manifest.get("store_version") != STORE_VERSION:
+        return [f"written by another store version ({manifest.get('store_version')})"]
+    problems = []
+    files: Mapping[str, Any] = manifest.get("files") or {}
+    for name in (CELLS, SUMMARY, PROVENANCE):
+        if name not in files:
+            problems.append(f"{MANIFEST} lists no {name}")
+    for name, digest in files.items():
+        path = folder / name
+        if name == CORRECTIONS:  # moved aside or grown since: the log vouches for itself
+            continue
+        if not path.exists():
+            problems.append(f"{name} is missing")
+        elif name in _HASHED:
+            try:
+                same = sha256_file(path) == digest
+            except OSError as exc:
+                problems.append(f"{name} cannot be read ({exc.strerror or exc})")
+                continue
+            if not same:
+                problems.append(f"{name} does not match {MANIFEST}")
+        elif name == LABELS:
+            structure = _label_problems(path)
+            problems.extend(structure)
+            if not structure and not (folder / CORRECTIONS).exists():
+                if labels_digest(path) != digest:
+                    problems.append(f"{LABELS} does not match {MANIFEST}")
+    return problems
+
+
+def _label_problems(path: Path) -> list[str]:
+    """Structure of a label pyramid (its metadata and every declared level), without its chunks."""
+    try:
+        attrs = json.loads((path / ".zattrs").read_text(encoding="utf-8"))
+        levels = [str(d["path"]) for d in attrs["multiscales"][0]["datasets"]]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return [f"{LABELS} has no readable multiscales metadata"]
+    missing = [lv for lv in levels if not (path / lv / ".zarray").is_file()]
+    if not levels or missing:
+        return [f"{LABELS} lacks level(s) {', '.join(missing) or '0'}"]
+    return []
+
+
 def is_complete(folder: str | Path, identity: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``folder`` holds a committed store (and, if given, for the same inputs and settings)."""
+    """Whether ``folder`` holds a committed store whose files match its manifest (and, if given,
+    for the same inputs and settings)."""
     manifest = read_manifest(folder)
-    if manifest is None or manifest.get("store_version") != STORE_VERSION:
-        return False
-    if any(not (Path(folder) / name).exists() for name in manifest.get("files", {})):
+    if manifest is None or store_problems(folder, manifest):
         return False
     return identity is None or manifest.get("identity") == _nan_to_none(
         json.loads(json.dumps(dict(identity), default=_json_default))
@@ -245,14 +472,18 @@ def read_results(folder: str | Path) -> SlideResults:
 
     Raises
     ------
-    FileNotFoundError
-        When ``folder`` has no manifest (never run, or interrupted before it was committed).
+    IncompleteStoreError
+        (a :class:`FileNotFoundError`) When ``folder`` has no manifest (never run, or interrupted
+        before it was committed) or its files do not match the manifest (changed after it was
+        committed: an interrupted run or save); :func:`store_problems` says which.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    if manifest is None:
-        raise FileNotFoundError(
-            f"{folder} is not a complete senpath results store (no {MANIFEST}); run `senpath run` again"
+    problems = store_problems(folder, manifest)
+    if manifest is None or problems:
+        raise IncompleteStoreError(
+            f"{folder} is not a complete senpath results store ({'; '.join(problems)}): "
+            "run `senpath run` again to redo it"
         )
     cells = pd.read_parquet(folder / CELLS)
     summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))

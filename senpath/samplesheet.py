@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from senpath.results import slide_id_problem
+
 #: File extensions that a folder scan picks up as slides.
 SLIDE_EXTENSIONS = (
     ".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".tif", ".tiff", ".ome.tif",
@@ -24,7 +26,6 @@ SLIDE_EXTENSIONS = (
 )  # fmt: skip
 REQUIRED_COLUMNS = ("patient_id", "slide_id", "path", "assay")
 OPTIONAL_COLUMNS = ("mpp", "section")
-_SLIDE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 class SampleSheetError(ValueError):
@@ -165,10 +166,8 @@ def read_sample_sheet(
             if not row.get(col):
                 errs.append(f"{where}: empty {col!r}")
         slide_id = row.get("slide_id", "")
-        if slide_id and not _SLIDE_ID.match(slide_id):
-            errs.append(
-                f"{where}: slide_id {slide_id!r} may only use letters, digits, '.', '_', '+', '-'"
-            )
+        if slide_id and (problem := slide_id_problem(slide_id)):
+            errs.append(f"{where}: {problem}")
         if slide_id in seen:
             errs.append(
                 f"{where}: slide_id {slide_id!r} repeats row {seen[slide_id]}: give each slide its "

@@ -43,12 +43,16 @@ from senpath.results import (
     atomic_write_json,
     atomic_write_parquet,
     input_identity,
+    remove_stale_temps,
+    slide_id_problem,
+    store_folder,
     write_manifest,
 )
 from senpath.score import score_cells, slide_thresholds, summarize_markers
 from senpath.segment import resolve_method
 from senpath.slide_plan import SlidePlan, plan_slide
 from senpath.stain import stain_qc
+from senpath.store_lock import hold_store
 from senpath.tile_engine import (
     TileResult,
     analyze_tiles,
@@ -104,32 +108,45 @@ def analyze_slide(
         a settings TOML file or mapping, checked by :func:`senpath.config.load_settings` (its
         assays can then be named in ``assay``).
     mpp : pixel size in µm for files without calibration.
-    slide_id, patient_id : names used in the store (default: the file stem).
+    slide_id, patient_id : names used in the store (default: the file stem). ``slide_id`` names
+        the store's folder: letters, digits, ``.``, ``_``, ``+``, ``-`` (as in a sample sheet).
     tile_progress : called with (tiles done, total) as tiles finish.
 
     Returns
     -------
     Path of the committed store.
+
+    Raises
+    ------
+    ValueError
+        When ``slide_id`` is not a plain folder name (``../x``): it would write outside ``out``.
+    senpath.store_lock.StoreBusyError
+        When another run, or a review in napari, writes the slide's store now.
     """
     from senpath.io import open_slide
 
     t_start = time.perf_counter()
+    if slide_id is not None and (problem := slide_id_problem(slide_id)):
+        raise ValueError(problem)
     config, assays = resolve_settings(config, assays)
     assay_obj = assay if isinstance(assay, Assay) else get_assay(assay, assays)
     slide = open_slide(path, mpp=mpp)
-    plan = plan_slide(
-        path,
-        assay=assay_obj,
-        config=config,
-        mpp=mpp,
-        slide_id=slide_id,
-        patient_id=patient_id,
-        slide=slide,
-    )
-    results = analyze_tiles(plan, range(plan.n_tiles), slide=slide, segmenter=plan_segmenter(plan))
-    return commit_slide(
-        plan, results, out=out, slide=slide, tile_progress=tile_progress, t_start=t_start
-    )
+    folder = store_folder(out, slide_id or slide.slide_id)
+    with hold_store(folder):  # one writer per store: refused while another run or a review writes
+        plan = plan_slide(
+            path,
+            assay=assay_obj,
+            config=config,
+            mpp=mpp,
+            slide_id=slide_id,
+            patient_id=patient_id,
+            slide=slide,
+        )
+        segmenter = plan_segmenter(plan)
+        results = analyze_tiles(plan, range(plan.n_tiles), slide=slide, segmenter=segmenter)
+        return commit_slide(
+            plan, results, out=out, slide=slide, tile_progress=tile_progress, t_start=t_start
+        )
 
 
 def commit_slide(
@@ -162,13 +179,32 @@ def commit_slide(
     Notes
     -----
     Idempotent: committing the same plan and results again (a retried task) rewrites the same
-    store; the manifest is removed first and written last, so a store is never half new.
+    store; the manifest is removed first and written last, and only once every file reads back,
+    so a store is never half new. The store's lock is held meanwhile
+    (:func:`senpath.store_lock.hold_store`).
     """
+    folder = store_folder(out, plan.slide_id)
+    with hold_store(folder):
+        return _commit_slide(
+            plan, results, folder=folder, slide=slide, tile_progress=tile_progress,
+            t_start=t_start, extra_timings=extra_timings,
+        )  # fmt: skip
+
+
+def _commit_slide(
+    plan: SlidePlan,
+    results: Iterable[TileResult],
+    *,
+    folder: Path,
+    slide: Any,
+    tile_progress: TileProgress | None,
+    t_start: float | None,
+    extra_timings: Mapping[str, float] | None,
+) -> Path:
     from senpath.io import open_slide
 
     t_start = time.perf_counter() if t_start is None else t_start
     slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
-    folder = Path(out) / plan.slide_id
     config, assay_obj, stain_estimate = plan.config, plan.assay, plan.stain_estimate
     stains = stain_estimate.stains
     tiles, shape_px, amp = plan.tiles, plan.shape_px, config.analysis_mpp
@@ -274,6 +310,7 @@ def commit_slide(
     atomic_write_json(folder / PROVENANCE, provenance)
     atomic_write_bytes(folder / QC_OVERLAY, _qc_overlay_png(slide, scored, assay_obj))
     atomic_write_bytes(folder / QC_HISTOGRAMS, slide_histograms_png(scored, thresholds))
+    check_reads_back(folder, cells=scored, summary=summary, label_shape=shape_px)
     write_manifest(
         folder,
         slide_id=plan.slide_id,
@@ -284,15 +321,69 @@ def commit_slide(
 
 
 def _remove_stale_tmp_files(folder: Path) -> None:
-    """Temporary files of atomic writes left by an interrupted run (a killed worker) of this slide.
-
-    Only one run writes a slide's folder at a time (a batch gives each slide one folder and one
-    committing task), so any temporary file found here belongs to a run that is gone.
-    """
+    """Temporary files of atomic writes left by an interrupted run (a killed worker) of this slide:
+    those whose writer is gone (see :func:`senpath.results.remove_stale_temps`)."""
     for name in (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY, QC_HISTOGRAMS, MANIFEST):
-        for tmp in folder.glob(f".{name}.*.tmp"):
-            if tmp.is_file():
-                tmp.unlink(missing_ok=True)
+        remove_stale_temps(folder, name)
+
+
+def check_reads_back(
+    folder: Path,
+    *,
+    cells: pd.DataFrame,
+    summary: Mapping[str, Any],
+    label_shape: tuple[int, int],
+) -> None:
+    """Read a store's files back before it is committed: the cells, summary, provenance and every
+    level of the label image, as written.
+
+    Parameters
+    ----------
+    folder : the slide's store, every file written but the manifest.
+    cells : the per-cell table that was written.
+    summary : the summary that was written.
+    label_shape : (Y, X) px of level 0 of the label image.
+
+    Raises
+    ------
+    RuntimeError
+        When a part does not read back (the store is then left without a manifest: incomplete,
+        redone on resume); the message names the part.
+    """
+    import json
+
+    from senpath.labels import load_labels
+
+    problem = ""
+    try:
+        back = pd.read_parquet(folder / CELLS, columns=["cell_id"])
+        if not np.array_equal(back["cell_id"].to_numpy(), cells["cell_id"].to_numpy()):
+            problem = f"{CELLS} holds other cells than were written"
+        elif json.loads((folder / SUMMARY).read_text(encoding="utf-8")).get(
+            "slide_id"
+        ) != summary.get("slide_id"):
+            problem = f"{SUMMARY} holds another slide's summary"
+        else:
+            json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
+            level = 0
+            while True:
+                try:
+                    labels = load_labels(folder, level)
+                except ValueError:  # past the last level
+                    break
+                if level == 0 and tuple(labels.shape) != tuple(label_shape):
+                    problem = f"level 0 of the label image is {labels.shape}, not {label_shape}"
+                    break
+                if max(labels.shape) <= 2048:  # the small levels whole: their chunks decode
+                    np.asarray(labels)
+                level += 1
+    except Exception as exc:  # any failure to read back: the store must not be committed
+        problem = f"{type(exc).__name__}: {exc}"
+    if problem:
+        raise RuntimeError(
+            f"{folder}: the store did not read back after writing ({problem}); it is left "
+            "incomplete (no manifest) and is redone by the next run"
+        )
 
 
 def run_identity(

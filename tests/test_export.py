@@ -128,3 +128,38 @@ def test_a_review_reaches_every_table_format_with_a_corrected_column(batch_resul
     slides = marker_table(load_all(root), by="slide").set_index("slide_id")
     assert slides.loc["p1-ki67", "corrected"] == "yes"
     assert str(slides["n_corrections"].dtype) == "Int64"
+
+
+def test_formula_like_text_is_neutralised_in_csv_and_xlsx_only(batch_results, tmp_path):
+    import openpyxl
+
+    from senpath.export import write_table
+
+    stores = load_all(batch_results)
+    for res, patient in zip(stores, ('=HYPERLINK("http://x","y")', "@SUM(A1)"), strict=True):
+        res.manifest["patient_id"] = patient  # as a sample sheet gives it
+    table = marker_table(stores, by="slide")
+    table["note"] = ["-2+3", "\tplain"]
+    table["delta"] = [-3, 2]  # a negative number stays a number
+    table["text_number"] = ["-0.5", "+1"]  # text that is just a number: left as it is
+    stem = tmp_path / "t"
+    write_table(table, stem, ["csv", "xlsx", "parquet"])
+
+    csv = pd.read_csv(f"{stem}.csv", keep_default_na=False)
+    assert csv["patient_id"].tolist() == ['\'=HYPERLINK("http://x","y")', "'@SUM(A1)"]
+    assert csv["note"].tolist() == ["'-2+3", "'\tplain"]
+    assert csv["delta"].tolist() == [-3, 2] and csv["text_number"].tolist() == [-0.5, 1.0]
+    assert str(csv["ki67_n_cells"].tolist()[0]) == str(table["ki67_n_cells"].tolist()[0])
+
+    sheet = openpyxl.load_workbook(f"{stem}.xlsx").active
+    header = [c.value for c in sheet[1]]
+    row = {h: c for h, c in zip(header, sheet[2], strict=True)}
+    assert row["patient_id"].data_type == "s"  # text, never a formula ('f')
+    assert row["patient_id"].value == '\'=HYPERLINK("http://x","y")'
+    assert row["delta"].value == -3 and row["delta"].data_type == "n"
+    assert not any(c.data_type == "f" for r in sheet.iter_rows() for c in r)
+
+    parquet = pd.read_parquet(f"{stem}.parquet")  # the data, unchanged
+    assert parquet["patient_id"].tolist()[0] == '=HYPERLINK("http://x","y")'
+    assert parquet["note"].tolist() == ["-2+3", "\tplain"]
+    assert table["patient_id"].tolist()[0] == '=HYPERLINK("http://x","y")'  # not changed in place

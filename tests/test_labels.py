@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,17 +65,37 @@ def test_pyramid_metadata_and_atomic_rename(tmp_path):
         load_labels(tmp_path, level=4)
 
 
+_KILLED_WRITER = """
+import os, sys
+from senpath.labels import LabelStore
+store = LabelStore(sys.argv[1], (20, 20), mpp=1.0, chunk=16)
+print(store.tmp, flush=True)
+os._exit(0)  # gone without cleaning up, like a killed run
+"""
+
+
 def test_recommit_replaces_and_stale_tmp_is_removed(tmp_path):
+    import subprocess
+    import sys
+
     first = LabelStore(tmp_path, (20, 20), mpp=1.0, chunk=16)
     first.add_instances([_square(0, 0, 3)])
     first.commit()
-    stale = LabelStore(tmp_path, (20, 20), mpp=1.0, chunk=16)  # an interrupted run's leftover
-    assert stale.tmp.exists()
+    out = subprocess.run(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    stale = Path(out.strip())  # an interrupted run's leftover: its process is gone
+    assert stale.exists() and stale.parent == tmp_path
+    live = LabelStore(tmp_path, (20, 20), mpp=1.0, chunk=16)  # a writer still at work
     second = LabelStore(tmp_path, (20, 20), mpp=1.0, chunk=16)
-    assert not stale.tmp.exists()
+    assert not stale.exists() and live.tmp.exists()  # only the dead writer's is removed
     second.add_instances([_square(5, 5, 2), _square(10, 10, 2)])
     second.commit()
     assert int(load_labels(tmp_path).max().compute()) == 2
+    left = live.tmp
+    del live  # abandoned without commit or abort: removed
+    assert not left.exists()
 
 
 def test_slide_label_ids_are_the_cell_table_ids(tmp_path):

@@ -175,6 +175,11 @@ def test_force_rerun_keeps_a_reviewers_corrections_aside(tmp_path):
     session.save()
     assert senpath.load_results(out / "s").cells.set_index("cell_id").loc[first, "excluded"]
     log = (out / "s" / "corrections.jsonl").read_text()
+    # while the review is open, a run does not re-analyse the store under it
+    (busy,) = run_batch(jobs, out=out, config=CLASSICAL, force=True)
+    assert busy.status == "failed" and "being reviewed" in busy.message, busy.message
+    assert "reviewer on" in busy.message and (out / "s" / "corrections.jsonl").read_text() == log
+    session.close()
 
     with pytest.warns(UserWarning, match="corrections of the previous analysis are kept"):
         (report,) = run_batch(jobs, out=out, config=CLASSICAL, force=True)

@@ -28,8 +28,8 @@ unique string, a number in logs of earlier versions, which are read as they are)
                     new {rows} (the re-measured cells), labels (npz file)
     undo            undoes (the id of the entry reverted; undoing an undo redoes)
 
-One session writes a store's corrections at a time: it holds ``corrections.lock`` (host, pid, user,
-time); a second one opens read-only (see :mod:`senpath.corrections.lock`).
+One session writes a store's corrections at a time: it holds the store's ``store.lock`` (host, pid, user,
+time), as a run does; a second writer opens read-only (see :mod:`senpath.corrections.lock`).
 
 A cell's call set by a person wins over its threshold call, also after the thresholds change later
 (``<marker>_manual`` says which calls are manual); phenotypes (``senescent``) follow the final calls.

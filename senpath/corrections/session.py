@@ -82,7 +82,7 @@ class CorrectionSession(NucleusEdits):
 
     Notes
     -----
-    A session writes only while it holds the store's lock (``corrections.lock``, see
+    A session writes only while it holds the store's lock (``store.lock``, shared with runs, see
     :mod:`senpath.corrections.lock`); :meth:`close` releases it. A lock left by a review that is no
     longer running is taken over with a :class:`~senpath.corrections.lock.StaleLockWarning`
     (``lock_taken_over`` then says whose it was).

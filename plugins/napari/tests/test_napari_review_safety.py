@@ -61,7 +61,7 @@ def test_a_closed_widget_stops_editing_and_a_reopened_one_counts_a_click_once(
     _click(viewer, qtbot, y, x)
     assert len(read_log(store)) == 2, "a closed widget must not edit on clicks"
     assert KeyBinding.from_str("Shift-F") not in viewer.keymap, "nor on its shortcuts"
-    assert not (store / "corrections.lock").exists(), "and it gives the store back"
+    assert not (store / "store.lock").exists(), "and it gives the store back"
 
     _, again = viewer.window.add_plugin_dock_widget(*WIDGET)
     assert again is not widget and not again.session.read_only

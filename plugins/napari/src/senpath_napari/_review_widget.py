@@ -14,7 +14,7 @@
 Every correction goes through :class:`senpath.corrections.CorrectionSession`: appended to the
 store's ``corrections.jsonl`` (fsynced) before the widget shows it, so a crash loses at most the edit
 being made; the derived files (summary, manifest) are rewritten shortly after each edit (autosave)
-and on "Save". One window corrects a store at a time (the store's ``corrections.lock``): a second one
+and on "Save". One window corrects a store at a time (the store's ``store.lock``): a second one
 opens it read-only and says who is correcting it. Closing the widget saves, releases the lock and
 removes its mouse and key bindings from the viewer.
 
