@@ -11,7 +11,7 @@ was trained on are marked; only the held-out ones (``senpath.segment.datasets.KI
 judge it. A second block scores the annotated nuclei themselves (scoring without segmentation
 error) for comparison. Prints a Markdown table::
 
-    python benchmarks/ki67_real_tiles.py [--segmenter cnn|classical] [--device cpu]
+    python benchmarks/ki67_real_tiles.py [--segmenter cnn|classical] [--device cpu] [--model DIR]
 
 The annotations do not label every nucleus (pale hematoxylin nuclei are often missing), so detection
 precision is understated; the LI compares like with like only as far as the annotators labelled.
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--segmenter", default="cnn", choices=("cnn", "classical"))
     p.add_argument("--device", default="auto")
+    p.add_argument("--model", default=None, help="model folder or JSON (default: the shipped one)")
     args = p.parse_args(argv)
     if not SHARED.is_dir():
         print(f"needs {SHARED} (the project's real data); not found")
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from senpath.segment.datasets import KI67_VALIDATION
     from senpath.validation import match_cells
 
-    config = AnalysisConfig(segmenter=args.segmenter, device=args.device)
+    config = AnalysisConfig(segmenter=args.segmenter, device=args.device, model=args.model)
     stems = sorted(Path(str(q)[: -len("_ihc.png")]) for q in SHARED.glob("*_ihc.png"))
     rows = []
     pooled: dict = {"pred": [], "truth": [], "all_pred": [], "all_truth": [], "found": [],
