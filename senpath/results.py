@@ -53,6 +53,30 @@ CORRECTIONS = "corrections.jsonl"
 STORE_VERSION = 2
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (e.g. ``0o022``), read without changing it where the
+    platform allows (``/proc/self/status`` on Linux); elsewhere it is set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | Path, *, directory: bool = False) -> None:
+    """Give a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by
+    :func:`tempfile.mkdtemp` (0700) the mode an ordinary ``open``/``mkdir`` would have given it
+    (0666/0777 less the umask), so a shared results folder is readable by the group as the
+    user's umask intends."""
+    base = 0o777 if directory else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to write to; on success it is fsynced and renamed onto
@@ -67,6 +91,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
+    give_default_mode(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
