@@ -5,8 +5,10 @@ Layout of ``<out>/<slide_id>/``::
     cells.parquet     per-cell table: the source of truth
     summary.json      per-slide marker summary (derived from cells.parquet)
     provenance.json   package version, model sha256, config, stain vectors, thresholds, device, timings
-    qc_overlay.png    thumbnail with the cell calls drawn on it
+    qc_overlay.png    overview with nucleus outlines (coloured by the first marker's call) beside
+                      full-resolution crops of the densest tissue (see senpath.qc_overlay)
     qc_histograms.png per marker, the histogram of the per-cell OD it is called on, with the threshold
+                      (an assay without a marker: the nucleus area distribution)
     labels.ome.zarr/  nucleus label image (multiscale OME-Zarr, ids = cell_id; see senpath.labels)
     manifest.json     written last: the inputs' identity and the files' sha256; no manifest = incomplete
     corrections.jsonl a reviewer's corrections, an append-only audit log (see senpath.corrections);
