@@ -212,6 +212,62 @@ def write_table(table: pd.DataFrame, path_stem: str | Path, formats: Sequence[st
                     "XLSX export needs openpyxl: pip install 'senpath[xlsx]'"
                 ) from None
             table.to_excel(buf, index=False, engine="openpyxl")
+            buf = io.BytesIO(xlsx_for_people(buf.getvalue()))
         atomic_write_bytes(path, buf.getvalue())
         written.append(path)
     return written
+
+
+#: Unit and Excel number format by column-name ending (first match wins); counts and text have none.
+_XLSX_UNITS: tuple[tuple[str, str, str], ...] = (
+    ("_ci95_low", "%", "0.0"),
+    ("_ci95_high", "%", "0.0"),
+    ("_pct_positive", "%", "0.0"),
+    ("_index", "%", "0.0"),
+    ("_h_score", "0-300", "0"),
+    ("_area_um2", "µm²", "0.0"),
+    ("_mm2", "mm²", "0.00"),
+    ("_threshold_od", "OD", "0.000"),
+    ("_od", "OD", "0.000"),
+    ("analysis_mpp", "µm/px", "0.00"),
+    ("_um", "µm", "0.0"),
+)
+
+
+def _unit(column: str) -> tuple[str, str] | None:
+    for ending, unit, number_format in _XLSX_UNITS:
+        if column.endswith(ending):
+            return unit, number_format
+    return None
+
+
+def xlsx_for_people(data: bytes) -> bytes:
+    """An XLSX table (bytes) laid out for reading: header row frozen and bold, the unit in each
+    measured column's header (``ki67_pct_positive (%)``, ``median_nucleus_area_um2 (µm²)``), number
+    formats by kind (``0.0`` for %, ``0`` for counts and H-scores, ``0.000`` for OD), widths to fit
+    the headers. The cells keep their full-precision values."""
+    import io
+
+    import openpyxl
+    from openpyxl.styles import Font
+
+    book = openpyxl.load_workbook(io.BytesIO(data))
+    for sheet in book.worksheets:
+        sheet.freeze_panes = "B2"  # the header row and the id column stay in view
+        for column in sheet.iter_cols(min_row=1, max_row=sheet.max_row):
+            head = column[0]
+            name = str(head.value)
+            found = _unit(name)
+            count = name.startswith("n_") or name.endswith(_COUNT_SUFFIXES)
+            number_format = "0" if count else found[1] if found else None
+            if found:
+                head.value = f"{name} ({found[0]})"
+            head.font = Font(bold=True)
+            if number_format:
+                for cell in column[1:]:
+                    cell.number_format = number_format
+            letter = head.column_letter
+            sheet.column_dimensions[letter].width = max(10, min(48, len(str(head.value)) + 2))
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()

@@ -44,6 +44,7 @@ from senpath.results import (
     atomic_write_json,
     atomic_write_parquet,
     input_identity,
+    with_stable_cell_types,
     write_manifest,
 )
 from senpath.score import score_cells, slide_thresholds, summarize_markers
@@ -270,7 +271,15 @@ def commit_slide(
             stacklevel=2,
         )
     label_store.commit()
-    atomic_write_parquet(folder / CELLS, scored)
+    atomic_write_parquet(
+        folder / CELLS,
+        with_stable_cell_types(
+            scored,
+            slide_id=plan.slide_id,
+            patient_id=plan.patient_id or plan.slide_id,
+            assay=assay_obj.name,
+        ),
+    )
     atomic_write_json(folder / SUMMARY, summary)
     atomic_write_json(folder / PROVENANCE, provenance)
     overlay = qc_overlay_png(

@@ -6,29 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from senpath import synth
-from senpath.config import AnalysisConfig
 from senpath.export import cells_anndata, load_all, write_anndata
-from senpath.pipeline import run_batch
-from senpath.samplesheet import SlideJob
 
 anndata = pytest.importorskip("anndata")
-
-
-@pytest.fixture(scope="module")
-def mixed_assays(tmp_path_factory):
-    """Results of a Ki67 (hematoxylin + DAB) and an SA-β-gal (nuclear fast red + X-gal) slide."""
-    tmp = tmp_path_factory.mktemp("mixed")
-    params = synth.SynthParams(tissue_fraction=0.95)
-    jobs = []
-    for patient, assay, seed in (("P1", "ki67", 1), ("P2", "sabgal", 2)):
-        s = synth.write_slide(
-            tmp / f"{assay}.tif", assay=assay, shape=(384, 384), mpp=0.5, seed=seed, params=params
-        )
-        jobs.append(SlideJob(f"{patient.lower()}-{assay}", s.path, assay, patient))
-    reports = run_batch(jobs, out=tmp / "results", config=AnalysisConfig(segmenter="classical"))
-    assert [r.status for r in reports] == ["ok", "ok"]
-    return tmp / "results"
 
 
 def test_x_has_no_nan_and_no_coordinates(mixed_assays):
