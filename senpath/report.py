@@ -368,6 +368,12 @@ def _with_ci(value: object, low: object, high: object) -> str | None:
     return text
 
 
+def _ci_texts(table: pd.DataFrame, col: str) -> list[str | None]:
+    """``col`` with its Wilson interval as text per row (``None`` where the figure is missing)."""
+    low, high = table[f"{col}_ci95_low"], table[f"{col}_ci95_high"]
+    return [_with_ci(v, lo, hi) for v, lo, hi in zip(table[col], low, high, strict=True)]
+
+
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     """The per-patient table's headline columns, formatted as text for the report.
 
@@ -383,10 +389,7 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
             out[head] = table[col].astype(object).where(table[col].notna(), None)
     for m in [c[: -len("_pct_positive")] for c in table.columns if c.endswith("_pct_positive")]:
         pct = f"{m}_pct_positive"
-        out[f"{m} % positive (95% CI)"] = [
-            _with_ci(v, lo, hi)
-            for v, lo, hi in zip(table[pct], table[f"{pct}_ci95_low"], table[f"{pct}_ci95_high"])
-        ]
+        out[f"{m} % positive (95% CI)"] = _ci_texts(table, f"{m}_pct_positive")
         if f"{m}_h_score" in table.columns:
             out[f"{m} H-score"] = [
                 None if pd.isna(v) else f"{float(v):.0f}" for v in table[f"{m}_h_score"]
@@ -394,12 +397,7 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     for p in [c[: -len("_index")] for c in table.columns if c.endswith("_index")]:
         col = f"{p}_index"
         if f"{col}_ci95_low" in table.columns:
-            out[f"{p} index % (95% CI)"] = [
-                _with_ci(v, lo, hi)
-                for v, lo, hi in zip(
-                    table[col], table[f"{col}_ci95_low"], table[f"{col}_ci95_high"]
-                )
-            ]
+            out[f"{p} index % (95% CI)"] = _ci_texts(table, col)
     if "median_nucleus_area_um2" in table.columns:
         out["median nucleus area (µm²)"] = [
             None if pd.isna(v) else f"{float(v):.1f}" for v in table["median_nucleus_area_um2"]
