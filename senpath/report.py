@@ -388,7 +388,6 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
         if col in table.columns:
             out[head] = table[col].astype(object).where(table[col].notna(), None)
     for m in [c[: -len("_pct_positive")] for c in table.columns if c.endswith("_pct_positive")]:
-        pct = f"{m}_pct_positive"
         out[f"{m} % positive (95% CI)"] = _ci_texts(table, f"{m}_pct_positive")
         if f"{m}_h_score" in table.columns:
             out[f"{m} H-score"] = [
