@@ -18,6 +18,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help and usage errors quote TOML tables ([analysis], [assay.*]): plain text, not rich markup
+    rich_markup_mode=None,
 )
 console = Console(stderr=True)
 #: ``--debug``: print tracebacks (default: one line per problem; a batch's are in failures.log).
@@ -32,6 +34,26 @@ def _options(
     """Measure senescence markers (SA-beta-gal, p16, Ki67) per cell in whole-slide images."""
     global _DEBUG
     _DEBUG = _DEBUG or debug
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import senpath
+
+        print(f"senpath {senpath.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Measure senescence markers (SA-beta-gal, p16, Ki67) per cell in whole-slide images."""
 
 
 MppOpt = Annotated[
@@ -175,8 +197,8 @@ def export(
         Path | None,
         typer.Option(
             "--out",
-            help="Table file stem (default RESULTS/markers_by_<by>); with geojson, a folder "
-            "(default RESULTS/geojson) that also receives the tables.",
+            help="Table file stem (default RESULTS/markers_by_<by>); with geojson alone, the "
+            "GeoJSON folder (default RESULTS/geojson; tables then go to RESULTS).",
         ),
     ] = None,
 ) -> None:
@@ -215,13 +237,14 @@ def export(
         console.print(f"[red]no complete results stores under {results}[/red]")
         raise typer.Exit(1)
     tables = [f for f in formats if f in EXPORT_FORMATS]
+    stem = results / f"markers_by_{by}"
     if "geojson" in formats:
+        # --out names the GeoJSON folder here; the tables stay beside the stores, never in it
         folder = out or results / "geojson"
         for path in export_geojson(stores, folder):
             console.print(f"wrote {path}")
-        stem = folder / f"markers_by_{by}"
-    else:
-        stem = out or results / f"markers_by_{by}"
+    elif out is not None:
+        stem = out
     if tables:
         # the same table in other formats from an earlier export would keep older figures
         # (uncorrected ones after a review): rewrite them too

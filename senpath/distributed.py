@@ -385,7 +385,7 @@ def run_batch_distributed(
                 stage_of.pop(f.key, None)
             client.cancel([f for f in run.futures if not f.done()])
         if bar:
-            bar.slide_done()
+            bar.slide_done(report)
 
     try:
         if bar:

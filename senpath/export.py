@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from senpath.anndata_export import cells_anndata as cells_anndata  # the public names stay here
+from senpath.anndata_export import write_anndata as write_anndata
 from senpath.corrections import load_results, n_corrections
 from senpath.provenance import profile_toml
-from senpath.results import SlideResults, atomic_path, atomic_write_bytes, find_stores
+from senpath.results import SlideResults, atomic_write_bytes, find_stores
 from senpath.score import marker_figures, proportion_figures
 
 EXPORT_FORMATS = ("csv", "parquet", "xlsx")
@@ -162,92 +164,6 @@ def export_geojson(results: Iterable[SlideResults], out_dir: str | Path) -> list
     return [write_slide_geojson(res, out_dir / f"{res.slide_id}.geojson") for res in results]
 
 
-def cells_anndata(results: Iterable[SlideResults]) -> Any:
-    """Every cell of the batch as one :class:`anndata.AnnData` (for scanpy / squidpy).
-
-    ``X`` holds the numeric per-cell measurements (float32; stain ODs per compartment, nucleus and cell
-    morphology in µm / µm², named in ``var_names``); ``obs`` the identifiers and calls (``slide_id``,
-    ``patient_id``, ``assay``, ``cell_id``, ``<marker>_positive``, ``<marker>_bin``, phenotypes,
-    ``excluded``); ``obsm["spatial"]`` the nucleus centroids in µm (x, y); ``uns["slides"]`` each slide's
-    patient, assay, thresholds and model. ``obs_names`` are ``<slide_id>:<cell_id>``. Corrections
-    already applied to the stores (excluded cells, flipped calls) are carried as they are.
-    """
-    try:
-        import anndata
-    except ImportError:
-        raise RuntimeError("AnnData export needs anndata: pip install 'senpath[anndata]'") from None
-
-    obs_parts, x_parts, slides = [], [], {}
-    for res in results:
-        cells = res.cells.sort_values("cell_id").reset_index(drop=True)
-        ids = pd.DataFrame(
-            {
-                "slide_id": res.slide_id,
-                "patient_id": res.patient_id,
-                "assay": str(res.manifest.get("assay", "")),
-            },
-            index=cells.index,
-        )
-        flags = [
-            c
-            for c in cells.columns
-            if pd.api.types.is_bool_dtype(cells[c]) or c.endswith("_bin") or c == "cell_id"
-        ]
-        obs_parts.append(pd.concat([ids, cells[flags]], axis=1))
-        numeric = [
-            c
-            for c in cells.columns
-            if c not in flags
-            and c != "tile_label"
-            and pd.api.types.is_numeric_dtype(cells[c])
-            and not pd.api.types.is_bool_dtype(cells[c])
-        ]
-        x_parts.append(cells[numeric].astype("float32"))
-        slides[res.slide_id] = {
-            "patient_id": ids["patient_id"].iloc[0] if len(ids) else res.slide_id,
-            "assay": str(res.manifest.get("assay", "")),
-            "thresholds_od": res.provenance.thresholds,
-            "model_sha256": str(res.provenance.model_sha256),
-        }
-    if not obs_parts:
-        raise ValueError("no slides to export")
-    obs = pd.concat(obs_parts, ignore_index=True)
-    # slides of different assays measure different stains: a missing stain column is NaN, not 0
-    x = pd.concat(x_parts, ignore_index=True)
-    for col in obs.columns:
-        if col in ("slide_id", "patient_id", "assay"):
-            # object-dtype categories: anndata's h5ad writer cannot store pandas' Arrow strings
-            values = np.asarray(obs[col], dtype=object)
-            categories = pd.Index(sorted(set(values)), dtype=object)
-            obs[col] = pd.Categorical(values, categories=categories)
-        elif col == "cell_id" or col.endswith("_bin"):
-            obs[col] = obs[col].astype("Int64")
-        else:  # a call a slide's assay does not make stays missing (nullable), not False
-            obs[col] = obs[col].astype("boolean")
-    obs.index = pd.Index(
-        [f"{s}:{c}" for s, c in zip(obs["slide_id"], obs["cell_id"], strict=True)], dtype=object
-    )
-    spatial_cols = ["x_um", "y_um"]
-    adata = anndata.AnnData(
-        X=x.to_numpy(dtype=np.float32),
-        obs=obs,
-        var=pd.DataFrame(index=pd.Index([str(c) for c in x.columns], dtype=object)),
-    )
-    adata.obsm["spatial"] = x[spatial_cols].to_numpy(dtype=np.float64)
-    adata.uns["slides"] = slides
-    adata.uns["units"] = "optical density (OD), µm, µm²; obsm['spatial'] in µm"
-    return adata
-
-
-def write_anndata(results: Iterable[SlideResults], path: str | Path) -> Path:
-    """Write :func:`cells_anndata` to ``path`` (``.h5ad``) atomically; returns the path."""
-    path = Path(path)
-    adata = cells_anndata(results)
-    with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
-    return path
-
-
 def profile_from_store(res: SlideResults, *, name: str | None = None) -> str:
     """A lab stain profile (TOML for ``senpath run --config``) from one analysed slide.
 
@@ -324,6 +240,62 @@ def write_table(table: pd.DataFrame, path_stem: str | Path, formats: Sequence[st
                     "XLSX export needs openpyxl: pip install 'senpath[xlsx]'"
                 ) from None
             spreadsheet_safe(table).to_excel(buf, index=False, engine="openpyxl")
+            buf = io.BytesIO(xlsx_for_people(buf.getvalue()))
         atomic_write_bytes(path, buf.getvalue())
         written.append(path)
     return written
+
+
+#: Unit and Excel number format by column-name ending (first match wins); counts and text have none.
+_XLSX_UNITS: tuple[tuple[str, str, str], ...] = (
+    ("_ci95_low", "%", "0.0"),
+    ("_ci95_high", "%", "0.0"),
+    ("_pct_positive", "%", "0.0"),
+    ("_index", "%", "0.0"),
+    ("_h_score", "0-300", "0"),
+    ("_area_um2", "µm²", "0.0"),
+    ("_mm2", "mm²", "0.00"),
+    ("_threshold_od", "OD", "0.000"),
+    ("_od", "OD", "0.000"),
+    ("analysis_mpp", "µm/px", "0.00"),
+    ("_um", "µm", "0.0"),
+)
+
+
+def _unit(column: str) -> tuple[str, str] | None:
+    for ending, unit, number_format in _XLSX_UNITS:
+        if column.endswith(ending):
+            return unit, number_format
+    return None
+
+
+def xlsx_for_people(data: bytes) -> bytes:
+    """An XLSX table (bytes) laid out for reading: header row frozen and bold, the unit in each
+    measured column's header (``ki67_pct_positive (%)``, ``median_nucleus_area_um2 (µm²)``), number
+    formats by kind (``0.0`` for %, ``0`` for counts and H-scores, ``0.000`` for OD), widths to fit
+    the headers. The cells keep their full-precision values."""
+    import io
+
+    import openpyxl
+    from openpyxl.styles import Font
+
+    book = openpyxl.load_workbook(io.BytesIO(data))
+    for sheet in book.worksheets:
+        sheet.freeze_panes = "B2"  # the header row and the id column stay in view
+        for column in sheet.iter_cols(min_row=1, max_row=sheet.max_row):
+            head = column[0]
+            name = str(head.value)
+            found = _unit(name)
+            count = name.startswith("n_") or name.endswith(_COUNT_SUFFIXES)
+            number_format = "0" if count else found[1] if found else None
+            if found:
+                head.value = f"{name} ({found[0]})"
+            head.font = Font(bold=True)
+            if number_format:
+                for cell in column[1:]:
+                    cell.number_format = number_format
+            letter = head.column_letter
+            sheet.column_dimensions[letter].width = max(10, min(48, len(str(head.value)) + 2))
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()

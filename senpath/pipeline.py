@@ -137,6 +137,7 @@ def run_batch(
     try:
         for job in jobs:
             t = time.perf_counter()
+            n_reports = len(reports)
             try:
                 assay, skipped = screen_job(
                     job, out=out, config=config, assays=assays, force=force, seen=seen
@@ -181,7 +182,7 @@ def run_batch(
                 reports.append(failed_report(job, exc, out=out, seconds=time.perf_counter() - t))
             finally:
                 if bar:
-                    bar.slide_done()
+                    bar.slide_done(reports[-1] if len(reports) > n_reports else None)
     finally:
         if bar:
             bar.close()

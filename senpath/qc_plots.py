@@ -1,4 +1,4 @@
-"""QC pictures of one slide's store (``qc_histograms.png``), drawn with matplotlib's object API.
+"""QC pictures of one slide's store (``qc_histograms.png``; the overlay is :mod:`senpath.qc_overlay`), drawn with matplotlib's object API.
 
 Written by the pipeline when it commits a slide and rewritten by a review when thresholds change; the
 batch report (:mod:`senpath.report`) draws with the same helpers.
@@ -28,7 +28,15 @@ def png_bytes(fig: Any) -> bytes:
 
 
 def slide_histograms_png(cells: pd.DataFrame, thresholds: dict[str, float]) -> bytes:
+    """:func:`slide_histograms_figure` as PNG bytes (the store's ``qc_histograms.png``)."""
+    return png_bytes(slide_histograms_figure(cells, thresholds))
+
+
+def slide_histograms_figure(cells: pd.DataFrame, thresholds: dict[str, float]) -> Any:
     """One slide's QC picture: a histogram per marker of the per-cell OD it is called on.
+
+    For an assay without a marker (H&E) it is the distribution of nucleus areas instead, with the
+    median marked: the figure to check segmentation by (too small = fragments, too large = merges).
 
     Parameters
     ----------
@@ -37,11 +45,11 @@ def slide_histograms_png(cells: pd.DataFrame, thresholds: dict[str, float]) -> b
     """
     markers = [m for m in thresholds if f"{m}_od" in cells.columns]
     fig = figure(4.5 * max(1, len(markers)), 3.2)
-    if not markers:
-        fig.text(0.5, 0.5, "no marker in this assay", ha="center", va="center")
-        return png_bytes(fig)
     if "excluded" in cells.columns:
         cells = cells[~cells["excluded"].astype(bool)]
+    if not markers:
+        _nucleus_area_histogram(fig.add_subplot(1, 1, 1), cells)
+        return fig
     for i, marker in enumerate(markers, start=1):
         ax = fig.add_subplot(1, len(markers), i)
         od = cells[f"{marker}_od"].to_numpy(dtype=float)
@@ -56,4 +64,19 @@ def slide_histograms_png(cells: pd.DataFrame, thresholds: dict[str, float]) -> b
         ax.set_xlabel(f"{marker} OD")
         ax.set_ylabel("cells")
         ax.legend(fontsize="small")
-    return png_bytes(fig)
+    return fig
+
+
+def _nucleus_area_histogram(ax: Any, cells: pd.DataFrame) -> None:
+    """Nucleus areas (µm²) of a marker-free slide on ``ax``, with the median as a line."""
+    area = cells["nucleus_area_um2"].to_numpy(dtype=float) if len(cells) else np.zeros(0)
+    area = area[np.isfinite(area)]
+    if area.size:
+        hi = float(np.percentile(area, 99.5)) * 1.1 or 1.0
+        ax.hist(area, bins=60, range=(0.0, hi), color="0.45")
+        median = float(np.median(area))
+        ax.axvline(median, color="crimson", linestyle="--", label=f"median {median:.0f} µm²")
+        ax.legend(fontsize="small")
+    ax.set_title(f"nucleus area, {area.size} nuclei (no marker in this assay)", fontsize="medium")
+    ax.set_xlabel("nucleus area (µm²)")
+    ax.set_ylabel("nuclei")

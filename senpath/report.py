@@ -5,9 +5,11 @@ per-marker histograms of the thresholded optical density with the threshold line
 (with QC thumbnails), the per-patient table, and the failed slides from ``failures.log``. Slides
 a person reviewed (a corrections log) are named as corrected at the top, in the slides table and in
 the per-patient table; their figures are the corrected ones, while the QC overlay stays the picture
-of the pipeline's calls and is labelled so. Plots are
-PNG images embedded as base64, so the file can be mailed or archived on its own. Everything is
-derived from the per-cell tables and provenance of the committed stores.
+of the pipeline's calls and is labelled so. Plots are small PNG images embedded as base64; the QC
+pictures are small JPEG thumbnails linked (by relative path) to the full pictures in the stores, so
+the report stays a few hundred kB for a batch and opens with the results folder beside it. The
+per-patient table shows the headline figures; every column is in ``senpath export``'s CSV/XLSX.
+Everything is derived from the per-cell tables and provenance of the committed stores.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,15 +31,18 @@ import senpath
 from senpath.corrections import n_corrections
 from senpath.export import load_all, marker_names, marker_table
 from senpath.qc_plots import figure, png_bytes, slide_histograms_png
-from senpath.results import QC_OVERLAY, SlideResults, atomic_write_bytes
+from senpath.results import QC_HISTOGRAMS, QC_OVERLAY, SlideResults, atomic_write_bytes
 from senpath.score import marker_value_column
 
 __all__ = [
     "failed_slides",
+    "marker_bars_figure",
     "marker_bars_png",
     "od_histogram_png",
+    "readable_table",
     "render_report",
     "slide_histograms_png",
+    "thumbnail_jpeg",
     "write_report",
 ]
 
@@ -44,20 +51,68 @@ FAILURES = "failures.log"
 _FAILURE_HEADER = re.compile(r"^=== \S+ \S+ (?P<slide>\S+) \((?P<path>.*)\)$", re.MULTILINE)
 
 
-def _img(png: bytes, alt: str, *, width: int | None = None) -> str:
-    data = base64.b64encode(png).decode("ascii")
+#: Width in px of the QC thumbnails embedded in the report.
+THUMBNAIL_PX = 480
+#: How the report's tables show a value that is missing (a patient without the marker).
+MISSING = "–"
+
+
+def _img(data: bytes, alt: str, *, width: int | None = None, mime: str = "image/png") -> str:
+    text = base64.b64encode(data).decode("ascii")
     size = f' width="{width}"' if width else ""
-    return f'<img alt="{html.escape(alt)}"{size} src="data:image/png;base64,{data}">'
+    return f'<img alt="{html.escape(alt)}"{size} src="data:{mime};base64,{text}">'
+
+
+def thumbnail_jpeg(path: str | Path, *, width: int = THUMBNAIL_PX, quality: int = 85) -> bytes:
+    """A picture shrunk to ``width`` px (never enlarged), as JPEG bytes for embedding.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is not an image OpenCV can read.
+    """
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path} is not a readable image")
+    if image.shape[1] > width:
+        height = max(1, round(image.shape[0] * width / image.shape[1]))
+        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError(f"could not encode a thumbnail of {path}")
+    return bytes(buf.tobytes())
+
+
+def _linked_thumbnail(path: Path, alt: str, *, link_from: Path) -> str:
+    """An embedded thumbnail of ``path`` that opens the full picture (relative link)."""
+    href = Path(os.path.relpath(path, link_from)).as_posix()
+    img = _img(thumbnail_jpeg(path), alt, mime="image/jpeg")
+    return f'<a href="{html.escape(href)}">{img}</a>'
 
 
 def marker_bars_png(table: pd.DataFrame) -> bytes | None:
-    """Grouped bars: per patient, % positive per marker and phenotype indices, Wilson 95% CI bars."""
+    """:func:`marker_bars_figure` as PNG bytes (``None`` when there is nothing to plot)."""
+    fig = marker_bars_figure(table)
+    return None if fig is None else png_bytes(fig)
+
+
+def marker_bars_figure(table: pd.DataFrame) -> Any:
+    """Grouped bars: per patient, % positive per marker and phenotype indices, Wilson 95% CI bars.
+
+    Patients without any of these figures (no marker in their assays) are left off the axis.
+    Returns a matplotlib Figure, or ``None`` when no patient has a figure.
+    """
     # marker % positive and phenotype indices: the columns that come with a Wilson interval
     series = [
         (c[: -len("_pct_positive")] if c.endswith("_pct_positive") else c[: -len("_index")], c)
         for c in table.columns
         if c.endswith(("_pct_positive", "_index")) and f"{c}_ci95_low" in table.columns
     ]
+    # a patient with none of the figures (an H&E-only patient) gets no empty slot on the axis
+    values = table[[col for _, col in series]].apply(pd.to_numeric, errors="coerce")
+    table = table[values.notna().any(axis=1).to_numpy()]
     if not series or table.empty:
         return None
     patients = table["patient_id"].astype(str).tolist()
@@ -84,7 +139,7 @@ def marker_bars_png(table: pd.DataFrame) -> bytes | None:
     ax.set_ylim(0, 100)
     ax.legend(fontsize="small")
     ax.set_title("Markers by patient")
-    return png_bytes(fig)
+    return fig
 
 
 def od_histogram_png(
@@ -152,9 +207,14 @@ figure { margin: 0; } figcaption { font-size: 0.85em; }
 """
 
 
-def render_report(results_root: str | Path) -> str:
-    """The report's HTML text for the committed stores (and failures) under ``results_root``."""
+def render_report(results_root: str | Path, *, link_from: str | Path | None = None) -> str:
+    """The report's HTML text for the committed stores (and failures) under ``results_root``.
+
+    ``link_from`` is the folder the report will be written to (default ``results_root``): the QC
+    thumbnails link to the stores' full pictures by paths relative to it.
+    """
     root = Path(results_root)
+    link_from = Path(link_from) if link_from is not None else root
     stores = load_all(root) if root.is_dir() else []
     failures = failed_slides(root)
     if not stores and not failures:
@@ -182,6 +242,10 @@ def render_report(results_root: str | Path) -> str:
         parts.append("<h2>Markers by patient</h2>")
         bars = marker_bars_png(table)
         parts.append(_img(bars, "markers by patient") if bars else "<p>No marker scored.</p>")
+        unscored = [str(p) for p in table["patient_id"] if str(p) not in _plotted(table)]
+        if bars and unscored:
+            names = ", ".join(html.escape(p) for p in unscored)
+            parts.append(f"<p>Not plotted (no marker in their assays): {names}.</p>")
         markers = sorted({m for res in stores for m in marker_names(res.cells)})
         if markers:
             parts.append("<h2>Marker optical density</h2><div class='grid'>")
@@ -192,7 +256,10 @@ def render_report(results_root: str | Path) -> str:
             parts.append("</div>")
         parts.append("<h2>Slides</h2>" + _slides_table(stores))
         parts.append(
-            "<h2>QC overlays</h2><p>red: positive for the first marker, blue: negative.</p>"
+            "<h2>QC overlays</h2><p>Nucleus outlines: red = positive for the assay's first "
+            "marker, cyan = negative, green = nucleus of an assay without a marker; right: crops "
+            "of the densest tissue at full resolution. Click a picture to open it full size "
+            "(the results folder must be beside this report).</p>"
         )
         parts.append("<div class='grid'>")
         for res in stores:
@@ -201,13 +268,19 @@ def render_report(results_root: str | Path) -> str:
                 caption = html.escape(res.slide_id)
                 if n_corrections(res.corrections):
                     caption += " <span class='warn'>(pipeline's calls, before the review)</span>"
-                parts.append(
-                    f"<figure>{_img(qc.read_bytes(), f'QC {res.slide_id}', width=360)}"
-                    f"<figcaption>{caption}</figcaption></figure>"
-                )
+                hist = res.folder / QC_HISTOGRAMS
+                if hist.is_file():
+                    href = Path(os.path.relpath(hist, link_from)).as_posix()
+                    caption += f" · <a href='{html.escape(href)}'>histograms</a>"
+                thumb = _linked_thumbnail(qc, f"QC {res.slide_id}", link_from=link_from)
+                parts.append(f"<figure>{thumb}<figcaption>{caption}</figcaption></figure>")
         parts.append("</div>")
-        parts.append("<h2>Per-patient table</h2><div class='scroll'>")
-        parts.append(table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}"))
+        parts.append(
+            "<h2>Per-patient table</h2><p>Headline figures; every column (counts, Allred, "
+            "thresholds, provenance) is in <code>senpath export</code>'s CSV/XLSX. "
+            f"{MISSING} = not measured for that patient.</p><div class='scroll'>"
+        )
+        parts.append(readable_table(table).to_html(index=False, na_rep=MISSING))
         parts.append("</div>")
     if failures:
         # the log accumulates over runs: each slide's latest failure, and whether it completed since
@@ -279,8 +352,64 @@ def _corrected_text(res: SlideResults) -> str:
     )
 
 
+def _plotted(table: pd.DataFrame) -> set[str]:
+    """Patients with at least one marker or phenotype figure (the bar chart's groups)."""
+    cols = [c for c in table.columns if c.endswith(("_pct_positive", "_index"))]
+    values = table[cols].apply(pd.to_numeric, errors="coerce")
+    return set(table.loc[values.notna().any(axis=1).to_numpy(), "patient_id"].astype(str))
+
+
+def _with_ci(value: object, low: object, high: object) -> str | None:
+    if pd.isna(value):  # type: ignore[call-overload]
+        return None
+    text = f"{float(value):.1f}"  # type: ignore[arg-type]
+    if not (pd.isna(low) or pd.isna(high)):  # type: ignore[call-overload]
+        text += f" ({float(low):.1f}–{float(high):.1f})"  # type: ignore[arg-type]
+    return text
+
+
+def _ci_texts(table: pd.DataFrame, col: str) -> list[str | None]:
+    """``col`` with its Wilson interval as text per row (``None`` where the figure is missing)."""
+    low, high = table[f"{col}_ci95_low"], table[f"{col}_ci95_high"]
+    return [_with_ci(v, lo, hi) for v, lo, hi in zip(table[col], low, high, strict=True)]
+
+
+def readable_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The per-patient table's headline columns, formatted as text for the report.
+
+    Keeps the patient, slide and cell counts, assays, each marker's % positive with its Wilson
+    95% CI (``"24.8 (22.2–27.6)"``) and H-score, each phenotype index with its CI, the median
+    nucleus area and, for a reviewed batch, ``corrected``; columns no patient has a value in are
+    left out. Missing figures are ``None`` (shown one way, as :data:`MISSING`, whatever the
+    column's dtype).
+    """
+    out = pd.DataFrame({"patient": table["patient_id"].astype(str)})
+    for col, head in (("n_slides", "slides"), ("assays", "assays"), ("n_cells", "cells")):
+        if col in table.columns:
+            out[head] = table[col].astype(object).where(table[col].notna(), None)
+    for m in [c[: -len("_pct_positive")] for c in table.columns if c.endswith("_pct_positive")]:
+        out[f"{m} % positive (95% CI)"] = _ci_texts(table, f"{m}_pct_positive")
+        if f"{m}_h_score" in table.columns:
+            out[f"{m} H-score"] = [
+                None if pd.isna(v) else f"{float(v):.0f}" for v in table[f"{m}_h_score"]
+            ]
+    for p in [c[: -len("_index")] for c in table.columns if c.endswith("_index")]:
+        col = f"{p}_index"
+        if f"{col}_ci95_low" in table.columns:
+            out[f"{p} index % (95% CI)"] = _ci_texts(table, col)
+    if "median_nucleus_area_um2" in table.columns:
+        out["median nucleus area (µm²)"] = [
+            None if pd.isna(v) else f"{float(v):.1f}" for v in table["median_nucleus_area_um2"]
+        ]
+    if "corrected" in table.columns:
+        out["corrected"] = table["corrected"].astype(str)
+    # a figure no patient has (a phenotype none of the assays can call) is not a column here
+    return out.loc[:, out.notna().any(axis=0)]
+
+
 def write_report(results_root: str | Path, *, out: str | Path | None = None) -> Path:
     """Write the HTML report atomically (default ``RESULTS/report.html``); returns its path."""
     path = Path(out) if out else Path(results_root) / REPORT
-    atomic_write_bytes(path, render_report(results_root).encode("utf-8"))
+    html_text = render_report(results_root, link_from=path.parent)
+    atomic_write_bytes(path, html_text.encode("utf-8"))
     return path

@@ -5,8 +5,10 @@ Layout of ``<out>/<slide_id>/``::
     cells.parquet     per-cell table: the source of truth
     summary.json      per-slide marker summary (derived from cells.parquet)
     provenance.json   package version, model sha256, config, stain vectors, thresholds, device, timings
-    qc_overlay.png    thumbnail with the cell calls drawn on it
+    qc_overlay.png    overview with nucleus outlines (coloured by the first marker's call) beside
+                      full-resolution crops of the densest tissue (see senpath.qc_overlay)
     qc_histograms.png per marker, the histogram of the per-cell OD it is called on, with the threshold
+                      (an assay without a marker: the nucleus area distribution)
     labels.ome.zarr/  nucleus label image (multiscale OME-Zarr, ids = cell_id; see senpath.labels)
     manifest.json     written last: the inputs' identity and the files' sha256; no manifest = incomplete
     corrections.jsonl a reviewer's corrections, an append-only audit log (see senpath.corrections);
@@ -56,6 +58,9 @@ QC_OVERLAY = "qc_overlay.png"
 QC_HISTOGRAMS = "qc_histograms.png"
 LABELS = "labels.ome.zarr"
 CORRECTIONS = "corrections.jsonl"
+#: The identifier columns that open every ``cells.parquet`` (strings), so cells read across slides
+#: (``duckdb``, ``polars``, :func:`cells_dataset`) say where they come from.
+CELL_ID_COLUMNS = ("slide_id", "patient_id", "assay")
 #: Bump when the store's layout changes incompatibly (old stores are then recomputed on resume).
 #: 2: the label image (labels.ome.zarr) is part of the store and cell_id equals its label ids.
 STORE_VERSION = 2
@@ -207,6 +212,30 @@ def remove_stale_temps(folder: str | Path, name: str) -> list[Path]:
     return removed
 
 
+def current_umask() -> int:
+    """The process's file-mode creation mask (e.g. ``0o022``), read without changing it where the
+    platform allows (``/proc/self/status`` on Linux); elsewhere it is set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | Path, *, directory: bool = False) -> None:
+    """Give a file made by :func:`tempfile.mkstemp` (mode 0600) or a folder made by
+    :func:`tempfile.mkdtemp` (0700) the mode an ordinary ``open``/``mkdir`` would have given it
+    (0666/0777 less the umask), so a shared results folder is readable by the group as the
+    user's umask intends."""
+    base = 0o777 if directory else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to write to; on success it is fsynced and renamed onto
@@ -228,6 +257,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     register_temp(tmp, True)
+    give_default_mode(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -272,6 +302,56 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically (NaN becomes null)."""
     text = json.dumps(_nan_to_none(obj), indent=2, sort_keys=True, default=_json_default)
     atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def with_stable_cell_types(
+    cells: pd.DataFrame, *, slide_id: str, patient_id: str, assay: str
+) -> pd.DataFrame:
+    """The per-cell table as every store writes it, whatever the assay.
+
+    :data:`CELL_ID_COLUMNS` first (strings), then the rest with one dtype per kind of column:
+    ``cell_id`` int64, ``tile_label`` int32, ``<marker>_bin`` int8, calls and flags bool,
+    measurements float64. A column shared by two slides thus has the same Parquet type in both
+    (an empty slide included), and a reader that unions the slides by column name
+    (``duckdb``'s ``union_by_name``, :func:`cells_dataset`) only adds the columns a slide lacks.
+    """
+    out = cells.drop(columns=[c for c in CELL_ID_COLUMNS if c in cells.columns])
+    for col in out.columns:
+        if col == "cell_id":
+            out[col] = out[col].astype("int64")
+        elif col == "tile_label":
+            out[col] = out[col].astype("int32")
+        elif col.endswith("_bin"):
+            out[col] = out[col].astype("int8")
+        elif pd.api.types.is_bool_dtype(out[col]) or (
+            out[col].dtype == object and pd.api.types.infer_dtype(out[col]) in ("boolean", "empty")
+        ):  # an empty table's calls come as object columns
+            out[col] = out[col].astype(bool)
+        elif pd.api.types.is_numeric_dtype(out[col]):
+            out[col] = out[col].astype("float64")
+    ids = pd.DataFrame(
+        {"slide_id": slide_id, "patient_id": patient_id, "assay": assay}, index=out.index
+    ).astype(object)
+    return pd.concat([ids.astype("string[pyarrow]"), out], axis=1)
+
+
+def cells_dataset(root: str | Path) -> Any:
+    """Every committed slide's ``cells.parquet`` under ``root`` as one :class:`pyarrow.dataset.Dataset`.
+
+    Slides of different assays have different marker and stain columns: the dataset's schema is
+    their union (:func:`pyarrow.unify_schemas`), and a slide's rows are null in the columns it
+    lacks. ``cells_dataset(root).to_table().to_pandas()`` gives all cells; duckdb reads the same
+    with ``read_parquet('results/*/cells.parquet', union_by_name=true)``.
+    """
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    files = [str(folder / CELLS) for folder in find_stores(root)]
+    if not files:
+        raise FileNotFoundError(f"no committed results store under {root}: run `senpath run` first")
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files]).remove_metadata()
+    return ds.dataset(files, schema=schema, format="parquet")
 
 
 def atomic_write_parquet(path: str | Path, table: pd.DataFrame) -> None:

@@ -31,6 +31,7 @@ import senpath
 from senpath.config import AnalysisConfig, Assay, get_assay, resolve_settings
 from senpath.labels import LabelStore
 from senpath.provenance import marker_record
+from senpath.qc_overlay import qc_overlay_png
 from senpath.qc_plots import slide_histograms_png
 from senpath.results import (
     CELLS,
@@ -46,6 +47,7 @@ from senpath.results import (
     remove_stale_temps,
     slide_id_problem,
     store_folder,
+    with_stable_cell_types,
     write_manifest,
 )
 from senpath.score import score_cells, slide_thresholds, summarize_markers
@@ -305,12 +307,26 @@ def _commit_slide(
             stacklevel=2,
         )
     label_store.commit()
-    atomic_write_parquet(folder / CELLS, scored)
+    atomic_write_parquet(
+        folder / CELLS,
+        with_stable_cell_types(
+            scored,
+            slide_id=plan.slide_id,
+            patient_id=plan.patient_id or plan.slide_id,
+            assay=assay_obj.name,
+        ),
+    )
     atomic_write_json(folder / SUMMARY, summary)
     atomic_write_json(folder / PROVENANCE, provenance)
-    atomic_write_bytes(folder / QC_OVERLAY, _qc_overlay_png(slide, scored, assay_obj))
-    atomic_write_bytes(folder / QC_HISTOGRAMS, slide_histograms_png(scored, thresholds))
+    # before the QC overlay, which draws from the stored labels: a store that does not read back
+    # fails here with its reason, not inside the drawing
     check_reads_back(folder, cells=scored, summary=summary, label_shape=shape_px)
+    overlay = qc_overlay_png(
+        slide, scored, store=folder, marker=assay_obj.markers[0].name if assay_obj.markers else None,
+        analysis_mpp=amp, shape_px=shape_px,
+    )  # fmt: skip
+    atomic_write_bytes(folder / QC_OVERLAY, overlay)
+    atomic_write_bytes(folder / QC_HISTOGRAMS, slide_histograms_png(scored, thresholds))
     write_manifest(
         folder,
         slide_id=plan.slide_id,
@@ -399,35 +415,3 @@ def run_identity(
         "model_sha256": _model_identity(method, config.model).get("model_sha256"),
         "senpath_version": senpath.__version__,
     }
-
-
-def _qc_overlay_png(
-    slide: Any, scored: pd.DataFrame, assay: Assay, *, max_side: int = 1600
-) -> bytes:
-    """Thumbnail with one dot per cell: red = positive for the first marker, blue = negative."""
-    import cv2
-
-    height_um = slide.shape[0] * slide.mpp[1]
-    width_um = slide.shape[1] * slide.mpp[0]
-    mpp = max(height_um, width_um) / max_side
-    mpp = max(mpp, slide.level_mpp(0))
-    thumb = slide.read_region(0, 0, width_um, height_um, mpp=mpp).copy()
-    if len(scored) and assay.markers:
-        marker = assay.markers[0].name
-        xs = np.clip((scored["x_um"].to_numpy() / mpp).astype(int), 0, thumb.shape[1] - 1)
-        ys = np.clip((scored["y_um"].to_numpy() / mpp).astype(int), 0, thumb.shape[0] - 1)
-        pos = scored[f"{marker}_positive"].to_numpy(dtype=bool)
-        radius = max(1, round(2.0 / mpp)) if mpp < 2 else 1
-        for sel, colour in ((~pos, (40, 80, 255)), (pos, (255, 30, 30))):
-            layer = np.zeros(thumb.shape[:2], np.uint8)
-            layer[ys[sel], xs[sel]] = 1
-            if radius > 1:
-                kernel = cv2.getStructuringElement(
-                    cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)
-                )
-                layer = cv2.dilate(layer, kernel)
-            thumb[layer > 0] = colour
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(thumb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise RuntimeError("could not encode the QC overlay PNG")
-    return buf.tobytes()

@@ -49,6 +49,28 @@ def batch_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp / "results"
 
 
+@pytest.fixture(scope="module")
+def mixed_assays(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Results of a Ki67 (hematoxylin + DAB, ``p1-ki67``) and an SA-β-gal (nuclear fast red +
+    X-gal, ``p2-sabgal``) slide: stores whose stain and marker columns differ."""
+    from senpath import synth
+    from senpath.config import AnalysisConfig
+    from senpath.pipeline import run_batch
+    from senpath.samplesheet import SlideJob
+
+    tmp = tmp_path_factory.mktemp("mixed")
+    params = synth.SynthParams(tissue_fraction=0.95)
+    jobs = []
+    for patient, assay, seed in (("P1", "ki67", 1), ("P2", "sabgal", 2)):
+        s = synth.write_slide(
+            tmp / f"{assay}.tif", assay=assay, shape=(384, 384), mpp=0.5, seed=seed, params=params
+        )
+        jobs.append(SlideJob(f"{patient.lower()}-{assay}", s.path, assay, patient))
+    reports = run_batch(jobs, out=tmp / "results", config=AnalysisConfig(segmenter="classical"))
+    assert [r.status for r in reports] == ["ok", "ok"]
+    return tmp / "results"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` tests when no CUDA device is present."""
     import torch  # a hard dependency: a broken install fails here, it is not skipped

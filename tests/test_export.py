@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 import senpath
@@ -163,3 +164,25 @@ def test_formula_like_text_is_neutralised_in_csv_and_xlsx_only(batch_results, tm
     assert parquet["patient_id"].tolist()[0] == '=HYPERLINK("http://x","y")'
     assert parquet["note"].tolist() == ["-2+3", "\tplain"]
     assert table["patient_id"].tolist()[0] == '=HYPERLINK("http://x","y")'  # not changed in place
+
+
+def test_xlsx_has_a_frozen_header_units_and_number_formats(batch_results, tmp_path):
+    import openpyxl
+
+    from senpath.export import load_all, marker_table, write_table
+
+    table = marker_table(load_all(batch_results), by="patient")
+    (path,) = write_table(table, tmp_path / "markers", ["xlsx"])
+    sheet = openpyxl.load_workbook(path).active
+    assert sheet.freeze_panes == "B2"
+    heads = {c.value: c for c in sheet[1]}
+    assert "ki67_pct_positive (%)" in heads and "median_nucleus_area_um2 (µm²)" in heads
+    assert "ki67_threshold_od (OD)" in heads and "analysis_mpp (µm/px)" in heads
+    assert "ki67_n_cells" in heads and "patient_id" in heads  # counts and ids carry no unit
+    assert heads["patient_id"].font.bold
+    first = {name: sheet.cell(row=2, column=c.column) for name, c in heads.items()}
+    assert first["ki67_pct_positive (%)"].number_format == "0.0"
+    assert first["ki67_n_cells"].number_format == "0"
+    assert first["ki67_threshold_od (OD)"].number_format == "0.000"
+    # the values keep their precision (only the display is rounded)
+    assert first["ki67_pct_positive (%)"].value == pytest.approx(table["ki67_pct_positive"][0])

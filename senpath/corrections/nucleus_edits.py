@@ -107,8 +107,12 @@ class NucleusEdits:
         )
         measured = measured[measured["cell_id"].isin(list(ids))].reset_index(drop=True)
         measured.insert(0, "slide_id", self.slide_id)
+        if "patient_id" in self.raw.cells.columns:  # stores written since the columns were added
+            measured.insert(1, "patient_id", self.raw.patient_id)
+            measured.insert(2, "assay", str(self.raw.manifest.get("assay", "")))
         if "tile_label" in self.raw.cells.columns:
-            measured.insert(2, "tile_label", np.zeros(len(measured), dtype=np.int32))
+            at = list(measured.columns).index("cell_id") + 1
+            measured.insert(at, "tile_label", np.zeros(len(measured), dtype=np.int32))
         cols = [c for c in measurement_columns(self.raw.cells, self.assay) if c in measured]
         return measured[cols]
 

@@ -189,8 +189,8 @@ def export_checkpoint(
     """
     import torch
 
-    from senpath.segment.resample import NETWORK_MPP
     from senpath.segment.net import OUTPUT_CHANNELS
+    from senpath.segment.resample import NETWORK_MPP
 
     ckpt = load_checkpoint(checkpoint)
     state = {
