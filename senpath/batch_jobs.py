@@ -119,13 +119,18 @@ def failure_line(job: SlideJob, exc: BaseException) -> str:
 
 
 def ok_message(folder: Path) -> str:
-    """What a user must know about a slide that was analysed well (corrections set aside)."""
+    """What a user must know about a slide that was analysed well: an explicit mpp that
+    contradicts the file's calibration, corrections set aside (``; `` between them)."""
     try:
-        raw = json.loads((Path(folder) / PROVENANCE).read_text(encoding="utf-8"))
+        provenance = Provenance.from_dict(
+            json.loads((Path(folder) / PROVENANCE).read_text(encoding="utf-8"))
+        )
     except (OSError, ValueError):
         return ""
-    kept = Provenance.from_dict(raw).corrections_set_aside
-    return f"re-analysed: earlier corrections kept in {kept}, not applied" if kept else ""
+    notes = [provenance.mpp_warning or ""]
+    if kept := provenance.corrections_set_aside:
+        notes.append(f"re-analysed: earlier corrections kept in {kept}, not applied")
+    return "; ".join(n for n in notes if n)
 
 
 def _count_cells(folder: Path) -> int:

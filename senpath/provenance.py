@@ -8,7 +8,9 @@ version does not know are kept (``extra``) so :meth:`Provenance.to_dict` gives b
 Layout of ``provenance.json`` (written by the pipeline, see :func:`marker_record`)::
 
     senpath_version   package version
-    slide             path, backend, vendor, mpp [x, y] (µm/px), mpp_source, shape [Y, X]
+    slide             path, backend, vendor, mpp [x, y] (µm/px), mpp_source, shape [Y, X]; when an
+                      explicit mpp replaced the file's calibration also file_mpp [x, y],
+                      file_mpp_source and, if the two disagree by more than 5 %, mpp_warning
     assay             name, stains, stain_vectors (one (R, G, B) OD vector per stain), stain_vectors_source,
                       preset_stain_vectors, stain_tolerance_deg, phenotypes, markers (one record each:
                       the rule plus threshold_od, the OD it was scored with, and rule_threshold_od)
@@ -291,6 +293,22 @@ class Provenance:
         """Level-0 (x, y) µm/px of the slide."""
         mpp = self.slide["mpp"]
         return (float(mpp[0]), float(mpp[1]))
+
+    @property
+    def file_mpp(self) -> tuple[float, float] | None:
+        """The file's own level-0 (x, y) µm/px when an explicit mpp was used instead of it.
+
+        None when the slide was analysed at its file's calibration, the file had none, or the
+        store predates this record.
+        """
+        mpp = self.slide.get("file_mpp")
+        return None if mpp is None else (float(mpp[0]), float(mpp[1]))
+
+    @property
+    def mpp_warning(self) -> str | None:
+        """The line saying the explicit mpp contradicted the file's calibration, if it did."""
+        warning = self.slide.get("mpp_warning")
+        return None if warning is None else str(warning)
 
     @property
     def cytoplasm_um(self) -> float:

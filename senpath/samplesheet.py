@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from senpath.results import slide_id_problem
 
@@ -97,7 +98,30 @@ class SlideJob:
     patient_id: str
     mpp: float | None = None
     section: str | None = None
-    row: int | None = None  # row number in the sample sheet (1 = first data row), for messages
+    row: int | None = None  # sheet row as a spreadsheet shows it (1 = header), for messages
+
+
+def _numbered_rows(lines: Iterable[str]) -> tuple[list[str], list[tuple[int, dict[Any, Any]]]]:
+    """The header and each slide row with its row number as a spreadsheet shows it.
+
+    A spreadsheet shows one row per CSV record: the header is row 1, a blank line is an (empty)
+    row, and a quoted cell spanning several lines stays in one row; so records are counted, not
+    lines (``csv.reader.line_num`` counts lines). Rows are mapped as :class:`csv.DictReader` does:
+    surplus values under ``None``, missing ones as ``None``; blank rows are left out.
+    """
+    records = csv.reader(lines)
+    fieldnames = next(records, [])
+    rows = []
+    for number, values in enumerate(records, start=2):
+        if not values:
+            continue
+        raw: dict[Any, Any] = dict(zip(fieldnames, values, strict=False))
+        if len(values) > len(fieldnames):
+            raw[None] = values[len(fieldnames) :]
+        for name in fieldnames[len(values) :]:
+            raw[name] = None
+        rows.append((number, raw))
+    return fieldnames, rows
 
 
 def read_sample_sheet(
@@ -127,9 +151,8 @@ def read_sample_sheet(
         raise SampleSheetError(sheet, [f"{sheet}: is not a regular file: give a CSV sample sheet"])
     try:
         with open(sheet, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = list(reader)
+            fieldnames, rows = _numbered_rows(fh)
+            header = [h.strip() for h in fieldnames]
     except UnicodeDecodeError:
         raise SampleSheetError(
             sheet, [f"{sheet}: is not UTF-8 text: save the sheet as CSV UTF-8"]
@@ -152,12 +175,12 @@ def read_sample_sheet(
     jobs: list[SlideJob] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
-    for i, raw in enumerate(rows, start=1):
+    for i, raw in rows:
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         where = f"{sheet}: row {i}"
         errs = []
-        if raw.get(None):  # type: ignore[call-overload]  # DictReader keeps surplus values under None
-            n_values = len(header) + len(raw[None])  # type: ignore[index]
+        if raw.get(None):  # surplus values (an unquoted comma) are kept under None
+            n_values = len(header) + len(raw[None])
             errs.append(
                 f"{where}: {n_values} values for {len(header)} columns: quote a value that holds "
                 'a comma ("a,b.svs")'

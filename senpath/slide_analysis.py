@@ -271,6 +271,7 @@ def _commit_slide(
             "mpp": list(slide.mpp),
             "mpp_source": slide.mpp_source,
             "shape": list(slide.shape),
+            **_file_calibration(slide),
         },
         "assay": {
             "name": assay_obj.name,
@@ -334,6 +335,27 @@ def _commit_slide(
         extra={"patient_id": plan.patient_id, "assay": assay_obj.name},
     )
     return folder
+
+
+def _file_calibration(slide: Any) -> dict[str, Any]:
+    """The slide record's keys for a file calibration that an explicit mpp overrode.
+
+    ``file_mpp`` [x, y] µm/px and ``file_mpp_source`` when the file states a pixel size and
+    ``mpp=`` (``--mpp``, the sheet's ``mpp``) replaced it, and ``mpp_warning`` when the two
+    disagree (:meth:`senpath.io.Slide.mpp_disagreement`); nothing otherwise, so a run on the
+    file's own calibration writes the record it always has.
+    """
+    file_mpp = getattr(slide, "file_mpp", None)
+    if slide.mpp_source != "mpp=" or file_mpp is None:
+        return {}
+    record: dict[str, Any] = {
+        "file_mpp": list(file_mpp),
+        "file_mpp_source": slide.file_mpp_source,
+    }
+    warning = slide.mpp_disagreement()
+    if warning is not None:
+        record["mpp_warning"] = warning
+    return record
 
 
 def _remove_stale_tmp_files(folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,59 @@ def test_screen_dpi_is_not_a_microscope_resolution(tmp_path: Path) -> None:
     )
     with pytest.raises(SlideError, match=r"352\.778 µm/px.*not a microscope resolution"):
         open_slide(path)
+
+
+def _no_slide_warning(path: Path, **kwargs: object) -> Slide:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlideWarning)
+        return open_slide(path, **kwargs)  # type: ignore[arg-type]
+
+
+def test_explicit_mpp_that_contradicts_the_file_warns_and_is_used(tmp_path: Path) -> None:
+    """An --mpp 2x off the file's resolution tags was applied without a word."""
+    path = tmp_path / "calibrated.tif"
+    write_pyramid(path, _image((128, 128)), levels=1, mpp=0.5)  # X/YResolution in cm
+    with pytest.warns(SlideWarning) as caught:
+        slide = open_slide(path, mpp=1.0)
+    assert [str(w.message) for w in caught] == [
+        f"{path}: the explicit pixel size 1 µm/px (--mpp or the sample sheet's mpp) differs by "
+        "100% from the file's 0.5 µm/px (TIFF X/YResolution (cm)); analysing at 1 µm/px: check "
+        "which one is right"
+    ]
+    assert slide.mpp == (1.0, 1.0) and slide.mpp_source == "mpp="
+    assert slide.file_mpp == pytest.approx((0.5, 0.5))
+    assert slide.file_mpp_source == "TIFF X/YResolution (cm)"
+
+
+def test_explicit_mpp_close_to_the_file_is_quiet(tmp_path: Path) -> None:
+    path = tmp_path / "calibrated.tif"
+    write_pyramid(path, _image((128, 128)), levels=1, mpp=0.5)
+    slide = _no_slide_warning(path, mpp=0.51)  # 2 %: scanners round their µm/px
+    assert slide.mpp == (0.51, 0.51) and slide.file_mpp == pytest.approx((0.5, 0.5))
+    assert slide.mpp_disagreement() is None
+    assert _no_slide_warning(path).mpp_disagreement() is None  # the file's own: nothing to say
+
+
+def test_explicit_mpp_checked_against_svs_and_ome_calibration(tmp_path: Path) -> None:
+    svs = tmp_path / "s.svs"
+    write_svs(svs, _image((256, 256)), mpp=0.2525)
+    with pytest.warns(SlideWarning, match=r"differs by 98% from the file's 0\.2525 µm/px \(Aperio"):
+        open_slide(svs, mpp=0.5)
+    ome = tmp_path / "o.ome.tif"
+    meta = {"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}
+    tifffile.imwrite(ome, _image((64, 64)), photometric="rgb", metadata=meta)
+    with pytest.warns(SlideWarning, match=r"file's 0\.25 µm/px \(OME-XML PhysicalSizeX/Y\)"):
+        open_slide(ome, mpp=0.125)
+
+
+def test_explicit_mpp_for_a_screen_dpi_file_is_quiet(tmp_path: Path) -> None:
+    """72 dpi is no calibration (the reason --mpp was given): nothing to contradict."""
+    path = tmp_path / "dpi72.tif"
+    tifffile.imwrite(
+        path, _image((64, 64)), photometric="rgb", resolution=(72, 72), resolutionunit="INCH"
+    )
+    slide = _no_slide_warning(path, mpp=0.5)
+    assert slide.mpp == (0.5, 0.5) and slide.file_mpp is None
 
 
 def test_rgba_is_composited_on_white(tmp_path: Path) -> None:

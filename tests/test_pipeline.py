@@ -190,3 +190,36 @@ def test_force_rerun_keeps_a_reviewers_corrections_aside(tmp_path):
     res = senpath.load_results(out / "s")
     assert not res.corrections and not res.cells.get("excluded", pd.Series(False)).any()
     assert res.provenance.corrections_set_aside == kept[0].name
+
+
+def test_sheet_mpp_that_contradicts_the_file_is_used_reported_and_recorded(tmp_path):
+    """A sheet mpp 2x off the file's calibration was applied without a word."""
+    from senpath.io import SlideWarning
+    from senpath.samplesheet import read_sample_sheet
+
+    a = _slide(tmp_path, "ki67", seed=6, shape=(384, 384))  # the file says 0.5 µm/px
+    b = _slide(tmp_path, "ki67", seed=7, shape=(384, 384))
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text(
+        "patient_id,slide_id,path,assay,mpp\n"
+        f"P1,off,{a.path.name},ki67,0.25\n"  # 2x off
+        f"P1,close,{b.path.name},ki67,0.51\n"  # 2 %: no warning
+    )
+    jobs, _ = read_sample_sheet(sheet, known_assays=["ki67"])
+    out = tmp_path / "res"
+    with pytest.warns(SlideWarning) as caught:
+        reports = run_batch(jobs, out=out, config=CLASSICAL)
+    line = (
+        f"{a.path}: the explicit pixel size 0.25 µm/px (--mpp or the sample sheet's mpp) differs "
+        "by 50% from the file's 0.5 µm/px (TIFF X/YResolution (cm)); analysing at 0.25 µm/px: "
+        "check which one is right"
+    )
+    assert [str(w.message) for w in caught if w.category is SlideWarning] == [line]
+    off, close = reports
+    assert off.status == "ok" and off.message == line  # in the batch summary, the batch goes on
+    assert close.status == "ok" and close.message == ""
+    prov = senpath.load_results(out / "off").provenance
+    assert prov.slide_mpp == (0.25, 0.25) and prov.slide["mpp_source"] == "mpp="
+    assert prov.file_mpp == pytest.approx((0.5, 0.5)) and prov.mpp_warning == line
+    prov = senpath.load_results(out / "close").provenance
+    assert prov.file_mpp == pytest.approx((0.5, 0.5)) and prov.mpp_warning is None

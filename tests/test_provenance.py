@@ -44,6 +44,21 @@ def test_keys_an_older_store_lacks_take_the_pipeline_defaults(stored: dict) -> N
     assert prov.segmenter_method is None
     assert [m.rule.statistic for m in prov.markers] == ["mean", "mean"]
     assert prov.to_dict()["future_key"] == {"kept": True}
+    # a run on the file's own calibration records no file_mpp (as every store before it)
+    assert set(stored["slide"]) == {"path", "backend", "vendor", "mpp", "mpp_source", "shape"}
+    assert prov.file_mpp is None and prov.mpp_warning is None
+
+
+def test_an_overridden_file_calibration_is_read_and_kept(stored: dict) -> None:
+    raw = json.loads(json.dumps(stored))
+    raw["slide"].update(
+        mpp=[1.0, 1.0], mpp_source="mpp=", file_mpp=[0.5, 0.5],
+        file_mpp_source="TIFF X/YResolution (cm)", mpp_warning="s.tif: ... differs by 100% ...",
+    )  # fmt: skip
+    prov = Provenance.from_dict(raw)
+    assert prov.slide_mpp == (1.0, 1.0) and prov.file_mpp == (0.5, 0.5)
+    assert prov.mpp_warning == "s.tif: ... differs by 100% ..."
+    assert prov.to_dict() == raw
 
 
 def test_labelling_index_is_the_markers_not_its_name() -> None:

@@ -21,10 +21,10 @@ def test_sheet_resolves_relative_paths_and_reports_bad_rows(tmp_path):
     with pytest.raises(SampleSheetError) as err:
         read_sample_sheet(sheet, known_assays=ASSAYS)
     text = str(err.value)
-    assert "row 3" in text and "does not exist" in text
-    assert "row 4" in text and "unknown assay 'kI67'" in text
-    assert "row 5" in text and "repeats row 1" in text
-    assert "row 6" in text and "mpp" in text
+    assert "row 4" in text and "does not exist" in text
+    assert "row 5" in text and "unknown assay 'kI67'" in text
+    assert "row 6" in text and "repeats row 2" in text
+    assert "row 7" in text and "mpp" in text
     jobs, problems = read_sample_sheet(sheet, known_assays=ASSAYS, skip_bad_rows=True)
     assert [j.slide_id for j in jobs] == ["s1", "s2"]
     assert jobs[0].path == tmp_path / "a.tif" and jobs[1].mpp == 0.25
@@ -83,8 +83,8 @@ def test_every_row_problem_names_the_sheet(tmp_path):
     )
     _, problems = read_sample_sheet(sheet, known_assays=ASSAYS, skip_bad_rows=True)
     assert problems == [
-        f"{sheet}: row 2: slide_id 's1' repeats row 1: give each slide its own slide_id",
-        f"{sheet}: row 3: empty 'path'",
+        f"{sheet}: row 3: slide_id 's1' repeats row 2: give each slide its own slide_id",
+        f"{sheet}: row 4: empty 'path'",
     ]
     with pytest.raises(SampleSheetError) as err:
         read_sample_sheet(sheet, known_assays=ASSAYS)
@@ -97,7 +97,7 @@ def test_unknown_assay_suggests_the_close_one(tmp_path):
     known = (*ASSAYS, "sabgal+ki67")
     _, problems = read_sample_sheet(sheet, known_assays=known, skip_bad_rows=True)
     assert problems == [
-        f"{sheet}: row 1: unknown assay 'sabgal_ki67': did you mean 'sabgal+ki67'? "
+        f"{sheet}: row 2: unknown assay 'sabgal_ki67': did you mean 'sabgal+ki67'? "
         "(known: ki67, p16, sabgal, sabgal+ki67)"
     ]
 
@@ -106,7 +106,7 @@ def test_unknown_assay_suggests_the_close_one(tmp_path):
 def test_bad_mpp(tmp_path, mpp):
     sheet = _sheet(tmp_path, f'patient_id,slide_id,path,assay,mpp\nP1,s1,a.tif,ki67,"{mpp}"\n')
     _, problems = read_sample_sheet(sheet, known_assays=ASSAYS, skip_bad_rows=True)
-    assert len(problems) == 1 and problems[0].startswith(f"{sheet}: row 1: mpp {mpp!r}")
+    assert len(problems) == 1 and problems[0].startswith(f"{sheet}: row 2: mpp {mpp!r}")
     assert "µm per pixel between 0.01 and 100, with a decimal point" in problems[0]
 
 
@@ -137,7 +137,7 @@ def test_row_with_more_values_than_columns(tmp_path):
     sheet = _sheet(tmp_path, "patient_id,slide_id,path,assay\nP1,s1,a.tif,ki67,extra\n")
     _, problems = read_sample_sheet(sheet, known_assays=ASSAYS, skip_bad_rows=True)
     assert problems == [
-        f'{sheet}: row 1: 5 values for 4 columns: quote a value that holds a comma ("a,b.svs")'
+        f'{sheet}: row 2: 5 values for 4 columns: quote a value that holds a comma ("a,b.svs")'
     ]
 
 
@@ -151,4 +151,25 @@ def test_path_to_a_folder(tmp_path):
     (tmp_path / "d.svs").mkdir()
     sheet = _sheet(tmp_path, "patient_id,slide_id,path,assay\nP1,s1,d.svs,ki67\n")
     _, problems = read_sample_sheet(sheet, known_assays=ASSAYS, skip_bad_rows=True)
-    assert problems == [f"{sheet}: row 1: {tmp_path / 'd.svs'} is a folder, not a slide file"]
+    assert problems == [f"{sheet}: row 2: {tmp_path / 'd.svs'} is a folder, not a slide file"]
+
+
+def test_row_numbers_are_the_spreadsheet_rows(tmp_path):
+    """Rows were numbered from the first slide (row 1 = spreadsheet row 2). A spreadsheet shows
+    the header as row 1, a blank line as an empty row and a quoted multi-line cell in one row."""
+    sheet = _sheet(
+        tmp_path,
+        "patient_id,slide_id,path,assay,notes\n"
+        "P1,s1,a.tif,ki67,\n"  # row 2
+        "\n"  # row 3: blank
+        'P1,s2,a.tif,ki67,"stained twice\nsee lab book"\n'  # row 4, two lines of text
+        "P2,s3,a.tif,kI67,\n"  # row 5
+        "P2,s1,a.tif,ki67,\n",  # row 6
+    )
+    jobs, problems = read_sample_sheet(sheet, known_assays=ASSAYS, skip_bad_rows=True)
+    assert [(j.slide_id, j.row) for j in jobs] == [("s1", 2), ("s2", 4)]
+    assert [p.split(": ")[1] for p in problems] == ["row 5", "row 6"]
+    assert problems[1] == (
+        f"{sheet}: row 6: slide_id 's1' repeats row 2: give each slide its own slide_id"
+    )
+    assert jobs[1].row == 4

@@ -9,6 +9,7 @@ file. ``tifffile`` reads TIFF-family files (SVS, NDPI, OME-TIFF, SCN, generic ti
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from senpath.io import _image, _openslide, _tiff
 from senpath.io._checks import content_mismatch, probe_file
 from senpath.io._slide import (
+    MPP_DISAGREEMENT,
     MPP_TOLERANCE,
     PixelFormat,
     Slide,
@@ -26,6 +28,7 @@ from senpath.io._slide import (
 
 __all__ = [
     "BACKENDS",
+    "MPP_DISAGREEMENT",
     "MPP_TOLERANCE",
     "Backend",
     "PixelFormat",
@@ -107,7 +110,8 @@ def open_slide(
         The slide file (SVS, NDPI, OME-TIFF, tiled TIFF, MRXS, ..., or a small PNG/JPEG).
     mpp : float or (float, float), optional
         Level-0 pixel size in µm/px (x, y), overriding the file's metadata; required when the
-        file has none (PNG/JPEG, plain TIFF).
+        file has none (PNG/JPEG, plain TIFF). When it differs from the file's own by more than
+        5 % (``MPP_DISAGREEMENT``), a :class:`SlideWarning` names both (``mpp`` is used).
     backend : str, optional
         Force a backend by name (see :data:`BACKENDS`) instead of the first that accepts the file.
 
@@ -157,7 +161,7 @@ def open_slide(
         reason = b.can_open(path)
         if reason is not None:
             try:
-                return b.open(path, mpp=user_mpp, reason=reason)
+                slide = b.open(path, mpp=user_mpp, reason=reason)
             except SlideError:
                 raise
             except Exception as exc:  # a reader library's own error on a damaged file
@@ -165,6 +169,10 @@ def open_slide(
                     f"{path}: the {b.name} reader failed ({type(exc).__name__}: {exc}); the file "
                     "is probably damaged or an unusual variant: re-export it as OME-TIFF."
                 ) from exc
+            disagreement = slide.mpp_disagreement()
+            if disagreement is not None:  # the explicit value is used, as asked
+                warnings.warn(disagreement, SlideWarning, stacklevel=2)
+            return slide
         if any(name.endswith(ext) for ext in b.extensions):
             declined.append(f"{b.name}: does not recognise the content")
     mismatch = content_mismatch(path, probe.head)

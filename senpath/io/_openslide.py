@@ -26,6 +26,7 @@ from senpath.io._slide import (
     chunk_multiple,
     missing_mpp,
     parse_float,
+    plausible_mpp,
     slide_id_from_path,
 )
 
@@ -159,12 +160,15 @@ def open_openslide(path: Path, *, mpp: tuple[float, float] | None, reason: str) 
                 meta=np.empty((0, 0, 0), dtype=np.uint8),
             )
         )
+    raw = (props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
+    x, y = parse_float(raw[0]), parse_float(raw[1])
+    # the file's own calibration, kept beside an explicit mpp= (Slide.mpp_disagreement)
+    file_mpp = (x, y) if x is not None and y is not None and plausible_mpp((x, y)) else None
+    file_mpp_source = "openslide.mpp-x/y" if file_mpp is not None else ""
     if mpp is not None:
         final_mpp, source = mpp, "mpp="
-    elif "openslide.mpp-x" in props and "openslide.mpp-y" in props:
+    elif raw[0] is not None and raw[1] is not None:
         source = "openslide.mpp-x/y"
-        raw = (props["openslide.mpp-x"], props["openslide.mpp-y"])
-        x, y = parse_float(raw[0]), parse_float(raw[1])
         if x is None or y is None:
             raise missing_mpp(path, f"openslide.mpp-x/y are {raw[0]!r}/{raw[1]!r}, not numbers")
         final_mpp = check_mpp(path, (x, y), source=source)
@@ -198,4 +202,6 @@ def open_openslide(path: Path, *, mpp: tuple[float, float] | None, reason: str) 
         associated=associated,
         mpp_source=source,
         sources=sources,
+        file_mpp=file_mpp,
+        file_mpp_source=file_mpp_source,
     )

@@ -17,6 +17,10 @@ MPP_TOLERANCE = 0.02
 #: A level-0 pixel size outside this range (µm/px) is not a microscope resolution: TIFF writers put
 #: 72 dpi (352.8 µm/px) in files that have no physical size at all.
 PLAUSIBLE_MPP_UM = (0.02, 50.0)
+#: Relative difference between an explicit ``mpp=`` and the file's own calibration above which
+#: opening the slide warns: scanners round their µm/px by a percent or two, a wrong objective or a
+#: µm/mm slip is off by 2x or more.
+MPP_DISAGREEMENT = 0.05
 #: Largest level-0 side (px) we accept; a header claiming more is corrupt (1M px at 0.25 µm is 25 cm).
 MAX_SIDE_PX = 1 << 20
 #: Value used for pixels outside the scanned area (brightfield background is white).
@@ -28,7 +32,8 @@ class SlideError(ValueError):
 
 
 class SlideWarning(UserWarning):
-    """A slide was opened but its data were converted (e.g. 16-bit scaled to 8-bit)."""
+    """A slide was opened but its data were converted (e.g. 16-bit scaled to 8-bit), or an
+    explicit pixel size contradicts the file's own."""
 
 
 @dataclass(frozen=True)
@@ -100,11 +105,17 @@ def parse_float(value: Any) -> float | None:
         return None
 
 
+def plausible_mpp(mpp: tuple[float, float]) -> bool:
+    """Whether both pixel sizes (µm/px) are finite and within :data:`PLAUSIBLE_MPP_UM`."""
+    low, high = PLAUSIBLE_MPP_UM
+    return all(math.isfinite(value) and low <= value <= high for value in mpp)
+
+
 def check_mpp(path: Path, mpp: tuple[float, float], *, source: str) -> tuple[float, float]:
     """Raise :class:`SlideError` unless both pixel sizes are plausible microscope µm/px."""
     low, high = PLAUSIBLE_MPP_UM
     for value in mpp:
-        if not (math.isfinite(value) and low <= value <= high):
+        if not plausible_mpp((value, value)):
             raise SlideError(
                 f"{path}: pixel size {value:g} µm/px from {source} is not a microscope resolution "
                 f"(expected {low}-{high} µm/px); pass the true level-0 pixel size with --mpp / mpp="
@@ -130,6 +141,11 @@ def normalize_mpp(
             f"{path}: mpp= must be a number or an (x, y) pair in µm/px, got {mpp!r}"
         ) from None
     return check_mpp(path, pair, source="mpp=")
+
+
+def _mpp_text(mpp: tuple[float, float]) -> str:
+    """``0.25`` for a square pixel, ``0.25 x 0.26`` otherwise."""
+    return f"{mpp[0]:g}" if mpp[0] == mpp[1] else f"{mpp[0]:g} x {mpp[1]:g}"
 
 
 def missing_mpp(path: Path, detail: str = "") -> SlideError:
@@ -194,6 +210,11 @@ class Slide:
     sources : list
         Per level, the backend's array-like reader (``reader[y0:y1, x0:x1] -> (Y, X, 3) uint8``
         ndarray) that decodes only the file tiles a box touches; see :meth:`level_source`.
+    file_mpp : tuple of float or None
+        The file's own level-0 ``(x, y)`` µm/px when its metadata state a plausible one, also when
+        ``mpp=`` overrode it (then :attr:`mpp` differs); None for an uncalibrated file.
+    file_mpp_source : str
+        The metadata field :attr:`file_mpp` came from.
     """
 
     path: Path
@@ -209,6 +230,26 @@ class Slide:
     associated: dict[str, Any] = field(default_factory=dict)
     mpp_source: str = ""
     sources: list[Any] = field(default_factory=list, repr=False)
+    file_mpp: tuple[float, float] | None = None
+    file_mpp_source: str = ""
+
+    def mpp_disagreement(self) -> str | None:
+        """One line when an explicit ``mpp=`` contradicts the file's own calibration, else None.
+
+        They contradict when they differ by more than :data:`MPP_DISAGREEMENT` (relative to the
+        file's value) in x or y. The explicit value is the one used.
+        """
+        if self.mpp_source != "mpp=" or self.file_mpp is None:
+            return None
+        apart = max(abs(e / f - 1.0) for e, f in zip(self.mpp, self.file_mpp, strict=True))
+        if apart <= MPP_DISAGREEMENT:
+            return None
+        return (
+            f"{self.path}: the explicit pixel size {_mpp_text(self.mpp)} µm/px (--mpp or the "
+            f"sample sheet's mpp) differs by {apart:.0%} from the file's "
+            f"{_mpp_text(self.file_mpp)} µm/px ({self.file_mpp_source}); analysing at "
+            f"{_mpp_text(self.mpp)} µm/px: check which one is right"
+        )
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -43,6 +43,7 @@ from senpath.io._slide import (
     chunk_multiple,
     missing_mpp,
     parse_float,
+    plausible_mpp,
     slide_id_from_path,
 )
 
@@ -422,6 +423,10 @@ def open_tiff(path: Path, *, mpp: tuple[float, float] | None, reason: str) -> Sl
     tile_size = tuple(int(v) for v in series.levels[0].keyframe.chunks[:2])
 
     vendor, meta_mpp, source, objective = _metadata(tif, first, path)
+    # kept beside an explicit mpp= so that a contradiction can be told (Slide.mpp_disagreement);
+    # an implausible one (72 dpi) is no calibration and is why mpp= was given
+    file_mpp = meta_mpp if meta_mpp is not None and plausible_mpp(meta_mpp) else None
+    file_mpp_source = source if file_mpp is not None else ""
     if mpp is not None:
         final_mpp, source = mpp, "mpp="
     elif meta_mpp is not None:
@@ -457,6 +462,8 @@ def open_tiff(path: Path, *, mpp: tuple[float, float] | None, reason: str) -> Sl
         associated=associated,
         mpp_source=source,
         sources=sources,
+        file_mpp=file_mpp,
+        file_mpp_source=file_mpp_source,
     )
 
 
