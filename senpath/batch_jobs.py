@@ -17,6 +17,7 @@ from senpath.config import AnalysisConfig, Assay, get_assay
 from senpath.provenance import Provenance
 from senpath.results import CELLS, PROVENANCE, is_complete, store_folder
 from senpath.samplesheet import SlideJob
+from senpath.score import ControlCutoff
 from senpath.slide_analysis import TileProgress, run_identity
 
 
@@ -41,11 +42,13 @@ def screen_job(
     assays: Mapping[str, Assay],
     force: bool,
     seen: set[str],
+    cutoff: ControlCutoff | None = None,
 ) -> tuple[Assay, SlideReport | None]:
     """Before a slide runs: its assay, and a ``skipped`` report when its store is already current.
 
     ``seen`` collects the slide ids of the batch so far; a repeated id raises (two slides would write,
-    and on a cluster race for, one store).
+    and on a cluster race for, one store). ``cutoff``: the slide is scored from its batch's negative
+    control (part of what makes its store current).
 
     Raises
     ------
@@ -61,11 +64,18 @@ def screen_job(
         )
     seen.add(job.slide_id)
     assay = get_assay(job.assay, assays)
-    return assay, None if force else skipped_report(job, out=out, config=config, assay=assay)
+    return assay, (
+        None if force else skipped_report(job, out=out, config=config, assay=assay, cutoff=cutoff)
+    )
 
 
 def skipped_report(
-    job: SlideJob, *, out: str | Path, config: AnalysisConfig, assay: Assay
+    job: SlideJob,
+    *,
+    out: str | Path,
+    config: AnalysisConfig,
+    assay: Assay,
+    cutoff: ControlCutoff | None = None,
 ) -> SlideReport | None:
     """A ``skipped`` report when the slide's store is complete for this input, settings, assay and
     model (its files matching its manifest); ``None`` when the slide must be analysed.
@@ -77,7 +87,7 @@ def skipped_report(
 
     probe_file(job.path)
     folder = store_folder(out, job.slide_id)
-    identity = run_identity(job.path, config=config, assay=assay, mpp=job.mpp)
+    identity = run_identity(job.path, config=config, assay=assay, mpp=job.mpp, cutoff=cutoff)
     if is_complete(folder, identity):
         n = _count_cells(folder)
         return SlideReport(job.slide_id, "skipped", n, 0.0, "complete", folder)

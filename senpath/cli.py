@@ -201,6 +201,14 @@ def export(
             "GeoJSON folder (default RESULTS/geojson; tables then go to RESULTS).",
         ),
     ] = None,
+    include_unreliable: Annotated[
+        bool,
+        typer.Option(
+            "--include-unreliable",
+            help="Pool slides whose stains do not match their assay (stain QC warning) into the "
+            "per-patient figures too; by default they are left out (the table names them).",
+        ),
+    ] = False,
 ) -> None:
     """Write the per-patient (or per-slide) marker table, or per-slide QuPath GeoJSON cells.
 
@@ -251,7 +259,11 @@ def export(
         stale = stale_formats(stem, tables)
         if stale:
             console.print(f"also rewriting {', '.join(stale)} at {stem} (an earlier export)")
-        for path in write_table(marker_table(stores, by=by), stem, tables + stale):
+        for path in write_table(
+            marker_table(stores, by=by, include_unreliable=include_unreliable),
+            stem,
+            tables + stale,
+        ):
             console.print(f"wrote {path}")
     if "anndata" in formats:
         console.print(f"wrote {write_anndata(stores, stem.parent / 'cells.h5ad')}")
@@ -287,6 +299,13 @@ def report(
     out: Annotated[
         Path | None, typer.Option("--out", help="HTML file (default RESULTS/report.html).")
     ] = None,
+    include_unreliable: Annotated[
+        bool,
+        typer.Option(
+            "--include-unreliable",
+            help="Pool slides with a stain QC warning into the per-patient figures too.",
+        ),
+    ] = False,
 ) -> None:
     """Write a self-contained HTML batch report: per-patient marker bars with 95% CIs, marker OD
     histograms with thresholds, QC thumbnails, the per-patient table and failed slides.
@@ -295,7 +314,7 @@ def report(
     """
     from senpath.report import write_report
 
-    path = write_report(results, out=out)
+    path = write_report(results, out=out, include_unreliable=include_unreliable)
     console.print(f"wrote {path}")
 
 

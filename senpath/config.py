@@ -128,7 +128,14 @@ ANALYSIS_SETTINGS: dict[str, Setting] = {
     "auto_threshold_bounds_od": Setting(
         "numbers", "OD", 0, OD_MAX, length=2, increasing=True, example="[0.08, 0.5]"
     ),
+    "control_percentile": Setting("number", "a percentile", 50, 99.9, example="99"),
+    "control_min_cells": Setting("number", "cells", 20, 1_000_000, example="200"),
 }
+
+#: Settings that only matter for slides scored from a batch's negative control: they reach a
+#: slide's identity through the cut-offs themselves (:func:`senpath.slide_analysis.run_identity`),
+#: so changing them does not redo the batch's other slides.
+CONTROL_SETTINGS = ("control_percentile", "control_min_cells")
 
 #: Type and range of every key of a ``[[assay.NAME.marker]]`` table.
 MARKER_SETTINGS: dict[str, Setting] = {
@@ -557,6 +564,12 @@ class AnalysisConfig:
     auto_threshold : when true, each marker's threshold is set per slide from its OD distribution
         (Otsu, bounded to ``auto_threshold_bounds_od``); off by default: fixed thresholds compare slides.
     auto_threshold_bounds_od : (low, high) OD bounds of an automatic threshold.
+    control_percentile : a batch with a negative control (sample sheet ``control = negative``)
+        scores each marker at this percentile of the control's per-cell marker OD (default 99: about
+        1 % of truly negative cells are called positive, the false-positive rate labs accept when
+        gating on a negative control; 95 lets 5 % through, too many for markers that are rare).
+    control_min_cells : fewest cells a negative control must have for its cut-off (default 200:
+        the 99th percentile then rests on the two darkest cells, below that it is one cell's OD).
     """
 
     analysis_mpp: float = 0.5
@@ -572,6 +585,8 @@ class AnalysisConfig:
     stain_vectors: str = "estimate"
     auto_threshold: bool = False
     auto_threshold_bounds_od: tuple[float, float] = (0.08, 0.5)
+    control_percentile: float = 99.0
+    control_min_cells: int = 200
 
     def __post_init__(self) -> None:
         problems = _field_problems(self)
@@ -585,6 +600,13 @@ class AnalysisConfig:
                 "auto_threshold_bounds_od must be two OD values, low < high, e.g. [0.08, 0.5]"
             )
         object.__setattr__(self, "auto_threshold_bounds_od", (lo, hi))
+        if float(self.control_min_cells) != int(self.control_min_cells):
+            raise ConfigError(
+                f"`control_min_cells` = {self.control_min_cells!r} is not a whole number of "
+                "cells, e.g. 200"
+            )
+        object.__setattr__(self, "control_min_cells", int(self.control_min_cells))
+        object.__setattr__(self, "control_percentile", float(self.control_percentile))
         if self.halo_um < min_halo_um(self.max_nucleus_area_um2):
             raise ConfigError(
                 f"halo_um ({self.halo_um:g} µm) must be at least the largest nucleus diameter, "
@@ -600,8 +622,13 @@ class AnalysisConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """Short stable hash of the settings (part of a result's identity for resume)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """Short stable hash of the settings (part of a result's identity for resume).
+
+        The control settings (:data:`CONTROL_SETTINGS`) are left out: they change only slides scored
+        from a control, whose identity holds the cut-offs they gave.
+        """
+        settings = {k: v for k, v in self.to_dict().items() if k not in CONTROL_SETTINGS}
+        blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

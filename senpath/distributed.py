@@ -350,6 +350,12 @@ def run_batch_distributed(
     -------
     list of SlideReport
         One per job, in job order; ``seconds`` is the slide's compute time on the workers.
+
+    Raises
+    ------
+    ValueError
+        When a job is a control (sample sheet ``control``): scoring from controls needs the
+        controls done first, which this scheduler does not do yet.
     """
     from distributed import as_completed
 
@@ -358,6 +364,13 @@ def run_batch_distributed(
     if tiles_per_task < 1:
         raise ValueError(f"tiles_per_task must be at least 1, got {tiles_per_task}")
     jobs = list(jobs)
+    controls = [j.slide_id for j in jobs if j.control is not None]
+    if controls:  # every slide is scheduled at once: none could wait for its batch's control
+        raise ValueError(
+            f"slides {', '.join(controls[:3])}{', ...' if len(controls) > 3 else ''} are controls: "
+            "a batch scored from its controls runs in one process (senpath run without --workers "
+            "or --scheduler)"
+        )
     out_text = str(Path(out))
     resources = _tile_resources(client, config, tile_resources, resolve_method)
     reports: list[SlideReport | None] = [None] * len(jobs)

@@ -37,6 +37,19 @@ def marker_names(cells: pd.DataFrame) -> list[str]:
     return sorted(c[: -len("_positive")] for c in cells.columns if c.endswith("_positive"))
 
 
+def stain_qc_status(res: SlideResults) -> str:
+    """The slide's stain QC status (``ok``, ``warning``; ``""`` for a store without one)."""
+    qc = res.summary.get("stain_qc")
+    return str(qc.get("status", "")) if isinstance(qc, dict) else ""
+
+
+def is_reliable(res: SlideResults) -> bool:
+    """Whether a slide's figures may be reported as measured: not when stain QC found that the image
+    does not match its assay (a wrong stain, phase contrast, no chromogen; :func:`senpath.stain.stain_qc`),
+    since its marker OD then measures something else."""
+    return stain_qc_status(res) != "warning"
+
+
 def _phenotype_names(summary: dict[str, Any]) -> list[str]:
     return sorted(k[: -len("_index")] for k in summary if k.endswith("_index"))
 
@@ -74,6 +87,8 @@ def _group_row(group: Sequence[SlideResults]) -> dict[str, Any]:
                 per_pheno.setdefault(p, []).append(cells[p])
     row["n_slides"] = len(group)
     row["slide_ids"] = ";".join(r.slide_id for r in group)
+    row["stain_qc"] = _joined(stain_qc_status(r) for r in group)
+    row["reliable"] = "yes" if all(is_reliable(r) for r in group) else "no"
     row["assays"] = ";".join(sorted({str(r.summary.get("assay")) for r in group}))
     row["n_cells"] = int(sum(len(c) for c in all_cells))
     for m in sorted(per_marker):
@@ -112,10 +127,24 @@ def _provenance_columns(group: Sequence[SlideResults], markers: Sequence[str]) -
     for m in markers:
         values = [p.thresholds[m] for p in prov if m in p.thresholds]
         cols[f"{m}_threshold_od"] = _joined(values)
+        cols[f"{m}_threshold_source"] = _joined(
+            _source_text(p.threshold_source(m), p.threshold_records.get(m, {}))
+            for p in prov
+            if m in p.thresholds
+        )
     return cols
 
 
-def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.DataFrame:
+def _source_text(source: str, record: dict[str, Any]) -> str:
+    """``rule``, ``auto``, ``corrected`` or ``control:<slide_id> p99`` (the control that set it)."""
+    if source != "control":
+        return source
+    return f"control:{record.get('control_slide_id')} p{record.get('control_percentile', 0):g}"
+
+
+def marker_table(
+    results: Iterable[SlideResults], *, by: str = "patient", include_unreliable: bool = False
+) -> pd.DataFrame:
     """One row per patient (``by="patient"``) or per slide (``by="slide"``) with marker figures.
 
     Columns per marker ``m``: ``m_n_cells``, ``m_n_positive``, ``m_pct_positive`` with
@@ -129,6 +158,13 @@ def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.
     When a slide of the table was reviewed (a corrections log), two columns say which figures
     are corrected: ``n_corrections`` (edits in effect, over the row's slides) and ``corrected``
     (``yes`` / ``no``). A table of uncorrected slides has neither.
+
+    Every row says whether its figures can be trusted: ``stain_qc`` (the slides' stain QC status)
+    and ``reliable`` (``no`` when a slide of the row does not match its assay, see
+    :func:`is_reliable`). Per patient, such slides are left out of the figures unless
+    ``include_unreliable`` (the row then says ``reliable`` = ``no``); ``n_slides_unreliable`` and
+    ``unreliable_slide_ids`` name them either way. ``m_threshold_source`` says where each marker's
+    cut-off came from (``rule``, ``auto``, ``corrected``, ``control:<slide_id> p99``).
     """
     if by not in ("patient", "slide"):
         raise ValueError("by must be 'patient' or 'slide'")
@@ -143,7 +179,18 @@ def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.
         row: dict[str, Any] = {"patient_id" if by == "patient" else "slide_id": key}
         if by == "slide":
             row["patient_id"] = groups[key][0].patient_id
-        row.update(_group_row(groups[key]))
+        unreliable = [r for r in groups[key] if not is_reliable(r)]
+        kept = groups[key]
+        if by == "patient" and not include_unreliable:
+            kept = [r for r in groups[key] if is_reliable(r)]
+        if kept:
+            row.update(_group_row(kept))
+        else:  # every slide of the patient is unreliable: no figures, only why
+            row.update(n_slides=0, slide_ids="", stain_qc=_joined(map(stain_qc_status, unreliable)))
+            row["reliable"] = "no"
+        if by == "patient":
+            row["n_slides_unreliable"] = len(unreliable)
+            row["unreliable_slide_ids"] = ";".join(r.slide_id for r in unreliable)
         if reviewed:
             n = sum(n_corrections(res.corrections) for res in groups[key])
             row["n_corrections"] = n
@@ -151,7 +198,8 @@ def marker_table(results: Iterable[SlideResults], *, by: str = "patient") -> pd.
         rows.append(row)
     table = pd.DataFrame(rows)
     for col in table.columns:
-        if col in ("n_slides", "n_cells", "n_corrections") or col.endswith(_COUNT_SUFFIXES):
+        counts = ("n_slides", "n_cells", "n_corrections", "n_slides_unreliable")
+        if col in counts or col.endswith(_COUNT_SUFFIXES):
             table[col] = table[col].astype("Int64")
     return table
 

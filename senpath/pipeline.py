@@ -25,9 +25,11 @@ from senpath.batch_jobs import (
     skipped_report,
 )
 from senpath.config import AnalysisConfig, Assay, load_assays, resolve_settings
+from senpath.controls import BatchControls
 from senpath.results import prepare_results_root, store_folder
 from senpath.samplesheet import SlideJob, jobs_for_input
-from senpath.slide_analysis import analyze_slide, commit_slide, run_identity
+from senpath.score import ControlCutoff
+from senpath.slide_analysis import TileProgress, analyze_slide, commit_slide, run_identity
 from senpath.slide_plan import SlidePlan, plan_slide
 from senpath.store_lock import hold_store
 from senpath.tile_engine import TileResult, analyze_tiles, segment_tiles
@@ -106,6 +108,14 @@ def run_batch(
     prepare_results_root(
         out
     )  # a file, or a folder this user cannot write: one line, not a traceback
+    jobs = list(jobs)
+    controls = BatchControls(jobs, config)
+    if any(modes) and controls.any:
+        # the cluster schedules every slide at once; a batch's slides must wait for its control
+        raise ValueError(
+            "a sample sheet with control rows runs in this process only: drop --workers/"
+            "--scheduler (or the client), or run the controls' batches separately"
+        )
     if any(modes):
         from senpath.distributed import cluster_client, run_batch_distributed
 
@@ -130,60 +140,81 @@ def run_batch(
                 force=force,
                 progress=progress,
             )
-    jobs = list(jobs)
-    reports: list[SlideReport] = []
+    done: dict[int, SlideReport] = {}
     bar = BatchProgress(len(jobs)) if progress else None
     seen: set[str] = set()
     try:
-        for job in jobs:
+        for i in controls.order(jobs):  # a batch's negative control before the slides it scores
+            job = jobs[i]
             t = time.perf_counter()
-            n_reports = len(reports)
             try:
-                assay, skipped = screen_job(
-                    job, out=out, config=config, assays=assays, force=force, seen=seen
-                )
-                if skipped is not None:
-                    reports.append(skipped)
-                    continue
-                # the store's lock for the whole slide: another run (or a review) writing it now
-                # makes this slide fail with a line naming that writer
-                with hold_store(store_folder(out, job.slide_id), warn=False) as lock:
-                    # done by another run while this one waited on earlier slides: skip it
-                    done = (
-                        None if force else skipped_report(job, out=out, config=config, assay=assay)
-                    )
-                    if done is not None:
-                        reports.append(done)
-                        continue
-                    on_tile = bar.slide(job.slide_id) if bar else None
-                    folder = analyze_slide(
-                        job.path,
-                        out=out,
-                        assay=assay,
-                        config=config,
-                        mpp=job.mpp,
-                        slide_id=job.slide_id,
-                        patient_id=job.patient_id,
-                        tile_progress=on_tile,
-                    )
-                notes = [lock.takeover_message(), ok_message(folder)]
-                n = _count_cells(folder)
-                reports.append(
-                    SlideReport(
-                        job.slide_id,
-                        "ok",
-                        n,
-                        time.perf_counter() - t,
-                        "; ".join(m for m in notes if m),
-                        folder,
-                    )  # fmt: skip
-                )
+                cutoff = controls.cutoff_for(job)
+                report = _run_job(
+                    job, out=out, config=config, assays=assays, force=force, seen=seen,
+                    cutoff=cutoff, on_tile=bar.slide(job.slide_id) if bar else None, t=t,
+                )  # fmt: skip
             except Exception as exc:  # one bad slide must not stop the batch
-                reports.append(failed_report(job, exc, out=out, seconds=time.perf_counter() - t))
-            finally:
-                if bar:
-                    bar.slide_done(reports[-1] if len(reports) > n_reports else None)
+                report = failed_report(job, exc, out=out, seconds=time.perf_counter() - t)
+            if controls.is_negative_control(job):
+                if report.folder is not None:
+                    controls.control_done(job, report.folder)
+                else:
+                    controls.control_failed(job, report.message)
+            done[i] = report
+            if bar:
+                bar.slide_done(report)
     finally:
         if bar:
             bar.close()
-    return reports
+    return [done[i] for i in sorted(done)]
+
+
+def _run_job(
+    job: SlideJob,
+    *,
+    out: str | Path,
+    config: AnalysisConfig,
+    assays: Mapping[str, Assay],
+    force: bool,
+    seen: set[str],
+    cutoff: ControlCutoff | None,
+    on_tile: TileProgress | None,
+    t: float,
+) -> SlideReport:
+    """One slide of an in-process batch: skipped when current, else analysed under its lock."""
+    assay, skipped = screen_job(
+        job, out=out, config=config, assays=assays, force=force, seen=seen, cutoff=cutoff
+    )
+    if skipped is not None:
+        return skipped
+    # the store's lock for the whole slide: another run (or a review) writing it now makes this
+    # slide fail with a line naming that writer
+    with hold_store(store_folder(out, job.slide_id), warn=False) as lock:
+        # done by another run while this one waited on earlier slides: skip it
+        done = (
+            None
+            if force
+            else skipped_report(job, out=out, config=config, assay=assay, cutoff=cutoff)
+        )
+        if done is not None:
+            return done
+        folder = analyze_slide(
+            job.path,
+            out=out,
+            assay=assay,
+            config=config,
+            mpp=job.mpp,
+            slide_id=job.slide_id,
+            patient_id=job.patient_id,
+            tile_progress=on_tile,
+            cutoff=cutoff,
+        )
+    notes = [lock.takeover_message(), ok_message(folder)]
+    return SlideReport(
+        job.slide_id,
+        "ok",
+        _count_cells(folder),
+        time.perf_counter() - t,
+        "; ".join(m for m in notes if m),
+        folder,
+    )

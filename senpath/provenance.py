@@ -284,6 +284,22 @@ class Provenance:
         return {m.name: m.threshold_od for m in self.assay.markers}
 
     @property
+    def threshold_records(self) -> dict[str, dict[str, Any]]:
+        """``{marker: record}`` of where each threshold came from: ``source`` is ``rule``, ``auto``
+        or ``control`` (then ``control_slide_id``, ``batch``, ``control_percentile`` and
+        ``control_n_cells`` say which negative control set it); ``{}`` for a store without them."""
+        raw = self.records.get("thresholds") or {}
+        return {str(m): dict(v) for m, v in raw.items()}
+
+    def threshold_source(self, marker: str) -> str:
+        """Where ``marker``'s threshold came from: ``rule``, ``auto``, ``control`` (as scored) or
+        ``corrected`` (as loaded with corrections that changed it)."""
+        for m in self.assay.markers:
+            if m.name == marker and m.pipeline_threshold_od is not None:
+                return "corrected"
+        return str(self.threshold_records.get(marker, {}).get("source", "rule"))
+
+    @property
     def slide_path(self) -> str:
         """Where the slide was when it was analysed."""
         return str(self.slide["path"])

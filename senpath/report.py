@@ -29,7 +29,7 @@ import pandas as pd
 
 import senpath
 from senpath.corrections import n_corrections
-from senpath.export import load_all, marker_names, marker_table
+from senpath.export import is_reliable, load_all, marker_names, marker_table
 from senpath.qc_plots import figure, png_bytes, slide_histograms_png
 from senpath.results import QC_HISTOGRAMS, QC_OVERLAY, SlideResults, atomic_write_bytes
 from senpath.score import marker_value_column
@@ -207,8 +207,16 @@ figure { margin: 0; } figcaption { font-size: 0.85em; }
 """
 
 
-def render_report(results_root: str | Path, *, link_from: str | Path | None = None) -> str:
+def render_report(
+    results_root: str | Path,
+    *,
+    link_from: str | Path | None = None,
+    include_unreliable: bool = False,
+) -> str:
     """The report's HTML text for the committed stores (and failures) under ``results_root``.
+
+    Slides whose stains do not match their assay (stain QC warning) are marked unreliable in the
+    slides table and left out of the per-patient figures unless ``include_unreliable``.
 
     ``link_from`` is the folder the report will be written to (default ``results_root``): the QC
     thumbnails link to the stores' full pictures by paths relative to it.
@@ -238,7 +246,21 @@ def render_report(results_root: str | Path, *, link_from: str | Path | None = No
                 f"corrected by a person ({names}): their figures, tables and histograms are the "
                 "corrected ones; their QC overlays show the pipeline's calls before the review.</p>"
             )
-        table = marker_table(stores, by="patient")
+        table = marker_table(stores, by="patient", include_unreliable=include_unreliable)
+        unreliable = [res for res in stores if not is_reliable(res)]
+        if unreliable:
+            names = ", ".join(html.escape(res.slide_id) for res in unreliable)
+            how = (
+                "pooled into the per-patient figures anyway (--include-unreliable)"
+                if include_unreliable
+                else "left out of the per-patient figures"
+            )
+            parts.append(
+                f"<p class='warn'><b>Unreliable:</b> {len(unreliable)} slide(s) do not match "
+                f"their assay's stains (stain QC warning: wrong stain, phase contrast or no "
+                f"chromogen), so their marker figures are not measurements of the marker: {names}; "
+                f"{how}.</p>"
+            )
         parts.append("<h2>Markers by patient</h2>")
         bars = marker_bars_png(table)
         parts.append(_img(bars, "markers by patient") if bars else "<p>No marker scored.</p>")
@@ -303,7 +325,8 @@ def render_report(results_root: str | Path, *, link_from: str | Path | None = No
 def _slides_table(stores: Sequence[SlideResults]) -> str:
     rows = ["<table><tr>"]
     heads: tuple[str, ...] = (
-        "slide_id", "patient_id", "assay", "cells", "tissue mm²", "segmenter", "warning"
+        "slide_id", "patient_id", "assay", "cells", "tissue mm²", "segmenter", "threshold",
+        "reliable", "warning",
     )  # fmt: skip
     reviewed = any(res.corrections for res in stores)
     if reviewed:
@@ -324,9 +347,11 @@ def _slides_table(stores: Sequence[SlideResults]) -> str:
             str(int(cells)),
             f"{area:.2f}" if isinstance(area, float) and math.isfinite(area) else "",
             res.provenance.segmenter_method or "",
+            _threshold_text(res),
+            "yes" if is_reliable(res) else "no (stain QC)",
             str(s.get("warning", "")),
         )
-        cls = ["l", "l", "l", "", "", "l", "l warn"]
+        cls = ["l", "l", "l", "", "", "l", "l", "l" if is_reliable(res) else "l warn", "l warn"]
         if reviewed:
             values += (_corrected_text(res),)
             cls.append("l warn")
@@ -339,6 +364,22 @@ def _slides_table(stores: Sequence[SlideResults]) -> str:
         )
     rows.append("</table>")
     return "".join(rows)
+
+
+def _threshold_text(res: SlideResults) -> str:
+    """Each marker's cut-off and where it came from: ``sabgal 0.043 OD (control neg p99)``."""
+    prov = res.provenance
+    texts = []
+    for m, od in prov.thresholds.items():
+        source = prov.threshold_source(m)
+        record = prov.threshold_records.get(m, {})
+        if source == "control":
+            source = (
+                f"control {record.get('control_slide_id')} "
+                f"p{float(record.get('control_percentile', 0)):g}"
+            )
+        texts.append(f"{m} {od:.3f} OD ({source})")
+    return "; ".join(texts)
 
 
 def _corrected_text(res: SlideResults) -> str:
@@ -407,9 +448,16 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     return out.loc[:, out.notna().any(axis=0)]
 
 
-def write_report(results_root: str | Path, *, out: str | Path | None = None) -> Path:
-    """Write the HTML report atomically (default ``RESULTS/report.html``); returns its path."""
+def write_report(
+    results_root: str | Path, *, out: str | Path | None = None, include_unreliable: bool = False
+) -> Path:
+    """Write the HTML report atomically (default ``RESULTS/report.html``); returns its path.
+
+    ``include_unreliable``: see :func:`render_report`.
+    """
     path = Path(out) if out else Path(results_root) / REPORT
-    html_text = render_report(results_root, link_from=path.parent)
+    html_text = render_report(
+        results_root, link_from=path.parent, include_unreliable=include_unreliable
+    )
     atomic_write_bytes(path, html_text.encode("utf-8"))
     return path

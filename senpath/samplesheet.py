@@ -1,15 +1,19 @@
 """Sample sheets and batch inputs: which slides to analyse, for which patient, with which assay.
 
-A sample sheet is a CSV with columns ``patient_id,slide_id,path,assay`` and optional ``mpp`` and
-``section``; other columns (a lab's notes) are kept out of the way, unless one is a near miss of a
-sheet column (``mmp``, ``Section``), which is an error. Relative paths resolve against the sheet's
-folder. Every row is validated and all problems are reported together, one line each naming the sheet
-and the row, so a user fixes the sheet in one go.
+A sample sheet is a CSV with columns ``patient_id,slide_id,path,assay`` and optional ``mpp``,
+``section``, ``batch`` and ``control``; other columns (a lab's notes) are kept out of the way, unless
+one is a near miss of a sheet column (``mmp``, ``Section``), which is an error. Relative paths
+resolve against the sheet's folder. ``batch`` names the staining run a slide belongs to (any text)
+and ``control`` marks a row as that batch's ``negative`` or ``positive`` control (empty: a sample);
+the marker cut-offs of a batch and assay with a negative control come from it (see
+:mod:`senpath.controls`). Every row is validated and all problems are reported together, one line
+each naming the sheet and the row, so a user fixes the sheet in one go.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import math
 import re
@@ -26,7 +30,9 @@ SLIDE_EXTENSIONS = (
     ".ome.tiff", ".png", ".jpg", ".jpeg",
 )  # fmt: skip
 REQUIRED_COLUMNS = ("patient_id", "slide_id", "path", "assay")
-OPTIONAL_COLUMNS = ("mpp", "section")
+OPTIONAL_COLUMNS = ("mpp", "section", "batch", "control")
+#: Values of the ``control`` column (empty: the row is a sample, not a control).
+CONTROL_KINDS = ("negative", "positive")
 
 
 class SampleSheetError(ValueError):
@@ -99,6 +105,8 @@ class SlideJob:
     mpp: float | None = None
     section: str | None = None
     row: int | None = None  # sheet row as a spreadsheet shows it (1 = header), for messages
+    batch: str | None = None  # staining batch (sample sheet ``batch``): its controls set cut-offs
+    control: str | None = None  # "negative" / "positive" for a control row, None for a sample
 
 
 def _numbered_rows(lines: Iterable[str]) -> tuple[list[str], list[tuple[int, dict[Any, Any]]]]:
@@ -212,6 +220,14 @@ def read_sample_sheet(
                     f"{where}: mpp {row['mpp']!r} is not a pixel size: give µm per pixel between "
                     "0.01 and 100, with a decimal point (0.25), or leave it empty"
                 )
+        control = row.get("control", "").lower() or None
+        if control is not None and control not in CONTROL_KINDS:
+            close = difflib.get_close_matches(control, CONTROL_KINDS, n=1, cutoff=0.6)
+            hint = f": did you mean {close[0]!r}?" if close else ""
+            errs.append(
+                f"{where}: control {row['control']!r} is not a control kind{hint} (write "
+                "negative, positive, or leave it empty for a sample)"
+            )
         path = Path(row.get("path", ""))
         if not path.is_absolute():
             path = sheet.parent / path
@@ -224,7 +240,17 @@ def read_sample_sheet(
             continue
         seen[slide_id] = i
         jobs.append(
-            SlideJob(slide_id, path, assay, row["patient_id"], mpp, row.get("section") or None, i)
+            SlideJob(
+                slide_id,
+                path,
+                assay,
+                row["patient_id"],
+                mpp,
+                row.get("section") or None,
+                i,
+                batch=row.get("batch") or None,
+                control=control,
+            )  # fmt: skip
         )
     if problems and not skip_bad_rows:
         raise SampleSheetError(sheet, problems)
@@ -269,18 +295,7 @@ def jobs_for_input(
     if src.suffix.lower() == ".csv":
         jobs, problems = read_sample_sheet(src, known_assays=known_assays, skip_bad_rows=True)
         if assay or mpp:
-            jobs = [
-                SlideJob(
-                    j.slide_id,
-                    j.path,
-                    assay or j.assay,
-                    j.patient_id,
-                    mpp or j.mpp,
-                    j.section,
-                    j.row,
-                )
-                for j in jobs
-            ]
+            jobs = [dataclasses.replace(j, assay=assay or j.assay, mpp=mpp or j.mpp) for j in jobs]
         return jobs, problems
     if assay is None:
         raise ValueError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -173,6 +174,105 @@ def slide_thresholds(
                 )
         out[rule.name] = entry
     return out
+
+
+class ControlError(ValueError):
+    """A negative control that cannot give a batch its cut-offs (too few cells, no marker values)."""
+
+
+def control_thresholds(
+    cells: pd.DataFrame,
+    assay: Assay,
+    *,
+    percentile: float,
+    min_cells: int,
+    control_slide_id: str,
+    batch: str | None,
+) -> dict[str, dict[str, Any]]:
+    """Each marker's cut-off from a negative control: a percentile of its per-cell marker OD.
+
+    Parameters
+    ----------
+    cells : the negative control's per-cell table (measured; excluded cells left out by the caller).
+    assay : the batch's assay (its marker rules name the OD columns).
+    percentile : e.g. 99: the OD that 99 % of the control's cells stay under.
+    min_cells : fewest cells with a marker value the percentile may rest on.
+    control_slide_id, batch : recorded with each cut-off.
+
+    Returns
+    -------
+    ``{marker: {"threshold_od", "source": "control", "control_slide_id", "batch",
+    "control_percentile", "control_n_cells", "rule_threshold_od"}}`` (as :func:`slide_thresholds`).
+
+    Raises
+    ------
+    ControlError
+        When the control has fewer than ``min_cells`` cells with a marker value.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for rule in assay.markers:
+        col = marker_value_column(rule)
+        values = cells[col].to_numpy(dtype=np.float64) if col in cells.columns else np.zeros(0)
+        values = values[np.isfinite(values)]
+        if values.size < min_cells:
+            raise ControlError(
+                f"negative control {control_slide_id!r}"
+                + (f" of batch {batch!r}" if batch else "")
+                + f" has {values.size} cells with a {rule.name} value, fewer than the "
+                f"{min_cells} its cut-off needs (control_min_cells): image more of the control"
+            )
+        out[rule.name] = {
+            "threshold_od": float(np.percentile(values, percentile)),
+            "source": "control",
+            "control_slide_id": control_slide_id,
+            "batch": batch,
+            "control_percentile": float(percentile),
+            "control_n_cells": int(values.size),
+            "rule_threshold_od": float(rule.threshold_od),
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class ControlCutoff:
+    """Where a slide's marker cut-offs come from when its batch has a negative control.
+
+    Attributes
+    ----------
+    control_slide_id, batch : the batch's negative control and the batch's name.
+    percentile, min_cells : see :func:`control_thresholds` (``control_percentile`` and
+        ``control_min_cells`` of the settings).
+    thresholds : the control's cut-offs (``{marker: record}``, as :func:`control_thresholds`
+        gives them) for the batch's other slides; ``None`` for the control itself, whose cut-offs
+        come from its own cells.
+    """
+
+    control_slide_id: str
+    batch: str | None
+    percentile: float
+    min_cells: int
+    thresholds: Mapping[str, Mapping[str, Any]] | None = None
+
+    def for_cells(self, cells: pd.DataFrame, assay: Assay) -> dict[str, dict[str, Any]]:
+        """The threshold records of a slide with these ``cells`` (see :func:`slide_thresholds`)."""
+        if self.thresholds is None:
+            return control_thresholds(
+                cells, assay, percentile=self.percentile, min_cells=self.min_cells,
+                control_slide_id=self.control_slide_id, batch=self.batch,
+            )  # fmt: skip
+        return {m: dict(v) for m, v in self.thresholds.items()}
+
+    def identity(self) -> dict[str, Any]:
+        """What makes a store scored this way current (JSON-ready, for the resume identity)."""
+        return {
+            "control_slide_id": self.control_slide_id,
+            "batch": self.batch,
+            "percentile": self.percentile,
+            "min_cells": self.min_cells,
+            "thresholds": None
+            if self.thresholds is None
+            else {m: float(v["threshold_od"]) for m, v in sorted(self.thresholds.items())},
+        }
 
 
 def score_cells(

@@ -50,7 +50,7 @@ from senpath.results import (
     with_stable_cell_types,
     write_manifest,
 )
-from senpath.score import score_cells, slide_thresholds, summarize_markers
+from senpath.score import ControlCutoff, score_cells, slide_thresholds, summarize_markers
 from senpath.segment import resolve_method
 from senpath.slide_plan import SlidePlan, plan_slide
 from senpath.stain import stain_qc
@@ -97,6 +97,7 @@ def analyze_slide(
     patient_id: str | None = None,
     assays: Mapping[str, Assay] | None = None,
     tile_progress: TileProgress | None = None,
+    cutoff: ControlCutoff | None = None,
 ) -> Path:
     """Analyse one slide and write its results store ``<out>/<slide_id>/``.
 
@@ -113,6 +114,8 @@ def analyze_slide(
     slide_id, patient_id : names used in the store (default: the file stem). ``slide_id`` names
         the store's folder: letters, digits, ``.``, ``_``, ``+``, ``-`` (as in a sample sheet).
     tile_progress : called with (tiles done, total) as tiles finish.
+    cutoff : the marker cut-offs from the slide's batch's negative control (default: the rule's,
+        or automatic ones with ``auto_threshold``).
 
     Returns
     -------
@@ -120,6 +123,8 @@ def analyze_slide(
 
     Raises
     ------
+    senpath.score.ControlError
+        When the slide is a batch's negative control with too few cells for its cut-offs.
     ValueError
         When ``slide_id`` is not a plain folder name (``../x``): it would write outside ``out``.
     senpath.store_lock.StoreBusyError
@@ -147,8 +152,9 @@ def analyze_slide(
         segmenter = plan_segmenter(plan)
         results = analyze_tiles(plan, range(plan.n_tiles), slide=slide, segmenter=segmenter)
         return commit_slide(
-            plan, results, out=out, slide=slide, tile_progress=tile_progress, t_start=t_start
-        )
+            plan, results, out=out, slide=slide, tile_progress=tile_progress, t_start=t_start,
+            cutoff=cutoff,
+        )  # fmt: skip
 
 
 def commit_slide(
@@ -160,6 +166,7 @@ def commit_slide(
     tile_progress: TileProgress | None = None,
     t_start: float | None = None,
     extra_timings: Mapping[str, float] | None = None,
+    cutoff: ControlCutoff | None = None,
 ) -> Path:
     """Last stage of :func:`analyze_slide`: paste labels, score, write the store, manifest last.
 
@@ -173,6 +180,7 @@ def commit_slide(
     tile_progress : called with (tiles done, total) as tiles are pasted.
     t_start : ``time.perf_counter()`` when the slide started (for ``timings.total_s``).
     extra_timings : more stage timings (s) for the provenance.
+    cutoff : marker cut-offs from the batch's negative control (see :func:`analyze_slide`).
 
     Returns
     -------
@@ -189,7 +197,7 @@ def commit_slide(
     with hold_store(folder):
         return _commit_slide(
             plan, results, folder=folder, slide=slide, tile_progress=tile_progress,
-            t_start=t_start, extra_timings=extra_timings,
+            t_start=t_start, extra_timings=extra_timings, cutoff=cutoff,
         )  # fmt: skip
 
 
@@ -202,6 +210,7 @@ def _commit_slide(
     tile_progress: TileProgress | None,
     t_start: float | None,
     extra_timings: Mapping[str, float] | None,
+    cutoff: ControlCutoff | None = None,
 ) -> Path:
     from senpath.io import open_slide
 
@@ -238,9 +247,16 @@ def _commit_slide(
 
     cells = pd.concat(parts, ignore_index=True) if parts else empty_cells(stains)
     cells.insert(0, "slide_id", plan.slide_id)
-    threshold_info = slide_thresholds(
-        cells, assay_obj, auto=config.auto_threshold, bounds_od=config.auto_threshold_bounds_od
-    )
+    if cutoff is None:
+        threshold_info = slide_thresholds(
+            cells, assay_obj, auto=config.auto_threshold, bounds_od=config.auto_threshold_bounds_od
+        )
+    else:
+        try:
+            threshold_info = cutoff.for_cells(cells, assay_obj)
+        except ValueError:  # a control with too few cells: nothing of this analysis is kept
+            label_store.abort()
+            raise
     thresholds = {m: float(v["threshold_od"]) for m, v in threshold_info.items()}
     scored = score_cells(cells, assay_obj, thresholds=thresholds)
     summary = summarize_markers(scored, assay_obj, thresholds=thresholds)
@@ -331,7 +347,9 @@ def _commit_slide(
     write_manifest(
         folder,
         slide_id=plan.slide_id,
-        identity=run_identity(plan.path, config=config, assay=assay_obj, mpp=plan.mpp),
+        identity=run_identity(
+            plan.path, config=config, assay=assay_obj, mpp=plan.mpp, cutoff=cutoff
+        ),
         extra={"patient_id": plan.patient_id, "assay": assay_obj.name},
     )
     return folder
@@ -425,11 +443,17 @@ def check_reads_back(
 
 
 def run_identity(
-    path: str | Path, *, config: AnalysisConfig, assay: Assay, mpp: float | None
+    path: str | Path,
+    *,
+    config: AnalysisConfig,
+    assay: Assay,
+    mpp: float | None,
+    cutoff: ControlCutoff | None = None,
 ) -> dict[str, Any]:
-    """What makes a store current: the input file, settings, assay definition and model."""
+    """What makes a store current: the input file, settings, assay definition and model, and for a
+    slide scored from its batch's negative control, that control and its cut-offs."""
     method = resolve_method(config.segmenter, model=config.model)
-    return {
+    identity = {
         "input": input_identity(path),
         "config_sha": config.replace(segmenter=method).digest(),
         "assay": repr(assay),
@@ -437,3 +461,6 @@ def run_identity(
         "model_sha256": _model_identity(method, config.model).get("model_sha256"),
         "senpath_version": senpath.__version__,
     }
+    if cutoff is not None:
+        identity["cutoff"] = cutoff.identity()
+    return identity

@@ -368,7 +368,8 @@ def _cells_in(
             0,
         ),
     }
-    table = np.array([MARKER_LEVEL_OD[k] for k in range(4)])
+    table = np.array([MARKER_LEVEL_OD[k] for k in range(4)]) * params.marker_od_scale
+    table = table + params.marker_background_od
     marker_od = {
         name: table[lv]
         * (1 + params.level_jitter * (2 * _uniform(seed, _S_JITTER + k, ix, iy) - 1))

@@ -67,6 +67,12 @@ class SynthParams:
         Relative frequency of 1+, 2+, 3+ among positive cells (p16, SA-beta-gal).
     ki67_level_weights : (3,) floats
         Relative frequency of 1+, 2+, 3+ among Ki67+ cells.
+    marker_od_scale : float
+        Strength of every chromogen: the marker ODs of :data:`MARKER_LEVEL_OD` are multiplied by it
+        (0.45: a faint stain, 1+ cells near 0.11 OD, as culture X-gal often is; 1: as preset).
+    marker_background_od : float
+        Chromogen every cell takes up whatever its level (non-specific staining; a negative
+        control shows it too), added before the jitter.
     level_jitter : float
         Relative per-cell variation of a marker's OD around its level (uniform, +/-).
     nucleus_diameter_um, nucleus_diameter_sd_um : float
@@ -116,6 +122,8 @@ class SynthParams:
     level_weights_senescent: tuple[float, float, float] = (0.2, 0.35, 0.45)
     level_weights_other: tuple[float, float, float] = (0.55, 0.3, 0.15)
     ki67_level_weights: tuple[float, float, float] = (0.3, 0.4, 0.3)
+    marker_od_scale: float = 1.0
+    marker_background_od: float = 0.0
     level_jitter: float = 0.08
     nucleus_diameter_um: float = 7.0
     nucleus_diameter_sd_um: float = 0.8
@@ -160,6 +168,14 @@ class SynthParams:
         if max_nucleus > 18.0:
             raise ValueError(
                 f"SynthParams: nucleus diameters up to 18 µm are supported, got {max_nucleus}"
+            )
+        if not 0 < self.marker_od_scale <= 4:
+            raise ValueError(
+                f"SynthParams.marker_od_scale={self.marker_od_scale!r}: give a value in (0, 4]"
+            )
+        if not 0 <= self.marker_background_od <= 1:
+            raise ValueError(
+                f"SynthParams.marker_background_od={self.marker_background_od!r}: give 0-1 OD"
             )
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"SynthParams.jpeg_quality={self.jpeg_quality}: give 1-100 or None")
