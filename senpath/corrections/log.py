@@ -7,7 +7,6 @@ deleted (an undo is an entry of its own). The entry kinds are listed in :mod:`se
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import json
 import math
 import os
@@ -52,13 +51,6 @@ def _now() -> str:
     return (
         _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
     )
-
-
-def _default_user() -> str:
-    try:
-        return os.environ.get("SENPATH_USER") or getpass.getuser()
-    except Exception:  # no login name (containers): still log something
-        return "unknown"
 
 
 def _clean(obj: Any) -> Any:

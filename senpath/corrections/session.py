@@ -26,7 +26,6 @@ from senpath.corrections.log import (
     StaleCorrectionsWarning,
     _append,
     _clean,
-    _default_user,
     _now,
     _repair_torn_tail,
     entry_key,
@@ -55,6 +54,7 @@ from senpath.results import (
     write_manifest,
 )
 from senpath.score import add_phenotypes, manual_bin
+from senpath.store_lock import default_user
 
 
 class CorrectionSession(NucleusEdits):
@@ -100,7 +100,7 @@ class CorrectionSession(NucleusEdits):
         read_only: bool = False,
     ) -> None:
         self.folder = Path(folder)
-        self.user = user or _default_user()
+        self.user = user or default_user()
         self.raw = read_results(self.folder)
         self._lock: CorrectionLock | None = None
         self.lock_taken_over: LockOwner | None = None
