@@ -1,0 +1,335 @@
+"""Where a slide's time goes: seconds and shares per stage of ``senpath.analyze_slide`` (issue 18).
+
+Writes a synthetic Ki67 slide (``senpath.synth.write_slide``, JPEG-tiled pyramidal TIFF at
+0.5 µm/px) into a temporary folder, runs :func:`senpath.analyze_slide` on it once with the
+real functions the engine calls wrapped by timers (``unittest.mock.patch``; the library is not
+changed), and prints two Markdown tables::
+
+    python benchmarks/bench_stages.py                     # 4096² px, 2 threads (a few minutes)
+    python benchmarks/bench_stages.py --size 2048 --threads 1
+
+Table 1, stage breakdown of one ``analyze_slide`` call (the wrapped names; none is nested in
+another, so the rows add up, and what no wrapper covers is the "other" row):
+
+- read: ``tile_engine.read_grid_box`` (analysis tiles, core + halo, at 0.5 µm/px);
+- tissue mask: ``tissue.tissue_mask`` and ``slide_plan._estimate_i0`` (glass intensity);
+- stain estimation: ``slide_plan._slide_stains`` (its own tile reads included);
+- deconvolution: ``tile_engine.deconvolve``;
+- network: ``NucleusSegmenter.predict_maps`` (the CNN forward passes alone);
+- post-processing: ``segment.predict.maps_to_instances`` (watershed);
+- segmenter overhead: the rest of ``CnnSegmenter.segment`` (cutting 256² network tiles,
+  stitching their maps, resampling);
+- measurement: ``tile_engine.measure_cells``;
+- ownership / stitching: ``tile_engine.keep_owned`` and ``LabelStore.add_instances``;
+- writing: ``LabelStore.commit`` and the store's ``atomic_write_parquet`` / ``atomic_write_json``;
+- QC figures and read-back: ``qc_overlay_png``, ``slide_histograms_png``, ``check_reads_back``;
+- model load: ``slide_analysis.plan_segmenter`` (weights, once per process).
+
+End to end MP/s counts the analysed pixels (the tissue tiles' cores at 0.5 µm/px) over the wall
+time of ``analyze_slide``; network MP/s counts the pixels the network was fed (with the 256²
+pieces' overlap) over the network's seconds, as ``benchmarks/bench_segment.py`` does. Issue 18's
+target is end to end >= 0.7 x network.
+
+Table 2: the network alone (``predict_maps``) on one 1024² image cut from the same slide, fp32
+vs bf16 (``NucleusSegmenter(precision=...)``), with ``torch.set_num_threads`` 1 and 2: wall and
+CPU seconds per megapixel (best of ``--repeats``), and the F1 of instances matched at IoU 0.5,
+bf16 vs fp32 (post-processed maps of that image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+
+MPP = 0.5
+
+#: (row label, the dotted names whose calls it sums): a module-level name, or a class's method
+#: (``module.Class.method``), each replaced by a timing wrapper around the original.
+STAGES: list[tuple[str, list[str]]] = [
+    ("read (analysis tiles)", ["senpath.tile_engine.read_grid_box"]),
+    ("tissue mask (+ glass intensity)", ["senpath.tissue.tissue_mask", "senpath.slide_plan._estimate_i0"]),
+    ("stain estimation", ["senpath.slide_plan._slide_stains"]),
+    ("deconvolution", ["senpath.tile_engine.deconvolve"]),
+    ("network (CNN forward)", ["senpath.segment.predict.NucleusSegmenter.predict_maps"]),
+    ("post-processing (watershed)", ["senpath.segment.predict.maps_to_instances"]),
+    ("measurement", ["senpath.tile_engine.measure_cells"]),
+    ("ownership / stitching", ["senpath.tile_engine.keep_owned", "senpath.labels.LabelStore.add_instances"]),
+    (
+        "writing (labels commit, tables)",
+        [
+            "senpath.labels.LabelStore.commit",
+            "senpath.slide_analysis.atomic_write_parquet",
+            "senpath.slide_analysis.atomic_write_json",
+        ],
+    ),
+    (
+        "QC figures + read-back check",
+        [
+            "senpath.slide_analysis.qc_overlay_png",
+            "senpath.slide_analysis.slide_histograms_png",
+            "senpath.slide_analysis.check_reads_back",
+        ],
+    ),
+    ("model load", ["senpath.slide_analysis.plan_segmenter"]),
+]  # fmt: skip
+#: The whole segment call; its time less network and post-processing is the segmenter overhead.
+SEGMENT = "senpath.segment.CnnSegmenter.segment"
+
+
+class StageTimer:
+    """Accumulated ``perf_counter`` seconds and call counts per stage, with patch wrappers."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.network_pixels = 0
+
+    def wrap(self, stage: str, func: Callable[..., Any], *, method: bool) -> Callable[..., Any]:
+        timer = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                timer.seconds[stage] += time.perf_counter() - t
+                timer.calls[stage] += 1
+
+        if method:
+            # a plain function stored on the class binds like the original method
+            def timed_method(self_: Any, *args: Any, **kwargs: Any) -> Any:
+                return timed(self_, *args, **kwargs)
+
+            return timed_method
+        return timed
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for stage, targets in [*STAGES, ("segment (whole)", [SEGMENT])]:
+                for target in targets:
+                    stack.enter_context(self._patch(stage, target))
+            yield
+
+    def _patch(self, stage: str, target: str) -> Any:
+        import importlib
+
+        module_name, _, name = target.rpartition(".")
+        try:
+            owner: Any = importlib.import_module(module_name)
+            method = False
+        except ModuleNotFoundError:  # Module.Class.method
+            module_name, _, cls = module_name.rpartition(".")
+            owner = getattr(importlib.import_module(module_name), cls)
+            method = True
+        original = getattr(owner, name)
+        wrapper = self.wrap(stage, original, method=method)
+        if target.endswith("predict_maps"):
+            wrapper = self._counting(wrapper)
+        return mock.patch.object(owner, name, wrapper)
+
+    def _counting(self, wrapper: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(self_: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+            shape = batch.shape
+            # (B, H, W, 3) array or (B, 3, H, W) tensor
+            self.network_pixels += int(
+                shape[0] * math.prod(shape[1:3] if shape[-1] == 3 else shape[2:4])
+            )
+            return wrapper(self_, batch, *args, **kwargs)
+
+        return counted
+
+
+# ----------------------------------------------------------------------------- table 1
+def write_synthetic_slide(path: Path, size: int) -> float:
+    from senpath.synth import write_slide
+
+    t = time.perf_counter()
+    write_slide(path, assay="ki67", shape=(size, size), mpp=MPP, seed=0, tile_size=256,
+                compression="jpeg", write_labels=False)  # fmt: skip
+    return time.perf_counter() - t
+
+
+def plain_segmenter_factory(precision: str) -> Callable[..., Any]:
+    """A ``plan_segmenter`` whose CNN runs at ``precision`` (the library's own for ``auto``)."""
+    from senpath import tile_engine
+    from senpath.segment.predict import NucleusSegmenter
+
+    def plan_segmenter(plan: Any) -> Any:
+        segmenter = tile_engine.plan_segmenter(plan)
+        if precision != "auto" and hasattr(segmenter, "network"):
+            # a fresh copy: the cached one stays as the library made it
+            segmenter.network = NucleusSegmenter.from_pretrained(
+                plan.config.model, device=plan.config.device, precision=precision
+            )
+        return segmenter
+
+    return plan_segmenter
+
+
+def stage_breakdown(path: Path, out: Path, *, precision: str) -> dict[str, Any]:
+    import senpath
+    from senpath.config import AnalysisConfig
+    from senpath.results import read_results
+
+    timer = StageTimer()
+    tiles: list[Any] = []
+    from senpath import slide_plan
+
+    original_plan = slide_plan.plan_slide
+
+    def plan_and_keep(*args: Any, **kwargs: Any) -> Any:
+        plan = original_plan(*args, **kwargs)
+        tiles.extend(plan.tiles)
+        return plan
+
+    config = AnalysisConfig(segmenter="cnn", device="cpu")
+    with (
+        mock.patch("senpath.slide_analysis.plan_slide", plan_and_keep),
+        mock.patch("senpath.slide_analysis.plan_segmenter", plain_segmenter_factory(precision)),
+        timer.patched(),
+    ):
+        t = time.perf_counter()
+        store = senpath.analyze_slide(path, out=out, assay="ki67", config=config)
+        wall = time.perf_counter() - t
+    cores = sum((tl.core.y1 - tl.core.y0) * (tl.core.x1 - tl.core.x0) for tl in tiles)
+    n_cells = len(read_results(store).cells)
+    return {"timer": timer, "wall": wall, "analysed_px": cores, "tiles": len(tiles),
+            "cells": n_cells}  # fmt: skip
+
+
+def print_breakdown(result: dict[str, Any], *, size: int, threads: int, precision: str) -> None:
+    timer: StageTimer = result["timer"]
+    wall = result["wall"]
+    s = timer.seconds
+    rows = [(label, s[label]) for label, _ in STAGES]
+    overhead = s["segment (whole)"] - s["network (CNN forward)"] - s["post-processing (watershed)"]
+    rows.insert(6, ("segmenter overhead (cut / stitch maps)", overhead))
+    rows.append(("other (scoring, provenance, loop)", wall - sum(v for _, v in rows)))
+    analysed_mp = result["analysed_px"] / 1e6
+    network_mp = timer.network_pixels / 1e6
+    e2e_mps = analysed_mp / wall
+    net_mps = network_mp / s["network (CNN forward)"]
+    print(
+        f"\n### Stage breakdown: senpath.analyze_slide on a synthetic Ki67 slide {size}² px at "
+        f"{MPP} µm/px, CNN precision {precision}, torch threads {threads}\n"
+    )
+    print(f"{result['tiles']} tissue tiles, {analysed_mp:.1f} MP analysed, {result['cells']} cells; "
+          f"the network was fed {network_mp:.1f} MP ({network_mp / analysed_mp:.2f}x)\n")  # fmt: skip
+    print("| stage | s | share |\n|---|---:|---:|")
+    for label, sec in rows:
+        print(f"| {label} | {sec:.2f} | {sec / wall:.1%} |")
+    print(f"| **end to end (`analyze_slide` wall)** | **{wall:.2f}** | 100% |")
+    print(
+        f"\nend to end {e2e_mps:.2f} MP/s (analysed px) / network alone {net_mps:.2f} MP/s "
+        f"(fed px) = **{e2e_mps / net_mps:.2f}** (issue 18 target >= 0.7); network seconds per "
+        f"analysed MP: {s['network (CNN forward)'] / analysed_mp:.2f}"
+    )
+
+
+# ----------------------------------------------------------------------------- table 2
+def network_precisions(image: np.ndarray, *, thread_counts: list[int], repeats: int) -> None:
+    import torch
+    from stardist.matching import matching
+
+    from senpath.segment.predict import NucleusSegmenter
+
+    mp = image.shape[0] * image.shape[1] / 1e6
+    batch = image[None]
+    rows, labels = [], {}
+    for precision in ("fp32", "bf16"):
+        seg = NucleusSegmenter.from_pretrained(device="cpu", precision=precision)
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            seg.predict_maps(batch[:, :256, :256])  # warm-up (oneDNN kernels, allocator)
+            wall = cpu = math.inf
+            for _ in range(repeats):
+                t, c = time.perf_counter(), time.process_time()
+                maps = seg.predict_maps(batch)
+                wall = min(wall, time.perf_counter() - t)
+                cpu = min(cpu, time.process_time() - c)
+            rows.append((precision, threads, wall / mp, cpu / mp))
+        labels[precision] = seg.instances(maps[0])
+    f1 = matching(labels["fp32"], labels["bf16"], thresh=0.5).f1
+    print(
+        f"\n### Network alone (`predict_maps`, one {image.shape[1]}x{image.shape[0]} image from "
+        f"the slide, batch 1), best of {repeats}; torch {torch.__version__}\n"
+    )
+    print("| precision | threads | wall s / MP | CPU s / MP | MP/s |\n|---|---:|---:|---:|---:|")
+    for precision, threads, wall_mp, cpu_mp in rows:
+        name = {"fp32": "fp32 eager", "bf16": "bf16 autocast + channels_last"}[precision]
+        print(f"| {name} | {threads} | {wall_mp:.2f} | {cpu_mp:.2f} | {1 / wall_mp:.2f} |")
+    print(
+        f"\nparity: F1 of instances matched at IoU 0.5, bf16 vs fp32: **{f1:.4f}** "
+        f"({int(labels['fp32'].max())} vs {int(labels['bf16'].max())} nuclei; target >= 0.99)"
+    )
+
+
+def tissue_crop(path: Path, side: int) -> np.ndarray:
+    """A ``side``² px crop at 0.5 µm/px from the middle of the slide (tissue there)."""
+    from senpath.io import open_slide
+
+    slide = open_slide(path)
+    height_um, width_um = slide.shape[0] * slide.mpp[1], slide.shape[1] * slide.mpp[0]
+    extent = side * MPP
+    x0, y0 = max(0.0, (width_um - extent) / 2), max(0.0, (height_um - extent) / 2)
+    return np.ascontiguousarray(slide.read_region(x0, y0, extent, extent, mpp=MPP))
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the tables."""
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=4096, help="slide side in px at 0.5 µm/px")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for the slide run")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="CNN precision for the slide run (auto: the library's default)")  # fmt: skip
+    p.add_argument("--network-side", type=int, default=1024, help="image side for table 2")
+    p.add_argument("--network-threads", type=str, default="1,2", help="table 2 thread counts")
+    p.add_argument("--repeats", type=int, default=2, help="table 2 timed passes (best counts)")
+    p.add_argument(
+        "--workdir", type=Path, default=None, help="folder for the slide (default: temp)"
+    )
+    p.add_argument("--skip-network", action="store_true", help="table 1 only")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="senpath-stages-", dir=args.workdir) as tmp:
+        path = Path(tmp) / f"synth_ki67_{args.size}.tif"
+        write_s = write_synthetic_slide(path, args.size)
+        print(f"wrote {path.name} ({path.stat().st_size / 1e6:.0f} MB) in {write_s:.1f} s",
+              file=sys.stderr)  # fmt: skip
+        result = stage_breakdown(path, Path(tmp) / "out", precision=args.precision)
+        print_breakdown(result, size=args.size, threads=args.threads, precision=args.precision)
+        if not args.skip_network:
+            image = tissue_crop(path, min(args.network_side, args.size))
+            threads = [int(t) for t in args.network_threads.split(",")]
+            network_precisions(image, thread_counts=threads, repeats=args.repeats)
+    print(f"\n(CPU: {_cpu_name()}, {os.cpu_count()} logical cores)")
+    return 0
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
