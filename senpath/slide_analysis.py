@@ -227,19 +227,24 @@ def _commit_slide(
     _remove_stale_tmp_files(folder)
     label_store = LabelStore(folder, shape_px, mpp=amp)  # pasted tile by tile, never whole in RAM
     expected = 0
-    for done, result in enumerate(results, start=1):
-        if result.index != expected:
-            label_store.abort()
-            raise ValueError(
-                f"tile results out of order for {plan.slide_id}: got tile {result.index}, "
-                f"expected {expected} (cell ids are assigned in tile order)"
-            )
-        expected += 1
-        if len(result.cells):
-            # cell_id = the id pasted into the label image; a nucleus left with no pixels is dropped
-            parts.append(result.with_ids(label_store.add_instances(result.instances)))
-        if tile_progress:
-            tile_progress(done, len(tiles))
+    try:
+        for done, result in enumerate(results, start=1):
+            if result.index != expected:
+                raise ValueError(
+                    f"tile results out of order for {plan.slide_id}: got tile {result.index}, "
+                    f"expected {expected} (cell ids are assigned in tile order)"
+                )
+            expected += 1
+            if len(result.cells):
+                # cell_id = the id pasted into the label image; a nucleus left with no pixels is
+                # dropped
+                parts.append(result.with_ids(label_store.add_instances(result.instances)))
+            if tile_progress:
+                tile_progress(done, len(tiles))  # may raise to stop the slide (a cancel)
+    except BaseException:
+        # the temporary label array goes now, not when the traceback lets the store be collected
+        label_store.abort()
+        raise
     if expected != len(tiles):
         label_store.abort()
         raise ValueError(f"{plan.slide_id}: {expected} tile results for {len(tiles)} tiles")

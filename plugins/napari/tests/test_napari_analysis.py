@@ -66,3 +66,51 @@ def test_whole_slide_analysis_and_cancel(make_napari_viewer, qtbot, analysed, tm
     assert read_manifest(out / slide.stem) is not None
     assert widget.last_result == out / slide.stem
     assert "ki67 calls" in [layer.name for layer in viewer.layers]
+
+
+def test_cancel_says_cancelling_at_once_and_leaves_no_temporary_folders(
+    make_napari_viewer, qtbot, analysed, tmp_path, monkeypatch
+) -> None:
+    import tempfile
+
+    from senpath import pipeline
+
+    slide, _ = analysed
+    temp_root = tmp_path / "temp-root"  # the process's temp root, watched for leftovers
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    viewer, widget = _widget(make_napari_viewer, slide)
+    settings = tmp_path / "small-tiles.toml"
+    settings.write_text("[analysis]\ntile_size_um = 128\n")  # 9 tiles: cancel lands mid-slide
+    widget.settings_edit.setText(str(settings))
+    real = pipeline.analyze_slide
+
+    def held(*args, tile_progress, **kwargs):
+        def progress(done: int, total: int) -> None:
+            assert total > 2
+            tile_progress(done, total)
+            if done == 1:  # the label store's temporary is on disk: wait here for Cancel
+                widget._stop.wait(30)
+
+        return real(*args, tile_progress=progress, **kwargs)
+
+    monkeypatch.setattr(pipeline, "analyze_slide", held)
+    out = tmp_path / "out"
+    seen: list[str] = []
+
+    def cancel_at_first_tile(_value) -> None:
+        if not seen:
+            widget.cancel()
+            seen.append(widget.result_label.text())
+            seen.append(str(widget.cancel_button.isEnabled()))
+
+    worker = widget.run(scope="whole slide", out=out)
+    worker.yielded.connect(cancel_at_first_tile)
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=60000)
+    assert seen == ["cancelling…", "False"], "Cancel says so at once and cannot be pressed twice"
+    assert widget.result_label.text() == "cancelled"
+    assert read_manifest(out / slide.stem) is None
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*")) if out.exists() else []
+    assert not [p for p in left if p.endswith(".tmp")], left
+    assert not (out / slide.stem).exists(), f"the cancelled run's store is removed: {left}"
+    assert list(temp_root.iterdir()) == []

@@ -57,7 +57,8 @@ def test_review_corrections_reach_store_log_and_export(
     amp = widget.session.label_mpp
     interior = raw[raw["x_um"].between(40, 340) & raw["y_um"].between(40, 340)]
 
-    # 1. click a positive cell: its call flips
+    # 1. pick the flip mode (a click only inspects by default), click a positive cell: it flips
+    widget.click_combo.setCurrentText("flip call")
     flipped = int(interior.index[interior["ki67_positive"]][0])
     assert widget.click_at(raw.loc[flipped, "y_um"], raw.loc[flipped, "x_um"]) == flipped
     # 2. click another with the exclude action
@@ -154,6 +155,7 @@ def test_undo_from_the_keyboard_and_reopen(make_napari_viewer, qtbot, store: Pat
     cid = int(cells["cell_id"].iat[len(cells) // 2])
     was = bool(widget.session.cell(cid)["ki67_positive"])
     row = widget.session.cell(cid)
+    widget.click_combo.setCurrentText("flip call")
     widget.click_at(row["y_um"], row["x_um"])
     assert bool(widget.session.cell(cid)["ki67_positive"]) != was
     _press(viewer, "Shift-U")

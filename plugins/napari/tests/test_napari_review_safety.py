@@ -54,6 +54,7 @@ def test_a_closed_widget_stops_editing_and_a_reopened_one_counts_a_click_once(
     cid, y, x = _interior_cell(widget)
     pixel = widget.session.label_mpp
     assert widget.cell_at(y, x) == cid, "the cell's centroid lies in its nucleus"
+    widget.click_combo.setCurrentText("flip call")
     _click(viewer, qtbot, y + pixel / 2, x + pixel / 2)
     assert [e["action"] for e in read_log(store)] == ["start", "set_call"]  # a real click edits
 
@@ -66,6 +67,7 @@ def test_a_closed_widget_stops_editing_and_a_reopened_one_counts_a_click_once(
     _, again = viewer.window.add_plugin_dock_widget(*WIDGET)
     assert again is not widget and not again.session.read_only
     was = bool(again.session.cell(cid)["ki67_positive"])
+    again.click_combo.setCurrentText("flip call")
     _click(viewer, qtbot, y, x)
     log = read_log(store)
     assert [e["action"] for e in log] == ["start", "set_call", "set_call"], "one click, one edit"
@@ -82,6 +84,8 @@ def test_a_second_window_on_the_store_is_read_only_and_says_who_corrects(
     assert first.session.user in second.status_label.text()
     cid, y, x = _interior_cell(second)
     was = bool(second.session.cell(cid)["ki67_positive"])
+    second.click_combo.setCurrentText("flip call")
+    first.click_combo.setCurrentText("flip call")
     second.click_at(y, x)
     second.flip_current()
     second.undo()
@@ -129,7 +133,7 @@ def test_centroids_follow_a_nucleus_edit_that_keeps_the_cell_count(
 def test_the_scale_bar_reads_micrometres(make_napari_viewer, qtbot, store: Path) -> None:
     viewer, widget = _open(make_napari_viewer, store)
     cid, y, x = _interior_cell(widget)
-    widget.click_at(y, x, action="select only")  # adds the "current cell" marker
+    widget.click_at(y, x, action="inspect")  # adds the "current cell" marker
     widget.open_editor((0, 0, 64, 64))
     viewer.scale_bar.visible = True
     assert len(viewer.layers) >= 4
@@ -161,3 +165,38 @@ def test_a_moved_slide_warns_and_is_located_from_the_widget(
     assert len(slides) == 1 and slides[0].metadata["senpath_slide"] == str(moved.resolve())
     assert viewer.layers.index(slides[0]) == 0 and not widget.locate_button.isVisibleTo(widget)
     assert read_log(store)[-1]["action"] == "relink_slide"
+
+
+def test_a_click_inspects_by_default_and_edits_only_in_an_edit_mode(
+    make_napari_viewer, qtbot, store: Path
+) -> None:
+    from napari.utils.key_bindings import KeyBinding
+
+    def _press(key: str) -> None:
+        viewer.keymap[KeyBinding.from_str(key)](viewer)
+
+    viewer, widget = _open(make_napari_viewer, store)
+    assert widget.click_combo.currentText() == "inspect", "opening the widget must not arm edits"
+    cid, y, x = _interior_cell(widget)
+    was = bool(widget.session.cell(cid)["ki67_positive"])
+    pixel = widget.session.label_mpp
+    _click(viewer, qtbot, y + pixel / 2, x + pixel / 2)
+    assert [e["action"] for e in read_log(store)] in ([], ["start"]), "a click edits nothing"
+    assert bool(widget.session.cell(cid)["ki67_positive"]) == was
+    assert widget.current_cell == cid
+    shown = widget.cell_label.text()
+    assert f"cell {cid}:" in shown and "ki67 OD" in shown and "µm²" in shown, shown
+    # the queue shortcuts act on the inspected cell
+    _press("Shift-F")
+    assert [e["action"] for e in read_log(store)] == ["start", "set_call"]
+    _press("Shift-U")
+    # Shift-M picks the edit mode; then a click flips
+    _press("Shift-M")
+    assert widget.click_combo.currentText() == "flip call"
+    _click(viewer, qtbot, y + pixel / 2, x + pixel / 2)
+    assert [e["action"] for e in read_log(store)] == ["start", "set_call", "undo", "set_call"]
+    assert bool(widget.session.cell(cid)["ki67_positive"]) != was
+    _press("Shift-M")
+    assert widget.click_combo.currentText() == "exclude / include"
+    _click(viewer, qtbot, y + pixel / 2, x + pixel / 2)
+    assert read_log(store)[-1]["action"] == "exclude"

@@ -100,6 +100,8 @@ class AnalysisWidget(QWidget):
 
         self.viewer = napari_viewer
         self.worker: Any = None
+        #: whether the running analysis watches ``_stop`` (whole slide): Cancel lets it wind down
+        self._stoppable = False
         self.last_result: Any = None
         self._stop = threading.Event()
         defaults = load_settings()
@@ -251,6 +253,7 @@ class AnalysisWidget(QWidget):
         self._run_config = config  # the region's labels are at this config's analysis_mpp
         scope = scope or self.scope_combo.currentText()
         self._stop = threading.Event()
+        self._stoppable = scope == "whole slide"
         if scope == "whole slide":
             out_dir = Path(out or self.out_edit.text() or slide_path.parent / "senpath-results")
             gen = _whole_slide(slide_path, out_dir, assay, config, self._stop)
@@ -279,14 +282,23 @@ class AnalysisWidget(QWidget):
         return worker
 
     def cancel(self) -> None:
-        """Stop the running analysis at its next tile."""
+        """Stop the running analysis at its next tile; says "cancelling…" until it has stopped.
+
+        A whole-slide run is not cut off: it stops at its next tile and removes its temporaries,
+        and only then is the worker done (Run enabled again, "cancelled"). An in-memory region
+        run writes nothing and is quit at its next tile.
+        """
+        if self.worker is None or not self.cancel_button.isEnabled():
+            return
         self._stop.set()
-        if self.worker is not None:
+        self.cancel_button.setEnabled(False)
+        self.result_label.setText("cancelling…")
+        if not self._stoppable:
             self.worker.quit()
 
     def _on_finished(self) -> None:
         # a worker stopped by Cancel emits neither "returned" nor always "aborted"
-        if self._stop.is_set() and self.result_label.text().startswith("analysing"):
+        if self._stop.is_set() and self.result_label.text().startswith(("analysing", "cancelling")):
             self.result_label.setText("cancelled")
         self._buttons(running=False)
 

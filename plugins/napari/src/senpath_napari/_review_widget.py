@@ -2,7 +2,9 @@
 
 - marker and colour mode (call: positive red / negative blue; bin: 1+ yellow, 2+ orange, 3+ red;
   excluded grey);
-- a click on a nucleus flips its call or excludes it (the "click" action; a click that drags pans);
+- a click on a nucleus shows its id and measurements ("inspect", the default: a click edits nothing);
+  pick "flip call" or "exclude / include" in "click does" (or cycle with Shift-M) to edit by clicking
+  (a click that drags pans);
 - threshold slider per marker with live counts, % positive and H-score; apply to the slide or save
   a stain profile for the batch (``senpath run --config profile.toml``);
 - a queue of near-threshold cells, stepped through with Shift-N / Shift-B (next / back), Shift-F
@@ -56,7 +58,10 @@ SHORTCUTS = {
     "Shift-F": "flip_current",
     "Shift-X": "exclude_current",
     "Shift-U": "undo",
+    "Shift-M": "cycle_click_mode",
 }
+#: What a click on a nucleus does; the first, the default, edits nothing.
+CLICK_MODES = ("inspect", "flip call", "exclude / include", "off")
 _SLIDER_STEPS = 1000
 _SLIDER_MAX_OD = 1.0
 
@@ -194,11 +199,18 @@ class ReviewWidget(QWidget):
         self.colour_combo.addItems(["call", "bin"])
         self.colour_combo.currentTextChanged.connect(lambda _: self.refresh_overlay())
         self.click_combo = QComboBox()
-        self.click_combo.addItems(["flip call", "exclude / include", "select only", "off"])
+        self.click_combo.addItems(list(CLICK_MODES))
+        self.click_combo.setToolTip(
+            "inspect: a click shows the cell and edits nothing; flip call / exclude: a click edits "
+            "(Shift-M cycles)"
+        )
         form.addRow("marker", self.marker_combo)
         form.addRow("colour by", self.colour_combo)
-        form.addRow("click on a nucleus", self.click_combo)
+        form.addRow("click does (Shift-M)", self.click_combo)
         layout.addLayout(form)
+        self.cell_label = QLabel("click a nucleus to see its id and measurements")
+        self.cell_label.setWordWrap(True)
+        layout.addWidget(self.cell_label)
         self.stats_label = QLabel("")
         self.stats_label.setTextFormat(Qt.RichText)
         layout.addWidget(self.stats_label)
@@ -535,8 +547,20 @@ class ReviewWidget(QWidget):
         """``cell_id`` of the nucleus at a world position in µm (0: none)."""
         return self.session.cell_at(x_um, y_um) if self.session else 0
 
+    def cycle_click_mode(self) -> str:
+        """Switch what a click does to the next of :data:`CLICK_MODES` (Shift-M); returns it."""
+        i = self.click_combo.currentIndex()
+        self.click_combo.setCurrentIndex((i + 1) % self.click_combo.count())
+        mode = self.click_combo.currentText()
+        self._update_status(f"a click now does: {mode}")
+        return mode
+
     def click_at(self, y_um: float, x_um: float, *, action: str | None = None) -> int:
-        """Apply the click action at a world position (µm); returns the cell id (0: none)."""
+        """Apply the click action at a world position (µm); returns the cell id (0: none).
+
+        "inspect" (the default) selects the cell and shows it; only "flip call" and
+        "exclude / include" edit.
+        """
         if self.session is None or self.marker is None:
             return 0
         cid = self.cell_at(y_um, x_um)
@@ -677,10 +701,13 @@ class ReviewWidget(QWidget):
         where = ""
         if cid in self.queue:
             where = f"{self.queue.index(cid) + 1}/{len(self.queue)}: "
-        self.queue_label.setText(
-            f"{where}cell {cid}: {m} OD {row[f'{m}_od']:.3f}, {call}{manual}{excl}; "
+        text = (
+            f"cell {cid}: {m} OD {row[f'{m}_od']:.3f}, {call}{manual}{excl}; "
             f"nucleus {row['nucleus_area_um2']:.0f} µm²"
         )
+        self.queue_label.setText(f"{where}{text}")
+        self.cell_label.setText(text)
+        self.viewer.status = text
 
     # ---------------------------------------------------------------------------- undo, save
 
