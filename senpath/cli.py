@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -27,15 +28,6 @@ _DEBUG = False
 DEBUG_HELP = "Print the traceback of every error (default: one line each; see failures.log)."
 
 
-@app.callback()
-def _options(
-    debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
-) -> None:
-    """Measure senescence markers (SA-beta-gal, p16, Ki67) per cell in whole-slide images."""
-    global _DEBUG
-    _DEBUG = _DEBUG or debug
-
-
 def _print_version(value: bool) -> None:
     if value:
         import senpath
@@ -52,8 +44,12 @@ def _main(
             "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
         ),
     ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help=DEBUG_HELP)] = False,
 ) -> None:
     """Measure senescence markers (SA-beta-gal, p16, Ki67) per cell in whole-slide images."""
+    # one callback only: typer keeps the last one registered, so --version and --debug share it
+    global _DEBUG
+    _DEBUG = _DEBUG or debug
 
 
 MppOpt = Annotated[
@@ -516,6 +512,23 @@ def _error_line(label: str, line: str) -> None:
     console.print(f"[red]{label}:[/red] {escape(line)}", soft_wrap=True)
 
 
+def _warning_line(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    line: str | None = None,
+) -> str:
+    """How the command line prints a warning: one line, ``warning: <message>`` (Python's default
+    adds the source file, line number and code line); ``--debug`` keeps Python's form."""
+    if _DEBUG:
+        return _PYTHON_FORMATWARNING(message, category, filename, lineno, line)
+    return "warning: " + " ".join(str(message).split()) + "\n"
+
+
+_PYTHON_FORMATWARNING = warnings.formatwarning
+
+
 def main() -> None:
     """Console-script entry point; turns expected errors into clear lines and exit code 2.
 
@@ -525,6 +538,7 @@ def main() -> None:
     from senpath.config import ConfigError
     from senpath.samplesheet import SampleSheetError
 
+    warnings.formatwarning = _warning_line
     try:
         app()
     except (ConfigError, SampleSheetError, FileNotFoundError, ValueError, RuntimeError) as exc:

@@ -57,3 +57,39 @@ def test_without_a_terminal_each_slide_done_is_one_plain_line(tmp_path):
     lines = re.findall(r"^senpath: (\d)/2 (\S+) ok, (\d+) cells, [\d.]+ s$", r.output, re.M)
     assert [(k, s) for k, s, _ in lines] == [("1", "a"), ("2", "b")]
     assert not re.search(r"^\s*slides\s", r.output, re.M)  # no progress bar drawn into a log
+
+
+def _contradicting_sheet(tmp_path):
+    """A sheet whose mpp is 2x off the slide file's calibration, and a fast (classical) config."""
+    from senpath import synth
+
+    synth.write_slide(
+        tmp_path / "a.tif", assay="ki67", shape=(256, 256), mpp=0.5, seed=6,
+        params=synth.SynthParams(tissue_fraction=0.95),
+    )  # fmt: skip
+    (tmp_path / "s.csv").write_text("patient_id,slide_id,path,assay,mpp\nP1,off,a.tif,ki67,0.25\n")
+    (tmp_path / "c.toml").write_text('[analysis]\nsegmenter = "classical"\n')
+
+
+def _senpath(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", "from senpath.cli import main; main()", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_a_warning_is_one_line_and_debug_is_a_global_option(tmp_path):
+    _contradicting_sheet(tmp_path)
+    r = _senpath("run", "s.csv", "--out", "out", "--config", "c.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    warned = [ln for ln in r.stderr.splitlines() if "explicit pixel size" in ln]
+    # Python's default printed "path:line: SlideWarning: ..." and then the source line
+    assert len(warned) == 1 and warned[0].startswith("warning: a.tif: the explicit pixel size")
+    assert "open_slide(" not in r.stderr and "SlideWarning" not in r.stderr
+    # `senpath --debug CMD` (a second callback once hid the option) keeps Python's full form
+    r = _senpath("--debug", "run", "s.csv", "--out", "out2", "--config", "c.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "SlideWarning: a.tif: the explicit pixel size" in r.stderr
