@@ -59,158 +59,73 @@ def _one_line(exc: pytest.ExceptionInfo[ConfigError], path: Path, key: str, fix:
     return message
 
 
-# --- wrong but accepted silently before -------------------------------------------------------
+# --- wrong but accepted silently before, or crashed with a traceback -----------------------------
+
+_SECOND_MARKER = ASSAY[ASSAY.index("[[") :]  # the [[marker]] table again
+_QUOTED_ASSAY = (
+    '[assay."p16+ki67-lab"]\nstains = ["hematoxylin", "dab", "fast_red"]\ncolour = "red"\n'
+)
+
+#: (case, settings text, full dotted key named, fix named). All were accepted silently before,
+#: except the last three, which crashed with a traceback.
+BAD_SETTINGS = [
+    ("negative_marker_threshold", ASSAY.replace("threshold_od = 0.20", "threshold_od = -0.1"),
+     "assay.my-ki67.marker[0].threshold_od", "> 0 and <= 3"),
+    ("zero_tile_size", "[analysis]\ntile_size_um = 0\n", "analysis.tile_size_um", ">= 32 and <= 8192"),
+    ("string_for_a_marker_bool", ASSAY + 'labelling_index = "yes"\n',
+     "assay.my-ki67.marker[0].labelling_index", "write true or false"),
+    # auto_threshold = "no" used to switch automatic thresholds on (a non-empty string)
+    ("auto_threshold_no_is_not_true", '[analysis]\nauto_threshold = "no"\n',
+     "analysis.auto_threshold", "write true or false, without quotes"),
+    ("typo_in_a_section_name", "[analysys]\nanalysis_mpp = 0.4\n", "analysys",
+     "did you mean `analysis`?"),
+    # treshold_od = 0.20 used to leave the threshold at its default 0.15
+    ("typo_in_a_marker_key", ASSAY.replace("threshold_od = 0.20", "treshold_od = 0.20"),
+     "assay.my-ki67.marker[0].treshold_od", "did you mean `threshold_od`?"),
+    ("stain_vector_for_stain_vectors",
+     ASSAY.replace("[[", "stain_vector = { dab = [0.27, 0.57, 0.78] }\n[[", 1),
+     "assay.my-ki67.stain_vector", "did you mean `stain_vectors`?"),
+    ("typo_in_an_analysis_key", "[analysis]\ntile_size = 256\n", "analysis.tile_size",
+     "did you mean `tile_size_um`?"),
+    ("analysis_key_outside_its_section", "analysis_mpp = 0.4\n", "analysis_mpp",
+     "move it under [analysis]"),
+    # [assay.x.marker] (one bracket) is a table, not the list of markers [[...]] makes
+    ("marker_as_a_single_table",
+     ASSAY.replace("[[assay.my-ki67.marker]]", "[assay.my-ki67.marker]"),
+     "assay.my-ki67.marker", "[[assay.my-ki67.marker]]"),
+    ("nan_threshold", ASSAY.replace("threshold_od = 0.20", "threshold_od = nan"),
+     "assay.my-ki67.marker[0].threshold_od", "> 0 and <= 3"),
+    ("bool_for_a_number", "[analysis]\ntile_size_um = true\n", "analysis.tile_size_um",
+     "is not a number"),
+    ("decreasing_bins", ASSAY.replace("[0.20, 0.40, 0.70]", "[0.70, 0.40, 0.20]"),
+     "assay.my-ki67.marker[0].bins_od", "increasing"),
+    ("vector_for_a_stain_the_assay_lacks",
+     ASSAY.replace("[[", "stain_vectors = { xgal = [0.3, 0.2, 0.1] }\n[[", 1),
+     "assay.my-ki67.stain_vectors.xgal", "hematoxylin, dab"),
+    ("duplicate_marker_names", ASSAY + _SECOND_MARKER, "assay.my-ki67.marker[1].name",
+     "repeats marker[0]"),
+    ("marker_name_with_a_suffix_that_phenotypes_cannot_read",
+     ASSAY.replace('name = "ki67"', 'name = "ki67+"'), "assay.my-ki67.marker[0].name",
+     "letters, digits"),
+    ("quoted_assay_names_are_quoted_in_the_key", _QUOTED_ASSAY, 'assay."p16+ki67-lab".colour',
+     "known keys"),
+    ("string_for_a_number", '[analysis]\nanalysis_mpp = "fast"\n', "analysis.analysis_mpp",
+     "is not a number: give µm/px"),
+    ("marker_without_a_name", ASSAY.replace('name = "ki67"\n', ""),
+     "assay.my-ki67.marker[0].name", 'e.g. name = "ki67"'),
+    ("negative_cytoplasm_ring", "[analysis]\ncytoplasm_um = -2\n", "analysis.cytoplasm_um",
+     ">= 0 and <= 50"),
+]  # fmt: skip
 
 
-def test_negative_marker_threshold(tmp_path):
-    path = _toml(tmp_path, ASSAY.replace("threshold_od = 0.20", "threshold_od = -0.1"))
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker[0].threshold_od", "> 0 and <= 3")
-
-
-def test_zero_tile_size(tmp_path):
-    path = _toml(tmp_path, "[analysis]\ntile_size_um = 0\n")
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "analysis.tile_size_um", ">= 32 and <= 8192")
-
-
-def test_string_for_a_marker_bool(tmp_path):
-    path = _toml(tmp_path, ASSAY + 'labelling_index = "yes"\n')
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker[0].labelling_index", "write true or false")
-
-
-def test_auto_threshold_no_is_not_true(tmp_path):
-    """``auto_threshold = "no"`` used to switch automatic thresholds on (a non-empty string)."""
-    path = _toml(tmp_path, '[analysis]\nauto_threshold = "no"\n')
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "analysis.auto_threshold", "write true or false, without quotes")
-
-
-def test_typo_in_a_section_name(tmp_path):
-    path = _toml(tmp_path, "[analysys]\nanalysis_mpp = 0.4\n")
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "analysys", "did you mean `analysis`?")
-
-
-def test_typo_in_a_marker_key(tmp_path):
-    """``treshold_od = 0.20`` used to leave the threshold at its default 0.15."""
-    path = _toml(tmp_path, ASSAY.replace("threshold_od = 0.20", "treshold_od = 0.20"))
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker[0].treshold_od", "did you mean `threshold_od`?")
-
-
-def test_stain_vector_for_stain_vectors(tmp_path):
-    path = _toml(
-        tmp_path, ASSAY.replace("[[", "stain_vector = { dab = [0.27, 0.57, 0.78] }\n[[", 1)
-    )
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.stain_vector", "did you mean `stain_vectors`?")
-
-
-def test_typo_in_an_analysis_key(tmp_path):
-    path = _toml(tmp_path, "[analysis]\ntile_size = 256\n")
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "analysis.tile_size", "did you mean `tile_size_um`?")
-
-
-def test_analysis_key_outside_its_section(tmp_path):
-    path = _toml(tmp_path, "analysis_mpp = 0.4\n")
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "analysis_mpp", "move it under [analysis]")
-
-
-def test_marker_as_a_single_table(tmp_path):
-    """``[assay.x.marker]`` (one bracket) is a table, not the list of markers ``[[...]]`` makes."""
-    path = _toml(tmp_path, ASSAY.replace("[[assay.my-ki67.marker]]", "[assay.my-ki67.marker]"))
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker", "[[assay.my-ki67.marker]]")
-
-
-def test_nan_threshold(tmp_path):
-    path = _toml(tmp_path, ASSAY.replace("threshold_od = 0.20", "threshold_od = nan"))
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker[0].threshold_od", "> 0 and <= 3")
-
-
-def test_bool_for_a_number(tmp_path):
-    path = _toml(tmp_path, "[analysis]\ntile_size_um = true\n")
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "analysis.tile_size_um", "is not a number")
-
-
-def test_decreasing_bins(tmp_path):
-    path = _toml(tmp_path, ASSAY.replace("[0.20, 0.40, 0.70]", "[0.70, 0.40, 0.20]"))
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker[0].bins_od", "increasing")
-
-
-def test_vector_for_a_stain_the_assay_lacks(tmp_path):
-    text = ASSAY.replace("[[", "stain_vectors = { xgal = [0.3, 0.2, 0.1] }\n[[", 1)
+@pytest.mark.parametrize(
+    ("text", "key", "fix"), [case[1:] for case in BAD_SETTINGS], ids=[c[0] for c in BAD_SETTINGS]
+)
+def test_a_bad_setting_is_one_line_naming_file_key_and_fix(tmp_path, text, key, fix):
     path = _toml(tmp_path, text)
     with pytest.raises(ConfigError) as exc:
         _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.stain_vectors.xgal", "hematoxylin, dab")
-
-
-def test_duplicate_marker_names(tmp_path):
-    second = ASSAY[ASSAY.index("[[") :]  # the [[marker]] table again
-    path = _toml(tmp_path, ASSAY + second)
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker[1].name", "repeats marker[0]")
-
-
-def test_marker_name_with_a_suffix_that_phenotypes_cannot_read(tmp_path):
-    path = _toml(tmp_path, ASSAY.replace('name = "ki67"', 'name = "ki67+"'))
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker[0].name", "letters, digits")
-
-
-def test_quoted_assay_names_are_quoted_in_the_key(tmp_path):
-    text = '[assay."p16+ki67-lab"]\nstains = ["hematoxylin", "dab", "fast_red"]\ncolour = "red"\n'
-    path = _toml(tmp_path, text)
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, 'assay."p16+ki67-lab".colour', "known keys")
-
-
-# --- crashed with a traceback before ----------------------------------------------------------
-
-
-def test_string_for_a_number(tmp_path):
-    path = _toml(tmp_path, '[analysis]\nanalysis_mpp = "fast"\n')
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "analysis.analysis_mpp", "is not a number: give µm/px")
-
-
-def test_marker_without_a_name(tmp_path):
-    path = _toml(tmp_path, ASSAY.replace('name = "ki67"\n', ""))
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "assay.my-ki67.marker[0].name", 'e.g. name = "ki67"')
-
-
-def test_negative_cytoplasm_ring(tmp_path):
-    path = _toml(tmp_path, "[analysis]\ncytoplasm_um = -2\n")
-    with pytest.raises(ConfigError) as exc:
-        _load_both(path)
-    _one_line(exc, path, "analysis.cytoplasm_um", ">= 0 and <= 50")
+    _one_line(exc, path, key, fix)
 
 
 def test_not_toml(tmp_path):
