@@ -259,7 +259,7 @@ def load_ki67(root: Path, *, split: str, native: bool = False) -> list[Annotated
     out = []
     for img_path in sorted(folder.glob("*_ihc.png")):
         stem = img_path.name[: -len("_ihc.png")]
-        if (stem in KI67_VALIDATION) != (split == "validation"):
+        if not _in_split(stem in KI67_VALIDATION, split):
             continue
         rgb = _read_rgb(img_path)
         labels = _read_labels(folder / f"{stem}_labels.tif")
