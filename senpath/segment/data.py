@@ -49,6 +49,7 @@ from senpath.segment.datasets import resample_rgb as resample_rgb
 from senpath.segment.datasets import shape_at_mpp as shape_at_mpp
 from senpath.segment.rerender import RECIPES as RECIPES
 from senpath.segment.rerender import degrade as degrade
+from senpath.segment.rerender import pale_nuclei as pale_nuclei
 from senpath.segment.rerender import render_crop as render_crop
 from senpath.segment.rerender import render_with_truth as render_with_truth
 
@@ -85,9 +86,13 @@ class CropSampler:
         *,
         crop_size: int = 128,
         seed: int = 0,
+        pale_share: float = 0.0,
     ) -> None:
+        if not 0.0 <= pale_share <= 1.0:
+            raise ValueError(f"pale_share must be in [0, 1], got {pale_share}")
         self.crop_size = crop_size
         self.seed = seed
+        self.pale_share = pale_share
         self.sources: dict[str, list[_Prepared]] = {}
         for name, images in sources.items():
             prepared = []
@@ -143,8 +148,14 @@ class CropSampler:
                 a = a[:, ::-1]
             arrays.append(np.ascontiguousarray(a))
         rgb, labels, cells, dist = arrays
+        stained: list[NDArray] = [np.asarray(v) for v in item.image.stained.values()]
         if item.image.kind != "synth":  # synthetic slides are already in their assay's stains
-            rgb = render_crop(rgb, labels, cells, kind=item.image.kind, rng=rng)
+            rgb, added = render_with_truth(rgb, labels, cells, kind=item.image.kind, rng=rng)
+            stained += list(added.values())
+        # Drawn only when asked for, so runs without it keep their batches (v2 is reproduced).
+        if self.pale_share > 0 and item.image.kind != "synth" and rng.random() < self.pale_share:
+            keep = np.concatenate(stained) if stained else np.zeros(0, np.int64)
+            rgb = pale_nuclei(rgb, labels, keep.astype(np.int64), rng)
         rgb = degrade(rgb, rng)
         return rgb, labels, dist
 

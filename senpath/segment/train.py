@@ -152,6 +152,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="share of crops from generated slides of every assay (a supplement to the real data)",
     )
+    p.add_argument(
+        "--pale-share",
+        type=float,
+        default=0.0,
+        help="share of crops with faded unstained nuclei (a pale counterstain)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crop-size", type=int, default=128, help="crop side in px at 0.5 µm/px")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
@@ -208,6 +214,7 @@ def train(args: argparse.Namespace) -> Path:
         D.source_weights(args.synthetic_share),
         crop_size=args.crop_size,
         seed=args.seed,
+        pale_share=args.pale_share,
     )
     val_sets = _validation_sets(args.data_root, args.consep_validation)
     run_info = {
@@ -219,6 +226,7 @@ def train(args: argparse.Namespace) -> Path:
         "crop_size": args.crop_size,
         "lr": args.lr,
         "synthetic_share": args.synthetic_share,
+        "pale_share": args.pale_share,
         "threads": args.threads,
         "init": str(args.init) if args.init is not None else None,
         "validation": {k: [im.name for im in v] for k, v in val_sets.items()},
