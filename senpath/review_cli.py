@@ -53,8 +53,8 @@ def status(results: ResultsArg) -> None:
 
     Example: senpath review status results/
     """
-    from senpath.corrections import n_corrections, read_log, review_status
-    from senpath.results import find_stores, is_complete
+    from senpath.corrections import log_matches, n_corrections, read_log, review_status
+    from senpath.results import find_stores, is_complete, read_manifest
 
     stores = [results] if is_complete(results) else find_stores(results)
     if not stores:
@@ -64,14 +64,16 @@ def status(results: ResultsArg) -> None:
         table.add_column(col)
     for folder in stores:
         entries = read_log(folder)
-        st = review_status(entries)
+        stale = not log_matches(entries, read_manifest(folder) or {})
+        st = review_status([] if stale else entries)
+        note = "its log is of an earlier analysis (not applied)" if stale else st.note
         table.add_row(
             folder.name,
             st.status,
             st.reviewer,
             st.time[:19].replace("T", " "),
-            str(n_corrections(entries)),
-            st.note,
+            str(0 if stale else n_corrections(entries)),
+            note,
         )
     Console().print(table)
 

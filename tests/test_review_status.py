@@ -183,3 +183,24 @@ def test_a_locked_store_is_refused_with_one_line(store: Path) -> None:
     finally:
         s.close()
     assert review_status(read_log(store)).status == "not started"
+
+
+def test_a_sign_off_of_an_earlier_analysis_is_not_shown(store: Path) -> None:
+    import json
+
+    log = [
+        {"id": "a", "time": "2026-01-01T10:00:00Z", "user": "x", "action": "start",
+         "cells_sha256": "0" * 64, "provenance_sha256": "0" * 64},
+        {"id": "b", "time": "2026-01-01T10:01:00Z", "user": "Dr. B", "action": "review_status",
+         "status": "signed off", "previous": "not started", "cell_ids": []},
+    ]  # fmt: skip
+    (store / "corrections.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    assert review_status(log).signed_off  # what the log says, for the analysis it was made for
+    r = CliRunner().invoke(app, ["review", "status", str(store)], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "not started" in r.output and "earlier analysis" in r.output
+    assert "Dr. B" not in r.output
+    from senpath.corrections import StaleCorrectionsWarning
+
+    with pytest.warns(StaleCorrectionsWarning):
+        assert load_results(store).summary.get("review") is None  # not applied
