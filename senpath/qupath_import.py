@@ -21,7 +21,9 @@ cell or detection drawn                        a nucleus added (``edit_nuclei``)
 A feature is matched to a cell by the UUID the export gave it (QuPath keeps object ids since 0.4),
 then by its ``cell_id`` measurement with its centroid within the tolerance of that cell, then by the
 nearest cell centroid within the tolerance (:data:`DEFAULT_TOLERANCE_UM`, µm, nucleus centroids).
-The import ends with a ``note`` entry naming the file (its sha256) and what was done and left
+Nuclei a review added after the file was exported are not in it: while the file holds none of
+the review's added cells they are kept (noted), not taken for deleted (so the only added cell
+deleted in QuPath is kept too: exclude it in napari). The import ends with a ``note`` entry naming the file (its sha256) and what was done and left
 aside. Annotations (``objectType`` ``annotation``) are not cells: they are counted and left alone
 (regions have their own import). Importing the same file again changes nothing.
 """
@@ -40,7 +42,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from senpath.corrections import CorrectionError, CorrectionSession
+from senpath.corrections import CorrectionError, CorrectionSession, active_entries
 from senpath.geojson import IGNORE_CLASS, _classification, cell_uuid
 from senpath.score import manual_bin
 
@@ -450,6 +452,21 @@ def import_qupath_cells(
     deleted = []
     if deletions:
         deleted = [int(c) for c in cells["cell_id"] if int(c) not in matched and not excluded[c]]
+        # nuclei a review added after the file was exported are missing from it, not deleted:
+        # only when the file holds none of the review's added cells (exported before them)
+        added_in_review = {
+            int(c)
+            for e in active_entries(session.entries)
+            if e["action"] == "edit_nuclei"
+            for c in e["added"]
+        }
+        if added_in_review and not added_in_review & set(matched):
+            later = sorted(set(deleted) & added_in_review)
+            deleted = [c for c in deleted if c not in added_in_review]
+            if later:
+                report.notes.append(
+                    f"cells {later} were added in the review after this file was exported: kept"
+                )
     with session.edits_from("qupath"):
         if include:
             e = session.include(include, note="given a class again in QuPath")
