@@ -31,9 +31,8 @@ aside. Annotations (``objectType`` ``annotation``) are not cells: they are count
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,10 +186,50 @@ def _measurement(properties: Mapping[str, Any], name: str) -> float | None:
         return None
 
 
+def _iter_features(path: Path) -> Iterator[Any]:
+    """The items of a GeoJSON file's features, one at a time (see :func:`read_qupath_cells`)."""
+    import ijson
+
+    not_features = QuPathImportError(
+        f"{path}: not GeoJSON features (expected a FeatureCollection, as QuPath's "
+        "'Export objects as GeoJSON' writes)"
+    )
+    bom = b"\xef\xbb\xbf"  # some editors write one; the JSON parser does not take it
+    try:
+        with open(path, "rb") as fh:
+            skip = len(bom) if fh.read(len(bom)) == bom else 0
+            fh.seek(skip)
+            start = fh.read(1 << 16).lstrip(b" \t\r\n")[:1]
+            fh.seek(skip)
+            if start == b"[":
+                yield from ijson.items(fh, "item", use_float=True)
+                return
+            found = False
+            for feature in ijson.items(fh, "features.item", use_float=True):
+                found = True
+                yield feature
+            if found:
+                return
+            fh.seek(skip)  # no features array: one Feature, an empty collection, or something else
+            whole = next(ijson.items(fh, "", use_float=True), None)
+    except OSError as exc:
+        raise QuPathImportError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except ijson.JSONError as exc:
+        # the parser's message spans lines (it draws the place): its first line, on one line
+        why = " ".join((str(exc).splitlines() or [type(exc).__name__])[0].split())
+        raise QuPathImportError(f"{path}: not valid JSON ({why}); export GeoJSON again") from None
+    if isinstance(whole, Mapping) and whole.get("type") == "Feature":
+        yield whole
+    elif not (isinstance(whole, Mapping) and isinstance(whole.get("features"), list)):
+        raise not_features
+
+
 def read_qupath_cells(path: str | Path) -> tuple[list[QuPathObject], int]:
     """The cells and detections of a QuPath GeoJSON file, and how many annotations it holds.
 
     Accepts a ``FeatureCollection``, a list of Features or one Feature (QuPath writes any of them).
+    The file is streamed (:mod:`ijson`): memory holds the cells' nucleus outlines, not the whole
+    JSON tree (a whole slide's export with measurements is gigabytes).
 
     Raises
     ------
@@ -199,25 +238,7 @@ def read_qupath_cells(path: str | Path) -> tuple[list[QuPathObject], int]:
         usable geometry.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise QuPathImportError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise QuPathImportError(f"{path}: not a text file (GeoJSON expected)") from None
-    except ValueError as exc:
-        raise QuPathImportError(f"{path}: not valid JSON ({exc}); export GeoJSON again") from None
-    if isinstance(data, Mapping) and data.get("type") == "FeatureCollection":
-        features = data.get("features")
-    elif isinstance(data, Mapping) and data.get("type") == "Feature":
-        features = [data]
-    else:
-        features = data
-    if not isinstance(features, list):
-        raise QuPathImportError(
-            f"{path}: not GeoJSON features (expected a FeatureCollection, as QuPath's "
-            "'Export objects as GeoJSON' writes)"
-        )
+    features = _iter_features(path)
     objects, n_annotations = [], 0
     for k, feature in enumerate(features):
         if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
@@ -276,8 +297,6 @@ def match_cells(
     matched to no cell (drawn in QuPath). Each cell is matched at most once: by id first (over the
     whole file), then by ``cell_id`` measurement within the tolerance, then by nearest centroid.
     """
-    from scipy.spatial import cKDTree
-
     objects = list(objects)
     ids = cells["cell_id"].to_numpy(dtype=np.int64)
     xy = np.stack([cells["x_um"].to_numpy(float), cells["y_um"].to_numpy(float)], axis=1)
@@ -314,7 +333,11 @@ def match_cells(
             counts["cell_id"] += 1
         else:
             unmatched.append(obj)
-    tree = cKDTree(xy) if len(xy) else None
+    tree = None
+    if unmatched and len(xy):  # a file QuPath wrote back whole matches by id: no tree needed
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(xy)
     drawn = []
     for obj in unmatched:
         at = position_um(obj)

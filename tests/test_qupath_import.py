@@ -205,6 +205,8 @@ def test_cells_without_ids_are_matched_by_centroid_within_the_tolerance() -> Non
         ('[1, 2]', "item 0 of its features is not a GeoJSON Feature"),
         ('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": '
          '{"objectType": "cell"}}]}', "feature 0 (cell) has no geometry"),
+        ('{"type": "FeatureCollection", "features": [{"type": "Fea', "not valid JSON"),  # cut
+        ("", "not valid JSON"),
     ],
 )  # fmt: skip
 def test_bad_geojson_is_one_line_naming_the_file(
@@ -222,6 +224,27 @@ def test_bad_geojson_is_one_line_naming_the_file(
     assert r.output.startswith("error: ") and str(bad) in r.output and problem in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not (store / "corrections.jsonl").exists()  # nothing logged
+
+
+def test_older_qupath_forms_are_read(tmp_path: Path) -> None:
+    """A byte-order mark, a bare list of features, measurements as a list of {name, value}
+    (QuPath before 0.4) and a derived class as ``names`` are read."""
+    path = tmp_path / "old.geojson"
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 2], [0, 2], [0, 0]]]},
+        "properties": {
+            "objectType": "detection",
+            "classification": {"names": ["ki67", "Positive"], "color": [1, 2, 3]},
+            "measurements": [{"name": "cell_id", "value": 7}, {"name": "x", "value": 1.5}],
+        },
+    }
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps([feature]).encode())
+    (obj,), n_annotations = read_qupath_cells(path)
+    assert (obj.cell_id, obj.class_name, obj.object_type, n_annotations) == (
+        7, "ki67: Positive", "detection", 0,
+    )  # fmt: skip
+    assert obj.centroid_px == pytest.approx((2.0, 1.0))
 
 
 def test_another_slides_file_is_refused(store: Path, tmp_path: Path) -> None:
