@@ -341,6 +341,12 @@ def relink(
     console.print(f"{store.name}: slide now at {entry['slide_path']} (was {entry['previous']})")
 
 
+# `senpath review status | sign-off | reopen | import-qupath` (senpath/review_cli.py)
+from senpath.review_cli import review_app  # noqa: E402
+
+app.add_typer(review_app, name="review")
+
+
 @app.command()
 def info(
     slide: Annotated[Path, typer.Argument(help="A slide file.")],

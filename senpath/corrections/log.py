@@ -30,10 +30,14 @@ ACTIONS = (
     "set_thresholds",
     "edit_nuclei",
     "relink_slide",
+    "review_status",
+    "note",
     "undo",
 )
 #: The actions that change the cells or their calls (what makes a slide "corrected").
 CELL_ACTIONS = ("set_call", "exclude", "include", "set_thresholds", "edit_nuclei")
+#: Entries that record something about the review, not an edit: never undone.
+RECORD_ACTIONS = ("start", "relink_slide", "review_status", "note")
 
 
 class CorrectionError(ValueError):

@@ -27,6 +27,7 @@ from senpath.corrections.log import (
     read_log,
     relinked_slide_path,
 )
+from senpath.corrections.status import review_status
 from senpath.results import CORRECTIONS, SlideResults, read_results
 from senpath.score import add_phenotypes, marker_value_column, score_cells, summarize_markers
 
@@ -204,6 +205,7 @@ def corrected_summary(
         "n_excluded": int(cells["excluded"].sum()) if "excluded" in cells.columns else 0,
         "last_time": entries[-1]["time"] if entries else None,
     }
+    out["review"] = review_status(entries).to_dict()
     return out
 
 
