@@ -184,7 +184,9 @@ def run(
 @app.command()
 def export(
     results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
-    by: Annotated[str, typer.Option("--by", help="patient | slide")] = "patient",
+    by: Annotated[
+        str, typer.Option("--by", help="patient | slide | condition | well (culture plates)")
+    ] = "patient",
     format: Annotated[
         str,
         typer.Option("--format", help="Comma-separated: csv,parquet,xlsx,geojson,anndata"),
@@ -205,6 +207,14 @@ def export(
             "per-patient figures too; by default they are left out (the table names them).",
         ),
     ] = False,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="With --by condition: the condition the others are compared with (default: "
+            "one named untreated, control, vehicle, DMSO, mock...).",
+        ),
+    ] = None,
 ) -> None:
     """Write the per-patient (or per-slide) marker table, or per-slide QuPath GeoJSON cells.
 
@@ -218,6 +228,8 @@ def export(
       senpath export results/ --format geojson --out qupath/   (one <slide_id>.geojson per slide)
 
       senpath export results/ --format anndata   (every cell in RESULTS/cells.h5ad)
+
+      senpath export results/ --by condition --format csv,xlsx --reference untreated
     """
     from senpath.export import (
         CELL_FORMATS,
@@ -249,7 +261,15 @@ def export(
             console.print(f"wrote {path}")
     elif out is not None:
         stem = out
-    if tables:
+    if tables and by in ("condition", "well"):  # culture plates: senpath.conditions
+        from senpath.conditions import export_conditions
+
+        for path in export_conditions(
+            stores, results, by=by, formats=tables + stale_formats(stem, tables), stem=stem,
+            reference=reference, include_unreliable=include_unreliable,
+        ):  # fmt: skip
+            console.print(f"wrote {path}")
+    elif tables:
         # the same table in other formats from an earlier export would keep older figures
         # (uncorrected ones after a review): rewrite them too
         stale = stale_formats(stem, tables)

@@ -26,6 +26,7 @@ from senpath.batch_jobs import (
 )
 from senpath.config import AnalysisConfig, Assay, load_assays, resolve_settings
 from senpath.controls import BatchControls
+from senpath.plate import record_layout
 from senpath.results import prepare_results_root, store_folder
 from senpath.samplesheet import SlideJob, jobs_for_input
 from senpath.score import ControlCutoff
@@ -109,6 +110,7 @@ def run_batch(
         out
     )  # a file, or a folder this user cannot write: one line, not a traceback
     jobs = list(jobs)
+    record_layout(out, (j.placement for j in jobs))  # conditions and wells, for the exports
     controls = BatchControls(jobs, config)
     if any(modes) and controls.any:
         # the cluster schedules every slide at once; a batch's slides must wait for its control
