@@ -111,14 +111,7 @@ def run_batch(
     )  # a file, or a folder this user cannot write: one line, not a traceback
     jobs = list(jobs)
     record_layout(out, (j.placement for j in jobs))  # conditions and wells, for the exports
-    controls = BatchControls(jobs, config)
-    if any(modes) and controls.any:
-        # the cluster schedules every slide at once; a batch's slides must wait for its control
-        raise ValueError(
-            "a sample sheet with control rows runs in this process only: drop --workers/"
-            "--scheduler (or the client), or run the controls' batches separately"
-        )
-    if any(modes):
+    if any(modes):  # controls too: the cluster holds a group's slides until its control is done
         from senpath.distributed import cluster_client, run_batch_distributed
 
         if client is not None:
@@ -142,6 +135,7 @@ def run_batch(
                 force=force,
                 progress=progress,
             )
+    controls = BatchControls(jobs, config)
     done: dict[int, SlideReport] = {}
     bar = BatchProgress(len(jobs)) if progress else None
     seen: set[str] = set()
