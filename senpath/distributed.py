@@ -399,7 +399,7 @@ def run_batch_distributed(
 
     seen: set[str] = set()
 
-    def start(i: int) -> None:
+    def launch(i: int) -> None:
         job = jobs[i]
         try:
             cutoff = controls.cutoff_for(job)
@@ -431,7 +431,7 @@ def run_batch_distributed(
             else:
                 controls.control_failed(job, report.message)
             for k in waiting.pop(group_key(job), []):
-                start(k)
+                launch(k)
 
     try:
         if bar:
@@ -441,7 +441,7 @@ def run_batch_distributed(
             if controls.waits_for_control(job):
                 waiting.setdefault(group_key(job), []).append(i)
             else:
-                start(i)
+                launch(i)
 
         for fut in pending:
             where = stage_of.get(fut.key)

@@ -186,6 +186,8 @@ def test_controls_on_a_dask_cluster(controlled, tmp_path: Path):
     the stores an in-process run gives; a failed control fails its group with the same lines."""
     from distributed import Client, LocalCluster, get_task_stream
 
+    from senpath.distributed import run_batch_distributed
+
     jobs, _ = read_sample_sheet(controlled["sheet"], known_assays=ASSAYS)
     config = AnalysisConfig(segmenter="classical")
     with (
@@ -195,9 +197,11 @@ def test_controls_on_a_dask_cluster(controlled, tmp_path: Path):
         Client(cluster) as client,
         get_task_stream(client) as stream,
     ):
-        reports = {
-            r.slide_id: r for r in run_batch(jobs, out=tmp_path, config=config, client=client)
-        }
+        # 2 tiles a task: the control's slides are released while tile tasks are in flight
+        first = run_batch_distributed(
+            jobs, client=client, out=tmp_path, config=config, assays=ASSAYS, tiles_per_task=2
+        )
+        reports = {r.slide_id: r for r in first}
         again = run_batch(jobs, out=tmp_path, config=config, client=client)
     local = controlled["reports"]
     assert {k: r.status for k, r in reports.items()} == {k: r.status for k, r in local.items()}
