@@ -335,6 +335,56 @@ def report(
 
 
 @app.command()
+def rescore(
+    results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--threshold",
+            help="A fixed OD threshold, MARKER=OD (sabgal=0.10); repeat for more markers.",
+        ),
+    ] = None,
+    settings: Annotated[
+        Path | None,
+        typer.Option(
+            "--settings",
+            help="A settings TOML: its marker rules, auto_threshold and control_percentile.",
+        ),
+    ] = None,
+) -> None:
+    """Re-apply marker thresholds to the stored per-cell measurements, without segmenting again.
+
+    Rewrites the calls, summary, provenance (old and new thresholds) and QC pictures of every
+    store; a reviewer's call flips and exclusions stay applied on top.
+
+    Examples:
+
+      senpath rescore results/ --threshold sabgal=0.10
+
+      senpath rescore results/ --settings lab.toml   (e.g. [analysis] control_percentile = 95)
+    """
+    from senpath.rescore import rescore_results
+
+    reports = rescore_results(results, thresholds=threshold or [], settings=settings)
+    table = Table(title=f"senpath rescore: {results}")
+    for col in ("slide_id", "status", "thresholds (OD)", "calls changed", "seconds"):
+        table.add_column(col)
+    table.add_column("message", overflow="fold")
+    for r in reports:
+        style = "green" if r.status == "ok" else "red"
+        moved = "; ".join(
+            f"{m} {r.before.get(m, float('nan')):.3f} -> {od:.3f}" for m, od in r.after.items()
+        )
+        table.add_row(
+            r.slide_id, f"[{style}]{r.status}[/{style}]", moved, str(r.n_changed),
+            f"{r.seconds:.1f}", escape(r.message),
+        )  # fmt: skip
+    Console().print(table)
+    if any(r.status == "failed" for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
 def relink(
     store: Annotated[Path, typer.Argument(help="One slide's results folder (RESULTS/<slide_id>).")],
     slide: Annotated[Path, typer.Argument(help="Where the slide file is now.")],

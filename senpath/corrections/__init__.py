@@ -61,6 +61,7 @@ from senpath.corrections.log import (
     log_matches,
     n_corrections,
     read_log,
+    reanchor,
     relinked_slide_path,
     set_aside,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "relinked_slide_path",
     "review_queue",
     "scored_columns",
+    "reanchor",
     "set_aside",
     "write_label_region",
 ]
