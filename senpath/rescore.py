@@ -313,11 +313,11 @@ def rescore_store(
             if old is not None:
                 changed |= old.to_numpy(dtype=bool) != scored[f"{r.name}_positive"].to_numpy()
         n_changed = int(changed.sum())
-    entries = read_log(folder)
-    live_log = bool(entries) and log_matches(entries, res.manifest)
     before = dict(res.provenance.thresholds)
-    in_effect = corrected_thresholds(entries, before) if live_log else before
-    with hold_store(folder):
+    with hold_store(folder):  # refused while a review (or a run) writes the store
+        entries = read_log(folder)  # under the lock: no edit lands between this and the anchor
+        live_log = bool(entries) and log_matches(entries, res.manifest)
+        in_effect = corrected_thresholds(entries, before) if live_log else before
         (folder / MANIFEST).unlink(missing_ok=True)  # incomplete until the new manifest is written
         atomic_write_parquet(
             folder / CELLS,
