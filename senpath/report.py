@@ -279,6 +279,7 @@ def render_report(
                 png = od_histogram_png(od, thresholds, marker=m, column=column)
                 parts.append(f"<figure>{_img(png, f'{m} OD histogram')}</figure>")
             parts.append("</div>")
+        parts.extend(_conditions_section(stores, root, include_unreliable=include_unreliable))
         parts.append("<h2>Slides</h2>" + _slides_table(stores))
         parts.append(
             "<h2>QC overlays</h2><p>Nucleus outlines: red = positive for the assay's first "
@@ -323,6 +324,22 @@ def render_report(
         parts.append(f"</table><p>Full tracebacks: {html.escape(str(root / FAILURES))}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _conditions_section(
+    stores: Sequence[SlideResults], root: Path, *, include_unreliable: bool
+) -> list[str]:
+    """The culture experiment's condition table and plate maps (none without a layout)."""
+    from senpath.conditions import report_section
+
+    section = report_section(stores, root, include_unreliable=include_unreliable)
+    if section is None:
+        return []
+    table, pictures, note = section
+    parts = ["<h2>Conditions</h2>", f"<p>{html.escape(note)}</p><div class='scroll'>"]
+    parts.append(table.to_html(index=False, na_rep=MISSING) + "</div>")
+    parts += [f"<figure>{_img(png, f'plate map {m}')}</figure>" for m, png in pictures]
+    return parts
 
 
 def _slides_table(stores: Sequence[SlideResults]) -> str:

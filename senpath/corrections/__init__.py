@@ -19,7 +19,9 @@ edit kept in ``corrections/`` so the edit can be undone.
 Log entries (every one has ``id``, ``time`` (UTC, ISO 8601), ``user``, ``action``; ``id`` is a
 unique string, a number in logs of earlier versions, which are read as they are)::
 
-    start           cells_sha256, provenance_sha256 (the analysis corrected), slide_id, version
+    start           cells_sha256, provenance_sha256 (the analysis corrected), slide_id, version;
+                    a re-scoring (senpath rescore) appends another, with ``rescore``: the latest
+                    names the files now corrected, and supersedes earlier set_thresholds
     set_call        marker, cell_ids, previous [{positive, bin}] per cell, new {positive, bin}
     exclude/include cell_ids, previous [excluded] per cell, new (bool)
     set_thresholds  new {marker: OD}, previous {marker: OD}, n_changed (calls that changed)
@@ -68,6 +70,7 @@ from senpath.corrections.log import (
     log_matches,
     n_corrections,
     read_log,
+    reanchor,
     relinked_slide_path,
     set_aside,
 )
@@ -115,6 +118,7 @@ __all__ = [
     "review_queue",
     "review_status",
     "scored_columns",
+    "reanchor",
     "set_aside",
     "write_label_region",
 ]
