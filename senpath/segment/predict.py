@@ -6,8 +6,9 @@ Two levels:
   needs: :meth:`~NucleusSegmenter.predict_maps` (a batch of RGB tiles at 0.5 µm/px → foreground and
   distance maps) and :meth:`~NucleusSegmenter.instances` (maps → labels).
 - :func:`predict_instances` segments one in-memory image of any size and resolution: resample to
-  0.5 µm/px, cut overlapping tiles, batch them, stitch the maps (each output pixel comes from exactly
-  one tile, the one whose core holds it, so the result does not depend on batch order), and
+  0.5 µm/px, run the network once over it (an analysis tile) or, for a larger image, cut overlapping
+  pieces, batch them, stitch the maps (each output pixel comes from exactly one piece, the one whose
+  core holds it, so the result does not depend on batch order), and
   post-process once: on the input grid for an image finer than 0.5 µm/px (maps upsampled bilinearly,
   so outlines are drawn at its own resolution), else at 0.5 µm/px with the labels mapped back by
   nearest-neighbour resampling.
@@ -39,6 +40,10 @@ MPP_TOLERANCE = 0.02
 #: ownership of nuclei: the maps are stitched pixel by pixel and post-processed once, so a nucleus
 #: need not fit in it (the analysis tiles' halo, ``AnalysisConfig.halo_um``, holds whole nuclei).
 NETWORK_HALO_UM = 16.0
+#: Largest image side (px at the network's grid, context margin included) run as one network pass.
+#: An analysis tile (512 µm + 2 x 24 µm halo at 0.5 µm/px, 1120 px, + 2 x 32 px context) fits; the
+#: activations of a 2048² pass take ~2 GB in fp32, so larger images go in pieces of this side.
+MAX_PASS_SIDE = 2048
 
 
 class NucleusSegmenter:
@@ -173,18 +178,39 @@ class NucleusSegmenter:
         rgb: NDArray[np.uint8],
         *,
         batch_size: int = 8,
-        tile_size: int = 256,
+        tile_size: int | None = None,
         halo: int | None = None,
     ) -> NDArray[np.float32]:
-        """Maps ``(2, Y, X)`` for an image already at ``self.mpp``, by overlapping tiles.
+        """Maps ``(2, Y, X)`` for an image already at ``self.mpp``.
 
-        Each tile is ``tile_size`` px including a ``halo`` px margin on every side (default
-        :data:`NETWORK_HALO_UM` at 0.5 µm/px: 32 px); only its core (``tile_size - 2 * halo``) is kept,
-        so every output pixel comes from exactly one tile.
+        Parameters
+        ----------
+        rgb : (Y, X, 3) uint8 at ``self.mpp`` µm/px.
+        batch_size : pieces per network call (tiled path only).
+        tile_size : side of the overlapping pieces in px, halo included, a multiple of the stride.
+            ``None`` (the default): one network pass over the whole image when its side plus the
+            context margin is at most :data:`MAX_PASS_SIDE`, else pieces of that side.
+        halo : context margin per side in px; default :data:`NETWORK_HALO_UM` at 0.5 µm/px (32 px).
+
+        Returns
+        -------
+        (2, Y, X) float32
+
+        Notes
+        -----
+        One pass: the image is reflect-padded by ``halo`` on every side (the context a piece's
+        border gets in the tiled path) and run once; an analysis tile already carries its own
+        halo, so cutting it into 256² pieces fed the network 2.25x the pixels for the same maps
+        (issue 18). Tiled: each piece keeps only its core (``tile_size - 2 * halo``), so every
+        output pixel comes from exactly one piece.
         """
         if halo is None:
             # in px of the network grid as trained (0.5 µm/px), whatever the model's own mpp
             halo = halo_px(NETWORK_HALO_UM, NETWORK_MPP)
+        if tile_size is None:
+            if max(rgb.shape[:2]) + 2 * halo <= MAX_PASS_SIDE:
+                return self._one_pass_maps(rgb, halo)
+            tile_size = MAX_PASS_SIDE
         if tile_size % self.stride:
             raise ValueError(f"tile_size must be a multiple of {self.stride}, got {tile_size}")
         core = tile_size - 2 * halo
@@ -206,6 +232,11 @@ class NucleusSegmenter:
                     :, halo : halo + core, halo : halo + core
                 ]
         return out[:, :y, :x]
+
+    def _one_pass_maps(self, rgb: NDArray[np.uint8], halo: int) -> NDArray[np.float32]:
+        y, x = rgb.shape[:2]
+        padded = np.pad(rgb, ((halo, halo), (halo, halo), (0, 0)), mode="reflect")
+        return self.predict_maps(padded[None])[0, :, halo : halo + y, halo : halo + x]
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
@@ -234,7 +265,7 @@ def predict_instances(
     model: NucleusSegmenter | None = None,
     device: str = "auto",
     batch_size: int = 8,
-    tile_size: int = 256,
+    tile_size: int | None = None,
     halo: int | None = None,
 ) -> NDArray[np.int32]:
     """Segment nuclei in an RGB image of any size.
@@ -251,8 +282,10 @@ def predict_instances(
         Used only when ``model`` is omitted.
     batch_size : int
         Tiles per network call.
-    tile_size : int
-        Tile side in px at 0.5 µm/px, halo included; a multiple of 16.
+    tile_size : int, optional
+        Side of overlapping pieces in px at 0.5 µm/px, halo included, a multiple of 16; ``None``:
+        one network pass when the image fits :data:`MAX_PASS_SIDE` (see
+        :meth:`NucleusSegmenter.predict_image_maps`).
     halo : int, optional
         Context margin per side in px at 0.5 µm/px; default :data:`NETWORK_HALO_UM` (16 µm = 32 px).
 
