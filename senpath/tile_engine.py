@@ -90,6 +90,7 @@ def plan_segmenter(plan: SlidePlan) -> Segmenter:
         device=config.device,
         i0=plan.i0,
         min_area_um2=config.min_nucleus_area_um2,
+        precision=config.precision,
     )
 
 

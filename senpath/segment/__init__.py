@@ -74,16 +74,20 @@ class CnnSegmenter:
     ----------
     model : model JSON (or folder) of a CNN of your own; ``None``: the shipped one.
     device : torch device (``auto`` picks CUDA, then MPS, then CPU).
+    precision : ``auto`` (measured per machine on a CPU, see :mod:`senpath.segment.runtime`),
+        ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``onnx-fp32`` (CPU).
     """
 
     method = "cnn"
 
-    def __init__(self, model: str | None = None, device: str = "auto") -> None:
+    def __init__(
+        self, model: str | None = None, device: str = "auto", precision: str = "auto"
+    ) -> None:
         from senpath.segment.predict import cached_segmenter
 
         self.model = model
         self.device = device
-        self.network: Any = cached_segmenter(model, device)
+        self.network: Any = cached_segmenter(model, device, precision)
 
     def segment(
         self,
@@ -134,6 +138,7 @@ def load_segmenter(
     device: str = "auto",
     i0: float | Sequence[float] | NDArray[np.floating] = DEFAULT_I0,
     min_area_um2: float = 10.0,
+    precision: str = "auto",
 ) -> Segmenter:
     """Resolve ``method`` and load it: the one segmenter of a slide.
 
@@ -145,13 +150,14 @@ def load_segmenter(
     device : torch device for the CNN.
     i0 : glass intensity (classical method).
     min_area_um2 : smallest nucleus kept by the classical method (µm²).
+    precision : CNN precision/runtime (see :class:`CnnSegmenter`).
 
     Returns
     -------
     Segmenter
     """
     if resolve_method(method, model=model) == "cnn":
-        return CnnSegmenter(model, device)
+        return CnnSegmenter(model, device, precision)
     return ClassicalSegmenter(
         stains=stains, nuclear_stains=tuple(nuclear_stains), i0=i0, min_area_um2=min_area_um2
     )

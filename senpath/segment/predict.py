@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 #: Precision choices of :class:`NucleusSegmenter`.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "onnx-fp32")
 #: Relative mpp difference below which an image is used as is (no resampling).
 MPP_TOLERANCE = 0.02
 #: Context (µm) around the core of each network tile: every map pixel is computed with at least this
@@ -57,9 +57,11 @@ class NucleusSegmenter:
         Model description (``postprocess`` thresholds, ``mpp``, ``sha256``); defaults otherwise.
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    precision : {"auto", "fp32", "bf16", "fp16"}
-        ``"auto"``: fp16 autocast on CUDA, bf16 autocast + channels_last on CPU (checked against
-        fp32 on the validation images, see the model card), fp32 on MPS.
+    precision : {"auto", "fp32", "bf16", "fp16", "onnx-fp32"}
+        ``"auto"``: fp16 autocast on CUDA, fp32 on MPS; on CPU ``$SENPATH_PRECISION`` when set,
+        else the fastest of fp32 eager, bf16 autocast + channels_last and ONNX Runtime fp32 that
+        keeps the nuclei of fp32, measured once per machine and cached
+        (:func:`senpath.segment.runtime.choose_cpu_precision`).
     """
 
     def __init__(
@@ -78,19 +80,40 @@ class NucleusSegmenter:
             raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.spec: dict[str, Any] = dict(spec or {})
         self.device = resolve_device(device)
+        model = model.eval().to(self.device)
+        if precision == "auto" and self.device.type == "cpu":
+            from senpath.segment.runtime import PRECISION_ENV, choose_cpu_precision
+
+            precision = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+            if precision not in PRECISIONS:
+                raise ValueError(
+                    f"{PRECISION_ENV}={precision!r} is not a precision: use one of "
+                    f"{', '.join(PRECISIONS)}"
+                )
+            if precision == "auto":
+                spec_ = self.spec
+                precision = choose_cpu_precision(
+                    lambda p: NucleusSegmenter(model, spec=spec_, device="cpu", precision=p), spec_
+                )
         if precision == "auto":
-            precision = {"cuda": "fp16", "cpu": "bf16"}.get(self.device.type, "fp32")
+            precision = {"cuda": "fp16"}.get(self.device.type, "fp32")
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("fp16 is for CUDA; on CPU use precision='bf16' or 'fp32'")
+        if precision == "onnx-fp32" and self.device.type != "cpu":
+            raise ValueError(f"onnx-fp32 runs on the CPU, not {self.device.type}: use 'auto'")
         self.precision = precision
         self.mpp = float(self.spec.get("mpp", NETWORK_MPP))
         post = self.spec.get("postprocess") or {}
         self.postprocess = PostprocessConfig(**post)
         self.stride = int(model.config.stride)  # type: ignore[union-attr,arg-type]
-        model = model.eval().to(self.device)
         if self.device.type == "cpu" and precision == "bf16":
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
+        self._onnx: Any = None
+        if precision == "onnx-fp32":
+            from senpath.segment.runtime import OnnxNetwork
+
+            self._onnx = OnnxNetwork(model, stride=self.stride)
 
     @classmethod
     def from_pretrained(
@@ -144,7 +167,9 @@ class NucleusSegmenter:
         if self.device.type == "cpu" and self.precision == "bf16":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            if self.precision in ("bf16", "fp16"):
+            if self._onnx is not None:
+                logits = self._onnx(x)
+            elif self.precision in ("bf16", "fp16"):
                 dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
                 with torch.autocast(device_type=self.device.type, dtype=dtype):
                     logits = self.model(x)
@@ -244,17 +269,20 @@ def _chunks(items: list, n: int) -> Iterator[list]:
         yield items[i : i + n]
 
 
-_CACHE: dict[tuple[str, str], NucleusSegmenter] = {}
+_CACHE: dict[tuple[str, str, str], NucleusSegmenter] = {}
 
 
 def cached_segmenter(
-    path: str | os.PathLike[str] | None = None, device: str | torch.device = "auto"
+    path: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
 ) -> NucleusSegmenter:
-    """A segmenter loaded once per process (and per device): the shipped model, or the model JSON
-    (or folder) at ``path``. Tasks on a dask worker share it, so weights load once per worker."""
-    key = ("shipped" if path is None else str(Path(path).resolve()), str(device))
+    """A segmenter loaded once per process (and per device and precision): the shipped model, or
+    the model JSON (or folder) at ``path``. Tasks on a dask worker share it, so weights load once
+    per worker."""
+    key = ("shipped" if path is None else str(Path(path).resolve()), str(device), precision)
     if key not in _CACHE:
-        _CACHE[key] = NucleusSegmenter.from_pretrained(path, device=device)
+        _CACHE[key] = NucleusSegmenter.from_pretrained(path, device=device, precision=precision)
     return _CACHE[key]
 
 
