@@ -101,6 +101,34 @@ class CnnSegmenter:
 
         return predict_instances(rgb, mpp=mpp, model=self.network)
 
+    # the two halves of :meth:`segment`, for the tile engine's pipeline: the network on a batch of
+    # tiles in one thread, the watershed of the previous tiles in another
+
+    def network_maps(
+        self, images: Sequence[NDArray[np.uint8]], *, mpp: float
+    ) -> list[NDArray[np.float32]]:
+        """Network maps ``(2, y, x)`` at the network's 0.5 µm/px of images at ``mpp`` µm/px
+        (tiles of one shape share network calls); :meth:`labels_from_maps` finishes them."""
+        from senpath.segment.predict import at_network_mpp
+
+        work = [at_network_mpp(self.network, rgb, mpp=mpp) for rgb in images]
+        return list(self.network.predict_batch_maps(work))
+
+    def labels_from_maps(
+        self, maps: NDArray[np.float32], shape: tuple[int, int], *, mpp: float
+    ) -> NDArray[np.int32]:
+        """(Y, X) int32 nucleus labels on the grid of an image of ``shape`` at ``mpp`` µm/px."""
+        from senpath.segment.predict import instances_on_grid
+
+        return instances_on_grid(self.network, maps, shape, mpp=mpp)
+
+    def tile_batch(self, side_px: int) -> int:
+        """Analysis tiles of ``side_px`` (halo included) per network call: 1 on a CPU (a bigger
+        batch is no faster there and holds more memory), as many as fit the card on a GPU."""
+        from senpath.segment.device import tiles_per_batch
+
+        return tiles_per_batch(self.network.device, side_px, precision=self.network.precision)
+
 
 def cnn_available() -> bool:
     """Whether the shipped CNN weights and their metadata are installed."""
