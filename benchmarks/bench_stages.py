@@ -42,9 +42,11 @@ pieces' overlap) over the network's seconds, as ``benchmarks/bench_segment.py`` 
 target is end to end >= 0.7 x network.
 
 Table 2: the network alone (``predict_maps``) on one 1024² image cut from the same slide, fp32
-vs bf16 (``NucleusSegmenter(precision=...)``), with ``torch.set_num_threads`` 1 and 2: wall and
-CPU seconds per megapixel (best of ``--repeats``), and the F1 of instances matched at IoU 0.5,
-bf16 vs fp32 (post-processed maps of that image).
+vs bf16 vs ONNX Runtime fp32 when installed (``NucleusSegmenter(precision=...)``), with
+``torch.set_num_threads`` 1 and 2: wall and CPU seconds per megapixel (best of ``--repeats``), and
+the F1 of instances matched at IoU 0.5 of each against fp32 (post-processed maps of that image).
+Before the tables: what ``precision="auto"`` chose on this CPU and the calibration it measured
+(run first, so no slide run pays for it).
 """
 
 from __future__ import annotations
