@@ -69,6 +69,14 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (CNN segmenter).")
 ]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="auto | fp32 | bf16 | fp16 | onnx-fp32: how the CNN runs (auto: measured once per "
+        "machine on a CPU, fp16 on CUDA).",
+    ),
+]
 
 
 @app.command()
@@ -89,6 +97,7 @@ def run(
         str | None, typer.Option("--segmenter", help="auto | cnn | classical.")
     ] = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     model: ModelOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Redo slides that are already complete.")
@@ -135,8 +144,9 @@ def run(
     settings = load_settings(config)  # the whole file, checked once: every problem on its own line
     assays = settings.assays
     cfg = settings.analysis.replace(
-        segmenter=segmenter, device=device, model=str(model) if model else None
-    )
+        segmenter=segmenter, device=device, model=str(model) if model else None,
+        precision=precision,
+    )  # fmt: skip
     jobs, problems = plan_batch(input, assays=assays, assay=assay, mpp=mpp)
     for problem in problems:
         _error_line("sample sheet", problem)
