@@ -16,6 +16,7 @@ SHORTCUTS = {
     "Shift-X": "exclude_current",
     "Shift-U": "undo",
     "Shift-M": "cycle_click_mode",
+    "Shift-O": "toggle_overlay",
 }
 #: What a click on a nucleus does; the first, the default, edits nothing.
 CLICK_MODES = ("inspect", "flip call", "exclude / include", "off")
@@ -40,6 +41,7 @@ class ViewerBindings:
             self._key_handlers[key] = handler
             self.viewer.bind_key(key, handler, overwrite=True)
         self.viewer.mouse_drag_callbacks.append(self._on_mouse)
+        self.viewer.mouse_move_callbacks.append(self._on_hover)
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self._connected = True
 
@@ -56,6 +58,8 @@ class ViewerBindings:
         self._key_handlers.clear()
         if self._on_mouse in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_mouse)
+        if self._on_hover in self.viewer.mouse_move_callbacks:
+            self.viewer.mouse_move_callbacks.remove(self._on_hover)
         self.viewer.layers.events.inserted.disconnect(self._on_layer_inserted)
         self._connected = False
 

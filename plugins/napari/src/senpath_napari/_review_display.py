@@ -1,5 +1,6 @@
-"""What the Review widget shows: the call overlay and centroids, counts, the threshold preview,
-the selected cell and the status line."""
+"""What the Review widget shows: the call overlay (outlines by default) and centroids, recoloured
+live as the threshold slider moves; the raw stain on one key; the cell under the cursor; counts, the
+selected cell, the measurement table and histogram, and the status line."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from senpath_napari import _layers
+from senpath_napari import _layers, _overlay
 from senpath_napari._view import _camera
 
 #: The threshold slider: steps over 0 .. ``SLIDER_MAX_OD`` (the spin box goes beyond).
 SLIDER_STEPS = 1000
 SLIDER_MAX_OD = 1.0
+#: Roles of the layers the raw-stain toggle hides (all of senpath's drawing over the slide).
+OVERLAY_ROLES = ("calls", "cells", "current", "nuclei")
 
 
 class ReviewDisplay:
@@ -24,6 +27,10 @@ class ReviewDisplay:
     marker: str | None
     queue: list[int]
     queue_pos: int
+    current_cell: int | None
+    measurements: Any
+    _overlay_hidden: dict[int, bool] | None
+    _drawn_threshold: float | None
 
     def _layers(self, role: str) -> list[Any]:
         store = str(self.session.folder) if self.session else None
@@ -50,15 +57,37 @@ class ReviewDisplay:
         self.refresh_overlay()
 
     def refresh_overlay(self) -> None:
-        """Recolour the call overlay and points from the session's corrected cells."""
+        """Recolour the call overlay and points from the session's corrected cells (at the slider's
+        threshold when it differs from the slide's: the preview), then the counts and the table."""
         if self.session is None:
             return
         if self.marker is None:  # no marker (H&E): the nuclei layer shows edits
             for layer in self._layers("nuclei"):
                 levels = _layers.label_levels(self.session.folder)
                 layer.data = levels if len(levels) > 1 else levels[0]
+                layer.contour = _overlay.OUTLINE_PX
             return
-        cells, mode = self.session.cells, self.colour_combo.currentText()
+        self._recolour()
+        self._update_stats()
+        if self.measurements is not None:
+            self.measurements.refresh()
+
+    def shown_cells(self) -> Any:
+        """The per-cell table the overlay shows: the corrected cells, with the marker's automatic
+        calls re-made at the slider's threshold while it differs from the slide's (the preview)."""
+        cells = self.session.cells
+        value = float(self.spin.value())
+        if self.marker is None or abs(value - self.session.thresholds[self.marker]) < 1e-9:
+            return cells
+        return _overlay.preview_cells(cells, self.session.assay, self.marker, value)
+
+    def _recolour(self) -> None:
+        """Redraw the call overlay and the centroids from :meth:`shown_cells` (no counts)."""
+        self._preview_timer.stop()
+        if self.session is None or self.marker is None:
+            return
+        cells, mode = self.shown_cells(), self.colour_combo.currentText()
+        self._drawn_threshold = float(self.spin.value())
         calls = self._layers("calls")
         if calls:
             layer = calls[0]
@@ -67,6 +96,7 @@ class ReviewDisplay:
             )
             layer.data = levels if len(levels) > 1 else levels[0]
             layer.colormap = _layers.class_colormap(mode)
+            _overlay.style_calls_layer(layer, self.display_combo.currentText())
             layer.name = f"{self.marker} calls"
             layer.metadata["marker"] = self.marker
         coords = cells[["y_um", "x_um"]].to_numpy(dtype=np.float64)
@@ -76,7 +106,68 @@ class ReviewDisplay:
                 layer.data = coords
             layer.features = _layers.point_features(cells, self.marker)
             layer.face_color = _layers.point_colours(cells, self.marker, mode)
-        self._update_stats()
+        self.legend_label.setText(_overlay.legend_html(mode))
+
+    def set_display(self, display: str) -> None:
+        """Draw the call overlay as ``outlines`` (the default) or ``filled``."""
+        self.display_combo.setCurrentText(display)
+        for layer in self._layers("calls"):
+            _overlay.style_calls_layer(layer, display)
+
+    def toggle_overlay(self) -> bool:
+        """Hide senpath's overlays to see the raw stain, or show them again (Shift-O).
+
+        Returns ``True`` when the overlays are shown after the call. Showing them again restores
+        each layer's visibility as it was (the centroids stay hidden if they were).
+        """
+        layers = [
+            lay
+            for lay in self.viewer.layers
+            if (lay.metadata or {}).get("senpath_role") in OVERLAY_ROLES
+            and self._store_of(lay) in (None, str(self.session.folder) if self.session else None)
+        ]
+        if self._overlay_hidden is None:
+            self._overlay_hidden = {id(lay): bool(lay.visible) for lay in layers}
+            for lay in layers:
+                lay.visible = False
+            self._update_status("overlay hidden: the raw stain (Shift-O shows the calls again)")
+            self.overlay_button.setChecked(True)
+            return False
+        was, self._overlay_hidden = self._overlay_hidden, None
+        for lay in layers:
+            lay.visible = was.get(id(lay), True)
+        self._update_status("overlay shown (Shift-O hides it)")
+        self.overlay_button.setChecked(False)
+        return True
+
+    def hover_text(self, y_um: float, x_um: float) -> str:
+        """What hovering a world position (µm) shows: the cell there and its measurements."""
+        if self.session is None or self.marker is None:
+            return ""
+        cid = self.session.cell_at(x_um, y_um)
+        if not cid:
+            return ""
+        cells = self.session.cells
+        one = cells[cells["cell_id"].to_numpy() == cid]
+        if one.empty:
+            return ""
+        value = float(self.spin.value())
+        if abs(value - self.session.thresholds[self.marker]) >= 1e-9:  # the preview's call
+            one = _overlay.preview_cells(one, self.session.assay, self.marker, value)
+        return _overlay.cell_text(one.iloc[0], self.marker)
+
+    def _on_hover(self, viewer: Any, event: Any) -> None:
+        # the lookup reads a label chunk: wait until the cursor rests a moment
+        self._hover_at = (float(event.position[-2]), float(event.position[-1]))
+        self._hover_timer.start()
+
+    def _show_hover(self) -> None:
+        if self._hover_at is None:
+            return
+        text = self.hover_text(*self._hover_at)
+        self.hover_label.setText(text or "(no cell under the cursor)")
+        if text:
+            self.viewer.status = text
 
     def _fmt(self, s: dict[str, Any]) -> str:
         pct = s["pct_positive"]
@@ -108,6 +199,10 @@ class ReviewDisplay:
         self.slider.blockSignals(False)
         s = self.session.stats(self.marker, threshold_od=float(value))
         self.preview_label.setText(f"at {value:.3f} OD: {self._fmt(s)}")
+        if self.measurements is not None:
+            self.measurements.histogram.set_threshold(float(value))
+        if self._drawn_threshold is None or abs(float(value) - self._drawn_threshold) > 1e-9:
+            self._preview_timer.start()  # recolour once the slider rests (debounced)
 
     def _update_status(self, text: str | None = None) -> None:
         if self.session is None:
@@ -125,6 +220,13 @@ class ReviewDisplay:
 
         self.status_label.setText(message)
         show_warning(message)
+
+    def go_to_cell(self, cid: int) -> None:
+        """Centre the viewer on a cell and select it (what a click on its table row does)."""
+        if self.session is None:
+            return
+        self.current_cell = int(cid)
+        self._show_cell(int(cid), centre=True)
 
     def _show_cell(self, cid: int, *, centre: bool = False) -> None:
         try:
@@ -152,20 +254,12 @@ class ReviewDisplay:
             self.viewer.layers.selection.active = (
                 self._layers("calls")[0] if self._layers("calls") else None
             )
-        m = self.marker
-        if row[f"{m}_positive"]:
-            call = f"positive {int(row[f'{m}_bin'])}+"
-        else:
-            call = "negative"
-        manual = " (set by hand)" if row.get(f"{m}_manual", False) else ""
-        excl = ", EXCLUDED" if row["excluded"] else ""
         where = ""
         if cid in self.queue:
             where = f"{self.queue.index(cid) + 1}/{len(self.queue)}: "
-        text = (
-            f"cell {cid}: {m} OD {row[f'{m}_od']:.3f}, {call}{manual}{excl}; "
-            f"nucleus {row['nucleus_area_um2']:.0f} µm²"
-        )
+        text = _overlay.cell_text(row, self.marker)
         self.queue_label.setText(f"{where}{text}")
         self.cell_label.setText(text)
         self.viewer.status = text
+        if self.measurements is not None:
+            self.measurements.table.select_cell(cid)

@@ -1,11 +1,15 @@
 """Review widget: look at a slide's cells by call and correct them, saved into the results store.
 
 - marker and colour mode (call: positive red / negative blue; bin: 1+ yellow, 2+ orange, 3+ red;
-  excluded grey);
+  set by hand magenta / cyan; excluded grey), with a legend; cells drawn as outlines (default) or
+  filled; Shift-O hides the overlays to show the raw stain; the cell under the cursor is shown;
+- the measurement dock ("Table and histogram"): a sortable per-cell table whose rows go to their
+  cell, and the OD histogram whose threshold line drags the threshold slider;
 - a click on a nucleus shows its id and measurements ("inspect", the default: a click edits nothing);
   pick "flip call" or "exclude / include" in "click does" (or cycle with Shift-M) to edit by clicking
   (a click that drags pans);
-- threshold slider per marker with live counts, % positive and H-score; apply to the slide or save
+- threshold slider per marker with live counts, % positive and H-score, the overlay recoloured
+  with the calls it would give (debounced); apply to the slide or save
   a stain profile for the batch (``senpath run --config profile.toml``);
 - a queue of near-threshold cells, stepped through with Shift-N / Shift-B (next / back), Shift-F
   (flip), Shift-X (exclude or include), Shift-U (undo);
@@ -26,7 +30,8 @@ it is now (``senpath relink`` does the same from the command line).
 This module is the widget's shell (layout, opening a store, closing); its jobs live in mixins:
 :mod:`._review_display` (overlay, counts, the selected cell), :mod:`._review_edits` (cell
 corrections, queue, undo, save), :mod:`._review_nuclei` (nucleus editing) and
-:mod:`._review_bindings` (shortcuts and the click, removed on close).
+:mod:`._review_bindings` (shortcuts, the click and the hover, removed on close); the overlay's
+drawing is :mod:`._overlay`, the measurement dock :mod:`._measurement_panel`.
 """
 
 from __future__ import annotations
@@ -51,11 +56,18 @@ from qtpy.QtWidgets import (
 )
 
 from senpath_napari import _layers
+from senpath_napari._measurement_panel import MeasurementPanel
+from senpath_napari._overlay import DISPLAY_MODES, legend_html
 from senpath_napari._review_bindings import CLICK_MODES, SHORTCUTS, ViewerBindings
 from senpath_napari._review_display import SLIDER_MAX_OD, SLIDER_STEPS, ReviewDisplay
 from senpath_napari._review_edits import CellEdits
 from senpath_napari._review_nuclei import MAX_EDIT_PX, NucleusEditor
 from senpath_napari._view import _camera, _canvas_size
+
+#: The overlay is recoloured this long after the threshold slider last moved (ms).
+PREVIEW_DEBOUNCE_MS = 150
+#: The cell under the cursor is looked up this long after the cursor last moved (ms).
+HOVER_DELAY_MS = 60
 
 __all__ = ["CLICK_MODES", "MAX_EDIT_PX", "SHORTCUTS", "ReviewWidget", "_camera", "_canvas_size"]
 
@@ -82,15 +94,26 @@ class ReviewWidget(ReviewDisplay, CellEdits, NucleusEditor, ViewerBindings, QWid
         self._key_handlers: dict[str, Any] = {}
         self._connected = False
         self._docked = False
+        self.measurements: Any = None
+        self._overlay_hidden: dict[int, bool] | None = None
+        self._drawn_threshold: float | None = None
+        self._hover_at: tuple[float, float] | None = None
         self._build()
-        self._autosave = QTimer(self)
-        self._autosave.setSingleShot(True)
-        self._autosave.setInterval(1500)
-        self._autosave.timeout.connect(self.save)
+        self._autosave = self._timer(1500, self.save)
+        # the overlay follows the threshold slider once it rests (a redraw per step would lag)
+        self._preview_timer = self._timer(PREVIEW_DEBOUNCE_MS, self._recolour)
+        self._hover_timer = self._timer(HOVER_DELAY_MS, self._show_hover)
         self._connect()
         for layer in list(self.viewer.layers):
             if self._store_of(layer) and self.session is None:
                 self.open_store(self._store_of(layer), add_layers=False)
+
+    def _timer(self, ms: int, slot: Any) -> QTimer:
+        timer = QTimer(self)
+        timer.setSingleShot(True)
+        timer.setInterval(ms)
+        timer.timeout.connect(slot)
+        return timer
 
     # --------------------------------------------------------------- closing
 
@@ -101,6 +124,14 @@ class ReviewWidget(ReviewDisplay, CellEdits, NucleusEditor, ViewerBindings, QWid
         on editing on clicks and shortcuts, nor keep other windows from correcting the store.
         """
         self._unhook()
+        self._preview_timer.stop()
+        self._hover_timer.stop()
+        if self.measurements is not None:
+            panel, self.measurements = self.measurements, None
+            try:
+                self.viewer.window.remove_dock_widget(panel)
+            except (LookupError, RuntimeError, AttributeError):  # closed with the window already
+                pass
         if self.session is not None:
             if not self.session.read_only:
                 self.close_editor()
@@ -152,10 +183,34 @@ class ReviewWidget(ReviewDisplay, CellEdits, NucleusEditor, ViewerBindings, QWid
             "inspect: a click shows the cell and edits nothing; flip call / exclude: a click edits "
             "(Shift-M cycles)"
         )
+        self.display_combo = QComboBox()
+        self.display_combo.addItems(list(DISPLAY_MODES))
+        self.display_combo.setToolTip("outlines leave the stain inside each nucleus visible")
+        self.display_combo.currentTextChanged.connect(self.set_display)
         form.addRow("marker", self.marker_combo)
         form.addRow("colour by", self.colour_combo)
+        form.addRow("draw cells as", self.display_combo)
         form.addRow("click does (Shift-M)", self.click_combo)
         layout.addLayout(form)
+        self.legend_label = QLabel(legend_html("call"))
+        self.legend_label.setTextFormat(Qt.RichText)
+        self.legend_label.setWordWrap(True)
+        layout.addWidget(self.legend_label)
+        row = QHBoxLayout()
+        self.overlay_button = QPushButton("Raw stain (Shift-O)")
+        self.overlay_button.setCheckable(True)
+        self.overlay_button.setToolTip("hide the calls to see the stain; press again to show them")
+        self.overlay_button.clicked.connect(lambda _=False: self.toggle_overlay())
+        measurements = QPushButton("Table and histogram")
+        measurements.setToolTip("dock the measurement table and the OD histogram")
+        measurements.clicked.connect(lambda _=False: self.show_measurements())
+        row.addWidget(self.overlay_button)
+        row.addWidget(measurements)
+        layout.addLayout(row)
+        self.hover_label = QLabel("hover a nucleus to see its measurements")
+        self.hover_label.setWordWrap(True)
+        self.hover_label.setToolTip("the cell under the cursor")
+        layout.addWidget(self.hover_label)
         self.cell_label = QLabel("click a nucleus to see its id and measurements")
         self.cell_label.setWordWrap(True)
         layout.addWidget(self.cell_label)
@@ -262,6 +317,16 @@ class ReviewWidget(ReviewDisplay, CellEdits, NucleusEditor, ViewerBindings, QWid
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
+
+    def show_measurements(self) -> MeasurementPanel:
+        """Dock the measurement table and the OD histogram (once; shown again if docked)."""
+        if self.measurements is None:
+            self.measurements = MeasurementPanel(self)
+            self.viewer.window.add_dock_widget(
+                self.measurements, name="senpath measurements", area="bottom"
+            )
+        self.measurements.refresh()
+        return self.measurements
 
     # ----------------------------------------------------------------------------- store
 
