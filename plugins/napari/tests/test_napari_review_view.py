@@ -142,6 +142,8 @@ def test_outlines_legend_raw_stain_key_and_hover(
     qtbot.mouseMove(native, pos=centre - QPoint(5, 5))
     qtbot.mouseMove(native, pos=centre)
     qtbot.waitUntil(lambda: widget.hover_label.text() == text, timeout=5000)
+    qtbot.wait(300)  # napari's own status update (from its thread) has come and gone
+    assert viewer.status == text, "napari's status bar shows it too"
 
     # calls set by hand are drawn apart from the automatic ones; excluded cells grey
     near = inner.assign(d=(inner["y_um"] - y) ** 2 + (inner["x_um"] - x) ** 2).sort_values("d")
