@@ -48,7 +48,7 @@ class CellTableModel(QAbstractTableModel):
 
     def __init__(self, cells: pd.DataFrame, columns: list[str]) -> None:
         super().__init__()
-        self._cells = cells.reset_index(drop=True)
+        self._cells = cells  # read by position (iat): no copy of a large table
         self._columns = list(columns)
         self._order = np.arange(len(self._cells))
         self._sort: tuple[int, Any] | None = None
@@ -58,7 +58,7 @@ class CellTableModel(QAbstractTableModel):
     def set_cells(self, cells: pd.DataFrame, columns: list[str]) -> None:
         """Show a new table (after a correction), keeping the sort in effect."""
         self.beginResetModel()
-        self._cells = cells.reset_index(drop=True)
+        self._cells = cells  # read by position (iat): no copy of a large table
         self._columns = list(columns)
         self._order = np.arange(len(self._cells))
         if self._sort is not None and self._sort[0] < len(self._columns):

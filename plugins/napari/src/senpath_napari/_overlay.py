@@ -22,6 +22,18 @@ DISPLAY_MODES = ("outlines", "filled")
 OUTLINE_PX = 2
 #: Overlay opacity per display mode: outlines fully drawn, fills see-through.
 OPACITY = {"outlines": 1.0, "filled": 0.45}
+#: Columns of a preview table (``{m}``: the marker): what the overlay, centroids and hover use.
+PREVIEW_COLUMNS = (
+    "cell_id",
+    "y_um",
+    "x_um",
+    "nucleus_area_um2",
+    "excluded",
+    "{m}_od",
+    "{m}_positive",
+    "{m}_bin",
+    "{m}_manual",
+)
 
 
 def style_calls_layer(layer: Any, display: str) -> None:
@@ -46,8 +58,10 @@ def preview_cells(
 
     Returns
     -------
-    A copy of ``cells`` whose ``<marker>_positive`` and ``<marker>_bin`` are those at
-    ``threshold_od``; calls set by hand (``<marker>_manual``) are kept.
+    The columns the overlay draws (:data:`PREVIEW_COLUMNS`, those ``cells`` has), copied, with
+    ``<marker>_positive`` and ``<marker>_bin`` as they are at ``threshold_od``; calls set by hand
+    (``<marker>_manual``) are kept. Only these columns: copying a whole table of 100 000s of cells
+    at each slider rest would take seconds.
     """
     from senpath.score import call_marker
 
@@ -61,7 +75,8 @@ def preview_cells(
         if manual_col in cells.columns
         else np.zeros(len(cells), dtype=bool)
     )
-    out = cells.copy()
+    wanted = [c.format(m=marker) for c in PREVIEW_COLUMNS]
+    out = cells[[c for c in wanted if c in cells.columns]].copy()
     out[f"{marker}_positive"] = np.where(manual, out[f"{marker}_positive"], auto_pos)
     out[f"{marker}_bin"] = np.where(manual, out[f"{marker}_bin"], auto_bin).astype(
         cells[f"{marker}_bin"].dtype
