@@ -114,3 +114,29 @@ def test_cancel_says_cancelling_at_once_and_leaves_no_temporary_folders(
     assert not [p for p in left if p.endswith(".tmp")], left
     assert not (out / slide.stem).exists(), f"the cancelled run's store is removed: {left}"
     assert list(temp_root.iterdir()) == []
+
+
+def test_a_one_tile_analysis_shows_work_then_a_full_bar(
+    make_napari_viewer, qtbot, analysed
+) -> None:
+    # issue 15: a region inside one tile showed "0 %" all through its only tile, the whole run
+    slide, _ = analysed
+    viewer, widget = _widget(make_napari_viewer, slide)
+    shown: list[tuple[int, int, str]] = []
+
+    def record() -> None:
+        bar = widget.progress
+        shown.append((bar.value(), bar.maximum(), bar.text()))
+
+    widget.progress.valueChanged.connect(lambda _: record())
+    ticks: list[tuple[int, int]] = []
+    worker = widget.run(scope="current view", box_um=(0.0, 0.0, 40.0, 40.0))
+    worker.yielded.connect(ticks.append)
+    record()  # what the bar shows as the run starts
+    qtbot.waitUntil(lambda: widget.last_result is not None, timeout=60000)
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=10000)
+    assert ticks == [(1, 1)], "the region lies in one tile"
+    value, maximum, text = shown[0]
+    assert maximum == 0, f"while the only tile runs the bar is busy, not at 0 %: {shown}"
+    bar = widget.progress
+    assert bar.maximum() == 1 and bar.value() == 1 and bar.text() == "100%", shown

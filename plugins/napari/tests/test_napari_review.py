@@ -20,6 +20,8 @@ import senpath
 from scipy import ndimage as ndi
 from senpath.corrections import read_log
 
+from senpath_napari import _layers
+
 
 def _press(viewer, key: str) -> None:
     """Run the viewer's binding of ``key`` (what pressing it does)."""
@@ -101,9 +103,10 @@ def test_review_corrections_reach_store_log_and_export(
 
     def overlay_at(cell: int) -> int:
         y, x = int(raw.loc[cell, "y_um"] / amp), int(raw.loc[cell, "x_um"] / amp)
-        return int(np.asarray(level0[y, x]))
+        return int(_layers.overlay_class(np.asarray(level0[y, x])))
 
-    assert overlay_at(flipped) == 1 and overlay_at(excluded) == 5 and overlay_at(deleted) == 0
+    assert overlay_at(flipped) == _layers.MANUAL_NEGATIVE, "a call set by hand is drawn apart"
+    assert overlay_at(excluded) == _layers.EXCLUDED and overlay_at(deleted) == 0
     points = next(layer for layer in viewer.layers if layer.name == "cells")
     assert points.features["cell_id"].tolist() == widget.session.cells["cell_id"].tolist()
 

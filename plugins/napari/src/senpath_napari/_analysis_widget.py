@@ -276,7 +276,9 @@ class AnalysisWidget(QWidget):
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._buttons(running=True)
-        self.progress.setValue(0)
+        # busy until the first tile is done: planning the slide and a region's only tile give no
+        # tile count to show, and a bar at 0 % all through them looks stuck
+        self.progress.setRange(0, 0)
         self.result_label.setText(f"analysing {scope} of {slide.slide_id} ({assay.name})…")
         worker.start()
         return worker
@@ -305,6 +307,10 @@ class AnalysisWidget(QWidget):
     def _buttons(self, *, running: bool) -> None:
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
+        if not running and self.progress.maximum() == 0:
+            # stopped before its first tile (cancelled, failed): no busy bar left behind
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
 
     def _on_progress(self, value: tuple[int, int]) -> None:
         done, total = value

@@ -6,6 +6,9 @@ World coordinates are µm (level-0 slide pixel size times pixel index), so a sli
 The call overlay maps the store's multiscale nucleus labels (ids = ``cell_id``) through a lookup table
 ``cell_id -> class`` chunk by chunk (dask ``map_blocks``), so a slide of any size is coloured by call
 without loading its labels; a new table gives a new dask graph name, so no stale chunk is reused.
+An overlay value is ``class + 8 * (cell_id % 31)`` (:func:`overlay_class` reads the class back): two
+touching nuclei of one class keep different values, so the overlay's outlines (``contour``) draw
+each nucleus, not the outline of their union.
 """
 
 from __future__ import annotations
@@ -19,7 +22,19 @@ import pandas as pd
 
 #: Classes of the call overlay (label values of the overlay layer).
 NEGATIVE, BIN1, BIN2, BIN3, EXCLUDED = 1, 2, 3, 4, 5
-CLASS_NAMES = {NEGATIVE: "negative", BIN1: "1+", BIN2: "2+", BIN3: "3+", EXCLUDED: "excluded"}
+#: Calls set by hand (a flip): drawn apart from the automatic calls, so a reviewer sees what was judged.
+MANUAL_NEGATIVE, MANUAL_POSITIVE = 6, 7
+CLASS_NAMES = {
+    NEGATIVE: "negative",
+    BIN1: "1+",
+    BIN2: "2+",
+    BIN3: "3+",
+    EXCLUDED: "excluded",
+    MANUAL_NEGATIVE: "negative (by hand)",
+    MANUAL_POSITIVE: "positive (by hand)",
+}
+#: Overlay values per class (see the module's notes): ``class + CLASS_STRIDE * (cell_id % ID_SPREAD)``.
+CLASS_STRIDE, ID_SPREAD = 8, 31
 #: RGBA per class: call mode (red positive, blue negative) and bin mode (yellow-orange-red).
 CALL_COLOURS = {
     NEGATIVE: (0.25, 0.45, 1.0, 1.0),
@@ -27,6 +42,8 @@ CALL_COLOURS = {
     BIN2: (1.0, 0.15, 0.15, 1.0),
     BIN3: (1.0, 0.15, 0.15, 1.0),
     EXCLUDED: (0.6, 0.6, 0.6, 1.0),
+    MANUAL_NEGATIVE: (0.0, 0.9, 0.9, 1.0),
+    MANUAL_POSITIVE: (1.0, 0.2, 1.0, 1.0),
 }
 BIN_COLOURS = {
     NEGATIVE: (0.25, 0.45, 1.0, 1.0),
@@ -34,6 +51,8 @@ BIN_COLOURS = {
     BIN2: (1.0, 0.55, 0.0, 1.0),
     BIN3: (0.85, 0.0, 0.0, 1.0),
     EXCLUDED: (0.6, 0.6, 0.6, 1.0),
+    MANUAL_NEGATIVE: (0.0, 0.9, 0.9, 1.0),
+    MANUAL_POSITIVE: (1.0, 0.2, 1.0, 1.0),
 }
 #: Above this many cells, the centroid Points layer is left out (the label overlay scales).
 MAX_POINTS = 200_000
@@ -67,6 +86,9 @@ def call_classes(cells: pd.DataFrame, marker: str) -> np.ndarray:
     pos = cells[f"{marker}_positive"].to_numpy(dtype=bool)
     bins = np.clip(cells[f"{marker}_bin"].to_numpy(dtype=np.int64), 1, 3)
     classes = np.where(pos, bins + 1, NEGATIVE).astype(np.uint8)
+    if f"{marker}_manual" in cells.columns:
+        manual = cells[f"{marker}_manual"].to_numpy(dtype=bool)
+        classes[manual] = np.where(pos[manual], MANUAL_POSITIVE, MANUAL_NEGATIVE)
     if "excluded" in cells.columns:
         classes[cells["excluded"].to_numpy(dtype=bool)] = EXCLUDED
     return classes
@@ -82,7 +104,14 @@ def class_lut(cells: pd.DataFrame, marker: str) -> np.ndarray:
 
 def _lookup(block: np.ndarray, lut: np.ndarray) -> np.ndarray:
     b = np.asarray(block)
-    return np.where(b < len(lut), lut[np.minimum(b, len(lut) - 1)], 0).astype(np.uint8)
+    classes = np.where(b < len(lut), lut[np.minimum(b, len(lut) - 1)], 0).astype(np.uint8)
+    spread = (CLASS_STRIDE * (b % ID_SPREAD)).astype(np.uint8)
+    return np.where(classes > 0, classes + spread, 0).astype(np.uint8)
+
+
+def overlay_class(values: Any) -> Any:
+    """The class (:data:`CLASS_NAMES`; 0: no cell) of call-overlay values (a scalar or an array)."""
+    return np.asarray(values) % CLASS_STRIDE
 
 
 def label_levels(folder: str | Path, *, token: str | None = None) -> list[Any]:
@@ -116,8 +145,13 @@ def class_colormap(mode: str = "call") -> Any:
     from napari.utils.colormaps import DirectLabelColormap
 
     colours = BIN_COLOURS if mode == "bin" else CALL_COLOURS
+    by_value = {
+        k + CLASS_STRIDE * spread: rgba
+        for k, rgba in colours.items()
+        for spread in range(ID_SPREAD)
+    }
     return DirectLabelColormap(
-        color_dict={None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0), **colours}
+        color_dict={None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0), **by_value}
     )
 
 
@@ -144,7 +178,7 @@ def calls_layer(
 def point_colours(cells: pd.DataFrame, marker: str, mode: str = "call") -> np.ndarray:
     """(N, 4) RGBA face colours of cell centroids by call."""
     colours = BIN_COLOURS if mode == "bin" else CALL_COLOURS
-    table = np.array([colours.get(k, (0, 0, 0, 0)) for k in range(6)], dtype=np.float32)
+    table = np.array([colours.get(k, (0, 0, 0, 0)) for k in range(CLASS_STRIDE)], dtype=np.float32)
     return table[call_classes(cells, marker)]
 
 
