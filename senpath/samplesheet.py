@@ -30,7 +30,7 @@ SLIDE_EXTENSIONS = (
     ".ome.tiff", ".png", ".jpg", ".jpeg",
 )  # fmt: skip
 REQUIRED_COLUMNS = ("patient_id", "slide_id", "path", "assay")
-OPTIONAL_COLUMNS = ("mpp", "section", "batch", "control")
+OPTIONAL_COLUMNS = ("mpp", "section", "batch", "control", "nuclear_image", "nuclear_channel")
 #: Values of the ``control`` column (empty: the row is a sample, not a control).
 CONTROL_KINDS = ("negative", "positive")
 
@@ -107,6 +107,8 @@ class SlideJob:
     row: int | None = None  # sheet row as a spreadsheet shows it (1 = header), for messages
     batch: str | None = None  # staining batch (sample sheet ``batch``): its controls set cut-offs
     control: str | None = None  # "negative" / "positive" for a control row, None for a sample
+    nuclear_image: Path | None = None  # DAPI/Hoechst frame of the same field (culture assays)
+    nuclear_channel: int | None = None  # its channel in a multi-channel TIFF (0-based)
 
 
 def _numbered_rows(lines: Iterable[str]) -> tuple[list[str], list[tuple[int, dict[Any, Any]]]]:
@@ -228,6 +230,7 @@ def read_sample_sheet(
                 f"{where}: control {row['control']!r} is not a control kind{hint} (write "
                 "negative, positive, or leave it empty for a sample)"
             )
+        nuclear_image, nuclear_channel = _nuclear_columns(row, sheet.parent, where, errs)
         path = Path(row.get("path", ""))
         if not path.is_absolute():
             path = sheet.parent / path
@@ -250,11 +253,39 @@ def read_sample_sheet(
                 i,
                 batch=row.get("batch") or None,
                 control=control,
+                nuclear_image=nuclear_image,
+                nuclear_channel=nuclear_channel,
             )  # fmt: skip
         )
     if problems and not skip_bad_rows:
         raise SampleSheetError(sheet, problems)
     return jobs, problems
+
+
+def _nuclear_columns(
+    row: Mapping[str, str], base: Path, where: str, errs: list[str]
+) -> tuple[Path | None, int | None]:
+    """The row's ``nuclear_image`` (resolved against the sheet) and ``nuclear_channel``; problems
+    go to ``errs``."""
+    image: Path | None = None
+    channel: int | None = None
+    if row.get("nuclear_image"):
+        image = Path(row["nuclear_image"])
+        image = image if image.is_absolute() else base / image
+        if not image.is_file():
+            errs.append(f"{where}: nuclear image {image} does not exist (or is not a file)")
+    if row.get("nuclear_channel"):
+        text = row["nuclear_channel"]
+        if not text.isdigit():
+            errs.append(
+                f"{where}: nuclear_channel {text!r} is not a channel number: give 0, 1, 2 ... "
+                "(0-based), or leave it empty"
+            )
+        elif image is None:
+            errs.append(f"{where}: nuclear_channel is given without a nuclear_image")
+        else:
+            channel = int(text)
+    return image, channel
 
 
 def scan_folder(folder: str | Path) -> list[Path]:

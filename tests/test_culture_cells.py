@@ -117,3 +117,91 @@ def test_paired_mode_finds_stained_and_unstained_cells_alike():
     assert abs(recall_pos - recall_neg) <= 0.05
     true_pct = 100 * counts[1] / (counts[1] + counts[3])
     assert abs(100 * calls[0] / calls[1] - true_pct) <= 5.0
+
+
+@pytest.mark.slow
+def test_sabgal_culture_assay_runs_whole_cells_through_the_pipeline(tmp_path):
+    """The preset ``sabgal-culture`` (objects = "cells") analyses a culture photo end to end."""
+    import json
+
+    import pandas as pd
+    from PIL import Image
+
+    import senpath
+
+    field = render_culture_field(seed=1)
+    Image.fromarray(field.rgb).save(tmp_path / "well.png")
+    store = senpath.analyze_slide(
+        tmp_path / "well.png", out=tmp_path / "results", assay="sabgal-culture", mpp=field.mpp,
+        config={"analysis": {"analysis_mpp": 1.0, "segmenter": "classical"}},
+    )  # fmt: skip
+    cells = pd.read_parquet(store / "cells.parquet")
+    summary = json.loads((store / "summary.json").read_text())
+    provenance = json.loads((store / "provenance.json").read_text())
+    assert abs(len(cells) - len(field.truth)) <= 0.15 * len(field.truth)
+    true_pct = 100 * field.truth["sabgal_positive"].mean()
+    assert abs(summary["markers"]["sabgal"]["pct_positive"] - true_pct) <= 8.0
+    assert cells["nucleus_area_um2"].isna().all()  # no nucleus is seen: blank, not the cell's
+    assert cells["cell_area_um2"].between(150, 20_000).all()
+    assert provenance["segmenter"]["method"] == "whole_cell"
+
+
+def test_objects_setting_is_checked():
+    from senpath.config import load_settings
+
+    bad = {"assay": {"x": {"stains": ["xgal", "eosin"], "objects": "cell"}}}
+    with pytest.raises(
+        Exception, match=r"`assay\.x\.objects` = \"cell\" is not one of the choices"
+    ):
+        load_settings(bad)
+    good = {"assay": {"x": {"stains": ["xgal", "eosin"], "objects": "cells"}}}
+    assert load_settings(good).assays["x"].objects == "cells"
+
+
+@pytest.mark.slow
+def test_sample_sheet_nuclear_image_runs_the_paired_mode(tmp_path):
+    """A sheet row with ``nuclear_image`` grows cells from its registered DAPI nuclei; a row whose
+    DAPI frame is of another field fails with one line and the batch goes on."""
+    import json
+
+    import pandas as pd
+    import tifffile
+    from PIL import Image
+
+    from senpath.pipeline import plan_batch, run_batch
+
+    shift = (6.4, -9.2)
+    field = render_culture_field(seed=2, params=CultureParams(dapi_shift_um=shift))
+    other = render_culture_field(seed=12)
+    Image.fromarray(field.rgb).save(tmp_path / "A1.png")
+    Image.fromarray(field.rgb).save(tmp_path / "A2.png")
+    tifffile.imwrite(tmp_path / "A1_dapi.tif", field.dapi)
+    tifffile.imwrite(tmp_path / "B7_dapi.tif", other.dapi)
+    (tmp_path / "sheet.csv").write_text(
+        "patient_id,slide_id,path,assay,mpp,nuclear_image\n"
+        "w1,A1,A1.png,sabgal-culture,1.0,A1_dapi.tif\n"
+        "w1,A2,A2.png,sabgal-culture,1.0,B7_dapi.tif\n",
+        encoding="utf-8",
+    )
+    jobs, problems = plan_batch(tmp_path / "sheet.csv")
+    assert problems == [] and jobs[0].nuclear_image == tmp_path / "A1_dapi.tif"
+    reports = run_batch(
+        jobs, out=tmp_path / "results",
+        config={"analysis": {"analysis_mpp": 1.0, "segmenter": "classical"}},
+    )  # fmt: skip
+    by_id = {r.slide_id: r for r in reports}
+    assert by_id["A1"].status == "ok"
+    assert by_id["A2"].status == "failed"
+    assert "B7_dapi.tif: does not register" in by_id["A2"].message
+    assert "\n" not in by_id["A2"].message
+    store = tmp_path / "results" / "A1"
+    provenance = json.loads((store / "provenance.json").read_text())
+    got = provenance["nuclear_image"]["registration"]["shift_um"]
+    assert abs(got[0] + shift[0]) <= 1.0 and abs(got[1] + shift[1]) <= 1.0
+    assert provenance["segmenter"]["method"] == "paired_nuclei"
+    cells = pd.read_parquet(store / "cells.parquet")
+    assert abs(len(cells) - len(field.truth)) <= 0.1 * len(field.truth)
+    assert cells["nucleus_area_um2"].notna().all()  # real nuclei, from DAPI
+    summary = json.loads((store / "summary.json").read_text())
+    true_pct = 100 * field.truth["sabgal_positive"].mean()
+    assert abs(summary["markers"]["sabgal"]["pct_positive"] - true_pct) <= 6.0
