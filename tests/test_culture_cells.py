@@ -57,11 +57,12 @@ def test_whole_cell_mode_finds_unstained_cells_as_well_as_blue_ones():
         c, k = _recalls_and_pct(field, cells)
         counts, calls = counts + c, calls + k
     recall_pos, recall_neg = counts[0] / counts[1], counts[2] / counts[3]
-    # measured on seeds 1-4 (benchmarks/culture_segmentation.py): 0.75 stained, 0.56 unstained;
-    # the colour threshold finds 0.80 and 0.00
-    assert recall_pos >= 0.6 and recall_neg >= 0.5, (recall_pos, recall_neg)
+    # measured (benchmarks/culture_segmentation.py): 0.72 stained / 0.74 unstained on fields
+    # 1-4, 0.81 / 0.71 on fields 5-8; the colour threshold finds 0.74 and 0.00
+    assert recall_pos >= 0.6 and recall_neg >= 0.6, (recall_pos, recall_neg)
+    assert abs(recall_pos - recall_neg) <= 0.12  # 5 points on some fields, 10 on others
     true_pct = 100 * counts[1] / (counts[1] + counts[3])
-    assert abs(100 * calls[0] / calls[1] - true_pct) <= 10.0
+    assert abs(100 * calls[0] / calls[1] - true_pct) <= 6.0
 
 
 @pytest.mark.slow
@@ -73,7 +74,7 @@ def test_colour_threshold_finds_no_unstained_cell():
         xgal_vector=STAINS.vectors[0],
     )  # fmt: skip
     counts, _ = _recalls_and_pct(field, cells)
-    assert counts[0] / counts[1] >= 0.7 and counts[2] / counts[3] <= 0.05
+    assert counts[0] / counts[1] >= 0.6 and counts[2] / counts[3] <= 0.05
 
 
 @pytest.mark.parametrize("seed,shift_um", [(1, (7.3, -12.6)), (2, (-20.0, 4.4))])

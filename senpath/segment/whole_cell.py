@@ -21,10 +21,11 @@ has, stained or not (it absorbs and scatters a little light), never from the blu
 
 Evidence (``benchmarks/culture_segmentation.py``, synthetic fields of
 :func:`senpath.synth.render_culture_field`, perturbed stain vectors): the X-gal colour threshold
-finds ~90 % of the blue cells and none of the unstained ones; seeds at distance-transform maxima
-(the usual split of round nuclei) merge flat cells that touch along long edges; total OD with
-nucleus seeds finds stained and unstained cells alike. Adding local contrast to the OD (texture)
-did not help: the halo around each cell has contrast too and joins neighbours.
+finds 74 % of the blue cells and none of the unstained ones; seeds at distance-transform maxima
+(the usual split of round nuclei) merge flat cells that touch along long edges (63 % / 72 %);
+total OD with nucleus seeds finds stained and unstained cells alike (72 % / 74 %). Adding local
+contrast to the OD did not help (69 % / 72 %): the halo around each cell has contrast too and
+joins neighbours.
 
 Limits: confluent monolayers (no glass between cells: the glass level comes from too far away and
 every cell touches; the split then rests on the seeds alone), strong phase halos (a bright rim
