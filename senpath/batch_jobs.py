@@ -87,7 +87,10 @@ def skipped_report(
 
     probe_file(job.path)
     folder = store_folder(out, job.slide_id)
-    identity = run_identity(job.path, config=config, assay=assay, mpp=job.mpp, cutoff=cutoff)
+    identity = run_identity(
+        job.path, config=config, assay=assay, mpp=job.mpp, cutoff=cutoff,
+        nuclear_image=job.nuclear_image, nuclear_channel=job.nuclear_channel,
+    )  # fmt: skip
     if is_complete(folder, identity):
         n = _count_cells(folder)
         return SlideReport(job.slide_id, "skipped", n, 0.0, "complete", folder)

@@ -87,6 +87,10 @@ class Assay:
     stain_vectors: Mapping[str, tuple[float, float, float]] = field(default_factory=dict)
     #: stain -> degrees a per-slide estimate may turn from the prior (default 15, see senpath.stain)
     stain_tolerance_deg: Mapping[str, float] = field(default_factory=dict)
+    #: what the objects are: "nuclei" (counterstained sections) or "cells" (culture photos with no
+    #: nuclear counterstain: whole cells, see senpath.segment.whole_cell). Out of the repr (a run's
+    #: identity) unless set: senpath.slide_analysis.run_identity adds it then.
+    objects: str = field(default="nuclei", repr=False)
 
     def marker(self, name: str) -> MarkerRule:
         """The rule for marker ``name``."""
@@ -101,8 +105,10 @@ SECTIONS = ("analysis", "assay")
 #: Keys of an ``[assay.NAME]`` table.
 ASSAY_KEYS = (
     "description", "stains", "nuclear_stains", "stain_vectors", "stain_tolerance_deg", "phenotype",
-    "marker",
+    "marker", "objects",
 )  # fmt: skip
+#: What an assay's objects may be (``objects`` of an ``[assay.NAME]`` table).
+_OBJECTS = Setting("choice", choices=("nuclei", "cells"))
 #: Highest OD a threshold or bin edge may take: an 8-bit RGB pixel reaches log10(255) ≈ 2.4 OD.
 OD_MAX = 3.0
 
@@ -338,6 +344,8 @@ def _parse_assay(name: str, raw: Any, problems: Problems) -> Assay | None:
             )
         else:
             phenotypes[str(pheno)] = tuple(calls)
+    objects = raw.get("objects", "nuclei")
+    problems.check(dotted(*at, "objects"), objects, _OBJECTS)
     if len(problems.lines) > n_before:
         return None
     return Assay(
@@ -349,6 +357,7 @@ def _parse_assay(name: str, raw: Any, problems: Problems) -> Assay | None:
         phenotypes=phenotypes,
         stain_vectors=vectors,
         stain_tolerance_deg=tolerance,
+        objects=str(objects),
     )
 
 
@@ -729,6 +738,7 @@ def stain_profile_toml(
         f"description = {_toml_value(assay.description or name)}",
         f"stains = {_toml_value(list(assay.stains))}",
         f"nuclear_stains = {_toml_value(list(assay.nuclear_stains))}",
+        *([f"objects = {_toml_value(assay.objects)}"] if assay.objects != "nuclei" else []),
         "",
         f"[assay.{key}.stain_vectors]",
     ]

@@ -273,6 +273,8 @@ def _plan_task(job: SlideJob, assay: Assay, config: AnalysisConfig) -> SlidePlan
             mpp=job.mpp,
             slide_id=job.slide_id,
             patient_id=job.patient_id,
+            nuclear_image=job.nuclear_image,
+            nuclear_channel=job.nuclear_channel,
         )
 
 

@@ -204,6 +204,8 @@ def _run_job(
             patient_id=job.patient_id,
             tile_progress=on_tile,
             cutoff=cutoff,
+            nuclear_image=job.nuclear_image,
+            nuclear_channel=job.nuclear_channel,
         )
     notes = [lock.takeover_message(), ok_message(folder)]
     return SlideReport(

@@ -32,7 +32,9 @@ SLIDE_EXTENSIONS = (
     ".ome.tiff", ".png", ".jpg", ".jpeg",
 )  # fmt: skip
 REQUIRED_COLUMNS = ("patient_id", "slide_id", "path", "assay")
-OPTIONAL_COLUMNS = ("mpp", "section", "batch", "control", *LAYOUT_COLUMNS[:-1])
+OPTIONAL_COLUMNS = (
+    "mpp", "section", "batch", "control", *LAYOUT_COLUMNS[:-1], "nuclear_image", "nuclear_channel",
+)  # fmt: skip
 #: Values of the ``control`` column (empty: the row is a sample, not a control).
 CONTROL_KINDS = ("negative", "positive")
 
@@ -122,6 +124,9 @@ class SlideJob:
         return Placement(
             self.slide_id, self.condition, self.plate, self.well, self.replicate, self.control
         )
+
+    nuclear_image: Path | None = None  # DAPI/Hoechst frame of the same field (culture assays)
+    nuclear_channel: int | None = None  # its channel in a multi-channel TIFF (0-based)
 
 
 def _numbered_rows(lines: Iterable[str]) -> tuple[list[str], list[tuple[int, dict[Any, Any]]]]:
@@ -246,6 +251,7 @@ def read_sample_sheet(
             )
         if row.get("well") and (well_problem := layout_problems([(i, row)], sheet)):
             errs.append(well_problem[i])
+        nuclear_image, nuclear_channel = _nuclear_columns(row, sheet.parent, where, errs)
         path = Path(row.get("path", ""))
         if not path.is_absolute():
             path = sheet.parent / path
@@ -273,6 +279,8 @@ def read_sample_sheet(
                 plate=row.get("plate") or None,
                 well=canonical_well(row["well"]) if row.get("well") else None,
                 replicate=row.get("replicate") or None,
+                nuclear_image=nuclear_image,
+                nuclear_channel=nuclear_channel,
             )  # fmt: skip
         )
     # across rows: a well given two conditions (or replicates); the later row is the bad one
@@ -283,6 +291,32 @@ def read_sample_sheet(
     if problems and not skip_bad_rows:
         raise SampleSheetError(sheet, problems)
     return jobs, problems
+
+
+def _nuclear_columns(
+    row: Mapping[str, str], base: Path, where: str, errs: list[str]
+) -> tuple[Path | None, int | None]:
+    """The row's ``nuclear_image`` (resolved against the sheet) and ``nuclear_channel``; problems
+    go to ``errs``."""
+    image: Path | None = None
+    channel: int | None = None
+    if row.get("nuclear_image"):
+        image = Path(row["nuclear_image"])
+        image = image if image.is_absolute() else base / image
+        if not image.is_file():
+            errs.append(f"{where}: nuclear image {image} does not exist (or is not a file)")
+    if row.get("nuclear_channel"):
+        text = row["nuclear_channel"]
+        if not text.isdigit():
+            errs.append(
+                f"{where}: nuclear_channel {text!r} is not a channel number: give 0, 1, 2 ... "
+                "(0-based), or leave it empty"
+            )
+        elif image is None:
+            errs.append(f"{where}: nuclear_channel is given without a nuclear_image")
+        else:
+            channel = int(text)
+    return image, channel
 
 
 def scan_folder(folder: str | Path) -> list[Path]:

@@ -98,6 +98,8 @@ def analyze_slide(
     assays: Mapping[str, Assay] | None = None,
     tile_progress: TileProgress | None = None,
     cutoff: ControlCutoff | None = None,
+    nuclear_image: str | Path | None = None,
+    nuclear_channel: int | None = None,
 ) -> Path:
     """Analyse one slide and write its results store ``<out>/<slide_id>/``.
 
@@ -116,6 +118,9 @@ def analyze_slide(
     tile_progress : called with (tiles done, total) as tiles finish.
     cutoff : the marker cut-offs from the slide's batch's negative control (default: the rule's,
         or automatic ones with ``auto_threshold``).
+    nuclear_image, nuclear_channel : a DAPI/Hoechst image of the same field (a culture assay
+        with ``objects = "cells"``): registered, its nuclei grow the cells
+        (:mod:`senpath.segment.paired_nuclei`).
 
     Returns
     -------
@@ -148,6 +153,8 @@ def analyze_slide(
             slide_id=slide_id,
             patient_id=patient_id,
             slide=slide,
+            nuclear_image=nuclear_image,
+            nuclear_channel=nuclear_channel,
         )
         segmenter = plan_segmenter(plan)
         results = analyze_tiles(plan, range(plan.n_tiles), slide=slide, segmenter=segmenter)
@@ -309,10 +316,20 @@ def _commit_slide(
         "stain_estimate": qc,
         "thresholds": threshold_info,
         "config": config.to_dict(),
-        "segmenter": _model_identity(config.segmenter, config.model),
+        "segmenter": (
+            {
+                "method": "paired_nuclei" if plan.nuclear else "whole_cell",
+                "objects": "cells",
+                "model_sha256": None,
+            }
+            if assay_obj.objects == "cells"
+            else _model_identity(config.segmenter, config.model)
+        ),
         "device": config.device,
         "timings": timings,
     }
+    if plan.nuclear is not None:
+        provenance["nuclear_image"] = plan.nuclear
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)  # the store is incomplete until re-committed
@@ -353,7 +370,13 @@ def _commit_slide(
         folder,
         slide_id=plan.slide_id,
         identity=run_identity(
-            plan.path, config=config, assay=assay_obj, mpp=plan.mpp, cutoff=cutoff
+            plan.path,
+            config=config,
+            assay=assay_obj,
+            mpp=plan.mpp,
+            cutoff=cutoff,
+            nuclear_image=plan.nuclear["path"] if plan.nuclear else None,
+            nuclear_channel=plan.nuclear["channel"] if plan.nuclear else None,
         ),
         extra={"patient_id": plan.patient_id, "assay": assay_obj.name},
     )
@@ -454,9 +477,12 @@ def run_identity(
     assay: Assay,
     mpp: float | None,
     cutoff: ControlCutoff | None = None,
+    nuclear_image: str | Path | None = None,
+    nuclear_channel: int | None = None,
 ) -> dict[str, Any]:
-    """What makes a store current: the input file, settings, assay definition and model, and for a
-    slide scored from its batch's negative control, that control and its cut-offs."""
+    """What makes a store current: the input file, settings, assay definition and model, for a
+    slide scored from its batch's negative control, that control and its cut-offs, and a paired
+    nuclear image (file and channel)."""
     method = resolve_method(config.segmenter, model=config.model)
     identity = {
         "input": input_identity(path),
@@ -468,4 +494,11 @@ def run_identity(
     }
     if cutoff is not None:
         identity["cutoff"] = cutoff.identity()
+    if assay.objects != "nuclei":  # out of the assay's repr, so earlier stores keep their identity
+        identity["objects"] = assay.objects
+    if nuclear_image is not None:
+        identity["nuclear_image"] = {
+            "input": input_identity(Path(nuclear_image).resolve()),
+            "channel": nuclear_channel,
+        }
     return identity

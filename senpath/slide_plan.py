@@ -75,6 +75,9 @@ class SlidePlan:
     tissue_fraction: float
     tissue_area_mm2: float
     timings: dict[str, float]
+    #: the paired nuclear image and its registration (``path``, ``channel``, ``registration``), or
+    #: ``None`` (see :func:`senpath.segment.paired_nuclei.pair_nuclear_image`)
+    nuclear: dict[str, Any] | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -91,6 +94,8 @@ def plan_slide(
     slide_id: str | None = None,
     patient_id: str | None = None,
     slide: Any = None,
+    nuclear_image: str | Path | None = None,
+    nuclear_channel: int | None = None,
 ) -> SlidePlan:
     """First stage of analysing a slide: tissue mask, glass intensity, tile grid, stain vectors.
 
@@ -106,10 +111,18 @@ def plan_slide(
     mpp : pixel size in µm for files without calibration.
     slide_id, patient_id : names used in the store (default: the file stem).
     slide : the already opened slide of ``path`` (opened here when ``None``).
+    nuclear_image, nuclear_channel : a DAPI/Hoechst image of the same field (and its channel in a
+        multi-channel TIFF), the nucleus source of an assay whose objects are cells; registered
+        here (:func:`senpath.segment.paired_nuclei.pair_nuclear_image`).
 
     Returns
     -------
     SlidePlan
+
+    Raises
+    ------
+    senpath.segment.paired_nuclei.RegistrationError
+        When the nuclear image does not register to the brightfield image (one line).
     """
     from senpath.io import open_slide
     from senpath.tissue import tissue_mask
@@ -122,7 +135,12 @@ def plan_slide(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     tissue = tissue_mask(slide, target_mpp=config.tissue_mpp)
-    i0 = _estimate_i0(slide, tissue)
+    if assay.objects == "cells":  # a culture photo: the whole field is the sample
+        from senpath.segment.whole_cell import culture_field_plan
+
+        tissue, i0, halo_um = culture_field_plan(slide, tissue, halo_um=config.halo_um)
+    else:
+        i0, halo_um = _estimate_i0(slide, tissue), config.halo_um
     timings["tissue_s"] = time.perf_counter() - t
 
     amp = config.analysis_mpp
@@ -133,10 +151,15 @@ def plan_slide(
     tiles = tile_grid(
         shape_px,
         tile_size=tile_px,
-        halo=halo_px(config.halo_um, amp),
+        halo=halo_px(halo_um, amp),
         mask=tissue.mask,
         mask_scale=tissue.mpp / amp,
     )
+
+    nuclear = None
+    if nuclear_image is not None:
+        nuclear = _pair_nuclear(slide, nuclear_image, nuclear_channel, assay, shape_px, amp)
+        timings["register_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     stain_estimate = _slide_stains(
@@ -164,7 +187,37 @@ def plan_slide(
         tissue_fraction=float(tissue.fraction),
         tissue_area_mm2=float(tissue.mask.sum()) * (tissue.mpp / 1000.0) ** 2,
         timings=timings,
+        nuclear=nuclear,
     )
+
+
+def _pair_nuclear(
+    slide: Any,
+    nuclear_image: str | Path,
+    channel: int | None,
+    assay: Assay,
+    shape_px: tuple[int, int],
+    mpp: float,
+) -> dict[str, Any]:
+    """Register the paired nuclear image to the whole brightfield field (a camera frame)."""
+    from senpath.segment.paired_nuclei import (
+        MAX_PAIRED_PIXELS,
+        RegistrationError,
+        pair_nuclear_image,
+    )
+
+    if assay.objects != "cells":
+        raise ValueError(
+            f"{nuclear_image}: a paired nuclear image is for assays whose objects are cells "
+            f"(sabgal-culture), not {assay.name!r}"
+        )
+    if shape_px[0] * shape_px[1] > MAX_PAIRED_PIXELS:
+        raise RegistrationError(
+            f"{nuclear_image}: the brightfield image is {shape_px[1]} x {shape_px[0]} px at the "
+            "analysis mpp, more than a camera frame: pair nuclear images with single fields"
+        )
+    rgb = read_grid_box(slide, Box(0, 0, shape_px[0], shape_px[1]), mpp)
+    return pair_nuclear_image(rgb, nuclear_image, channel=channel, mpp=mpp)
 
 
 def read_grid_box(slide: Any, box: Box, mpp: float) -> NDArray[np.uint8]:

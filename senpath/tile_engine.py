@@ -85,8 +85,23 @@ class TileResult:
 
 
 def plan_segmenter(plan: SlidePlan) -> Segmenter:
-    """The slide's segmenter, loaded once: the plan's method with its stains and glass intensity."""
+    """The slide's segmenter, loaded once: the plan's method with its stains and glass intensity
+    (whole cells for an assay whose objects are cells)."""
     config = plan.config
+    if plan.nuclear is not None:  # cells grown from the nuclei of a paired nuclear image
+        from senpath.segment.paired_nuclei import PairedNucleusSegmenter
+
+        return PairedNucleusSegmenter(
+            plan.nuclear["path"],
+            channel=plan.nuclear["channel"],
+            shift_um=tuple(plan.nuclear["registration"]["shift_um"]),  # type: ignore[arg-type]
+            shape_px=plan.shape_px,
+            mpp=config.analysis_mpp,
+        )
+    if plan.assay.objects == "cells":
+        from senpath.segment.whole_cell import WholeCellSegmenter
+
+        return WholeCellSegmenter()
     return load_segmenter(
         config.segmenter,
         stains=plan.stain_estimate.stains,
@@ -111,6 +126,7 @@ def analyze_tile(
     image_shape: tuple[int, int],
     index: int = 0,
     labels: NDArray[np.integer] | None = None,
+    objects: str = "nuclei",
 ) -> tuple[TileResult, NDArray[np.integer]]:
     """Segment (unless ``labels`` are given), measure and keep the owned nuclei of one tile.
 
@@ -125,6 +141,8 @@ def analyze_tile(
     image_shape : (Y, X) px of the whole image at ``mpp`` (box edges on its border are not halo).
     index : position of the tile in its grid (carried into the result).
     labels : (H, W) int, the tile's segmentation when it ran elsewhere; ``None`` segments here.
+    objects : ``nuclei``, or ``cells`` when the labels are whole cells (an assay with
+        ``objects = "cells"``: measured per whole cell, kept by cell area, nucleus columns blank).
 
     Returns
     -------
@@ -132,6 +150,10 @@ def analyze_tile(
         The owned cells in the size range with their masks, and the tile's (H, W) labels.
     """
     concentrations = deconvolve(rgb, stains, i0)  # type: ignore[arg-type]
+    paired = getattr(segmenter, "compartments", None)
+    if paired is not None:  # nuclei from a paired image: the cells and their compartments, here
+        comps = paired(rgb, mpp=mpp, box=tile.box)
+        labels = comps["cell"]
     if labels is None:
         if segmenter is None:
             raise ValueError("analyze_tile needs a segmenter, or the tile's labels")
@@ -142,19 +164,33 @@ def analyze_tile(
         inst.local_label: inst
         for inst in keep_owned(labels, tile, image_shape=image_shape, on_truncated="warn")
     }
-    cells = measure_cells(
-        labels,
-        concentrations,
-        stain_names=stains.names,
-        mpp=mpp,
-        cytoplasm_um=config.cytoplasm_um,
-        origin_um=(tile.box.x0 * mpp, tile.box.y0 * mpp),
-    )
-    keep = (
-        (cells["nucleus_area_um2"] >= config.min_nucleus_area_um2)
-        & (cells["nucleus_area_um2"] <= config.max_nucleus_area_um2)
-        & cells["cell_id"].isin(list(owned))
-    )
+    if paired is not None:
+        from senpath.segment.paired_nuclei import measure_paired_cells
+
+        cells, in_range = measure_paired_cells(
+            comps, concentrations, stain_names=stains.names, mpp=mpp,
+            origin_um=(tile.box.x0 * mpp, tile.box.y0 * mpp),
+        )  # fmt: skip
+    elif objects == "cells":
+        from senpath.segment.whole_cell import measure_whole_cells
+
+        cells, in_range = measure_whole_cells(
+            labels, concentrations, stain_names=stains.names, mpp=mpp,
+            origin_um=(tile.box.x0 * mpp, tile.box.y0 * mpp),
+        )  # fmt: skip
+    else:
+        cells = measure_cells(
+            labels,
+            concentrations,
+            stain_names=stains.names,
+            mpp=mpp,
+            cytoplasm_um=config.cytoplasm_um,
+            origin_um=(tile.box.x0 * mpp, tile.box.y0 * mpp),
+        )
+        in_range = (cells["nucleus_area_um2"] >= config.min_nucleus_area_um2) & (
+            cells["nucleus_area_um2"] <= config.max_nucleus_area_um2
+        )
+    keep = in_range & cells["cell_id"].isin(list(owned))
     cells = cells[keep].reset_index(drop=True)
     instances = [owned[int(i)] for i in cells["cell_id"]]
     return TileResult(int(index), cells, instances), labels
@@ -186,6 +222,13 @@ def segment_tiles(
     slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
     segmenter = segmenter if segmenter is not None else plan_segmenter(plan)
     amp = plan.config.analysis_mpp
+    if hasattr(segmenter, "compartments"):  # paired nuclei: a tile's cells depend on its place
+        return [
+            segmenter.compartments(
+                read_grid_box(slide, plan.tiles[i].box, amp), mpp=amp, box=plan.tiles[i].box
+            )["cell"]
+            for i in indices
+        ]
     if not (hasattr(segmenter, "network_maps") and indices):
         return [
             segmenter.segment(read_grid_box(slide, plan.tiles[i].box, amp), mpp=amp)
@@ -241,8 +284,8 @@ def analyze_tiles(
     from senpath.io import open_slide
 
     slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
-    if segmenter is None and labels is None:
-        segmenter = plan_segmenter(plan)
+    if segmenter is None and (labels is None or plan.nuclear is not None):
+        segmenter = plan_segmenter(plan)  # paired nuclei: the compartments come from it
     amp = plan.config.analysis_mpp
     # a CNN splits into network maps (worker thread) and their watershed (here); other segmenters
     # run whole here, the worker reads ahead
@@ -281,6 +324,7 @@ def analyze_tiles(
                 image_shape=plan.shape_px,
                 index=i,
                 labels=tile_labels,
+                objects=plan.assay.objects,
             )
             yield result
 

@@ -48,6 +48,12 @@ tile row (width / 4 at 0.5 µm) is held across strips.
 
 from __future__ import annotations
 
+from senpath.synth._culture import (
+    CultureField,
+    CultureParams,
+    matched_cells,
+    render_culture_field,
+)
 from senpath.synth._layout import SITE_UM
 from senpath.synth._params import (
     ASSAY_MARKERS,
@@ -64,6 +70,8 @@ from senpath.synth._truth import truth_columns
 
 __all__ = [
     "ASSAYS",
+    "CultureField",
+    "CultureParams",
     "ASSAY_MARKERS",
     "ASSAY_STAINS",
     "MARKER_LEVEL_OD",
@@ -72,6 +80,8 @@ __all__ = [
     "SynthRegion",
     "SynthSlide",
     "default_n_levels",
+    "matched_cells",
+    "render_culture_field",
     "render_region",
     "slide_paths",
     "truth_columns",
