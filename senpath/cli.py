@@ -184,7 +184,9 @@ def run(
 @app.command()
 def export(
     results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
-    by: Annotated[str, typer.Option("--by", help="patient | slide")] = "patient",
+    by: Annotated[
+        str, typer.Option("--by", help="patient | slide | patient,region | slide,region")
+    ] = "patient",
     format: Annotated[
         str,
         typer.Option("--format", help="Comma-separated: csv,parquet,xlsx,geojson,anndata"),
@@ -218,6 +220,8 @@ def export(
       senpath export results/ --format geojson --out qupath/   (one <slide_id>.geojson per slide)
 
       senpath export results/ --format anndata   (every cell in RESULTS/cells.h5ad)
+
+      senpath export results/ --by patient,region   (one row per patient and region)
     """
     from senpath.export import (
         CELL_FORMATS,
@@ -241,7 +245,7 @@ def export(
         console.print(f"[red]no complete results stores under {results}[/red]")
         raise typer.Exit(1)
     tables = [f for f in formats if f in EXPORT_FORMATS]
-    stem = results / f"markers_by_{by}"
+    stem = results / f"markers_by_{by.replace(',', '_').replace(' ', '')}"
     if "geojson" in formats:
         # --out names the GeoJSON folder here; the tables stay beside the stores, never in it
         folder = out or results / "geojson"
@@ -350,6 +354,11 @@ def info(
     from senpath.io import open_slide
 
     Console().print(open_slide(slide, mpp=mpp).describe())
+
+
+from senpath.cli_regions import regions_app  # noqa: E402 (the `senpath regions` commands)
+
+app.add_typer(regions_app, name="regions")
 
 
 def _segmenter_for(method: str, assay: str, device: str, model: Path | None = None) -> object:
