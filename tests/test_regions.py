@@ -377,3 +377,108 @@ def test_drawn_polygons_round_trip_as_qupath_geojson():
     assert (region.name, region.area_px2) == ("Tumor", 100.0)
     with pytest.raises(ValueError, match="at least 3"):
         regions_feature_collection([("Tumor", np.array([[0, 0], [1, 1]]))])
+
+
+def _tiny(res, slide_id, patient, rows, areas=None):
+    """A store view with a hand-made cell table (region, ki67 call, bin, nucleus area, excluded)."""
+    import dataclasses
+
+    cells = pd.DataFrame(
+        rows, columns=["region", "ki67_positive", "ki67_bin", "nucleus_area_um2", "excluded"]
+    )
+    if cells["region"].isna().all():
+        cells = cells.drop(columns=["region"])
+    summary = {"assay": "ki67"}
+    if areas is not None:
+        summary["regions"] = {"by_region": {k: {"area_mm2": v} for k, v in areas.items()}}
+    manifest = {"slide_id": slide_id, "patient_id": patient}
+    return dataclasses.replace(res, cells=cells, summary=summary, manifest=manifest)
+
+
+def test_export_by_patient_and_region_golden(region_batch):
+    """Figures per patient and region of a tiny table, worked out by hand."""
+    from senpath.export import marker_table
+    from senpath.results import read_results
+    from senpath.score import wilson_interval
+
+    res = read_results(region_batch / "results" / "s1")
+    a = _tiny(res, "A", "P1", [
+        ("Tumor", True, 1, 30.0, False), ("Tumor", True, 3, 40.0, False),
+        ("Tumor", False, 0, 20.0, False), ("Tumor", False, 0, 50.0, False),
+        ("Stroma", True, 2, 10.0, False), ("Stroma", False, 0, 20.0, False),
+        ("Stroma", False, 0, 30.0, False), ("Necrosis", True, 3, 99.0, True),
+    ], areas={"Tumor": 0.1, "Stroma": 0.05})  # fmt: skip
+    b = _tiny(res, "B", "P1", [
+        ("Tumor", True, 2, 60.0, False), ("Tumor", False, 0, 10.0, False),
+        ("Stroma", False, 0, 40.0, False),
+    ], areas={"Tumor": 0.2})  # fmt: skip
+    c = _tiny(res, "C", "P2", [(None, True, 1, 25.0, False), (None, False, 0, 35.0, False)])
+    table = marker_table([a, b, c], by="patient,region")
+    assert list(table.columns[:4]) == ["patient_id", "region", "area_mm2", "cells_per_mm2"]
+    got = table.set_index(["patient_id", "region"])
+    assert list(got.index) == [("P1", "Stroma"), ("P1", "Tumor"), ("P2", "Tissue")]
+    tumor, stroma, tissue = (
+        got.loc[("P1", "Tumor")],
+        got.loc[("P1", "Stroma")],
+        got.loc[("P2", "Tissue")],
+    )
+    # P1 Tumor: 6 cells (4 of A, 2 of B), 3 positive with bins 1, 3, 2
+    assert (tumor["n_cells"], tumor["ki67_n_positive"], tumor["n_slides"]) == (6, 3, 2)
+    assert tumor["ki67_pct_positive"] == pytest.approx(50.0)
+    assert tumor["ki67_labelling_index"] == pytest.approx(50.0)
+    assert tumor["ki67_h_score"] == pytest.approx(100 * (1 + 3 + 2) / 6)
+    lo, hi = wilson_interval(3, 6)
+    assert (
+        tumor["ki67_pct_positive_ci95_low"],
+        tumor["ki67_pct_positive_ci95_high"],
+    ) == pytest.approx((lo, hi))
+    assert tumor["median_nucleus_area_um2"] == pytest.approx(35.0)
+    assert tumor["area_mm2"] == pytest.approx(0.3) and tumor["cells_per_mm2"] == pytest.approx(20.0)
+    # P1 Stroma: 4 cells, 1 positive (2+); B's Stroma has no drawn area: no density
+    assert (stroma["n_cells"], stroma["ki67_n_positive"]) == (4, 1)
+    assert stroma["ki67_h_score"] == pytest.approx(50.0)
+    assert stroma["median_nucleus_area_um2"] == pytest.approx(25.0)
+    assert math.isnan(stroma["area_mm2"])
+    # P2 has no regions: its cells are the generated Tissue region
+    assert (tissue["n_cells"], tissue["ki67_n_positive"]) == (2, 1)
+    assert tissue["ki67_h_score"] == pytest.approx(50.0)
+    # the excluded Necrosis cell is in no row
+    assert "Necrosis" not in set(table["region"])
+    assert table["n_cells"].sum() == 12
+
+
+def test_cli_export_by_patient_region_and_geojson_carry_the_region(region_batch, tmp_path):
+    from typer.testing import CliRunner
+
+    from senpath import load_results
+    from senpath.cli import app
+
+    root = region_batch / "results"
+    out = tmp_path / "qupath"
+    r = CliRunner().invoke(
+        app,
+        [
+            "export",
+            str(root),
+            "--by",
+            "patient,region",
+            "--format",
+            "csv,geojson",
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(root / "markers_by_patient_region.csv")
+    cells = load_results(root / "s1").cells
+    counted = cells[~cells["excluded"]]
+    expected = counted["region"].value_counts().sort_index()
+    assert table["region"].tolist() == expected.index.tolist()
+    assert table["n_cells"].tolist() == expected.tolist()
+    features = json.loads((out / "s1.geojson").read_text())["features"]
+    region_of = dict(zip(cells["cell_id"], cells["region"], strict=True))
+    from senpath.geojson import cell_uuid
+
+    by_uuid = {cell_uuid("s1", cid): name for cid, name in region_of.items()}
+    assert len(features) == len(cells)
+    assert all(f["properties"]["region"] == by_uuid[f["id"]] for f in features)
