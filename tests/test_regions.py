@@ -482,3 +482,43 @@ def test_cli_export_by_patient_region_and_geojson_carry_the_region(region_batch,
     by_uuid = {cell_uuid("s1", cid): name for cid, name in region_of.items()}
     assert len(features) == len(cells)
     assert all(f["properties"]["region"] == by_uuid[f["id"]] for f in features)
+
+
+def test_a_reviewers_exclusion_updates_the_region_figures(region_batch, tmp_path):
+    from senpath import load_results
+    from senpath.corrections import CorrectionSession
+    from senpath.results import read_results, store_problems
+    from senpath.testing import copy_store
+
+    store = copy_store(region_batch / "results" / "s1", tmp_path)
+    before = load_results(store).summary["regions"]["by_region"]["Tumor"]["n_cells"]
+    session = CorrectionSession(store, user="tester")
+    tumor = session.cells[(session.cells["region"] == "Tumor") & ~session.cells["excluded"]]
+    necrotic = session.cells[session.cells["region"] == "Necrosis"]
+    # including a cell of the Necrosis does not count it: the region keeps it out
+    session.include([int(necrotic["cell_id"].iloc[0])])
+    session.exclude([int(tumor["cell_id"].iloc[0])])
+    session.save()
+    session.close()
+    assert store_problems(store) == []
+    res = load_results(store)
+    assert res.summary["regions"]["by_region"]["Tumor"]["n_cells"] == before - 1
+    assert res.summary["regions"]["n_excluded"] == len(necrotic)
+    assert res.cells.set_index("cell_id").loc[int(necrotic["cell_id"].iloc[0]), "excluded"]
+    # the pipeline's own view is unchanged
+    raw = read_results(store).summary["regions"]["by_region"]["Tumor"]["n_cells"]
+    assert raw == before
+
+
+def test_report_shows_the_region_table(region_batch, tmp_path):
+    from senpath import load_results
+    from senpath.report import write_report
+
+    path = write_report(region_batch / "results", out=tmp_path / "report.html")
+    text = path.read_text(encoding="utf-8")
+    assert "<h2>Markers by patient and region</h2>" in text
+    by_region = load_results(region_batch / "results" / "s1").summary["regions"]["by_region"]
+    section = text.split("Markers by patient and region")[1]
+    for name, entry in by_region.items():
+        assert f"<td>{name}</td>" in section
+        assert f"<td>{entry['n_cells']}</td>" in section
