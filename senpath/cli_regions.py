@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 regions_app = typer.Typer(
@@ -37,7 +38,7 @@ def _exclusion_classes(text: str | None) -> tuple[str, ...]:
 def _print_regions(slide_id: str, summary: dict[str, Any]) -> None:
     from senpath.region_store import region_text
 
-    console.print(f"{slide_id}: {region_text(summary)}")
+    console.print(escape(f"{slide_id}: {region_text(summary)}"), soft_wrap=True)
     by_region = (summary.get("regions") or {}).get("by_region") or {}
     table = Table("region", "cells", "cells/mm²", *summary.get("markers", {}), "median nucleus µm²")
     for name, entry in by_region.items():
@@ -48,7 +49,7 @@ def _print_regions(slide_id: str, summary: dict[str, Any]) -> None:
         ]
         area = entry.get("median_nucleus_area_um2")
         table.add_row(
-            name,
+            escape(name),
             str(entry["n_cells"]),
             "-" if per_mm2 is None else f"{per_mm2:.0f}",
             *pct,

@@ -315,11 +315,6 @@ def region_text(summary: Mapping[str, Any]) -> str:
     return text + (f"; {n} cells in exclusion regions left out" if n else "")
 
 
-def load_geojson(path: str | Path) -> dict[str, Any]:
-    """A store's ``regions.geojson`` as a dict (for drawing it in napari)."""
-    return dict(json.loads(Path(path).read_text(encoding="utf-8-sig")))
-
-
 def region_table(
     results: Sequence[SlideResults],
     *,
@@ -387,3 +382,54 @@ def tissue_regions(folder: str | Path) -> bytes:
     regions = parse_regions(data, source="tissue mask", exclusion_classes=())
     attach_regions(folder, regions, data)
     return data
+
+
+def save_drawn_regions(
+    folder: str | Path,
+    polygons_um: Sequence[tuple[str, Any]],
+    *,
+    exclusion_classes: Sequence[str] = EXCLUSION_CLASSES,
+) -> dict[str, Any]:
+    """Attach regions drawn in slide µm (napari's world coordinates) to a store.
+
+    Parameters
+    ----------
+    folder : the slide's store.
+    polygons_um : ``(name, vertices)`` pairs; ``vertices`` (K, 2) float ``(y, x)`` in µm from
+        the slide's origin, K >= 3. They are stored as QuPath GeoJSON in level-0 px.
+    exclusion_classes : names whose cells are not counted.
+
+    Returns
+    -------
+    The regions' record (see :func:`attach_regions`).
+    """
+    from senpath.regions import regions_feature_collection
+
+    res = read_results(folder)
+    mpp_x, mpp_y = res.provenance.slide_mpp
+    px = []
+    for name, vertices in polygons_um:
+        yx = np.asarray(vertices, dtype=np.float64)
+        if yx.ndim != 2 or yx.shape[1] != 2:
+            raise ValueError(f"region {name!r}: give (K, 2) (y, x) vertices in µm")
+        px.append((name, np.column_stack([yx[:, 1] / mpp_x, yx[:, 0] / mpp_y])))
+    data = (json.dumps(regions_feature_collection(px)) + "\n").encode("utf-8")
+    regions = parse_regions(data, source="napari", exclusion_classes=exclusion_classes)
+    return attach_regions(folder, regions, data)
+
+
+def stored_outlines_um(res: SlideResults) -> list[tuple[str, Any]]:
+    """The outer outlines of a store's regions as ``(name, (K, 2) (y, x) µm)`` pairs, one per
+    polygon (for drawing them in napari; holes are not drawn)."""
+    import shapely
+
+    regions = stored_regions(res)
+    if regions is None:
+        return []
+    mpp_x, mpp_y = res.provenance.slide_mpp
+    out = []
+    for region in regions.regions:
+        for polygon in shapely.get_parts(region.geometry):
+            xy = np.asarray(polygon.exterior.coords)[:-1]
+            out.append((region.name, np.column_stack([xy[:, 1] * mpp_y, xy[:, 0] * mpp_x])))
+    return out

@@ -522,3 +522,57 @@ def test_report_shows_the_region_table(region_batch, tmp_path):
     for name, entry in by_region.items():
         assert f"<td>{name}</td>" in section
         assert f"<td>{entry['n_cells']}</td>" in section
+
+
+def test_generated_tissue_region_follows_the_tissue_mask(region_batch, tmp_path):
+    from senpath import load_results
+    from senpath.io import open_slide
+    from senpath.region_store import tissue_regions
+    from senpath.testing import copy_store
+    from senpath.tissue import tissue_mask
+
+    store = copy_store(region_batch / "results" / "s1", tmp_path)
+    data = tissue_regions(store)
+    assert json.loads(data)["features"][0]["properties"]["classification"]["name"] == "Tissue"
+    res = load_results(store)
+    mask = tissue_mask(open_slide(region_batch / "s1.tif"), target_mpp=8.0)
+    step = mask.mpp / MPP  # level-0 px per mask px
+    x, y = res.cells["x_um"].to_numpy() / MPP / step, res.cells["y_um"].to_numpy() / MPP / step
+    on_edge = np.isclose(x, np.round(x)) | np.isclose(y, np.round(y))
+    rows = np.clip(y.astype(int), 0, mask.mask.shape[0] - 1)
+    cols = np.clip(x.astype(int), 0, mask.mask.shape[1] - 1)
+    on_tissue = mask.mask[rows, cols]
+    region = res.cells["region"].to_numpy()
+    np.testing.assert_array_equal(
+        region[~on_edge], np.where(on_tissue, "Tissue", UNANNOTATED)[~on_edge]
+    )
+    assert (~on_tissue).sum() > 0 or mask.mask.all()  # the slide has glass, or the test says so
+    area = res.summary["regions"]["by_region"]["Tissue"]["area_mm2"]
+    assert area == pytest.approx(mask.area_um2 / 1e6)
+
+
+def test_cli_import_prints_the_region_figures(region_batch, tmp_path):
+    from typer.testing import CliRunner
+
+    from senpath.cli import app
+    from senpath.testing import copy_store
+
+    store = copy_store(region_batch / "results" / "s1", tmp_path)
+    r = CliRunner().invoke(
+        app,
+        ["regions", "import", str(store.parent), "s1", str(region_batch / "s1.geojson"),
+         "--exclude", "Necrosis"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "s1: 4 region(s) (Invasive front, Necrosis, Stroma, Tumor);" in r.output
+    assert "cells in exclusion regions left out" in r.output
+    # with no exclusion class, the Necrosis is a region like the others
+    r = CliRunner().invoke(
+        app,
+        ["regions", "import", str(store.parent), "s1", str(region_batch / "s1.geojson"),
+         "--exclude", ""],
+        terminal_width=200,
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "left out" not in r.output
