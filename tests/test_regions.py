@@ -576,3 +576,36 @@ def test_cli_import_prints_the_region_figures(region_batch, tmp_path):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "left out" not in r.output
+
+
+def test_anndata_obs_carries_the_region(region_batch, tmp_path):
+    pytest.importorskip("anndata")
+    from senpath import load_results
+    from senpath.export import cells_anndata
+
+    res = load_results(region_batch / "results" / "s1")
+    adata = cells_anndata([res], images=False)
+    assert str(adata.obs["region"].dtype) == "category"
+    cells = res.cells.sort_values("cell_id")
+    assert adata.obs["region"].astype(str).tolist() == cells["region"].astype(str).tolist()
+    assert adata.obs["excluded"].tolist() == cells["excluded"].tolist()
+
+
+def test_sheet_regions_column_names_a_missing_file_in_one_line(tmp_path):
+    from senpath.samplesheet import read_sample_sheet
+
+    (tmp_path / "s.tif").write_bytes(b"x")
+    (tmp_path / "a.geojson").write_text("{}", encoding="utf-8")
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_text(
+        "patient_id,slide_id,path,assay,regions\n"
+        "P1,a,s.tif,ki67,a.geojson\nP2,b,s.tif,ki67,missing.geojson\nP3,c,s.tif,ki67,\n",
+        encoding="utf-8",
+    )
+    jobs, problems = read_sample_sheet(sheet, known_assays=("ki67",), skip_bad_rows=True)
+    assert [j.slide_id for j in jobs] == ["a", "c"]
+    assert jobs[0].regions == tmp_path / "a.geojson" and jobs[1].regions is None
+    assert problems == [
+        f"{sheet}: row 3: regions file {tmp_path / 'missing.geojson'} does not exist (a QuPath "
+        "GeoJSON export)"
+    ]
