@@ -175,18 +175,21 @@ def _with_sheet_regions(
     jobs: list[SlideJob], reports: list[SlideReport], *, out: str | Path
 ) -> list[SlideReport]:
     """Attach each row's ``regions`` GeoJSON to its store when the store does not hold that file
-    yet (no re-segmentation); a bad regions file fails its slide with one line, the batch goes on."""
-    from senpath.region_store import import_regions, regions_sha256
+    yet (no re-segmentation); a bad regions file fails its slide with one line, the batch goes on.
+    A re-analysed slide without a ``regions`` row gets the regions it had before again."""
+    from senpath.region_store import import_regions, reattach_kept_regions, regions_sha256
     from senpath.results import sha256_file
 
     by_id = {job.slide_id: job for job in jobs}
     out_reports = []
     for report in reports:
         job = by_id[report.slide_id]
-        if job.regions is not None and report.folder is not None:
+        if report.folder is not None and (job.regions is not None or report.status == "ok"):
             t = time.perf_counter()
             try:
-                if regions_sha256(report.folder) != sha256_file(job.regions):
+                if job.regions is None:  # re-analysed: the regions it had before, if any
+                    reattach_kept_regions(report.folder)
+                elif regions_sha256(report.folder) != sha256_file(job.regions):
                     import_regions(report.folder, job.regions)
             except Exception as exc:  # one bad regions file must not stop the batch
                 report = failed_report(job, exc, out=out, seconds=time.perf_counter() - t)

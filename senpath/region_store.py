@@ -45,7 +45,6 @@ from senpath.results import (
     SlideResults,
     atomic_write_bytes,
     atomic_write_json,
-    atomic_write_parquet,
     read_results,
     uncorrected_summary,
     write_manifest,
@@ -207,7 +206,7 @@ def attach_regions(folder: str | Path, regions: RegionSet, data: bytes) -> dict[
             areas_mm2=_usable_areas(regions, prov.slide_mpp),
         )
         atomic_write_bytes(folder / REGIONS, data)
-        atomic_write_parquet(folder / CELL_REGIONS, table)
+        _write_cell_regions(folder / CELL_REGIONS, table, record)
         atomic_write_json(folder / SUMMARY, summary)
         extra = {
             k: v
@@ -221,6 +220,50 @@ def attach_regions(folder: str | Path, regions: RegionSet, data: bytes) -> dict[
             extra={**extra, "regions": record},
         )
     return record
+
+
+#: Key of the regions' record in ``cell_regions.parquet``'s schema metadata.
+_RECORD_KEY = b"senpath.regions"
+
+
+def _write_cell_regions(path: Path, table: pd.DataFrame, record: Mapping[str, Any]) -> None:
+    """``cell_regions.parquet`` with the regions' record (source, exclusion classes) in its
+    metadata, so a re-analysis of the slide can attach the same regions again."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    meta = {**(arrow.schema.metadata or {}), _RECORD_KEY: json.dumps(dict(record)).encode()}
+    buf = io.BytesIO()
+    pq.write_table(arrow.replace_schema_metadata(meta), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def reattach_kept_regions(folder: str | Path) -> dict[str, Any] | None:
+    """After a re-analysis (``senpath run --force``), attach the regions the store held before.
+
+    The new analysis' manifest lists no regions, but ``regions.geojson`` and the record of how it
+    was imported (in ``cell_regions.parquet``) are still in the folder: the same file is attached
+    again with the same exclusion classes. Returns the record, or ``None`` when there is nothing
+    to attach (no kept regions, or the store has regions already).
+    """
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    if regions_sha256(folder) is not None or not (folder / REGIONS).is_file():
+        return None
+    try:
+        meta = pq.read_schema(folder / CELL_REGIONS).metadata or {}
+        record = json.loads(meta[_RECORD_KEY])
+    except (OSError, KeyError, ValueError):
+        return None
+    data = (folder / REGIONS).read_bytes()
+    regions = parse_regions(
+        data, source=str(record["source"]), exclusion_classes=record["exclusion_classes"]
+    )
+    return attach_regions(folder, regions, data)
 
 
 def import_regions(

@@ -609,3 +609,26 @@ def test_sheet_regions_column_names_a_missing_file_in_one_line(tmp_path):
         f"{sheet}: row 3: regions file {tmp_path / 'missing.geojson'} does not exist (a QuPath "
         "GeoJSON export)"
     ]
+
+
+def test_a_reanalysed_slide_keeps_its_regions(region_batch, tmp_path):
+    from senpath import load_results
+    from senpath.config import AnalysisConfig
+    from senpath.pipeline import run_batch
+    from senpath.region_store import import_regions
+    from senpath.results import read_manifest
+    from senpath.samplesheet import SlideJob
+    from senpath.testing import copy_store
+
+    store = copy_store(region_batch / "results" / "s1", tmp_path)
+    import_regions(store, region_batch / "s1.geojson", exclusion_classes=("Necrosis", "Fold"))
+    before = read_manifest(store)["regions"]
+    job = SlideJob("s1", region_batch / "s1.tif", "ki67", "P1")  # no regions in the sheet
+    reports = run_batch(
+        [job], out=store.parent, config=AnalysisConfig(segmenter="classical"), force=True
+    )
+    assert [r.status for r in reports] == ["ok"]
+    after = read_manifest(store)["regions"]
+    assert after == before  # same file, source and exclusion classes
+    cells = load_results(store).cells
+    np.testing.assert_array_equal(cells["region"].astype(str).to_numpy(), truth_regions(cells))
