@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from senpath.cli_regions import regions_app
+
 app = typer.Typer(
     name="senpath",
     help="Measure senescence markers (SA-beta-gal, p16, Ki67) per cell in whole-slide images.",
@@ -23,6 +25,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console(stderr=True)
+app.add_typer(regions_app, name="regions")  # senpath regions import|tissue (senpath.cli_regions)
 #: ``--debug``: print tracebacks (default: one line per problem; a batch's are in failures.log).
 _DEBUG = False
 DEBUG_HELP = "Print the traceback of every error (default: one line each; see failures.log)."
@@ -354,11 +357,6 @@ def info(
     from senpath.io import open_slide
 
     Console().print(open_slide(slide, mpp=mpp).describe())
-
-
-from senpath.cli_regions import regions_app  # noqa: E402 (the `senpath regions` commands)
-
-app.add_typer(regions_app, name="regions")
 
 
 def _segmenter_for(method: str, assay: str, device: str, model: Path | None = None) -> object:

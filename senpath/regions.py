@@ -141,6 +141,22 @@ def _region_name(feature: Mapping[str, Any]) -> str | None:
     return name.strip() if isinstance(name, str) and name.strip() else None
 
 
+def _object_type(feature: Mapping[str, Any]) -> str:
+    """QuPath's object type of a feature: ``objectType`` (QuPath 0.4+), ``object_type`` (0.3), or
+    the ``id`` QuPath 0.2 wrote (``PathCellObject``, ``PathDetectionObject``); default annotation."""
+    props = feature.get("properties") or {}
+    if isinstance(props, Mapping):
+        for key in ("objectType", "object_type"):
+            if isinstance(props.get(key), str):
+                return str(props[key]).lower()
+    legacy = {
+        "PathCellObject": "cell",
+        "PathDetectionObject": "detection",
+        "PathTileObject": "tile",
+    }
+    return legacy.get(str(feature.get("id")), "annotation")
+
+
 def _features(obj: Any, source: str) -> list[Any]:
     if isinstance(obj, list):
         return obj
@@ -195,11 +211,7 @@ def parse_regions(
     for i, feature in enumerate(_features(obj, source), start=1):
         if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
             raise _fail(source, f"item {i} is not a GeoJSON Feature")
-        props = feature.get("properties") or {}
-        kind = (
-            str(props.get("objectType", "annotation")).lower() if isinstance(props, Mapping) else ""
-        )
-        if kind in _NOT_REGIONS:
+        if _object_type(feature) in _NOT_REGIONS:
             skipped += 1
             continue
         name = _region_name(feature)

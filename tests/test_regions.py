@@ -78,7 +78,10 @@ def qupath_export() -> dict:
         feats.append(_annotation(name, geometry))
     cell = _annotation("Tumor", {"type": "Polygon", "coordinates": _box(5, 5, 9, 9)})
     cell["properties"]["objectType"] = "cell"
-    feats.append(cell)
+    legacy = _annotation("Stroma", {"type": "Polygon", "coordinates": _box(9, 9, 19, 19)})
+    del legacy["properties"]["objectType"]
+    legacy["id"] = "PathDetectionObject"  # QuPath 0.2 said what an object is in its id
+    feats += [cell, legacy]
     return {"type": "FeatureCollection", "features": feats}
 
 
@@ -369,6 +372,14 @@ def test_tissue_outline_keeps_holes_and_scales_to_level0_px():
     assert tissue.name == "Tissue"
     assert tissue.area_px2 == pytest.approx(96 * 16 * 16)
     assert tissue_feature(np.zeros((3, 3), bool), mask_mpp=8.0, slide_mpp=(0.5, 0.5)) is None
+
+
+def test_cells_and_detections_in_the_export_are_not_regions():
+    regions = parse_regions(json.dumps(qupath_export()).encode(), source="q.geojson")
+    assert regions.n_skipped == 2
+    assert regions.names == ["Invasive front", "Necrosis", "Stroma", "Tumor"]
+    assert [r.excluded for r in regions.regions] == [False, True, False, False]
+    assert {r.name: r.n_annotations for r in regions.regions}["Tumor"] == 1
 
 
 def test_drawn_polygons_round_trip_as_qupath_geojson():
