@@ -123,7 +123,8 @@ def region_summaries(
 
 def _excluded_by_region(cells: pd.DataFrame) -> dict[str, int]:
     hit = cells[cells["region_excluded"].astype(bool)]
-    return {str(k): int(v) for k, v in hit["region"].value_counts().sort_index().items()}
+    counts = hit["region"].astype(str).value_counts().sort_index()
+    return {str(k): int(v) for k, v in counts.items() if v}
 
 
 def summary_with_regions(

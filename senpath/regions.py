@@ -328,34 +328,57 @@ def assign_regions(
 
     Returns
     -------
-    DataFrame of N rows: ``region`` (str), ``regions`` (every region holding the cell,
-    ``;``-joined, sorted by name; empty when none), ``region_excluded`` (bool).
+    DataFrame of N rows: ``region`` (categorical text), ``regions`` (every region holding the
+    cell, ``;``-joined, sorted by name; empty when none; categorical), ``region_excluded`` (bool).
     """
     import shapely
 
     x = np.asarray(x_px, dtype=np.float64)
     y = np.asarray(y_px, dtype=np.float64)
     n = len(x)
-    region = np.full(n, UNANNOTATED, dtype=object)
-    assigned = np.zeros(n, dtype=bool)
-    excluded = np.zeros(n, dtype=bool)
-    inside: dict[str, NDArray[np.bool_]] = {}
-    for r in regions.regions:
+    by_name = sorted(regions.regions, key=lambda r: r.name)
+    # which regions hold each cell, as one integer per cell (bit k: the k-th region by name);
+    # the few distinct sets are then named once, not once per cell
+    membership = np.zeros(n, dtype=object if len(by_name) > 62 else np.int64)
+    for k, r in enumerate(by_name):
         shapely.prepare(r.geometry)
-        inside[r.name] = np.asarray(shapely.intersects_xy(r.geometry, x, y), dtype=bool)
-        if r.excluded:
-            excluded |= inside[r.name]
-    # exclusion regions first, then the smallest region first: the first to hold a cell names it
-    order = sorted(regions.regions, key=lambda r: (not r.excluded, r.area_px2, r.name))
-    for r in order:
-        take = inside[r.name] & ~assigned
-        region[take] = r.name
-        assigned |= take
-    lists = np.full(n, "", dtype=object)
-    for name in sorted(inside):  # names in order, so the joined list is sorted
-        hit = inside[name]
-        lists[hit] = np.where(lists[hit] == "", name, lists[hit] + LIST_SEPARATOR + name)
-    return pd.DataFrame({"region": region, "regions": lists, "region_excluded": excluded})
+        hit = np.asarray(shapely.intersects_xy(r.geometry, x, y), dtype=bool)
+        membership[hit] += 1 << k
+    if len(by_name) <= 20:  # a look-up table of every possible set: no sort of N codes
+        present = np.bincount(membership.astype(np.int64), minlength=1)
+        sets = np.flatnonzero(present)
+        lut = np.zeros(len(present), dtype=np.int64)
+        lut[sets] = np.arange(len(sets))
+        which = lut[membership.astype(np.int64)]
+    else:
+        sets, which = np.unique(membership, return_inverse=True)
+        which = np.asarray(which).reshape(-1)
+    # the first region of this order to hold a cell names it: exclusion first, then smallest
+    order = sorted(
+        range(len(by_name)),
+        key=lambda k: (not by_name[k].excluded, by_name[k].area_px2, by_name[k].name),
+    )
+    names, lists, excluded = [], [], []
+    for code in sets.tolist():
+        held = [k for k in range(len(by_name)) if (int(code) >> k) & 1]
+        first = next((k for k in order if k in held), None)
+        names.append(UNANNOTATED if first is None else by_name[first].name)
+        lists.append(LIST_SEPARATOR.join(by_name[k].name for k in held))
+        excluded.append(any(by_name[k].excluded for k in held))
+    return pd.DataFrame(
+        {
+            "region": _categorical(names, which),
+            "regions": _categorical(lists, which),
+            "region_excluded": np.asarray(excluded, dtype=bool)[which],
+        }
+    )
+
+
+def _categorical(per_set: list[str], which: NDArray[np.int64]) -> pd.Categorical:
+    """Per cell the text of its set (``per_set[which]``), as categories (one string per set)."""
+    categories = sorted(set(per_set))
+    codes = np.asarray([categories.index(t) for t in per_set], dtype=np.int64)
+    return pd.Categorical.from_codes(codes[which], categories=categories)
 
 
 def tissue_feature(
