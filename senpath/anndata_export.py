@@ -85,6 +85,7 @@ def cells_anndata(results: Iterable[SlideResults], *, images: bool = True) -> An
       ODs of stains other assays lack), NaN elsewhere;
     - ``obsm["spatial"]``: nucleus centroids (x, y) in µm;
     - ``obs``: ``slide_id``, ``patient_id``, ``assay`` (categories), ``cell_id`` (int),
+      ``region`` (categories; when a slide has regions, see :mod:`senpath.regions`),
       ``excluded`` (bool), ``<marker>_positive`` and phenotype calls (``bool`` when every cell has
       the call, else categories ``negative``/``positive``, missing for cells whose assay lacks the
       marker), ``<marker>_bin`` (ordered categories 0-3);
@@ -108,6 +109,8 @@ def cells_anndata(results: Iterable[SlideResults], *, images: bool = True) -> An
             {"slide_id": res.slide_id, "patient_id": res.patient_id, "assay": assay},
             index=cells.index,
         )
+        if "region" in cells.columns:  # the slide's regions (senpath.regions)
+            ids["region"] = cells["region"].astype(object).to_numpy()
         flags = [
             c
             for c in cells.columns
@@ -138,6 +141,8 @@ def cells_anndata(results: Iterable[SlideResults], *, images: bool = True) -> An
     for col in obs.columns:
         if col in _IDS:
             obs[col] = _categorical(obs[col])
+        elif col == "region":  # a slide without regions is one region, Tissue
+            obs[col] = _categorical(obs[col].fillna("Tissue"))
         elif col == "cell_id":
             obs[col] = obs[col].to_numpy(dtype=np.int64)
         elif col.endswith("_bin"):

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from senpath.cli_regions import regions_app
+
 app = typer.Typer(
     name="senpath",
     help="Measure senescence markers (SA-beta-gal, p16, Ki67) per cell in whole-slide images.",
@@ -23,6 +25,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console(stderr=True)
+app.add_typer(regions_app, name="regions")  # senpath regions import|tissue (senpath.cli_regions)
 #: ``--debug``: print tracebacks (default: one line per problem; a batch's are in failures.log).
 _DEBUG = False
 DEBUG_HELP = "Print the traceback of every error (default: one line each; see failures.log)."
@@ -195,7 +198,10 @@ def run(
 def export(
     results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
     by: Annotated[
-        str, typer.Option("--by", help="patient | slide | condition | well (culture plates)")
+        str,
+        typer.Option(
+            "--by", help="patient | slide | patient,region | slide,region | condition | well"
+        ),
     ] = "patient",
     format: Annotated[
         str,
@@ -240,6 +246,7 @@ def export(
       senpath export results/ --format anndata   (every cell in RESULTS/cells.h5ad)
 
       senpath export results/ --by condition --format csv,xlsx --reference untreated
+      senpath export results/ --by patient,region   (one row per patient and region)
     """
     from senpath.export import (
         CELL_FORMATS,
@@ -263,7 +270,7 @@ def export(
         console.print(f"[red]no complete results stores under {results}[/red]")
         raise typer.Exit(1)
     tables = [f for f in formats if f in EXPORT_FORMATS]
-    stem = results / f"markers_by_{by}"
+    stem = results / f"markers_by_{by.replace(',', '_').replace(' ', '')}"
     if "geojson" in formats:
         # --out names the GeoJSON folder here; the tables stay beside the stores, never in it
         folder = out or results / "geojson"

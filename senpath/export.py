@@ -168,7 +168,9 @@ def _source_text(source: str, record: dict[str, Any]) -> str:
 def marker_table(
     results: Iterable[SlideResults], *, by: str = "patient", include_unreliable: bool = False
 ) -> pd.DataFrame:
-    """One row per patient (``by="patient"``) or per slide (``by="slide"``) with marker figures.
+    """One row per patient (``by="patient"``) or per slide (``by="slide"``) with marker figures;
+    ``by="patient,region"`` / ``"slide,region"``: one row per patient (slide) and region (see
+    :func:`senpath.region_store.region_table`).
 
     Columns per marker ``m``: ``m_n_cells``, ``m_n_positive``, ``m_pct_positive`` with
     ``m_pct_positive_ci95_low/high`` (Wilson), ``m_h_score``, ``m_allred``, ``m_n_slides``; plus
@@ -191,9 +193,16 @@ def marker_table(
     ``unreliable_slide_ids`` name them either way. ``m_threshold_source`` says where each marker's
     cut-off came from (``rule``, ``auto``, ``corrected``, ``control:<slide_id> p99``).
     """
-    if by not in ("patient", "slide"):
-        raise ValueError("by must be 'patient' or 'slide'")
+    level, _, per_region = by.replace(" ", "").partition(",")
+    if level not in ("patient", "slide") or per_region not in ("", "region"):
+        raise ValueError("by must be patient, slide, patient,region or slide,region")
     results = list(results)
+    if per_region:
+        from senpath.region_store import region_table
+
+        return region_table(
+            results, by=level, table=marker_table, include_unreliable=include_unreliable
+        )
     reviewed = any(res.corrections for res in results)
     groups: dict[str, list[SlideResults]] = {}
     for res in results:

@@ -18,7 +18,8 @@ imports and writes them back, so a file edited in QuPath can be matched to the c
 A slide with corrections (``senpath.load_results`` applied its log) adds two flags to every
 feature's ``properties``: ``excluded`` (a reviewer excluded the cell) and ``manual`` (a reviewer set a
 call by hand; ``manualMarkers`` names the markers). An excluded cell is classified ``Ignore*``,
-QuPath's class for objects it leaves out of its counts, so QuPath never counts it again.
+QuPath's class for objects it leaves out of its counts, so QuPath never counts it again. A slide
+with regions (:mod:`senpath.regions`) adds ``region``, the name of the cell's region.
 
 Coordinates are level-0 pixels of the original slide (QuPath's convention; pixel ``(0, 0)`` covers
 ``[0, 1) x [0, 1)``), converted from the label image's µm grid with the slide's level-0 µm/px.
@@ -247,6 +248,8 @@ def slide_features(res: SlideResults) -> Iterator[dict[str, Any]]:
     classes, _ = _classification(cells, res.provenance)
     flags = _review_flags(cells, res.provenance)
     columns = _measurement_columns(cells)
+    # the cell's region (senpath.regions) as a property; QuPath keeps unknown properties as they are
+    regions = cells["region"].astype(str).tolist() if "region" in cells.columns else None
     values = cells[columns].to_numpy(dtype=np.float64, na_value=np.nan)
     row_of = {int(c): i for i, c in enumerate(cells["cell_id"])}
     outlines = cell_outlines(
@@ -272,6 +275,8 @@ def slide_features(res: SlideResults) -> Iterator[dict[str, Any]]:
             properties["classification"] = classes[i]
         if flags is not None:
             properties.update(flags[i])
+        if regions is not None:
+            properties["region"] = regions[i]
         yield {
             "type": "Feature",
             "id": cell_uuid(res.slide_id, cid),

@@ -115,7 +115,7 @@ def run_batch(
         from senpath.distributed import cluster_client, run_batch_distributed
 
         if client is not None:
-            return run_batch_distributed(
+            reports = run_batch_distributed(
                 jobs,
                 client=client,
                 out=out,
@@ -124,9 +124,10 @@ def run_batch(
                 force=force,
                 progress=progress,
             )
+            return _with_sheet_regions(jobs, reports, out=out)
         n_workers = workers if workers and workers > 1 else None
         with cluster_client(workers=n_workers, scheduler=scheduler) as own:
-            return run_batch_distributed(
+            reports = run_batch_distributed(
                 jobs,
                 client=own,
                 out=out,
@@ -135,6 +136,7 @@ def run_batch(
                 force=force,
                 progress=progress,
             )
+        return _with_sheet_regions(jobs, reports, out=out)
     controls = BatchControls(jobs, config)
     done: dict[int, SlideReport] = {}
     bar = BatchProgress(len(jobs)) if progress else None
@@ -162,7 +164,33 @@ def run_batch(
     finally:
         if bar:
             bar.close()
-    return [done[i] for i in sorted(done)]
+    return _with_sheet_regions(jobs, [done[i] for i in sorted(done)], out=out)
+
+
+def _with_sheet_regions(
+    jobs: list[SlideJob], reports: list[SlideReport], *, out: str | Path
+) -> list[SlideReport]:
+    """Attach each row's ``regions`` GeoJSON to its store when the store does not hold that file
+    yet (no re-segmentation); a bad regions file fails its slide with one line, the batch goes on.
+    A re-analysed slide without a ``regions`` row gets the regions it had before again."""
+    from senpath.region_store import import_regions, reattach_kept_regions, regions_sha256
+    from senpath.results import sha256_file
+
+    by_id = {job.slide_id: job for job in jobs}
+    out_reports = []
+    for report in reports:
+        job = by_id[report.slide_id]
+        if report.folder is not None and (job.regions is not None or report.status == "ok"):
+            t = time.perf_counter()
+            try:
+                if job.regions is None:  # re-analysed: the regions it had before, if any
+                    reattach_kept_regions(report.folder)
+                elif regions_sha256(report.folder) != sha256_file(job.regions):
+                    import_regions(report.folder, job.regions)
+            except Exception as exc:  # one bad regions file must not stop the batch
+                report = failed_report(job, exc, out=out, seconds=time.perf_counter() - t)
+        out_reports.append(report)
+    return out_reports
 
 
 def _run_job(

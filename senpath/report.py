@@ -308,6 +308,7 @@ def render_report(
         )
         parts.append(readable_table(table).to_html(index=False, na_rep=MISSING))
         parts.append("</div>")
+        parts.append(_regions_section(stores, include_unreliable=include_unreliable))
     if failures:
         # the log accumulates over runs: each slide's latest failure, and whether it completed since
         latest = {slide_id: (path, error) for slide_id, path, error in failures}
@@ -340,6 +341,32 @@ def _conditions_section(
     parts.append(table.to_html(index=False, na_rep=MISSING) + "</div>")
     parts += [f"<figure>{_img(png, f'plate map {m}')}</figure>" for m, png in pictures]
     return parts
+
+
+def _regions_section(stores: Sequence[SlideResults], *, include_unreliable: bool) -> str:
+    """The per-patient-and-region table (``senpath export --by patient,region``), when a slide
+    has regions (see :mod:`senpath.regions`); empty otherwise."""
+    with_regions = [res for res in stores if "regions" in res.summary]
+    if not with_regions:
+        return ""
+    table = marker_table(stores, by="patient,region", include_unreliable=include_unreliable)
+    shown = readable_table(table)
+    shown.insert(1, "region", table["region"].astype(str))
+    if "cells_per_mm2" in table.columns:
+        shown.insert(
+            3,
+            "cells/mm²",
+            [None if pd.isna(v) else f"{float(v):.0f}" for v in table["cells_per_mm2"]],
+        )
+    excluded = sum(int(res.summary["regions"].get("n_excluded") or 0) for res in with_regions)
+    return (
+        "<h2>Markers by patient and region</h2><p>Regions from QuPath annotations or drawn in "
+        "napari; a cell belongs to the smallest region holding its centroid. "
+        f"{excluded} cell(s) in exclusion regions are not counted. Slides without regions are "
+        f"one region, Tissue. {MISSING} = not measured.</p><div class='scroll'>"
+        + shown.to_html(index=False, na_rep=MISSING)
+        + "</div>"
+    )
 
 
 def _slides_table(stores: Sequence[SlideResults]) -> str:

@@ -13,6 +13,8 @@ Layout of ``<out>/<slide_id>/``::
     manifest.json     written last: the inputs' identity and the files' sha256; no manifest = incomplete
     corrections.jsonl a reviewer's corrections, an append-only audit log (see senpath.corrections);
                       senpath.load_results applies them by default
+    regions.geojson   the slide's regions (QuPath annotations), when given (see senpath.region_store)
+    cell_regions.parquet  per cell_id its region; joined onto the cells when read
 
 Every file is written to a temporary name in the same folder and renamed into place, so an interrupted
 run never leaves a half-written file under a final name; a store without ``manifest.json`` is redone,
@@ -58,6 +60,9 @@ QC_OVERLAY = "qc_overlay.png"
 QC_HISTOGRAMS = "qc_histograms.png"
 LABELS = "labels.ome.zarr"
 CORRECTIONS = "corrections.jsonl"
+#: A slide's regions (QuPath GeoJSON) and its cells' regions (see senpath.region_store).
+REGIONS = "regions.geojson"
+CELL_REGIONS = "cell_regions.parquet"
 #: The identifier columns that open every ``cells.parquet`` (strings), so cells read across slides
 #: (``duckdb``, ``polars``, :func:`cells_dataset`) say where they come from.
 CELL_ID_COLUMNS = ("slide_id", "patient_id", "assay")
@@ -436,6 +441,8 @@ def write_manifest(
         for name in (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY, QC_HISTOGRAMS, CORRECTIONS)
         if (folder / name).is_file()
     }
+    if (extra or {}).get("regions"):  # a store's regions count only when its manifest has them
+        files.update({name: sha256_file(folder / name) for name in (REGIONS, CELL_REGIONS)})
     if (folder / LABELS / ".zattrs").is_file():
         # a folder of chunks: its metadata and chunk listing, not every chunk's bytes (cheap)
         files[LABELS] = labels_digest(folder / LABELS)
@@ -467,7 +474,7 @@ class IncompleteStoreError(FileNotFoundError):
 #: Files whose sha256 must equal the manifest's. ``corrections.jsonl`` is not among them: it is an
 #: append-only log that grows with every edit between two saves (its first entry names the
 #: analysis it corrects, see :mod:`senpath.corrections`).
-_HASHED = (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY, QC_HISTOGRAMS)
+_HASHED = (CELLS, SUMMARY, PROVENANCE, QC_OVERLAY, QC_HISTOGRAMS, REGIONS, CELL_REGIONS)
 
 
 def store_problems(folder: str | Path, manifest: Mapping[str, Any] | None = None) -> list[str]:
@@ -544,6 +551,16 @@ def uncorrected_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def with_cell_regions(cells: pd.DataFrame, folder: str | Path) -> pd.DataFrame:
+    """``cells`` with the store's ``region``, ``regions`` and ``region_excluded`` columns joined
+    by ``cell_id``; ``excluded`` is set for cells in exclusion regions (see senpath.regions)."""
+    table = pd.read_parquet(Path(folder) / CELL_REGIONS)
+    out = cells.merge(table, on="cell_id", how="left", validate="one_to_one")
+    out["region_excluded"] = out["region_excluded"].astype("boolean").fillna(False).astype(bool)
+    out["excluded"] = out["region_excluded"].to_numpy(dtype=bool)
+    return out
+
+
 def read_results(folder: str | Path) -> SlideResults:
     """One slide's committed store as the pipeline wrote it (no corrections applied).
 
@@ -566,6 +583,8 @@ def read_results(folder: str | Path) -> SlideResults:
             "run `senpath run` again to redo it"
         )
     cells = pd.read_parquet(folder / CELLS)
+    if CELL_REGIONS in manifest.get("files", {}):
+        cells = with_cell_regions(cells, folder)
     summary = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
     provenance = json.loads((folder / PROVENANCE).read_text(encoding="utf-8"))
     return SlideResults(

@@ -1,7 +1,8 @@
 """Sample sheets and batch inputs: which slides to analyse, for which patient, with which assay.
 
 A sample sheet is a CSV with columns ``patient_id,slide_id,path,assay`` and optional ``mpp``,
-``section``, ``batch`` and ``control``; other columns (a lab's notes) are kept out of the way, unless
+``section``, ``batch``, ``control`` and ``regions`` (a QuPath GeoJSON of the slide's regions, see
+:mod:`senpath.regions`); other columns (a lab's notes) are kept out of the way, unless
 one is a near miss of a sheet column (``mmp``, ``Section``), which is an error. Relative paths
 resolve against the sheet's folder. ``batch`` names the staining run a slide belongs to (any text)
 and ``control`` marks a row as that batch's ``negative`` or ``positive`` control (empty: a sample);
@@ -33,7 +34,8 @@ SLIDE_EXTENSIONS = (
 )  # fmt: skip
 REQUIRED_COLUMNS = ("patient_id", "slide_id", "path", "assay")
 OPTIONAL_COLUMNS = (
-    "mpp", "section", "batch", "control", *LAYOUT_COLUMNS[:-1], "nuclear_image", "nuclear_channel",
+    "mpp", "section", "batch", "control", "regions", *LAYOUT_COLUMNS[:-1], "nuclear_image",
+    "nuclear_channel",
 )  # fmt: skip
 #: Values of the ``control`` column (empty: the row is a sample, not a control).
 CONTROL_KINDS = ("negative", "positive")
@@ -111,6 +113,7 @@ class SlideJob:
     row: int | None = None  # sheet row as a spreadsheet shows it (1 = header), for messages
     batch: str | None = None  # staining batch (sample sheet ``batch``): its controls set cut-offs
     control: str | None = None  # "negative" / "positive" for a control row, None for a sample
+    regions: Path | None = None  # QuPath GeoJSON of the slide's regions (sample sheet ``regions``)
     # culture experiments (senpath.plate): the image's condition, plate, well (canonical, "B03")
     # and biological replicate
     condition: str | None = None
@@ -259,6 +262,7 @@ def read_sample_sheet(
             errs.append(f"{where}: slide file {path} does not exist")
         elif row.get("path") and path.is_dir():
             errs.append(f"{where}: {path} is a folder, not a slide file")
+        regions = _regions_path(row.get("regions"), sheet, where, errs)
         if errs:
             problems.extend(errs)
             continue
@@ -281,6 +285,7 @@ def read_sample_sheet(
                 replicate=row.get("replicate") or None,
                 nuclear_image=nuclear_image,
                 nuclear_channel=nuclear_channel,
+                regions=regions,
             )  # fmt: skip
         )
     # across rows: a well given two conditions (or replicates); the later row is the bad one
@@ -317,6 +322,16 @@ def _nuclear_columns(
         else:
             channel = int(text)
     return image, channel
+
+
+def _regions_path(value: str | None, sheet: Path, where: str, errs: list[str]) -> Path | None:
+    """The row's regions file (relative to the sheet), or ``None``; a missing file is an error."""
+    if not value:
+        return None
+    path = Path(value) if Path(value).is_absolute() else sheet.parent / value
+    if not path.is_file():
+        errs.append(f"{where}: regions file {path} does not exist (a QuPath GeoJSON export)")
+    return path
 
 
 def scan_folder(folder: str | Path) -> list[Path]:

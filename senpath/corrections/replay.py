@@ -53,12 +53,16 @@ def corrected_thresholds(
 # ------------------------------------------------------------------------------ replaying the log
 
 _CORRECTION_COLUMNS = ("excluded",)
+#: Joined from the store's regions (senpath.region_store), not measured.
+_REGION_COLUMNS = ("region", "regions", "region_excluded")
 
 
 def scored_columns(assay: Assay) -> list[str]:
     """Columns :func:`senpath.score.score_cells` and the corrections derive (not measurements)."""
     cols = [f"{r.name}_{s}" for r in assay.markers for s in ("od", "positive", "bin", "manual")]
-    return cols + list(assay.phenotypes) + ["enlarged_nucleus", *_CORRECTION_COLUMNS]
+    return (
+        cols + list(assay.phenotypes) + ["enlarged_nucleus", *_CORRECTION_COLUMNS, *_REGION_COLUMNS]
+    )
 
 
 def measurement_columns(cells: pd.DataFrame, assay: Assay) -> list[str]:
@@ -153,6 +157,8 @@ def apply_corrections(
     if any(calls.values()):
         add_phenotypes(out, assay)
     out["excluded"] = np.isin(ids, np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+    if "region_excluded" in out.columns:  # cells in an exclusion region are never counted
+        out["excluded"] |= out["region_excluded"].astype("boolean").fillna(False).to_numpy(bool)
     return out
 
 
@@ -247,8 +253,12 @@ def apply_to_results(res: SlideResults) -> SlideResults:
     if moved is not None:  # the slide was moved since the analysis: where it is now
         slide = {**provenance.slide, "path": moved, "analysed_path": provenance.slide_path}
         provenance = dataclasses.replace(provenance, slide=slide)
-    return SlideResults(
-        res.folder, cells, summary, provenance, res.manifest, corrections=list(entries)
+    from senpath.region_store import with_corrected_regions
+
+    return with_corrected_regions(
+        SlideResults(
+            res.folder, cells, summary, provenance, res.manifest, corrections=list(entries)
+        )
     )
 
 

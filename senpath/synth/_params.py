@@ -104,6 +104,10 @@ class SynthParams:
     jpeg_quality : int or None
         Quality of JPEG artefacts (``render_region``: round trip; ``write_slide``: the tile
         compression quality, or a per-tile round trip for lossless compression). None: no artefacts.
+    stain_vectors : ((name, (r, g, b)), ...)
+        OD vectors that replace the reference ones (:data:`senpath.stain.REFERENCE_STAINS`) for
+        the named stains (normalised here), so a slide is drawn with stains perturbed from the
+        pipeline's presets, as a real lab's are. Empty: the reference vectors.
     max_render_mpp : float
         ``render_region`` renders grids coarser than this at this pixel size and area-averages them;
         ``write_slide`` renders the levels up to this pixel size directly and derives coarser ones by
@@ -149,6 +153,7 @@ class SynthParams:
     background_rgb: tuple[float, float, float] = (243.0, 241.0, 245.0)
     jpeg_quality: int | None = 85
     max_render_mpp: float = 2.0
+    stain_vectors: tuple[tuple[str, tuple[float, float, float]], ...] = ()
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -41,7 +41,8 @@ def _stain_roles(
     if assay not in ASSAY_STAINS:
         raise ValueError(f"unknown assay {assay!r}: use one of {', '.join(ASSAYS)}")
     names = list(ASSAY_STAINS[assay])
-    vectors = np.vstack([unit(REFERENCE_STAINS[n]) for n in names])
+    given = dict(params.stain_vectors)
+    vectors = np.vstack([unit(tuple(given.get(n, REFERENCE_STAINS[n]))) for n in names])
     counter = np.zeros((len(names), 3))
     if assay == "sabgal-eosin":
         counter[0] = (params.eosin_nucleus_od, params.eosin_cytoplasm_od, params.eosin_stroma_od)
