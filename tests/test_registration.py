@@ -186,3 +186,63 @@ def test_a_missing_marker_is_named() -> None:
     cells = pd.DataFrame({"x_um": [1.0], "y_um": [1.0], "p16_positive": [True]})
     with pytest.raises(ValueError, match="no section scored marker 'sabgal'.*p16"):
         colocalisation_map([("a", cells)], parse_rule("sabgal>=0.3"), grid_um=100.0, shape=(1, 1))
+
+
+@pytest.mark.slow
+def test_register_command_writes_the_map_and_residual(tmp_path) -> None:
+    """Two analysed synthetic sections of one patient: `senpath register` aligns them within the
+    bound, writes the map, the alignment picture and the provenance, and reports it."""
+    import tifffile
+    from typer.testing import CliRunner
+
+    from senpath.cli import app
+    from senpath.config import AnalysisConfig
+    from senpath.pipeline import analyze_slide
+
+    mpp = 0.5
+    shape = (1024, 1024)
+    centre = (shape[1] * mpp / 2, shape[0] * mpp / 2)
+    transform = KnownTransform(
+        affine_about(centre, rotation_deg=9.0, scale=(1.01, 0.99), shift_um=(25.0, -15.0))
+    )
+    pair = serial_section_pair(
+        transform=transform, shape=shape, mpp=mpp, seed=2, tissue_fraction=0.8
+    )
+    results = tmp_path / "results"
+    for name, rgb, assay in (
+        ("P9-sabgal", pair.reference_rgb, "sabgal"),
+        ("P9-ki67", pair.moving_rgb, "ki67"),
+    ):
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(
+            path,
+            rgb,
+            tile=(256, 256),
+            photometric="rgb",
+            resolution=(1e4 / mpp, 1e4 / mpp),
+            resolutionunit="CENTIMETER",
+        )
+        analyze_slide(
+            path,
+            out=results,
+            assay=assay,
+            patient_id="P9",
+            config=AnalysisConfig(segmenter="classical"),
+        )
+    outcome = CliRunner().invoke(app, ["register", str(results)])
+    assert outcome.exit_code == 0, outcome.output
+    assert "P9-ki67 -> P9-sabgal" in outcome.output and "residual estimate" in outcome.output
+    folder = results / "_sections" / "P9"
+    record = json.loads((folder / "registration.json").read_text())
+    assert record["reference"] == "P9-sabgal"
+    (reg,) = record["registrations"]
+    assert reg["ok"], reg["problems"]
+    matrix = np.asarray(reg["moving_to_reference_um"])
+    error = centroid_error_um(matrix, pair)
+    assert error.mean() < MEAN_BOUND_UM and np.percentile(error, 95) < P95_BOUND_UM
+    assert reg["residual_um"]["p95"] < 3 * P95_BOUND_UM
+    assert set(record["sections"]) == {"P9-sabgal", "P9-ki67"}
+    table = pd.read_parquet(folder / "colocalisation.parquet")
+    assert {"sabgal_positive_fraction", "ki67_positive_fraction", "call"} <= set(table.columns)
+    assert len(table) >= 4
+    assert (folder / "alignment.png").stat().st_size > 1000

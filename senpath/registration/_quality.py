@@ -3,16 +3,20 @@
 :func:`register_sections` runs the primary method (SimpleITK, affine) and an independent check
 (phase correlation + ECC), then measures on a grid in µm over the reference section:
 
-- the local normalised cross-correlation (NCC) of the two pictures after alignment, in a window of
-  ``window_um`` around each grid cell (tissue texture and edges that line up correlate);
+- the *local shift*: in a window of ``window_um`` around each grid cell, the shift of the aligned
+  moving picture (within a few pixels) that maximises the local normalised cross-correlation (NCC)
+  with the reference. Where the alignment is right the best shift is ~0; where the section tore,
+  folded or stretched the best shift is not; where there is no texture to tell, the NCC peak is
+  low. It depends on no absolute NCC level, which varies with stains and pixel size;
 - the disagreement (µm) between where the two methods put the grid cell;
 - whether the moving section covers it at all.
 
-A grid cell on the reference tissue is *unsure* when its NCC is below ``min_ncc``, the methods
-disagree by more than ``max_disagreement_um`` or the moving section does not cover it. The whole
-registration *fails* (``ok`` False: its cells are not used) when the aligned pictures do not
-correlate overall, the methods disagree, or most of the tissue is unsure. The mean and 95th
-percentile of the disagreement over the tissue are the residual estimate stored in provenance.
+A grid cell on the reference tissue is *unsure* when its local shift exceeds
+``max_local_shift_um``, its NCC peak is below :data:`MIN_PEAK_NCC`, the methods disagree by more
+than ``max_disagreement_um`` or the moving section does not cover it. The whole registration
+*fails* (``ok`` False: its cells are not used) when the aligned pictures hardly correlate overall,
+the methods disagree, or most of the tissue is unsure. The mean and 95th percentile of the
+disagreement over the tissue are the residual estimate stored in provenance.
 """
 
 from __future__ import annotations
@@ -34,14 +38,15 @@ from senpath.registration._methods import (
     register_simpleitk,
 )
 
-#: Grid cells whose local NCC after alignment is below this are unsure (aligned synthetic and
-#: real re-stained pairs give 0.6-0.95 in tissue; misaligned ones below 0.3).
-MIN_NCC = 0.3
+#: Grid cells whose best local shift is larger than this (µm) are unsure.
+MAX_LOCAL_SHIFT_UM = 25.0
+#: Grid cells whose best local NCC is below this have no texture to confirm the alignment.
+MIN_PEAK_NCC = 0.15
 #: Grid cells where the two methods disagree by more than this (µm) are unsure.
 MAX_DISAGREEMENT_UM = 50.0
 #: The registration fails when the aligned pictures' NCC over the tissue and its rim is below this
-#: (aligned synthetic pairs: 0.6-0.9; unrelated sections: below 0.2).
-MIN_GLOBAL_NCC = 0.4
+#: (aligned pairs: 0.3 for all-tissue fields at 2 µm/px to 0.9; unrelated sections: about 0.1).
+MIN_GLOBAL_NCC = 0.2
 #: ... or when more than this share of the reference tissue is unsure.
 MAX_UNSURE_SHARE = 0.5
 
@@ -58,6 +63,9 @@ class QualityGrid:
     grid_um : float
     ncc : float32 ndarray
         Local NCC after alignment (NaN off tissue).
+    local_shift_um : float32 ndarray
+        Length of the shift of the aligned moving picture that maximises the local NCC (NaN off
+        tissue).
     disagreement_um : float32 ndarray
         Distance between the two methods' positions (NaN where the check failed).
     tissue : bool ndarray
@@ -70,6 +78,7 @@ class QualityGrid:
 
     grid_um: float
     ncc: NDArray[np.float32]
+    local_shift_um: NDArray[np.float32]
     disagreement_um: NDArray[np.float32]
     tissue: NDArray[np.bool_]
     covered: NDArray[np.bool_]
@@ -183,6 +192,29 @@ def local_ncc(
     return ncc.astype(np.float32)
 
 
+def _best_local_shift(
+    reference: NDArray[np.float32], warped: NDArray[np.float32], window_px: int, radius: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per pixel, the highest local NCC over shifts of ``warped`` by up to ``radius`` px and the
+    length (px) of the shift that gives it."""
+    peak = np.full(reference.shape, -np.inf)
+    best = np.zeros(reference.shape)
+    h, w = reference.shape
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            if dx * dx + dy * dy > radius * radius:
+                continue
+            shift = np.float32([[1, 0, dx], [0, 1, dy]])
+            moved = cv2.warpAffine(warped, shift, (w, h), borderMode=cv2.BORDER_CONSTANT)
+            ncc = np.nan_to_num(
+                local_ncc(reference, np.asarray(moved, np.float32), window_px), nan=-1
+            )
+            better = ncc > peak
+            peak[better] = ncc[better]
+            best[better] = np.hypot(dx, dy)
+    return peak, best
+
+
 def _ncc(a: NDArray[np.float32], b: NDArray[np.float32], mask: NDArray[np.bool_]) -> float:
     if mask.sum() < 10:
         return float("nan")
@@ -207,7 +239,7 @@ def register_sections(
     model: str = "affine",
     grid_um: float = 100.0,
     window_um: float = 400.0,
-    min_ncc: float = MIN_NCC,
+    max_local_shift_um: float = MAX_LOCAL_SHIFT_UM,
     max_disagreement_um: float = MAX_DISAGREEMENT_UM,
 ) -> SectionRegistration:
     """Register ``moving`` onto ``reference`` and grade it per grid cell.
@@ -221,7 +253,7 @@ def register_sections(
         Grid cell size (µm) of the quality grid (the co-localisation map's grid).
     window_um : float
         Window (µm) of the local NCC; a few hundred µm hold enough texture at 8 µm/px.
-    min_ncc, max_disagreement_um : float
+    max_local_shift_um, max_disagreement_um : float
         Thresholds of an unsure grid cell.
 
     Returns
@@ -261,7 +293,11 @@ def register_sections(
         )
         > 0.5
     )
-    ncc_map = local_ncc(reference.od, warped, int(round(window_um / reference.mpp)))
+    window_px = int(round(window_um / reference.mpp))
+    ncc_map = local_ncc(reference.od, warped, window_px)
+    # search twice the tolerated shift, at least 3 px
+    radius = max(3, int(np.ceil(2 * max_local_shift_um / reference.mpp)))
+    peak_ncc, best_shift_px = _best_local_shift(reference.od, warped, window_px, radius)
     # over the tissue and the glass around it: the outline is the pair's strongest shared feature
     near_tissue = cv2.dilate(
         reference.tissue.astype(np.uint8), np.ones((5, 5), np.uint8), iterations=2
@@ -277,6 +313,8 @@ def register_sections(
     tissue = _grid_any(reference.tissue, reference.mpp, grid_um, (rows, cols))
     covered = covered_px[pi, pj]
     ncc_grid = np.where(tissue, ncc_map[pi, pj], np.nan).astype(np.float32)
+    shift_grid = np.where(tissue, best_shift_px[pi, pj] * reference.mpp, np.nan).astype(np.float32)
+    peak_grid = np.where(tissue, peak_ncc[pi, pj], np.nan)
     if check is not None:
         mx, my = apply_affine(np.linalg.inv(matrix), gx.ravel(), gy.ravel())
         cx2, cy2 = apply_affine(check, mx, my)
@@ -287,7 +325,8 @@ def register_sections(
     with np.errstate(invalid="ignore"):
         unsure = tissue & (
             ~covered
-            | ~(ncc_grid >= min_ncc)
+            | ~(shift_grid <= max_local_shift_um)
+            | ~(peak_grid >= MIN_PEAK_NCC)
             | ~(np.nan_to_num(disagreement, nan=np.inf) <= max_disagreement_um)
         )
     on_tissue = disagreement[tissue]
@@ -328,7 +367,7 @@ def register_sections(
         check_method=f"phase-correlation+ecc-{model}",
         ncc=global_ncc,
         residual_um=residual,
-        quality=QualityGrid(grid_um, ncc_grid, disagreement, tissue, covered, unsure),
+        quality=QualityGrid(grid_um, ncc_grid, shift_grid, disagreement, tissue, covered, unsure),
         ok=ok,
         problems=problems,
         seconds=time.perf_counter() - start,
