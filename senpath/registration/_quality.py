@@ -204,7 +204,7 @@ def _best_local_shift(
         for dx in range(-radius, radius + 1):
             if dx * dx + dy * dy > radius * radius:
                 continue
-            shift = np.float32([[1, 0, dx], [0, 1, dy]])
+            shift = np.array([[1, 0, dx], [0, 1, dy]], dtype=np.float32)
             moved = cv2.warpAffine(warped, shift, (w, h), borderMode=cv2.BORDER_CONSTANT)
             ncc = np.nan_to_num(
                 local_ncc(reference, np.asarray(moved, np.float32), window_px), nan=-1
