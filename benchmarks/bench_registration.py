@@ -74,6 +74,9 @@ def _elastix(maps: tuple[str, ...]) -> Callable[[SectionImage, SectionImage], Re
     def run(ref: SectionImage, mov: SectionImage) -> RefToMoving:
         import itk
 
+        # one thread: on a shared 2-core machine ITK's thread pool thrashes
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)
+
         def image(pic: SectionImage):  # type: ignore[no-untyped-def]
             out = itk.GetImageFromArray(np.ascontiguousarray(pic.od, dtype=np.float32))
             out.SetSpacing([pic.mpp, pic.mpp])

@@ -246,3 +246,15 @@ def test_register_command_writes_the_map_and_residual(tmp_path) -> None:
     assert {"sabgal_positive_fraction", "ki67_positive_fraction", "call"} <= set(table.columns)
     assert len(table) >= 4
     assert (folder / "alignment.png").stat().st_size > 1000
+    # the report shows the map and the residual
+    from senpath.report import render_report
+
+    page = render_report(results)
+    assert "Serial sections" in page and "residual estimate mean" in page
+    assert "_sections/P9/alignment.png" in page
+    # a reference that is not the patient's: one line, exit status 1
+    wrong = CliRunner().invoke(
+        app, ["register", str(results), "--patient", "P9", "--reference", "P1-x"]
+    )
+    assert wrong.exit_code == 1
+    assert "'P1-x' is not a slide of patient 'P9'" in wrong.output
