@@ -252,40 +252,69 @@ def register_phase_ecc(
         scale = moving.mpp / mpp
         size = (max(1, round(mov_od.shape[1] * scale)), max(1, round(mov_od.shape[0] * scale)))
         mov_od = np.asarray(cv2.resize(mov_od, size, interpolation=cv2.INTER_AREA), np.float32)
+    # a canvas with room to turn: the sections sit ``pad`` px in from its top-left corner
+    pad = int(math.ceil(0.25 * max(*reference.od.shape, *mov_od.shape)))
     ref, mov = _common_canvas(reference.od, mov_od)
+    ref = np.pad(ref, pad)
+    mov = np.pad(mov, pad)
     h, w = ref.shape
-    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
 
-    # rotation from the Fourier magnitudes, translation by phase correlation, 180° ambiguity by NCC
-    best: tuple[float, NDArray[np.float64]] | None = None
-    for angle in _rotation_candidates(ref, mov):
-        rotate = np.vstack([cv2.getRotationMatrix2D(centre, -angle, 1.0), [0, 0, 1]])
-        turned = cv2.warpAffine(mov, rotate[:2], (w, h), flags=cv2.INTER_LINEAR)
-        shift, _, _ = phase_cross_correlation(ref, turned, normalization=None, upsample_factor=4)
+    def start_for(
+        angle: float, a: NDArray[np.float32], b: NDArray[np.float32]
+    ) -> tuple[float, NDArray[np.float64]]:
+        """NCC and moving-to-reference pixel map for a start angle (translation by phase correlation)."""
+        hh, ww = a.shape
+        c = ((ww - 1) / 2.0, (hh - 1) / 2.0)
+        rotate = np.vstack([cv2.getRotationMatrix2D(c, -angle, 1.0), [0, 0, 1]])
+        turned = np.asarray(
+            cv2.warpAffine(b, rotate[:2], (ww, hh), flags=cv2.INTER_LINEAR), np.float32
+        )
+        shift, _, _ = phase_cross_correlation(a, turned, normalization=None, upsample_factor=4)
         move = np.array([[1, 0, shift[1]], [0, 1, shift[0]], [0, 0, 1.0]])
         mov_to_ref = move @ rotate
         aligned = np.asarray(
-            cv2.warpAffine(mov, mov_to_ref[:2], (w, h), flags=cv2.INTER_LINEAR), np.float32
+            cv2.warpAffine(b, mov_to_ref[:2], (ww, hh), flags=cv2.INTER_LINEAR), np.float32
         )
-        score = _ncc(ref, aligned)
-        if best is None or score > best[0]:
-            best = (score, mov_to_ref)
-    assert best is not None
+        return _ncc(a, aligned), mov_to_ref
+
+    # rotation: the polar Fourier estimate and a 15° sweep, scored by NCC after phase correlation
+    # on a small canvas; the best angle is then placed at full resolution
+    factor = max(1, int(math.ceil(max(h, w) / 256)))
+    small = (max(8, w // factor), max(8, h // factor))
+    ref_s = np.asarray(cv2.resize(ref, small, interpolation=cv2.INTER_AREA), np.float32)
+    mov_s = np.asarray(cv2.resize(mov, small, interpolation=cv2.INTER_AREA), np.float32)
+
+    def score(angle: float) -> float:
+        return start_for(angle, ref_s, mov_s)[0]
+
+    angles = [*_rotation_candidates(ref_s, mov_s), *map(float, range(0, 360, 15))]
+    coarse = sorted(angles, key=score, reverse=True)[:3]
+    # then 2.5° steps around the three best, the winner placed at full resolution
+    fine = [a + d for a in coarse for d in np.arange(-7.5, 7.6, 2.5)]
+    best = max(
+        (start_for(float(a), ref, mov) for a in sorted(fine, key=score, reverse=True)[:2]),
+        key=lambda found: found[0],
+    )
 
     # ECC refinement, coarse to fine; its warp maps reference pixels to moving pixels
     warp = np.linalg.inv(best[1])[:2].astype(np.float32)
     motion = cv2.MOTION_AFFINE if model == "affine" else cv2.MOTION_EUCLIDEAN
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 200, 1e-6)
+    # only the reference picture counts, not the padding (a frame both canvases share would pull
+    # the warp towards the identity)
+    valid = np.zeros((h, w), np.uint8)
+    valid[pad : pad + reference.od.shape[0], pad : pad + reference.od.shape[1]] = 1
     for factor in (4, 2, 1):
         small = (max(8, w // factor), max(8, h // factor))
-        ref_s = cv2.resize(ref, small, interpolation=cv2.INTER_AREA)
-        mov_s = cv2.resize(mov, small, interpolation=cv2.INTER_AREA)
+        mask_s = np.asarray(cv2.resize(valid, small, interpolation=cv2.INTER_NEAREST), np.uint8)
+        ref_s = np.asarray(cv2.resize(ref, small, interpolation=cv2.INTER_AREA), np.float32)
+        mov_s = np.asarray(cv2.resize(mov, small, interpolation=cv2.INTER_AREA), np.float32)
         sx, sy = small[0] / w, small[1] / h
         down = np.array([[sx, 0, 0], [0, sy, 0], [0, 0, 1.0]])
         w3 = np.vstack([warp, [0, 0, 1]]).astype(np.float64)
         scaled = (down @ w3 @ np.linalg.inv(down))[:2].astype(np.float32)
         try:
-            _, found = cv2.findTransformECC(ref_s, mov_s, scaled, motion, criteria, None, 5)  # type: ignore[call-overload]
+            _, found = cv2.findTransformECC(ref_s, mov_s, scaled, motion, criteria, mask_s, 5)  # type: ignore[call-overload]
             scaled = np.asarray(found, dtype=np.float32)
         except cv2.error as err:
             raise RegistrationError(
@@ -294,6 +323,7 @@ def register_phase_ecc(
         s3 = np.vstack([scaled, [0, 0, 1]]).astype(np.float64)
         warp = (np.linalg.inv(down) @ s3 @ down)[:2].astype(np.float32)
     ref_to_mov_px = np.vstack([warp, [0, 0, 1]]).astype(np.float64)
-    to_um = pixel_to_um(mpp)
+    unpad = np.array([[1.0, 0.0, -pad], [0.0, 1.0, -pad], [0.0, 0.0, 1.0]])
+    to_um = pixel_to_um(mpp) @ unpad
     ref_to_mov_um = to_um @ ref_to_mov_px @ np.linalg.inv(to_um)
     return np.linalg.inv(ref_to_mov_um)

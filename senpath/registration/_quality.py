@@ -47,6 +47,8 @@ MAX_DISAGREEMENT_UM = 50.0
 #: The registration fails when the aligned pictures' NCC over the tissue and its rim is below this
 #: (aligned pairs: 0.3 for all-tissue fields at 2 µm/px to 0.9; unrelated sections: about 0.1).
 MIN_GLOBAL_NCC = 0.2
+#: A method whose aligned NCC is this much lower than the other's counts as the failed one.
+NCC_MARGIN = 0.02
 #: ... or when more than this share of the reference tissue is unsure.
 MAX_UNSURE_SHARE = 0.5
 
@@ -124,6 +126,7 @@ class SectionRegistration:
     quality: QualityGrid
     ok: bool
     problems: list[str] = field(default_factory=list)
+    residual_definition: str = ""
     seconds: float = 0.0
     mpp: float = 0.0
 
@@ -142,7 +145,7 @@ class SectionRegistration:
             "picture_mpp": self.mpp,
             "ncc": self.ncc,
             "residual_um": self.residual_um,
-            "residual_definition": "disagreement between the two methods over the reference tissue",
+            "residual_definition": self.residual_definition,
             "grid_um": q.grid_um,
             "tissue_grid_cells": int(q.tissue.sum()),
             "unsure_grid_cells": int(q.unsure.sum()),
@@ -280,71 +283,101 @@ def register_sections(
         problems.append(f"check: {err}")
         check = None
 
-    warped = warp_to_reference(
-        moving.od, matrix, moving_mpp=moving.mpp, reference_mpp=reference.mpp, shape=shape
-    )
-    covered_px = (
-        warp_to_reference(
-            np.ones_like(moving.od),
-            matrix,
-            moving_mpp=moving.mpp,
-            reference_mpp=reference.mpp,
-            shape=shape,
-        )
-        > 0.5
-    )
-    window_px = int(round(window_um / reference.mpp))
-    ncc_map = local_ncc(reference.od, warped, window_px)
-    # search twice the tolerated shift, at least 3 px
-    radius = max(3, int(np.ceil(2 * max_local_shift_um / reference.mpp)))
-    peak_ncc, best_shift_px = _best_local_shift(reference.od, warped, window_px, radius)
     # over the tissue and the glass around it: the outline is the pair's strongest shared feature
     near_tissue = cv2.dilate(
         reference.tissue.astype(np.uint8), np.ones((5, 5), np.uint8), iterations=2
     ).astype(bool)
-    global_ncc = _ncc(reference.od, warped, near_tissue & covered_px)
+
+    def aligned(m: NDArray[np.float64]) -> tuple[NDArray[np.float32], NDArray[np.bool_], float]:
+        moved = warp_to_reference(
+            moving.od, m, moving_mpp=moving.mpp, reference_mpp=reference.mpp, shape=shape
+        )
+        ones = np.ones_like(moving.od)
+        cover = (
+            warp_to_reference(
+                ones, m, moving_mpp=moving.mpp, reference_mpp=reference.mpp, shape=shape
+            )
+            > 0.5
+        )
+        return moved, cover, _ncc(reference.od, moved, near_tissue & cover)
 
     # grid cell centres in the reference's µm and their pixels in the picture
     cy = (np.arange(rows) + 0.5) * grid_um
     cx = (np.arange(cols) + 0.5) * grid_um
     gx, gy = np.meshgrid(cx, cy)
+    tissue = _grid_any(reference.tissue, reference.mpp, grid_um, (rows, cols))
+
+    def disagreement_of(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float32]:
+        mx, my = apply_affine(np.linalg.inv(a), gx.ravel(), gy.ravel())
+        bx, by = apply_affine(b, mx, my)
+        return np.hypot(bx - gx.ravel(), by - gy.ravel()).reshape(rows, cols).astype(np.float32)
+
+    method = f"simpleitk-{model}"
+    check_method = f"phase-correlation+ecc-{model}"
+    check_used = check is not None and not primary_failed
+    warped, covered_px, global_ncc = aligned(matrix)
+    if check is not None and not primary_failed and tissue.any():
+        if not np.percentile(disagreement_of(matrix, check)[tissue], 95) <= max_disagreement_um:
+            # the two disagree: the one whose alignment correlates clearly better is kept, the
+            # other counts as failed (the local shifts then give the residual estimate)
+            check_warped, check_covered, check_ncc = aligned(check)
+            if check_ncc < global_ncc - NCC_MARGIN:
+                check_used = False
+                problems.append(
+                    f"the check method ({check_method}) found a worse alignment (NCC "
+                    f"{check_ncc:.2f} < {global_ncc:.2f}): residual from local shifts only"
+                )
+            elif check_ncc > global_ncc + NCC_MARGIN:
+                check_used = False
+                problems.append(
+                    f"{method} found a worse alignment than {check_method} (NCC {global_ncc:.2f} "
+                    f"< {check_ncc:.2f}): the latter is used, residual from local shifts only"
+                )
+                matrix, check = check, matrix
+                method, check_method = check_method, method
+                warped, covered_px, global_ncc = check_warped, check_covered, check_ncc
+
+    window_px = int(round(window_um / reference.mpp))
+    ncc_map = local_ncc(reference.od, warped, window_px)
+    # search twice the tolerated shift, at least 3 px
+    radius = max(3, int(np.ceil(2 * max_local_shift_um / reference.mpp)))
+    peak_ncc, best_shift_px = _best_local_shift(reference.od, warped, window_px, radius)
     pi = np.clip((gy / reference.mpp).astype(int), 0, shape[0] - 1)
     pj = np.clip((gx / reference.mpp).astype(int), 0, shape[1] - 1)
-    tissue = _grid_any(reference.tissue, reference.mpp, grid_um, (rows, cols))
     covered = covered_px[pi, pj]
     ncc_grid = np.where(tissue, ncc_map[pi, pj], np.nan).astype(np.float32)
     shift_grid = np.where(tissue, best_shift_px[pi, pj] * reference.mpp, np.nan).astype(np.float32)
     peak_grid = np.where(tissue, peak_ncc[pi, pj], np.nan)
-    if check is not None:
-        mx, my = apply_affine(np.linalg.inv(matrix), gx.ravel(), gy.ravel())
-        cx2, cy2 = apply_affine(check, mx, my)
-        disagreement = np.hypot(cx2 - gx.ravel(), cy2 - gy.ravel()).reshape(rows, cols)
+    if check is not None and check_used:
+        disagreement = disagreement_of(matrix, check)
     else:
-        disagreement = np.full((rows, cols), np.nan)
-    disagreement = disagreement.astype(np.float32)
+        disagreement = np.full((rows, cols), np.nan, dtype=np.float32)
     with np.errstate(invalid="ignore"):
         unsure = tissue & (
             ~covered
             | ~(shift_grid <= max_local_shift_um)
             | ~(peak_grid >= MIN_PEAK_NCC)
-            | ~(np.nan_to_num(disagreement, nan=np.inf) <= max_disagreement_um)
+            | (~(disagreement <= max_disagreement_um) if check_used else False)
         )
-    on_tissue = disagreement[tissue]
+    # the residual estimate: the methods' disagreement, or the local shifts when one failed
+    basis = (disagreement if check_used else shift_grid)[tissue]
+    basis = basis[np.isfinite(basis)]
     residual = {
-        "mean": float(np.nanmean(on_tissue))
-        if on_tissue.size and check is not None
-        else float("nan"),
-        "p95": float(np.nanpercentile(on_tissue, 95))
-        if on_tissue.size and check is not None
-        else float("nan"),
+        "mean": float(basis.mean()) if basis.size else float("nan"),
+        "p95": float(np.percentile(basis, 95)) if basis.size else float("nan"),
     }
+    residual_definition = (
+        "disagreement between the two methods over the reference tissue"
+        if check_used
+        else "best local shift over the reference tissue (one method failed)"
+    )
     unsure_share = float(unsure.sum() / max(1, tissue.sum()))
     if not primary_failed:
         if not global_ncc >= MIN_GLOBAL_NCC:
             problems.append(
                 f"the aligned sections hardly correlate (NCC {global_ncc:.2f} < {MIN_GLOBAL_NCC})"
             )
-        if not residual["p95"] <= max_disagreement_um:
+        if check_used and not residual["p95"] <= max_disagreement_um:
             problems.append(
                 f"the two methods disagree by up to {residual['p95']:.0f} µm (95th percentile; "
                 f"limit {max_disagreement_um:.0f} µm)"
@@ -353,7 +386,7 @@ def register_sections(
             problems.append(f"{unsure_share:.0%} of the tissue is unsure")
     ok = not primary_failed and bool(
         global_ncc >= MIN_GLOBAL_NCC
-        and residual["p95"] <= max_disagreement_um
+        and (residual["p95"] <= max_disagreement_um or not check_used)
         and unsure_share <= MAX_UNSURE_SHARE
     )
     if not ok:
@@ -363,10 +396,11 @@ def register_sections(
         moving=moving.name,
         matrix=matrix,
         check_matrix=check,
-        method=f"simpleitk-{model}",
-        check_method=f"phase-correlation+ecc-{model}",
+        method=method,
+        check_method=check_method,
         ncc=global_ncc,
         residual_um=residual,
+        residual_definition=residual_definition,
         quality=QualityGrid(grid_um, ncc_grid, shift_grid, disagreement, tissue, covered, unsure),
         ok=ok,
         problems=problems,
