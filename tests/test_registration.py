@@ -77,6 +77,28 @@ def test_an_identity_transform_would_be_far_off(pair) -> None:
 
 
 @pytest.mark.slow
+def test_a_failed_check_does_not_discard_a_good_registration(pair, monkeypatch) -> None:
+    """When the check method lands 300 µm off, the better-correlating SimpleITK result is kept,
+    said so, and the residual estimate comes from the local shifts instead."""
+    import senpath.registration._quality as quality
+
+    def wrong(reference, moving, *, model):
+        good = quality.register_simpleitk(reference, moving, model=model)
+        return np.array([[1.0, 0.0, 300.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ good
+
+    monkeypatch.setattr(quality, "register_phase_ecc", wrong)
+    ref = section_image_from_rgb(pair.reference_rgb, mpp=MPP, name="ref")
+    mov = section_image_from_rgb(pair.moving_rgb, mpp=MPP, name="mov")
+    result = register_sections(ref, mov)
+    assert result.ok, result.problems
+    assert "found a worse alignment" in result.problems[0]
+    assert result.method == "simpleitk-affine"
+    assert "local shift" in result.residual_definition
+    assert result.residual_um["p95"] < P95_BOUND_UM
+    assert centroid_error_um(result.matrix, pair).mean() < MEAN_BOUND_UM
+
+
+@pytest.mark.slow
 def test_unrelated_sections_are_flagged_not_used() -> None:
     pair = serial_section_pair(
         transform=_transform(15.0), shape=SHAPE, mpp=MPP, seed=11, moving_seed=4

@@ -360,7 +360,9 @@ def register_sections(
             | (~(disagreement <= max_disagreement_um) if check_used else False)
         )
     # the residual estimate: the methods' disagreement, or the local shifts when one failed
-    basis = (disagreement if check_used else shift_grid)[tissue]
+    # (local shifts: over the grid cells they confirm; where the tissue has no texture the best
+    # shift is noise, and those grid cells are unsure anyway)
+    basis = disagreement[tissue] if check_used else shift_grid[tissue & ~unsure]
     basis = basis[np.isfinite(basis)]
     residual = {
         "mean": float(basis.mean()) if basis.size else float("nan"),
@@ -369,7 +371,8 @@ def register_sections(
     residual_definition = (
         "disagreement between the two methods over the reference tissue"
         if check_used
-        else "best local shift over the reference tissue (one method failed)"
+        else "best local shift over the tissue's confirmed grid cells, in whole picture pixels "
+        "(one method failed)"
     )
     unsure_share = float(unsure.sum() / max(1, tissue.sum()))
     if not primary_failed:
