@@ -435,6 +435,61 @@ app.add_typer(review_app, name="review")
 
 
 @app.command()
+def register(
+    results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
+    patient: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--patient",
+            help="Patient id (repeat for several; default every patient "
+            "with two or more sections).",
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Slide id of the reference section (one --patient)."),
+    ] = None,
+    rule: Annotated[
+        str,
+        typer.Option("--rule", help="Co-localisation rule over per-grid-cell positive fractions."),
+    ] = "sabgal>=0.3,ki67<=0.1",
+    grid_um: Annotated[float, typer.Option("--grid-um", help="Map grid cell size in µm.")] = 100.0,
+) -> None:
+    """Register a patient's adjacent sections and write the cross-section co-localisation map
+    (RESULTS/_sections/PATIENT/: registration.json, colocalisation.parquet, alignment.png).
+
+    Example: senpath register results/ --patient P01
+    """
+    from senpath.registration import SectionsError, patients_with_sections, register_patient
+    from senpath.registration._store import summary_lines
+
+    patients = list(patient or patients_with_sections(results))
+    if not patients:
+        _error_line("error", f"{results}: no patient has two or more complete slide stores")
+        raise typer.Exit(2)
+    if reference is not None and len(patients) != 1:
+        _error_line("error", "--reference needs exactly one --patient")
+        raise typer.Exit(2)
+    failed = 0
+    for pid in patients:
+        try:
+            done = register_patient(results, pid, reference=reference, rule=rule, grid_um=grid_um)
+        except (SectionsError, ValueError, OSError) as exc:
+            _error_line("error", f"{pid}: {exc}")
+            failed += 1
+            continue
+        import json
+
+        record = json.loads((done.folder / "registration.json").read_text(encoding="utf-8"))
+        for line in summary_lines(record):
+            console.print(escape(f"{pid}: {line}"), soft_wrap=True)
+        failed += sum(not r.ok for r in done.registrations)
+        console.print(f"wrote {done.folder}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def info(
     slide: Annotated[Path, typer.Argument(help="A slide file.")],
     mpp: MppOpt = None,

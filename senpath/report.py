@@ -309,6 +309,9 @@ def render_report(
         parts.append(readable_table(table).to_html(index=False, na_rep=MISSING))
         parts.append("</div>")
         parts.append(_regions_section(stores, include_unreliable=include_unreliable))
+    from senpath.registration._report import sections_html
+
+    parts.append(sections_html(root, link_from=link_from))
     if failures:
         # the log accumulates over runs: each slide's latest failure, and whether it completed since
         latest = {slide_id: (path, error) for slide_id, path, error in failures}
