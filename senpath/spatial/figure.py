@@ -64,7 +64,11 @@ def density_figure(maps: DensityMaps, hotspots: Sequence[HotSpot] = (), *, title
             ax.contour(xs, ys, occupied.astype(float), levels=[0.5], colors="0.4",
                        linewidths=0.8)  # fmt: skip
         fig.colorbar(im, ax=ax, shrink=0.8, label=maps.units[channel])
-        label = channel.replace("_pct_positive", " % positive").replace("_", " ")
+        label = (
+            "cells / mm²"
+            if channel == "cells_per_mm2"
+            else channel.replace("_pct_positive", " % positive").replace("_", " ")
+        )
         target = _target_of(channel)
         spot = spots.get(target) if target else None
         if spot is not None and spot.found:

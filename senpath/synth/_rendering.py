@@ -9,7 +9,7 @@ optical blur on intensity, sensor noise, 8-bit quantisation and optional JPEG ar
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -41,7 +41,11 @@ def _stain_roles(
     if assay not in ASSAY_STAINS:
         raise ValueError(f"unknown assay {assay!r}: use one of {', '.join(ASSAYS)}")
     names = list(ASSAY_STAINS[assay])
-    vectors = np.vstack([unit(REFERENCE_STAINS[n]) for n in names])
+    drawn: dict[str, Any] = {
+        **REFERENCE_STAINS,
+        **{n: np.asarray(v, float) for n, v in params.stain_vectors},
+    }
+    vectors = np.vstack([unit(drawn[n]) for n in names])
     counter = np.zeros((len(names), 3))
     if assay == "sabgal-eosin":
         counter[0] = (params.eosin_nucleus_od, params.eosin_cytoplasm_od, params.eosin_stroma_od)
