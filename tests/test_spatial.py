@@ -264,3 +264,16 @@ def test_hotspot_rule_says_what_is_wrong() -> None:
         HotspotRule(field="hpf")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="step_um"):
         HotspotRule(step_um=-1)
+
+
+@pytest.mark.parametrize("rule", [HotspotRule(), HotspotRule(field="cells", field_cells=200)])
+def test_one_search_for_several_targets_equals_one_search_each(rule: HotspotRule) -> None:
+    from senpath.spatial import find_hotspots
+
+    x, y, ki67 = _tissue_with_patch(6, patch=(500.0, 400.0, 250.0))
+    in_patch = np.hypot(x - 1500.0, y - 1000.0) <= 250.0
+    p16 = np.random.default_rng(7).random(len(x)) < np.where(in_patch, 0.7, 0.1)
+    together = find_hotspots(x, y, {"ki67": ki67, "p16": p16}, rule=rule)
+    apart = [find_hotspot(x, y, v, rule=rule, target=t) for t, v in (("ki67", ki67), ("p16", p16))]
+    assert together == apart
+    assert together[0].centre_x_um < 1000 < together[1].centre_x_um

@@ -20,7 +20,13 @@ from senpath.spatial.density import (
     write_density_zarr,
 )
 from senpath.spatial.grid import Grid, GridSums, bin_cells, grid_for_points
-from senpath.spatial.hotspots import HotSpot, HotspotRule, find_hotspot, slide_hotspots
+from senpath.spatial.hotspots import (
+    HotSpot,
+    HotspotRule,
+    find_hotspot,
+    find_hotspots,
+    slide_hotspots,
+)
 from senpath.spatial.slide import (
     HOTSPOTS,
     SlideSpatial,
@@ -42,6 +48,7 @@ __all__ = [
     "bin_cells",
     "density_maps",
     "find_hotspot",
+    "find_hotspots",
     "grid_for_points",
     "hotspot_table",
     "read_density_zarr",

@@ -34,7 +34,7 @@ global index is the same proportion over every counted cell of the slide.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from senpath.score import proportion_figures
 from senpath.spatial.density import counted_cells
 
-__all__ = ["HotSpot", "HotspotRule", "find_hotspot", "slide_hotspots"]
+__all__ = ["HotSpot", "HotspotRule", "find_hotspot", "find_hotspots", "slide_hotspots"]
 
 #: Largest number of lattice centres queried at once for ``field="cells"`` (bounds memory:
 #: centres × field_cells indices).
@@ -182,86 +182,132 @@ def find_hotspot(
     HotSpot
         ``found=False`` with a ``reason`` when no field qualifies (an empty slide, too few cells).
     """
+    return find_hotspots(x_um, y_um, {target: positive}, rule=rule, kinds={target: kind})[0]
+
+
+def find_hotspots(
+    x_um: NDArray[np.float64] | Sequence[float],
+    y_um: NDArray[np.float64] | Sequence[float],
+    positives: Mapping[str, NDArray[np.bool_] | Sequence[bool]],
+    *,
+    rule: HotspotRule | None = None,
+    kinds: Mapping[str, str] | None = None,
+) -> list[HotSpot]:
+    """The hot-spot of each of several targets among the same cells, in one search.
+
+    The fields (and so the cells in each) are the same for every target: they are found once, and
+    only the positive counts differ, so several markers cost little more than one.
+
+    Parameters
+    ----------
+    x_um, y_um : (N,) cell centroids in µm (cells with a non-finite position are left out).
+    positives : target name -> (N,) bool, the cells positive for it.
+    rule : see :class:`HotspotRule`.
+    kinds : target name -> ``"marker"`` or ``"phenotype"`` (default ``"marker"``).
+
+    Returns
+    -------
+    list of HotSpot, one per target in the order given.
+    """
     from scipy.spatial import cKDTree
 
     rule = rule or HotspotRule()
+    kinds = dict(kinds or {})
     x = np.asarray(x_um, dtype=np.float64).ravel()
     y = np.asarray(y_um, dtype=np.float64).ravel()
-    pos = np.asarray(positive, dtype=bool).ravel()
-    if not x.size == y.size == pos.size:
-        raise ValueError(
-            f"x_um, y_um and positive have {x.size}, {y.size}, {pos.size} entries: give one per cell"
-        )
+    flags = {t: np.asarray(v, dtype=bool).ravel() for t, v in positives.items()}
+    for t, v in flags.items():
+        if not x.size == y.size == v.size:
+            raise ValueError(
+                f"x_um, y_um and the {t!r} calls have {x.size}, {y.size}, {v.size} entries: "
+                "give one per cell"
+            )
     ok = np.isfinite(x) & np.isfinite(y)
-    x, y, pos = x[ok], y[ok], pos[ok]
-    glob = proportion_figures(pos)
-    base: dict[str, Any] = {
-        "target": target,
-        "kind": kind,
-        "rule": rule.describe(),
-        "global_n_cells": glob["n"],
-        "global_n_positive": glob["k"],
-        "global_index_pct": glob["pct"],
-        "global_ci95_low": glob["ci95"][0],
-        "global_ci95_high": glob["ci95"][1],
-    }
+    x, y = x[ok], y[ok]
+    flags = {t: v[ok] for t, v in flags.items()}
+    bases: dict[str, dict[str, Any]] = {}
+    for t, v in flags.items():
+        glob = proportion_figures(v)
+        bases[t] = {
+            "target": t,
+            "kind": kinds.get(t, "marker"),
+            "rule": rule.describe(),
+            "global_n_cells": glob["n"],
+            "global_n_positive": glob["k"],
+            "global_index_pct": glob["pct"],
+            "global_ci95_low": glob["ci95"][0],
+            "global_ci95_high": glob["ci95"][1],
+        }
     need = rule.field_cells if rule.field == "cells" else rule.min_cells
     if x.size < need:
         what = "cells per field" if rule.field == "cells" else "cells a field must hold"
-        return _not_found(
-            base, rule, f"the slide has {x.size} counted cell(s), fewer than the {need} {what}"
-        )
+        why = f"the slide has {x.size} counted cell(s), fewer than the {need} {what}"
+        return [_not_found(b, rule, why) for b in bases.values()]
     points = np.column_stack([x, y])
     centres = _lattice(x, y, rule.step_um)
     p_norm = 2.0 if rule.shape == "circle" or rule.field == "cells" else np.inf
     tree = cKDTree(points)
+    k: dict[str, NDArray[np.int64]] = {}
     if rule.field == "area":
-        r = rule.radius_um
         # float rounding: a cell exactly on the boundary counts (the rule includes it)
-        r_query = r * (1 + 1e-12)
+        r_query = rule.radius_um * (1 + 1e-12)
         n = np.asarray(tree.query_ball_point(centres, r_query, p=p_norm, return_length=True))
         eligible = n >= rule.min_cells
         if not eligible.any():
-            return _not_found(
-                base, rule,
-                f"no {rule.describe()} field: the densest holds {int(n.max())} cell(s)",
-            )  # fmt: skip
+            why = f"no {rule.describe()} field: the densest holds {int(n.max())} cell(s)"
+            return [_not_found(b, rule, why) for b in bases.values()]
         centres, n = centres[eligible], n[eligible]
-        if pos.any():
-            k = np.asarray(
-                cKDTree(points[pos]).query_ball_point(
+        for t, v in flags.items():
+            k[t] = (
+                np.asarray(cKDTree(points[v]).query_ball_point(
                     centres, r_query, p=p_norm, return_length=True
-                )
-            )
-        else:
-            k = np.zeros_like(n)
-        radius = np.full(len(centres), r)
+                ))
+                if v.any()
+                else np.zeros_like(n)
+            )  # fmt: skip
+        radius = np.full(len(centres), rule.radius_um)
     else:
         # centres in tissue only: a lattice point in the glass would gather a ring of far cells
         near, _ = tree.query(centres, k=1)
         centres = centres[near <= rule.step_um]
         m = int(rule.field_cells)
         n = np.full(len(centres), m, dtype=np.int64)
-        k = np.zeros(len(centres), dtype=np.int64)
+        k = {t: np.zeros(len(centres), dtype=np.int64) for t in flags}
         radius = np.zeros(len(centres))
         batch = max(1, _CELLS_BATCH // m)
         for i in range(0, len(centres), batch):
             dist, idx = tree.query(centres[i : i + batch], k=m)
             dist, idx = dist.reshape(-1, m), idx.reshape(-1, m)
-            k[i : i + batch] = pos[idx].sum(axis=1)
+            for t, v in flags.items():
+                k[t][i : i + batch] = v[idx].sum(axis=1)
             radius[i : i + batch] = dist[:, -1]
+    return [_best_field(tree, centres, n, k[t], radius, flags[t], rule, bases[t]) for t in flags]
+
+
+def _best_field(
+    tree: Any,
+    centres: NDArray[np.float64],
+    n: NDArray[np.int64],
+    k: NDArray[np.int64],
+    radius: NDArray[np.float64],
+    positive: NDArray[np.bool_],
+    rule: HotspotRule,
+    base: dict[str, Any],
+) -> HotSpot:
+    """The winning field of one target among the candidate fields (rule step 5)."""
     index = 100.0 * k / n
     # best index; ties: more cells, then smaller y, then smaller x (np.lexsort: last key first)
     order = np.lexsort((centres[:, 0], centres[:, 1], -n, -index))
     best = int(order[0])
     cx, cy = float(centres[best, 0]), float(centres[best, 1])
     if rule.field == "area":
+        p_norm = 2.0 if rule.shape == "circle" else np.inf
         members = tree.query_ball_point([cx, cy], rule.radius_um * (1 + 1e-12), p=p_norm)
         field_area = rule.field_area_mm2
     else:
         _, members = tree.query([cx, cy], k=int(rule.field_cells))
         field_area = math.pi * float(radius[best]) ** 2 / 1e6
-    share = proportion_figures(pos[np.atleast_1d(np.asarray(members, dtype=np.int64))])
+    share = proportion_figures(positive[np.atleast_1d(np.asarray(members, dtype=np.int64))])
     return HotSpot(
         **base,
         found=True,
@@ -316,13 +362,13 @@ def slide_hotspots(
     rule : see :class:`HotspotRule`.
     """
     cells = counted_cells(cells)
-    x = cells["x_um"].to_numpy(dtype=np.float64)
-    y = cells["y_um"].to_numpy(dtype=np.float64)
-    out = []
-    for m in markers:
-        flags = cells[f"{m}_positive"].to_numpy(dtype=bool)
-        out.append(find_hotspot(x, y, flags, rule=rule, target=m, kind="marker"))
-    for p in phenotypes:
-        flags = cells[p].to_numpy(dtype=bool)
-        out.append(find_hotspot(x, y, flags, rule=rule, target=p, kind="phenotype"))
-    return out
+    positives = {m: cells[f"{m}_positive"].to_numpy(dtype=bool) for m in markers}
+    positives.update({p: cells[p].to_numpy(dtype=bool) for p in phenotypes})
+    kinds = {m: "marker" for m in markers} | {p: "phenotype" for p in phenotypes}
+    return find_hotspots(
+        cells["x_um"].to_numpy(dtype=np.float64),
+        cells["y_um"].to_numpy(dtype=np.float64),
+        positives,
+        rule=rule,
+        kinds=kinds,
+    )
