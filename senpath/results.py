@@ -13,6 +13,8 @@ Layout of ``<out>/<slide_id>/``::
     manifest.json     written last: the inputs' identity and the files' sha256; no manifest = incomplete
     corrections.jsonl a reviewer's corrections, an append-only audit log (see senpath.corrections);
                       senpath.load_results applies them by default
+    density.ome.zarr/, hotspots.json   density maps and hot-spots written by `senpath spatial`
+                      (derived from the cells, not in the manifest; see senpath.spatial)
 
 Every file is written to a temporary name in the same folder and renamed into place, so an interrupted
 run never leaves a half-written file under a final name; a store without ``manifest.json`` is redone,

@@ -64,3 +64,18 @@ def test_a_store_without_spatial_figures_opens_as_before(make_napari_viewer, sto
     viewer = make_napari_viewer()
     layers = viewer.open(str(store), plugin="senpath-napari")
     assert {type(layer).__name__ for layer in layers} == {"Image", "Labels", "Points"}
+
+
+def test_maps_of_cells_that_changed_since_are_named_stale(
+    make_napari_viewer, spatial_store
+) -> None:
+    import json
+
+    path = spatial_store / "hotspots.json"
+    stored = json.loads(path.read_text())
+    stored["source"]["cells_sha256"] = "0" * 64  # as after `senpath run --force`
+    path.write_text(json.dumps(stored))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(spatial_store), plugin="senpath-napari")
+    names = [layer.name for layer in layers]
+    assert "hot-spots (stale)" in names and "cells_per_mm2 (50 µm) (stale)" in names

@@ -104,7 +104,23 @@ def spatial_layers(folder: str | Path) -> list[LayerData]:
     hotspots = hotspot_layer(folder)
     if hotspots is not None:
         layers.append(hotspots)
+    if layers and not _current(folder):
+        from napari.utils.notifications import show_warning
+
+        show_warning(
+            f"{folder.name}: the density maps and hot-spots were computed before the cells last "
+            f"changed (a new run or a review): run `senpath spatial {folder.parent}` again"
+        )
+        for _, kwargs, _ in layers:
+            kwargs["name"] += " (stale)"
     return layers
+
+
+def _current(folder: Path) -> bool:
+    import senpath
+    from senpath.spatial.slide import is_current, read_hotspots
+
+    return is_current(senpath.load_results(folder), read_hotspots(folder))
 
 
 def read_density(path: Any) -> list[LayerData]:
