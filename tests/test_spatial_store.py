@@ -229,3 +229,25 @@ def test_a_drawn_proliferative_patch_is_found_end_to_end(tmp_path) -> None:
     )  # fmt: skip
     xs, ys = maps.grid.bin_centres_um()
     assert math.hypot(xs[col] - patch[0], ys[row] - patch[1]) <= patch[2] + 50
+
+
+def test_the_picture_has_the_slide_under_the_hotspots_when_the_slide_is_found(
+    spatial_results,
+) -> None:
+    from dataclasses import replace
+
+    from senpath.spatial.figure import density_figure, slide_thumbnail
+
+    res = load_results(spatial_results / "p1-ki67")
+    sp = stored_or_computed(res)
+    thumb = slide_thumbnail(res, sp.maps.grid)
+    assert thumb is not None
+    rgb, (left, right, bottom, top) = thumb
+    assert rgb.ndim == 3 and rgb.dtype == np.uint8 and max(rgb.shape[:2]) <= 601
+    assert (left, top) == (0.0, 0.0) and right == pytest.approx(256, abs=1)
+    fig = density_figure(sp.maps, sp.hotspots, thumbnail=thumb)
+    assert fig.axes[0].get_title() == "slide and hot-spot fields"
+    # a slide that moved: the picture goes on without it
+    slide = {**res.provenance.slide, "path": "/nowhere/slide.tif"}
+    moved = replace(res, provenance=replace(res.provenance, slide=slide))
+    assert slide_thumbnail(moved, sp.maps.grid) is None

@@ -1,6 +1,7 @@
 """The picture of a slide's density maps with its hot-spots (the report's spatial section).
 
-One panel per map (cells/mm², each marker's % positive, the senescence index), in slide µm, over
+A first panel with the slide's thumbnail (when its file is found) and every hot-spot field, then
+one panel per map (cells/mm², each marker's % positive, the senescence index), in slide µm, with
 the tissue outline (the edge of the bins that hold cells); each marker's and phenotype's hot-spot
 field is drawn on its panel (circle or square of its area, centre marked) with its index.
 """
@@ -9,15 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from senpath.qc_plots import figure, png_bytes
+from senpath.results import SlideResults
 from senpath.spatial.density import DensityMaps
+from senpath.spatial.grid import Grid
 from senpath.spatial.hotspots import HotSpot
 
-__all__ = ["density_figure", "density_png", "panel_channels"]
+__all__ = ["density_figure", "density_png", "panel_channels", "slide_thumbnail"]
 
 
 def panel_channels(maps: DensityMaps) -> list[str]:
@@ -37,13 +42,60 @@ def _target_of(channel: str) -> str | None:
     return None
 
 
-def density_figure(maps: DensityMaps, hotspots: Sequence[HotSpot] = (), *, title: str = "") -> Any:
-    """A matplotlib Figure of the maps (see the module) with the hot-spots drawn on them."""
+#: A thumbnail of the slide: (Y, X, 3) uint8 RGB and its (left, right, bottom, top) extent in µm.
+Thumbnail = tuple[NDArray[np.uint8], tuple[float, float, float, float]]
+
+
+def slide_thumbnail(res: SlideResults, grid: Grid, *, max_side: int = 600) -> Thumbnail | None:
+    """The slide under the grid's extent at about ``max_side`` px, or ``None`` when the slide
+    file is not found or cannot be read (the picture then shows the maps alone)."""
+    from senpath.io import open_slide
+
+    try:
+        path = Path(res.provenance.slide_path)
+        if not path.is_file():
+            return None
+        slide = open_slide(path, mpp=(res.manifest.get("identity") or {}).get("mpp"))
+        width_um = slide.shape[1] * float(slide.mpp[0])
+        height_um = slide.shape[0] * float(slide.mpp[1])
+        left, right, bottom, top = grid.extent_um()
+        x0, y0 = max(0.0, left), max(0.0, top)
+        x1, y1 = min(width_um, right), min(height_um, bottom)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        mpp = max(max(x1 - x0, y1 - y0) / max_side, slide.level_mpp(0))
+        rgb = np.asarray(slide.read_region(x0, y0, x1 - x0, y1 - y0, mpp=mpp), dtype=np.uint8)
+    except Exception:  # a missing or unreadable slide only costs the picture its thumbnail
+        return None
+    return rgb, (x0, x1, y1, y0)
+
+
+def _draw_field(ax: Any, spot: HotSpot, colour: str = "cyan") -> None:
     from matplotlib.patches import Circle, Rectangle
 
+    cx, cy, r = spot.centre_x_um, spot.centre_y_um, spot.field_radius_um
+    patch: Any
+    if "square" in spot.rule:
+        patch = Rectangle((cx - r, cy - r), 2 * r, 2 * r, fill=False, ec=colour, lw=1.5)
+    else:
+        patch = Circle((cx, cy), r, fill=False, ec=colour, lw=1.5)
+    ax.add_patch(patch)
+    ax.plot([cx], [cy], marker="+", color=colour, ms=8)
+
+
+def density_figure(
+    maps: DensityMaps,
+    hotspots: Sequence[HotSpot] = (),
+    *,
+    title: str = "",
+    thumbnail: Thumbnail | None = None,
+) -> Any:
+    """A matplotlib Figure of the maps (see the module) with the hot-spots drawn on them; with a
+    ``thumbnail`` (:func:`slide_thumbnail`), a first panel shows the slide with every hot-spot."""
     channels = panel_channels(maps)
-    ncol = min(3, len(channels))
-    nrow = math.ceil(len(channels) / ncol)
+    n_panels = len(channels) + (thumbnail is not None)
+    ncol = min(3, n_panels)
+    nrow = math.ceil(n_panels / ncol)
     ny, nx = maps.grid.shape
     aspect = ny / max(nx, 1)
     fig = figure(4.0 * ncol, max(2.5, 3.6 * aspect) * nrow + 0.4)
@@ -52,7 +104,21 @@ def density_figure(maps: DensityMaps, hotspots: Sequence[HotSpot] = (), *, title
     occupied = maps.channels["n_cells"] > 0
     spots = {h.target: h for h in hotspots}
     xs, ys = maps.grid.bin_centres_um()
-    for ax, channel in zip(axes.ravel(), channels, strict=False):
+    panels = list(axes.ravel())
+    if thumbnail is not None:
+        ax = panels.pop(0)
+        ax.imshow(thumbnail[0], extent=thumbnail[1], origin="upper")
+        colours = ("cyan", "yellow", "magenta", "lime", "orange")
+        for i, spot in enumerate(h for h in hotspots if h.found):
+            colour = colours[i % len(colours)]
+            _draw_field(ax, spot, colour)
+            ax.annotate(spot.target, (spot.centre_x_um, spot.centre_y_um), color=colour,
+                        fontsize=8, xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        ax.set_title("slide and hot-spot fields", fontsize=9)
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.tick_params(labelsize=7)
+    for ax, channel in zip(panels, channels, strict=False):
         data = np.ma.masked_invalid(maps.channels[channel])
         if channel == "cells_per_mm2":
             data = np.ma.masked_where(~occupied, data)
@@ -72,14 +138,7 @@ def density_figure(maps: DensityMaps, hotspots: Sequence[HotSpot] = (), *, title
         target = _target_of(channel)
         spot = spots.get(target) if target else None
         if spot is not None and spot.found:
-            cx, cy, r = spot.centre_x_um, spot.centre_y_um, spot.field_radius_um
-            patch: Any
-            if "square" in spot.rule:
-                patch = Rectangle((cx - r, cy - r), 2 * r, 2 * r, fill=False, ec="cyan", lw=1.5)
-            else:
-                patch = Circle((cx, cy), r, fill=False, ec="cyan", lw=1.5)
-            ax.add_patch(patch)
-            ax.plot([cx], [cy], marker="+", color="cyan", ms=8)
+            _draw_field(ax, spot)
             label += f"\nhot-spot {spot.index_pct:.1f} % (global {spot.global_index_pct:.1f} %)"
         elif spot is not None:
             label += "\nno hot-spot field"
@@ -89,13 +148,19 @@ def density_figure(maps: DensityMaps, hotspots: Sequence[HotSpot] = (), *, title
         ax.tick_params(labelsize=7)
         ax.set_xlim(extent[0], extent[1])
         ax.set_ylim(extent[2], extent[3])
-    for ax in axes.ravel()[len(channels) :]:
+    for ax in panels[len(channels) :]:
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
 
 
-def density_png(maps: DensityMaps, hotspots: Sequence[HotSpot] = (), *, title: str = "") -> bytes:
+def density_png(
+    maps: DensityMaps,
+    hotspots: Sequence[HotSpot] = (),
+    *,
+    title: str = "",
+    thumbnail: Thumbnail | None = None,
+) -> bytes:
     """:func:`density_figure` as PNG bytes."""
-    return png_bytes(density_figure(maps, hotspots, title=title))
+    return png_bytes(density_figure(maps, hotspots, title=title, thumbnail=thumbnail))

@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 
 from senpath.results import SlideResults
-from senpath.spatial.figure import density_png
+from senpath.spatial.figure import density_png, slide_thumbnail
 from senpath.spatial.slide import SlideSpatial, stored_or_computed
 
 __all__ = ["spatial_section"]
@@ -68,7 +68,10 @@ def spatial_section(stores: Sequence[SlideResults]) -> str:
                 f"{html.escape(res.slide_id)}: {html.escape(' '.join(str(exc).split()))}"
             )
             continue
-        png = density_png(sp.maps, sp.hotspots, title=f"{sp.slide_id} ({sp.assay})")
+        png = density_png(
+            sp.maps, sp.hotspots, title=f"{sp.slide_id} ({sp.assay})",
+            thumbnail=slide_thumbnail(res, sp.maps.grid),
+        )  # fmt: skip
         data = base64.b64encode(png).decode("ascii")
         parts.append(
             f"<figure><img src='data:image/png;base64,{data}' alt='density {html.escape(sp.slide_id)}'"
