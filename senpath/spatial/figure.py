@@ -102,6 +102,10 @@ def density_figure(
     axes = fig.subplots(nrow, ncol, squeeze=False)
     extent = maps.grid.extent_um()
     occupied = maps.channels["n_cells"] > 0
+    # the tissue outline: the edge of the bins with cells, holes of empty bins inside filled
+    from scipy.ndimage import binary_fill_holes
+
+    outline = binary_fill_holes(occupied)
     spots = {h.target: h for h in hotspots}
     xs, ys = maps.grid.bin_centres_um()
     panels = list(axes.ravel())
@@ -127,7 +131,7 @@ def density_figure(
         im = ax.imshow(data, extent=extent, origin="upper", cmap=cmap, vmin=0, vmax=vmax,
                        interpolation="nearest")  # fmt: skip
         if occupied.any() and ny > 1 and nx > 1:
-            ax.contour(xs, ys, occupied.astype(float), levels=[0.5], colors="0.4",
+            ax.contour(xs, ys, outline.astype(float), levels=[0.5], colors="0.4",
                        linewidths=0.8)  # fmt: skip
         fig.colorbar(im, ax=ax, shrink=0.8, label=maps.units[channel])
         label = (
