@@ -121,6 +121,13 @@ def test_a_broken_store_fails_alone(spatial_results, tmp_path) -> None:
     assert set(table["slide_id"]) == {"p2-p16"}
 
 
+def test_bad_settings_are_one_error_before_any_slide(spatial_results) -> None:
+    r = CliRunner().invoke(app, ["spatial", str(spatial_results), "--grid-um", "0"])
+    assert r.exit_code != 0 and "spacing_um=0" in str(r.exception)
+    r = CliRunner().invoke(app, ["spatial", str(spatial_results), "--field", "hpf"])
+    assert r.exit_code != 0 and "use 'area' or 'cells'" in str(r.exception)
+
+
 def test_a_results_folder_without_stores_is_one_line(tmp_path) -> None:
     r = CliRunner().invoke(app, ["spatial", str(tmp_path)])
     assert r.exit_code != 0

@@ -113,10 +113,10 @@ def density_figure(
         ax = panels.pop(0)
         ax.imshow(thumbnail[0], extent=thumbnail[1], origin="upper")
         colours = ("cyan", "yellow", "magenta", "lime", "orange")
-        for i, spot in enumerate(h for h in hotspots if h.found):
+        for i, found in enumerate(h for h in hotspots if h.found):
             colour = colours[i % len(colours)]
-            _draw_field(ax, spot, colour)
-            ax.annotate(spot.target, (spot.centre_x_um, spot.centre_y_um), color=colour,
+            _draw_field(ax, found, colour)
+            ax.annotate(found.target, (found.centre_x_um, found.centre_y_um), color=colour,
                         fontsize=8, xytext=(4, 4), textcoords="offset points")  # fmt: skip
         ax.set_title("slide and hot-spot fields", fontsize=9)
         ax.set_xlim(extent[0], extent[1])

@@ -234,10 +234,12 @@ def run_spatial(
     from senpath.corrections import load_results
     from senpath.export import write_table
     from senpath.results import find_stores
+    from senpath.spatial.grid import grid_for_points
     from senpath.store_lock import hold_store
 
     root = Path(results_root)
     rule = rule or HotspotRule()
+    grid_for_points([], [], spacing_um=grid_um)  # a bad spacing is one error, not one per slide
     written: list[Path] = []
     failures: list[tuple[str, str]] = []
     spatials = []
