@@ -7,6 +7,13 @@ changed), and prints two Markdown tables::
 
     python benchmarks/bench_stages.py                     # 4096² px, 2 threads (a few minutes)
     python benchmarks/bench_stages.py --size 2048 --threads 1
+    python benchmarks/bench_stages.py --size 2048 --steps --skip-network   # before/after issue 18
+
+``--steps`` analyses the slide once per step of :data:`VARIANTS`, in one process: the engine as
+it was before issue 18 (bf16, each analysis tile cut into 256² network pieces, tiles one after
+another), then one network pass per tile, then the precision chosen per machine
+(:mod:`senpath.segment.runtime`), then the tile pipeline (network in a worker thread, two tiles
+ahead of the watershed and measurement), and prints one row per step.
 
 Table 1, stage breakdown of one ``analyze_slide`` call (the wrapped names; none is nested in
 another, so the rows add up, and what no wrapper covers is the "other" row):
@@ -17,7 +24,8 @@ another, so the rows add up, and what no wrapper covers is the "other" row):
 - deconvolution: ``tile_engine.deconvolve``;
 - network: ``NucleusSegmenter.predict_maps`` (the CNN forward passes alone);
 - post-processing: ``segment.predict.maps_to_instances`` (watershed);
-- segmenter overhead: the rest of ``CnnSegmenter.segment`` (cutting 256² network tiles,
+- segmenter overhead: the rest of ``CnnSegmenter.segment`` or of its halves
+  ``network_maps`` / ``labels_from_maps`` (padding, cutting 256² pieces with ``--pieces``,
   stitching their maps, resampling);
 - measurement: ``tile_engine.measure_cells``;
 - ownership / stitching: ``tile_engine.keep_owned`` and ``LabelStore.add_instances``;
@@ -25,15 +33,20 @@ another, so the rows add up, and what no wrapper covers is the "other" row):
 - QC figures and read-back: ``qc_overlay_png``, ``slide_histograms_png``, ``check_reads_back``;
 - model load: ``slide_analysis.plan_segmenter`` (weights, once per process).
 
+With the pipeline (``--prefetch`` > 0, the default) the read and network rows run in a worker
+thread alongside the others: the rows then overlap and no longer add up to the wall time.
+
 End to end MP/s counts the analysed pixels (the tissue tiles' cores at 0.5 µm/px) over the wall
 time of ``analyze_slide``; network MP/s counts the pixels the network was fed (with the 256²
 pieces' overlap) over the network's seconds, as ``benchmarks/bench_segment.py`` does. Issue 18's
 target is end to end >= 0.7 x network.
 
 Table 2: the network alone (``predict_maps``) on one 1024² image cut from the same slide, fp32
-vs bf16 (``NucleusSegmenter(precision=...)``), with ``torch.set_num_threads`` 1 and 2: wall and
-CPU seconds per megapixel (best of ``--repeats``), and the F1 of instances matched at IoU 0.5,
-bf16 vs fp32 (post-processed maps of that image).
+vs bf16 vs ONNX Runtime fp32 when installed (``NucleusSegmenter(precision=...)``), with
+``torch.set_num_threads`` 1 and 2: wall and CPU seconds per megapixel (best of ``--repeats``), and
+the F1 of instances matched at IoU 0.5 of each against fp32 (post-processed maps of that image).
+Before the tables: what ``precision="auto"`` chose on this CPU and the calibration it measured
+(run first, so no slide run pays for it).
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -84,8 +98,13 @@ STAGES: list[tuple[str, list[str]]] = [
     ),
     ("model load", ["senpath.slide_analysis.plan_segmenter"]),
 ]  # fmt: skip
-#: The whole segment call; its time less network and post-processing is the segmenter overhead.
-SEGMENT = "senpath.segment.CnnSegmenter.segment"
+#: The whole segment call (or its two halves, as the tile pipeline calls them); its time less
+#: network and post-processing is the segmenter overhead.
+SEGMENT = [
+    "senpath.segment.CnnSegmenter.segment",
+    "senpath.segment.CnnSegmenter.network_maps",
+    "senpath.segment.CnnSegmenter.labels_from_maps",
+]
 
 
 class StageTimer:
@@ -95,6 +114,7 @@ class StageTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.network_pixels = 0
+        self.lock = threading.Lock()
 
     def wrap(self, stage: str, func: Callable[..., Any], *, method: bool) -> Callable[..., Any]:
         timer = self
@@ -104,8 +124,10 @@ class StageTimer:
             try:
                 return func(*args, **kwargs)
             finally:
-                timer.seconds[stage] += time.perf_counter() - t
-                timer.calls[stage] += 1
+                # the tile pipeline calls some stages from its worker thread
+                with timer.lock:
+                    timer.seconds[stage] += time.perf_counter() - t
+                    timer.calls[stage] += 1
 
         if method:
             # a plain function stored on the class binds like the original method
@@ -118,7 +140,7 @@ class StageTimer:
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
-            for stage, targets in [*STAGES, ("segment (whole)", [SEGMENT])]:
+            for stage, targets in [*STAGES, ("segment (whole)", SEGMENT)]:
                 for target in targets:
                     stack.enter_context(self._patch(stage, target))
             yield
@@ -162,6 +184,16 @@ def write_synthetic_slide(path: Path, size: int) -> float:
     return time.perf_counter() - t
 
 
+#: (name, CNN precision, 256² network pieces as before issue 18, tiles ahead in the pipeline):
+#: cumulative steps from the engine before issue 18 to now (``--steps``).
+VARIANTS: list[tuple[str, str, bool, int]] = [
+    ("before: bf16, 256² pieces, serial", "bf16", True, 0),
+    ("+ one network pass per tile", "bf16", False, 0),
+    ("+ precision chosen per machine", "auto", False, 0),
+    ("+ pipeline (network ahead, 2 tiles)", "auto", False, 2),
+]
+
+
 def plain_segmenter_factory(precision: str) -> Callable[..., Any]:
     """A ``plan_segmenter`` whose CNN runs at ``precision`` (the library's own for ``auto``)."""
     from senpath import tile_engine
@@ -174,15 +206,24 @@ def plain_segmenter_factory(precision: str) -> Callable[..., Any]:
             segmenter.network = NucleusSegmenter.from_pretrained(
                 plan.config.model, device=plan.config.device, precision=precision
             )
+        USED_PRECISION[:] = [getattr(getattr(segmenter, "network", None), "precision", "?")]
         return segmenter
 
     return plan_segmenter
 
 
-def stage_breakdown(path: Path, out: Path, *, precision: str) -> dict[str, Any]:
+def stage_breakdown(
+    path: Path, out: Path, *, precision: str, pieces: bool = False, prefetch: int = 2
+) -> dict[str, Any]:
+    """One timed ``analyze_slide``; ``pieces``: the network on 256² pieces (the path before issue
+    18, by lowering ``MAX_PASS_SIDE``); ``prefetch``: tiles the pipeline runs ahead (0: serial)."""
+    import functools
+
     import senpath
+    from senpath import tile_engine
     from senpath.config import AnalysisConfig
     from senpath.results import read_results
+    from senpath.segment import predict
 
     timer = StageTimer()
     tiles: list[Any] = []
@@ -196,9 +237,15 @@ def stage_breakdown(path: Path, out: Path, *, precision: str) -> dict[str, Any]:
         return plan
 
     config = AnalysisConfig(segmenter="cnn", device="cpu")
+    pass_side = 256 if pieces else predict.MAX_PASS_SIDE
     with (
         mock.patch("senpath.slide_analysis.plan_slide", plan_and_keep),
         mock.patch("senpath.slide_analysis.plan_segmenter", plain_segmenter_factory(precision)),
+        mock.patch.object(predict, "MAX_PASS_SIDE", pass_side),
+        mock.patch(
+            "senpath.slide_analysis.analyze_tiles",
+            functools.partial(tile_engine.analyze_tiles, prefetch=prefetch),
+        ),
         timer.patched(),
     ):
         t = time.perf_counter()
@@ -207,7 +254,29 @@ def stage_breakdown(path: Path, out: Path, *, precision: str) -> dict[str, Any]:
     cores = sum((tl.core.y1 - tl.core.y0) * (tl.core.x1 - tl.core.x0) for tl in tiles)
     n_cells = len(read_results(store).cells)
     return {"timer": timer, "wall": wall, "analysed_px": cores, "tiles": len(tiles),
-            "cells": n_cells}  # fmt: skip
+            "cells": n_cells, "precision": _used_precision()}  # fmt: skip
+
+
+#: The precision the last slide's CNN ran at (``auto`` resolved).
+USED_PRECISION: list[str] = ["?"]
+
+
+def _used_precision() -> str:
+    return USED_PRECISION[0]
+
+
+def summary_row(name: str, result: dict[str, Any]) -> str:
+    """One Markdown row of the ``--steps`` table."""
+    timer: StageTimer = result["timer"]
+    analysed_mp = result["analysed_px"] / 1e6
+    net_s = timer.seconds["network (CNN forward)"]
+    e2e = analysed_mp / result["wall"]
+    net = timer.network_pixels / 1e6 / net_s
+    return (
+        f"| {name} | {result['precision']} | {result['wall']:.1f} | {e2e:.2f} | "
+        f"{timer.network_pixels / result['analysed_px']:.2f} | {net_s / analysed_mp:.2f} | "
+        f"{net:.2f} | **{e2e / net:.2f}** | {result['cells']} |"
+    )
 
 
 def print_breakdown(result: dict[str, Any], *, size: int, threads: int, precision: str) -> None:
@@ -218,6 +287,7 @@ def print_breakdown(result: dict[str, Any], *, size: int, threads: int, precisio
     overhead = s["segment (whole)"] - s["network (CNN forward)"] - s["post-processing (watershed)"]
     rows.insert(6, ("segmenter overhead (cut / stitch maps)", overhead))
     rows.append(("other (scoring, provenance, loop)", wall - sum(v for _, v in rows)))
+    overlapped = result.get("prefetch", 0) > 0
     analysed_mp = result["analysed_px"] / 1e6
     network_mp = timer.network_pixels / 1e6
     e2e_mps = analysed_mp / wall
@@ -232,6 +302,11 @@ def print_breakdown(result: dict[str, Any], *, size: int, threads: int, precisio
     for label, sec in rows:
         print(f"| {label} | {sec:.2f} | {sec / wall:.1%} |")
     print(f"| **end to end (`analyze_slide` wall)** | **{wall:.2f}** | 100% |")
+    if overlapped:
+        print(
+            "\n(pipelined: read and network run in a worker thread alongside the rest, so the "
+            "rows overlap and 'other' is what is left after subtracting them all)"
+        )
     print(
         f"\nend to end {e2e_mps:.2f} MP/s (analysed px) / network alone {net_mps:.2f} MP/s "
         f"(fed px) = **{e2e_mps / net_mps:.2f}** (issue 18 target >= 0.7); network seconds per "
@@ -248,11 +323,16 @@ def network_precisions(image: np.ndarray, *, thread_counts: list[int], repeats: 
 
     mp = image.shape[0] * image.shape[1] / 1e6
     batch = image[None]
+    from senpath.segment.runtime import onnxruntime_available
+
     rows, labels = [], {}
-    for precision in ("fp32", "bf16"):
+    precisions = ["fp32", "bf16"] + (["onnx-fp32"] if onnxruntime_available() else [])
+    for precision in precisions:
         seg = NucleusSegmenter.from_pretrained(device="cpu", precision=precision)
         for threads in thread_counts:
             torch.set_num_threads(threads)
+            if precision == "onnx-fp32":  # its session's threads are set when it is made
+                seg = NucleusSegmenter.from_pretrained(device="cpu", precision=precision)
             seg.predict_maps(batch[:, :256, :256])  # warm-up (oneDNN kernels, allocator)
             wall = cpu = math.inf
             for _ in range(repeats):
@@ -262,19 +342,41 @@ def network_precisions(image: np.ndarray, *, thread_counts: list[int], repeats: 
                 cpu = min(cpu, time.process_time() - c)
             rows.append((precision, threads, wall / mp, cpu / mp))
         labels[precision] = seg.instances(maps[0])
-    f1 = matching(labels["fp32"], labels["bf16"], thresh=0.5).f1
     print(
         f"\n### Network alone (`predict_maps`, one {image.shape[1]}x{image.shape[0]} image from "
         f"the slide, batch 1), best of {repeats}; torch {torch.__version__}\n"
     )
     print("| precision | threads | wall s / MP | CPU s / MP | MP/s |\n|---|---:|---:|---:|---:|")
     for precision, threads, wall_mp, cpu_mp in rows:
-        name = {"fp32": "fp32 eager", "bf16": "bf16 autocast + channels_last"}[precision]
+        name = {"fp32": "fp32 eager", "bf16": "bf16 autocast + channels_last",
+                "onnx-fp32": "ONNX Runtime fp32"}[precision]  # fmt: skip
         print(f"| {name} | {threads} | {wall_mp:.2f} | {cpu_mp:.2f} | {1 / wall_mp:.2f} |")
-    print(
-        f"\nparity: F1 of instances matched at IoU 0.5, bf16 vs fp32: **{f1:.4f}** "
-        f"({int(labels['fp32'].max())} vs {int(labels['bf16'].max())} nuclei; target >= 0.99)"
-    )
+    for precision in precisions[1:]:
+        f1 = matching(labels["fp32"], labels[precision], thresh=0.5).f1
+        print(
+            f"\nparity: F1 of instances matched at IoU 0.5, {precision} vs fp32: **{f1:.4f}** "
+            f"({int(labels['fp32'].max())} vs {int(labels[precision].max())} nuclei; "
+            "target >= 0.99)"
+        )
+
+
+def print_calibration() -> None:
+    """Resolve ``precision="auto"`` on this CPU now (calibrating if no choice is cached), so no
+    slide run below pays for it, and print what the calibration measured."""
+    import json
+
+    from senpath.segment import runtime
+    from senpath.segment.predict import cached_segmenter
+
+    seg = cached_segmenter(None, "cpu", "auto")
+    entry = json.loads(runtime.cache_path().read_text()).get(runtime.machine_key(seg.spec), {})
+    print(f"\n### precision auto on this CPU: **{seg.precision}** (cached in "
+          f"{runtime.cache_path()})\n")  # fmt: skip
+    print("| candidate | s / MP (calibration image) | F1 vs fp32 at IoU 0.5 |\n|---|---:|---:|")
+    for name, spm in entry.get("seconds_per_mp", {}).items():
+        print(f"| {name} | {spm:.2f} | {entry['parity_f1'][name]:.4f} |")
+    for name, why in entry.get("skipped", {}).items():
+        print(f"| {name} | skipped: {why} | |")
 
 
 def tissue_crop(path: Path, side: int) -> np.ndarray:
@@ -296,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=4096, help="slide side in px at 0.5 µm/px")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the slide run")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "onnx-fp32"], default="auto",
                    help="CNN precision for the slide run (auto: the library's default)")  # fmt: skip
     p.add_argument("--network-side", type=int, default=1024, help="image side for table 2")
     p.add_argument("--network-threads", type=str, default="1,2", help="table 2 thread counts")
@@ -305,6 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="folder for the slide (default: temp)"
     )
     p.add_argument("--skip-network", action="store_true", help="table 1 only")
+    p.add_argument(
+        "--prefetch", type=int, default=2, help="tiles the pipeline runs ahead (0: serial)"
+    )
+    p.add_argument("--pieces", action="store_true", help="the network on 256² pieces (as before)")
+    p.add_argument("--steps", action="store_true",
+                   help="run the slide once per step of VARIANTS (before issue 18 to now) and print "
+                   "their comparison, then the breakdown of the first and last")  # fmt: skip
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -313,8 +422,34 @@ def main(argv: list[str] | None = None) -> int:
         write_s = write_synthetic_slide(path, args.size)
         print(f"wrote {path.name} ({path.stat().st_size / 1e6:.0f} MB) in {write_s:.1f} s",
               file=sys.stderr)  # fmt: skip
-        result = stage_breakdown(path, Path(tmp) / "out", precision=args.precision)
-        print_breakdown(result, size=args.size, threads=args.threads, precision=args.precision)
+        print_calibration()
+        if args.steps:
+            results = []
+            for k, (name, precision, pieces, prefetch) in enumerate(VARIANTS):
+                result = stage_breakdown(path, Path(tmp) / f"out{k}", precision=precision,
+                                         pieces=pieces, prefetch=prefetch)  # fmt: skip
+                result["prefetch"] = prefetch
+                results.append((name, result))
+                print(f"{name}: {result['wall']:.1f} s", file=sys.stderr)
+            print(
+                f"\n### Steps: senpath.analyze_slide on a synthetic Ki67 slide {args.size}² px at "
+                f"{MPP} µm/px, torch threads {args.threads}, one run each, same process\n"
+            )
+            print("| step | precision | wall s | end to end MP/s | fed / analysed px | "
+                  "network s per analysed MP | network MP/s (fed) | end to end / network | "
+                  "cells |\n|---|---|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+            for name, result in results:
+                print(summary_row(name, result))
+            for name, result in (results[0], results[-1]):
+                print(f"\n#### {name}")
+                print_breakdown(result, size=args.size, threads=args.threads,
+                                precision=result["precision"])  # fmt: skip
+        else:
+            result = stage_breakdown(path, Path(tmp) / "out", precision=args.precision,
+                                     pieces=args.pieces, prefetch=args.prefetch)  # fmt: skip
+            result["prefetch"] = args.prefetch
+            print_breakdown(result, size=args.size, threads=args.threads,
+                            precision=result["precision"])  # fmt: skip
         if not args.skip_network:
             image = tissue_crop(path, min(args.network_side, args.size))
             threads = [int(t) for t in args.network_threads.split(",")]

@@ -69,6 +69,14 @@ ModelOpt = Annotated[
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (CNN segmenter).")
 ]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="auto | fp32 | bf16 | fp16 | onnx-fp32: how the CNN runs (auto: measured once per "
+        "machine on a CPU, fp16 on CUDA).",
+    ),
+]
 
 
 @app.command()
@@ -89,6 +97,7 @@ def run(
         str | None, typer.Option("--segmenter", help="auto | cnn | classical.")
     ] = None,
     device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
     model: ModelOpt = None,
     force: Annotated[
         bool, typer.Option("--force", help="Redo slides that are already complete.")
@@ -135,8 +144,9 @@ def run(
     settings = load_settings(config)  # the whole file, checked once: every problem on its own line
     assays = settings.assays
     cfg = settings.analysis.replace(
-        segmenter=segmenter, device=device, model=str(model) if model else None
-    )
+        segmenter=segmenter, device=device, model=str(model) if model else None,
+        precision=precision,
+    )  # fmt: skip
     jobs, problems = plan_batch(input, assays=assays, assay=assay, mpp=mpp)
     for problem in problems:
         _error_line("sample sheet", problem)
@@ -184,7 +194,9 @@ def run(
 @app.command()
 def export(
     results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
-    by: Annotated[str, typer.Option("--by", help="patient | slide")] = "patient",
+    by: Annotated[
+        str, typer.Option("--by", help="patient | slide | condition | well (culture plates)")
+    ] = "patient",
     format: Annotated[
         str,
         typer.Option("--format", help="Comma-separated: csv,parquet,xlsx,geojson,anndata"),
@@ -205,6 +217,14 @@ def export(
             "per-patient figures too; by default they are left out (the table names them).",
         ),
     ] = False,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="With --by condition: the condition the others are compared with (default: "
+            "one named untreated, control, vehicle, DMSO, mock...).",
+        ),
+    ] = None,
 ) -> None:
     """Write the per-patient (or per-slide) marker table, or per-slide QuPath GeoJSON cells.
 
@@ -218,6 +238,8 @@ def export(
       senpath export results/ --format geojson --out qupath/   (one <slide_id>.geojson per slide)
 
       senpath export results/ --format anndata   (every cell in RESULTS/cells.h5ad)
+
+      senpath export results/ --by condition --format csv,xlsx --reference untreated
     """
     from senpath.export import (
         CELL_FORMATS,
@@ -249,7 +271,15 @@ def export(
             console.print(f"wrote {path}")
     elif out is not None:
         stem = out
-    if tables:
+    if tables and by in ("condition", "well"):  # culture plates: senpath.conditions
+        from senpath.conditions import export_conditions
+
+        for path in export_conditions(
+            stores, results, by=by, formats=tables + stale_formats(stem, tables), stem=stem,
+            reference=reference, include_unreliable=include_unreliable,
+        ):  # fmt: skip
+            console.print(f"wrote {path}")
+    elif tables:
         # the same table in other formats from an earlier export would keep older figures
         # (uncorrected ones after a review): rewrite them too
         stale = stale_formats(stem, tables)
@@ -390,6 +420,56 @@ def report(
 
 
 @app.command()
+def rescore(
+    results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--threshold",
+            help="A fixed OD threshold, MARKER=OD (sabgal=0.10); repeat for more markers.",
+        ),
+    ] = None,
+    settings: Annotated[
+        Path | None,
+        typer.Option(
+            "--settings",
+            help="A settings TOML: its marker rules, auto_threshold and control_percentile.",
+        ),
+    ] = None,
+) -> None:
+    """Re-apply marker thresholds to the stored per-cell measurements, without segmenting again.
+
+    Rewrites the calls, summary, provenance (old and new thresholds) and QC pictures of every
+    store; a reviewer's call flips and exclusions stay applied on top.
+
+    Examples:
+
+      senpath rescore results/ --threshold sabgal=0.10
+
+      senpath rescore results/ --settings lab.toml   (e.g. [analysis] control_percentile = 95)
+    """
+    from senpath.rescore import rescore_results
+
+    reports = rescore_results(results, thresholds=threshold or [], settings=settings)
+    table = Table(title=f"senpath rescore: {results}")
+    for col in ("slide_id", "status", "thresholds (OD)", "calls changed", "seconds"):
+        table.add_column(col)
+    table.add_column("message", overflow="fold")
+    for r in reports:
+        style = "green" if r.status == "ok" else "red"
+        moved = "; ".join(
+            f"{m} {r.before.get(m, float('nan')):.3f} -> {od:.3f}" for m, od in r.after.items()
+        )
+        table.add_row(
+            r.slide_id, f"[{style}]{r.status}[/{style}]", moved, str(r.n_changed),
+            f"{r.seconds:.1f}", escape(r.message),
+        )  # fmt: skip
+    Console().print(table)
+    if any(r.status == "failed" for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
 def relink(
     store: Annotated[Path, typer.Argument(help="One slide's results folder (RESULTS/<slide_id>).")],
     slide: Annotated[Path, typer.Argument(help="Where the slide file is now.")],
@@ -414,6 +494,12 @@ def relink(
         _error_line("error", str(exc))
         raise typer.Exit(2) from None
     console.print(f"{store.name}: slide now at {entry['slide_path']} (was {entry['previous']})")
+
+
+# `senpath review status | sign-off | reopen | import-qupath` (senpath/review_cli.py)
+from senpath.review_cli import review_app  # noqa: E402
+
+app.add_typer(review_app, name="review")
 
 
 @app.command()

@@ -122,6 +122,7 @@ ANALYSIS_SETTINGS: dict[str, Setting] = {
         pattern_hint="use auto, cpu, cuda, cuda:N or mps",
         example='"cuda:0"',
     ),
+    "precision": Setting("choice", choices=("auto", "fp32", "bf16", "fp16", "onnx-fp32")),
     "tissue_mpp": Setting("number", "µm/px", 0, 100, low_open=True, example="8"),
     "stain_vectors": Setting("choice", choices=("estimate", "preset")),
     "auto_threshold": Setting("bool"),
@@ -558,6 +559,9 @@ class AnalysisConfig:
     model : a nucleus model of your own for the CNN: the path of its ``nucleus_unet.json`` (or its
         folder), as written by ``python -m senpath.segment.export``; ``None`` = the shipped model.
     device : ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+    precision : how the CNN runs: ``auto`` (fp16 on CUDA; on a CPU the fastest of ``fp32``,
+        ``bf16`` and ``onnx-fp32`` that keeps fp32's nuclei, measured once per machine),
+        ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``onnx-fp32`` (ONNX Runtime, CPU).
     tissue_mpp : resolution of the tissue mask.
     stain_vectors : ``estimate`` (per slide, Macenko with the assay's vectors as the prior and guard
         rails; see :func:`senpath.stain.estimate_stains`) or ``preset`` (the assay's vectors as given).
@@ -581,6 +585,7 @@ class AnalysisConfig:
     segmenter: str = "auto"
     model: str | None = None
     device: str = "auto"
+    precision: str = "auto"
     tissue_mpp: float = 8.0
     stain_vectors: str = "estimate"
     auto_threshold: bool = False
@@ -628,6 +633,10 @@ class AnalysisConfig:
         from a control, whose identity holds the cut-offs they gave.
         """
         settings = {k: v for k, v in self.to_dict().items() if k not in CONTROL_SETTINGS}
+        if settings["precision"] == "auto":
+            del settings[
+                "precision"
+            ]  # the default leaves the digests of earlier stores as they were
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -91,6 +91,17 @@ class BatchControls:
         """Whether ``job`` sets its group's cut-offs."""
         return self._negative.get(group_key(job)) is job
 
+    def waits_for_control(self, job: SlideJob) -> bool:
+        """Whether ``job`` must wait for its group's negative control (not run, not failed yet)."""
+        key = group_key(job)
+        negative = self._negative.get(key)
+        return (
+            negative is not None
+            and negative is not job
+            and key not in self._cutoff
+            and key not in self._problem
+        )
+
     def cutoff_for(self, job: SlideJob) -> ControlCutoff | None:
         """The cut-offs ``job`` is scored with (``None``: the rule's, its group has no controls).
 

@@ -50,7 +50,9 @@ from senpath.batch_jobs import (
     screen_job,
 )
 from senpath.config import AnalysisConfig, Assay
+from senpath.controls import BatchControls, GroupKey, group_key
 from senpath.samplesheet import SlideJob
+from senpath.score import ControlCutoff
 from senpath.slide_analysis import commit_slide
 from senpath.slide_plan import SlidePlan, plan_slide
 from senpath.tile_engine import TileResult, analyze_tiles, segment_tiles
@@ -293,7 +295,10 @@ def _tiles_task(
 
 
 def _commit_task(
-    plan: SlidePlan, parts: list[tuple[list[TileResult], float]] | None, out: str
+    plan: SlidePlan,
+    parts: list[tuple[list[TileResult], float]] | None,
+    out: str,
+    cutoff: ControlCutoff | None = None,
 ) -> tuple[str, int, float]:
     t = time.perf_counter()
     if parts is None:  # a small slide: its tiles run here, streamed
@@ -303,7 +308,9 @@ def _commit_task(
         results = [r for batch, _ in parts for r in batch]
         tile_seconds = sum(s for _, s in parts)
     with _in_worker_dask():
-        folder = commit_slide(plan, results, out=out, extra_timings={"tile_tasks_s": tile_seconds})
+        folder = commit_slide(
+            plan, results, out=out, extra_timings={"tile_tasks_s": tile_seconds}, cutoff=cutoff
+        )
     seconds = sum(plan.timings.values()) + tile_seconds + time.perf_counter() - t
     return str(folder), _count_cells(folder), seconds
 
@@ -318,6 +325,7 @@ class _SlideRun:
     index: int
     job: SlideJob
     futures: list[Future] = field(default_factory=list)
+    cutoff: ControlCutoff | None = None  # from the batch's negative control (sample sheet)
 
 
 def run_batch_distributed(
@@ -351,11 +359,13 @@ def run_batch_distributed(
     list of SlideReport
         One per job, in job order; ``seconds`` is the slide's compute time on the workers.
 
-    Raises
-    ------
-    ValueError
-        When a job is a control (sample sheet ``control``): scoring from controls needs the
-        controls done first, which this scheduler does not do yet.
+    Notes
+    -----
+    A batch with controls (sample sheet ``batch`` and ``control``) runs in two passes per group,
+    as in one process (:class:`senpath.controls.BatchControls`): a group's negative control is
+    submitted first, with the slides of groups without controls; the group's other slides are
+    held back until it is committed, then scored at its cut-offs (or failed with a line naming
+    it, when it failed).
     """
     from distributed import as_completed
 
@@ -364,13 +374,10 @@ def run_batch_distributed(
     if tiles_per_task < 1:
         raise ValueError(f"tiles_per_task must be at least 1, got {tiles_per_task}")
     jobs = list(jobs)
-    controls = [j.slide_id for j in jobs if j.control is not None]
-    if controls:  # every slide is scheduled at once: none could wait for its batch's control
-        raise ValueError(
-            f"slides {', '.join(controls[:3])}{', ...' if len(controls) > 3 else ''} are controls: "
-            "a batch scored from its controls runs in one process (senpath run without --workers "
-            "or --scheduler)"
-        )
+    controls = BatchControls(jobs, config)
+    # a group's slides wait for its negative control: their cut-offs (and whether their stores
+    # are current) are known only once it is committed
+    waiting: dict[GroupKey, list[int]] = {}
     out_text = str(Path(out))
     resources = _tile_resources(client, config, tile_resources, resolve_method)
     reports: list[SlideReport | None] = [None] * len(jobs)
@@ -390,6 +397,24 @@ def run_batch_distributed(
             pending.add(fut)
         return fut
 
+    seen: set[str] = set()
+
+    def launch(i: int) -> None:
+        job = jobs[i]
+        try:
+            cutoff = controls.cutoff_for(job)
+            assay, skipped = screen_job(
+                job, out=out, config=config, assays=assays, force=force, seen=seen, cutoff=cutoff
+            )
+        except Exception as exc:  # one bad slide must not stop the batch
+            finish(i, failed_report(job, exc, out=out))
+            return
+        if skipped is not None:
+            finish(i, skipped)
+            return
+        running[i] = run = _SlideRun(i, job, cutoff=cutoff)
+        submit(run, "plan", _plan_task, job, assay, config)
+
     def finish(i: int, report: SlideReport) -> None:
         reports[i] = report
         run = running.pop(i, None)
@@ -399,24 +424,24 @@ def run_batch_distributed(
             client.cancel([f for f in run.futures if not f.done()])
         if bar:
             bar.slide_done(report)
+        job = jobs[i]
+        if controls.is_negative_control(job):  # its group's slides may go now
+            if report.folder is not None:
+                controls.control_done(job, report.folder)
+            else:
+                controls.control_failed(job, report.message)
+            for k in waiting.pop(group_key(job), []):
+                launch(k)
 
     try:
         if bar:
             bar.print(dashboard_message(client))
-        seen: set[str] = set()
-        for i, job in enumerate(jobs):
-            try:
-                assay, skipped = screen_job(
-                    job, out=out, config=config, assays=assays, force=force, seen=seen
-                )
-            except Exception as exc:  # one bad slide must not stop the batch
-                finish(i, failed_report(job, exc, out=out))
-                continue
-            if skipped is not None:
-                finish(i, skipped)
-                continue
-            running[i] = run = _SlideRun(i, job)
-            submit(run, "plan", _plan_task, job, assay, config)
+        for i in controls.order(jobs):  # negative controls first
+            job = jobs[i]
+            if controls.waits_for_control(job):
+                waiting.setdefault(group_key(job), []).append(i)
+            else:
+                launch(i)
 
         for fut in pending:
             where = stage_of.get(fut.key)
@@ -438,7 +463,7 @@ def run_batch_distributed(
                 if bar:
                     bar.add_tiles(n)
                 if resources is None and n <= tiles_per_task:
-                    submit(run, "commit", _commit_task, fut, None, out_text, n=n)
+                    submit(run, "commit", _commit_task, fut, None, out_text, run.cutoff, n=n)
                     continue
                 parts = []
                 for start in range(0, n, tiles_per_task):
@@ -447,7 +472,7 @@ def run_batch_distributed(
                     if resources is not None:
                         seg = submit(run, "segment", _segment_task, fut, idx, resources=resources)
                     parts.append(submit(run, "tiles", _tiles_task, fut, idx, seg, n=len(idx)))
-                submit(run, "commit", _commit_task, fut, parts, out_text, n=0)
+                submit(run, "commit", _commit_task, fut, parts, out_text, run.cutoff, n=0)
                 continue
             # commit: the store is written and its manifest committed
             folder, n_cells, seconds = fut.result()

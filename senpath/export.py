@@ -18,7 +18,8 @@ import pandas as pd
 
 from senpath.anndata_export import cells_anndata as cells_anndata  # the public names stay here
 from senpath.anndata_export import write_anndata as write_anndata
-from senpath.corrections import load_results, n_corrections
+from senpath.corrections import load_results, n_corrections, review_status
+from senpath.corrections.status import IN_REVIEW, NOT_STARTED, SIGNED_OFF
 from senpath.provenance import profile_toml
 from senpath.results import SlideResults, atomic_write_bytes, find_stores
 from senpath.score import marker_figures, proportion_figures
@@ -109,6 +110,28 @@ def _group_row(group: Sequence[SlideResults]) -> dict[str, Any]:
     return row
 
 
+def review_columns(group: Sequence[SlideResults], *, count: bool = False) -> dict[str, Any]:
+    """The review status of a row's slides (:mod:`senpath.corrections.status`).
+
+    ``review_status`` is ``signed off`` when every slide is, ``not started`` when none is
+    reviewed, ``in review`` otherwise; ``reviewed_by`` names who signed off or last edited
+    (``;``-joined), ``review_time`` the latest of their times (UTC). With ``count``,
+    ``n_slides_signed_off`` too (the per-patient table).
+    """
+    statuses = [review_status(res.corrections) for res in group]
+    kinds = {s.status for s in statuses}
+    status = kinds.pop() if len(kinds) == 1 else IN_REVIEW
+    started = [s for s in statuses if s.status != NOT_STARTED]
+    cols: dict[str, Any] = {
+        "review_status": status if group else NOT_STARTED,
+        "reviewed_by": _joined(s.reviewer for s in started if s.reviewer),
+        "review_time": max((s.time for s in started), default=""),
+    }
+    if count:
+        cols["n_slides_signed_off"] = sum(s.status == SIGNED_OFF for s in statuses)
+    return cols
+
+
 def _joined(values: Iterable[Any]) -> str:
     return ";".join(sorted({str(v) for v in values}))
 
@@ -157,7 +180,9 @@ def marker_table(
 
     When a slide of the table was reviewed (a corrections log), two columns say which figures
     are corrected: ``n_corrections`` (edits in effect, over the row's slides) and ``corrected``
-    (``yes`` / ``no``). A table of uncorrected slides has neither.
+    (``yes`` / ``no``). A table of uncorrected slides has neither. Every table says where the
+    review stands (:func:`review_columns`): ``review_status`` (``not started``, ``in review``,
+    ``signed off``), ``reviewed_by``, ``review_time`` and, per patient, ``n_slides_signed_off``.
 
     Every row says whether its figures can be trusted: ``stain_qc`` (the slides' stain QC status)
     and ``reliable`` (``no`` when a slide of the row does not match its assay, see
@@ -195,10 +220,13 @@ def marker_table(
             n = sum(n_corrections(res.corrections) for res in groups[key])
             row["n_corrections"] = n
             row["corrected"] = "yes" if n else "no"
+        row.update(review_columns(groups[key], count=by == "patient"))
         rows.append(row)
     table = pd.DataFrame(rows)
     for col in table.columns:
-        counts = ("n_slides", "n_cells", "n_corrections", "n_slides_unreliable")
+        counts = (
+            "n_slides", "n_cells", "n_corrections", "n_slides_unreliable", "n_slides_signed_off",
+        )  # fmt: skip
         if col in counts or col.endswith(_COUNT_SUFFIXES):
             table[col] = table[col].astype("Int64")
     return table

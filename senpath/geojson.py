@@ -4,10 +4,16 @@ One ``FeatureCollection`` per slide, one ``Feature`` per cell, as QuPath (0.4+) 
 
     {"type": "Feature", "id": "<uuid5(slide_id, cell_id)>",
      "geometry": <cell outline: the nucleus grown by the cytoplasm ring, Polygon or MultiPolygon>,
+     "nucleusGeometry": <nucleus outline>,
      "properties": {"objectType": "cell",
-                    "nucleusGeometry": <nucleus outline>,
                     "classification": {"name": "ki67: Positive", "color": [r, g, b]},
-                    "measurements": {"nucleus_area_um2": 31.5, ...}}}
+                    "measurements": {"nucleus_area_um2": 31.5, "cell_id": 17.0, ...}}}
+
+``nucleusGeometry`` sits beside ``geometry`` (a member of the Feature, not of its properties): that
+is where QuPath's reader (``PathObjectTypeAdapters``, 0.4+) looks for a cell's nucleus, and where
+its own export puts it. QuPath keeps the Feature ``id`` (a UUID) and the measurements of what it
+imports and writes them back, so a file edited in QuPath can be matched to the cells again
+(:mod:`senpath.qupath_import`); properties it does not know (the flags below) are dropped by it.
 
 A slide with corrections (``senpath.load_results`` applied its log) adds two flags to every
 feature's ``properties``: ``excluded`` (a reviewer excluded the cell) and ``manual`` (a reviewer set a
@@ -261,11 +267,7 @@ def slide_features(res: SlideResults) -> Iterator[dict[str, Any]]:
         measurements = {
             name: float(v) for name, v in zip(columns, values[i], strict=True) if math.isfinite(v)
         }
-        properties: dict[str, Any] = {
-            "objectType": "cell",
-            "nucleusGeometry": nucleus_geom,
-            "measurements": measurements,
-        }
+        properties: dict[str, Any] = {"objectType": "cell", "measurements": measurements}
         if classes[i] is not None:
             properties["classification"] = classes[i]
         if flags is not None:
@@ -274,6 +276,7 @@ def slide_features(res: SlideResults) -> Iterator[dict[str, Any]]:
             "type": "Feature",
             "id": cell_uuid(res.slide_id, cid),
             "geometry": cell_geom,
+            "nucleusGeometry": nucleus_geom,
             "properties": properties,
         }
 

@@ -26,6 +26,7 @@ from senpath.batch_jobs import (
 )
 from senpath.config import AnalysisConfig, Assay, load_assays, resolve_settings
 from senpath.controls import BatchControls
+from senpath.plate import record_layout
 from senpath.results import prepare_results_root, store_folder
 from senpath.samplesheet import SlideJob, jobs_for_input
 from senpath.score import ControlCutoff
@@ -109,14 +110,8 @@ def run_batch(
         out
     )  # a file, or a folder this user cannot write: one line, not a traceback
     jobs = list(jobs)
-    controls = BatchControls(jobs, config)
-    if any(modes) and controls.any:
-        # the cluster schedules every slide at once; a batch's slides must wait for its control
-        raise ValueError(
-            "a sample sheet with control rows runs in this process only: drop --workers/"
-            "--scheduler (or the client), or run the controls' batches separately"
-        )
-    if any(modes):
+    record_layout(out, (j.placement for j in jobs))  # conditions and wells, for the exports
+    if any(modes):  # controls too: the cluster holds a group's slides until its control is done
         from senpath.distributed import cluster_client, run_batch_distributed
 
         if client is not None:
@@ -140,6 +135,7 @@ def run_batch(
                 force=force,
                 progress=progress,
             )
+    controls = BatchControls(jobs, config)
     done: dict[int, SlideReport] = {}
     bar = BatchProgress(len(jobs)) if progress else None
     seen: set[str] = set()

@@ -5,7 +5,9 @@ per-marker histograms of the thresholded optical density with the threshold line
 (with QC thumbnails), the per-patient table, and the failed slides from ``failures.log``. Slides
 a person reviewed (a corrections log) are named as corrected at the top, in the slides table and in
 the per-patient table; their figures are the corrected ones, while the QC overlay stays the picture
-of the pipeline's calls and is labelled so. Plots are small PNG images embedded as base64; the QC
+of the pipeline's calls and is labelled so. Each slide's review status (not started, in review,
+signed off by whom and when) is in a line at the top, the slides table and the per-patient table.
+Plots are small PNG images embedded as base64; the QC
 pictures are small JPEG thumbnails linked (by relative path) to the full pictures in the stores, so
 the report stays a few hundred kB for a batch and opens with the results folder beside it. The
 per-patient table shows the headline figures; every column is in ``senpath export``'s CSV/XLSX.
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 import senpath
-from senpath.corrections import n_corrections
+from senpath.corrections import n_corrections, review_status
 from senpath.export import is_reliable, load_all, marker_names, marker_table
 from senpath.qc_plots import figure, png_bytes, slide_histograms_png
 from senpath.results import QC_HISTOGRAMS, QC_OVERLAY, SlideResults, atomic_write_bytes
@@ -247,6 +249,7 @@ def render_report(
                 f"corrected by a person ({names}): their figures, tables and histograms are the "
                 "corrected ones; their QC overlays show the pipeline's calls before the review.</p>"
             )
+        parts.append(_review_line(stores))
         table = marker_table(stores, by="patient", include_unreliable=include_unreliable)
         unreliable = [res for res in stores if not is_reliable(res)]
         if unreliable:
@@ -277,6 +280,7 @@ def render_report(
                 png = od_histogram_png(od, thresholds, marker=m, column=column)
                 parts.append(f"<figure>{_img(png, f'{m} OD histogram')}</figure>")
             parts.append("</div>")
+        parts.extend(_conditions_section(stores, root, include_unreliable=include_unreliable))
         parts.append("<h2>Slides</h2>" + _slides_table(stores))
         parts.append(spatial_section(stores))  # density maps and hot-spots (senpath.spatial)
         parts.append(
@@ -324,11 +328,27 @@ def render_report(
     return "\n".join(parts)
 
 
+def _conditions_section(
+    stores: Sequence[SlideResults], root: Path, *, include_unreliable: bool
+) -> list[str]:
+    """The culture experiment's condition table and plate maps (none without a layout)."""
+    from senpath.conditions import report_section
+
+    section = report_section(stores, root, include_unreliable=include_unreliable)
+    if section is None:
+        return []
+    table, pictures, note = section
+    parts = ["<h2>Conditions</h2>", f"<p>{html.escape(note)}</p><div class='scroll'>"]
+    parts.append(table.to_html(index=False, na_rep=MISSING) + "</div>")
+    parts += [f"<figure>{_img(png, f'plate map {m}')}</figure>" for m, png in pictures]
+    return parts
+
+
 def _slides_table(stores: Sequence[SlideResults]) -> str:
     rows = ["<table><tr>"]
     heads: tuple[str, ...] = (
         "slide_id", "patient_id", "assay", "cells", "tissue mm²", "segmenter", "threshold",
-        "reliable", "warning",
+        "reliable", "warning", "review",
     )  # fmt: skip
     reviewed = any(res.corrections for res in stores)
     if reviewed:
@@ -352,8 +372,10 @@ def _slides_table(stores: Sequence[SlideResults]) -> str:
             _threshold_text(res),
             "yes" if is_reliable(res) else "no (stain QC)",
             str(s.get("warning", "")),
+            review_status(res.corrections).describe(),
         )
         cls = ["l", "l", "l", "", "", "l", "l", "l" if is_reliable(res) else "l warn", "l warn"]
+        cls.append("l")
         if reviewed:
             values += (_corrected_text(res),)
             cls.append("l warn")
@@ -366,6 +388,19 @@ def _slides_table(stores: Sequence[SlideResults]) -> str:
         )
     rows.append("</table>")
     return "".join(rows)
+
+
+def _review_line(stores: Sequence[SlideResults]) -> str:
+    """``Review: 1 of 3 slide(s) signed off (P1-ki67 by anna), 1 in review, 1 not started.``"""
+    statuses = {res.slide_id: review_status(res.corrections) for res in stores}
+    signed = [f"{sid} by {st.signed_off_by}" for sid, st in statuses.items() if st.signed_off]
+    n_review = sum(st.status == "in review" for st in statuses.values())
+    n_none = sum(st.status == "not started" for st in statuses.values())
+    names = f" ({html.escape(', '.join(signed))})" if signed else ""
+    return (
+        f"<p><b>Review:</b> {len(signed)} of {len(stores)} slide(s) signed off{names}, "
+        f"{n_review} in review, {n_none} not started.</p>"
+    )
 
 
 def _threshold_text(res: SlideResults) -> str:
@@ -422,7 +457,7 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
 
     Keeps the patient, slide and cell counts, assays, each marker's % positive with its Wilson
     95% CI (``"24.8 (22.2–27.6)"``) and H-score, each phenotype index with its CI, the median
-    nucleus area and, for a reviewed batch, ``corrected``; columns no patient has a value in are
+    nucleus area, for a reviewed batch ``corrected``, and the review status (``review``); columns no patient has a value in are
     left out. Missing figures are ``None`` (shown one way, as :data:`MISSING`, whatever the
     column's dtype).
     """
@@ -446,6 +481,8 @@ def readable_table(table: pd.DataFrame) -> pd.DataFrame:
         ]
     if "corrected" in table.columns:
         out["corrected"] = table["corrected"].astype(str)
+    if "review_status" in table.columns:
+        out["review"] = table["review_status"].astype(str)
     # a figure no patient has (a phenotype none of the assays can call) is not a column here
     return out.loc[:, out.notna().any(axis=0)]
 

@@ -6,7 +6,8 @@ one is a near miss of a sheet column (``mmp``, ``Section``), which is an error. 
 resolve against the sheet's folder. ``batch`` names the staining run a slide belongs to (any text)
 and ``control`` marks a row as that batch's ``negative`` or ``positive`` control (empty: a sample);
 the marker cut-offs of a batch and assay with a negative control come from it (see
-:mod:`senpath.controls`). Every row is validated and all problems are reported together, one line
+:mod:`senpath.controls`). Culture experiments add ``condition``, ``plate``, ``well`` and
+``replicate`` (see :mod:`senpath.plate`). Every row is validated and all problems are reported together, one line
 each naming the sheet and the row, so a user fixes the sheet in one go.
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from senpath.plate import LAYOUT_COLUMNS, Placement, canonical_well, layout_problems
 from senpath.results import slide_id_problem
 
 #: File extensions that a folder scan picks up as slides.
@@ -30,7 +32,7 @@ SLIDE_EXTENSIONS = (
     ".ome.tiff", ".png", ".jpg", ".jpeg",
 )  # fmt: skip
 REQUIRED_COLUMNS = ("patient_id", "slide_id", "path", "assay")
-OPTIONAL_COLUMNS = ("mpp", "section", "batch", "control")
+OPTIONAL_COLUMNS = ("mpp", "section", "batch", "control", *LAYOUT_COLUMNS[:-1])
 #: Values of the ``control`` column (empty: the row is a sample, not a control).
 CONTROL_KINDS = ("negative", "positive")
 
@@ -107,6 +109,19 @@ class SlideJob:
     row: int | None = None  # sheet row as a spreadsheet shows it (1 = header), for messages
     batch: str | None = None  # staining batch (sample sheet ``batch``): its controls set cut-offs
     control: str | None = None  # "negative" / "positive" for a control row, None for a sample
+    # culture experiments (senpath.plate): the image's condition, plate, well (canonical, "B03")
+    # and biological replicate
+    condition: str | None = None
+    plate: str | None = None
+    well: str | None = None
+    replicate: str | None = None
+
+    @property
+    def placement(self) -> Placement:
+        """Where the image belongs in the experiment (for ``<results>/layout.csv``)."""
+        return Placement(
+            self.slide_id, self.condition, self.plate, self.well, self.replicate, self.control
+        )
 
 
 def _numbered_rows(lines: Iterable[str]) -> tuple[list[str], list[tuple[int, dict[Any, Any]]]]:
@@ -183,6 +198,7 @@ def read_sample_sheet(
     jobs: list[SlideJob] = []
     problems: list[str] = []
     seen: dict[str, int] = {}
+    good_rows: list[tuple[int, dict[str, str]]] = []
     for i, raw in rows:
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         where = f"{sheet}: row {i}"
@@ -228,6 +244,8 @@ def read_sample_sheet(
                 f"{where}: control {row['control']!r} is not a control kind{hint} (write "
                 "negative, positive, or leave it empty for a sample)"
             )
+        if row.get("well") and (well_problem := layout_problems([(i, row)], sheet)):
+            errs.append(well_problem[i])
         path = Path(row.get("path", ""))
         if not path.is_absolute():
             path = sheet.parent / path
@@ -239,6 +257,7 @@ def read_sample_sheet(
             problems.extend(errs)
             continue
         seen[slide_id] = i
+        good_rows.append((i, row))
         jobs.append(
             SlideJob(
                 slide_id,
@@ -250,8 +269,17 @@ def read_sample_sheet(
                 i,
                 batch=row.get("batch") or None,
                 control=control,
+                condition=row.get("condition") or None,
+                plate=row.get("plate") or None,
+                well=canonical_well(row["well"]) if row.get("well") else None,
+                replicate=row.get("replicate") or None,
             )  # fmt: skip
         )
+    # across rows: a well given two conditions (or replicates); the later row is the bad one
+    clashes = layout_problems(good_rows, sheet)
+    if clashes:
+        problems.extend(clashes.values())
+        jobs = [j for j in jobs if j.row not in clashes]
     if problems and not skip_bad_rows:
         raise SampleSheetError(sheet, problems)
     return jobs, problems

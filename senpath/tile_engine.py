@@ -17,9 +17,9 @@ half and :func:`analyze_tiles` the rest with the labels it returns), the napari 
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,11 @@ from senpath.segment import Segmenter, load_segmenter
 from senpath.slide_plan import SlidePlan, read_grid_box
 from senpath.stain import StainSet, deconvolve
 from senpath.tiling import Box, Instance, Tile, keep_owned, paste
+
+_Item = TypeVar("_Item")
+_Out = TypeVar("_Out")
+#: End of an iterator (``next(it, _END)``).
+_END: Any = object()
 
 __all__ = [
     "TileResult",
@@ -90,6 +95,7 @@ def plan_segmenter(plan: SlidePlan) -> Segmenter:
         device=config.device,
         i0=plan.i0,
         min_area_um2=config.min_nucleus_area_um2,
+        precision=config.precision,
     )
 
 
@@ -180,9 +186,20 @@ def segment_tiles(
     slide = slide if slide is not None else open_slide(plan.path, mpp=plan.mpp)
     segmenter = segmenter if segmenter is not None else plan_segmenter(plan)
     amp = plan.config.analysis_mpp
-    return [
-        segmenter.segment(read_grid_box(slide, plan.tiles[i].box, amp), mpp=amp) for i in indices
-    ]
+    if not (hasattr(segmenter, "network_maps") and indices):
+        return [
+            segmenter.segment(read_grid_box(slide, plan.tiles[i].box, amp), mpp=amp)
+            for i in indices
+        ]
+    # the CNN: tiles batched per network call as the device holds them (1 on a CPU)
+    cnn: Any = segmenter
+    batch = max(1, int(cnn.tile_batch(max(plan.tiles[indices[0]].box.shape))))
+    out: list[NDArray[np.int32]] = []
+    for g in range(0, len(indices), batch):
+        images = [read_grid_box(slide, plan.tiles[i].box, amp) for i in indices[g : g + batch]]
+        for rgb, maps in zip(images, cnn.network_maps(images, mpp=amp), strict=True):
+            out.append(cnn.labels_from_maps(maps, rgb.shape[:2], mpp=amp))
+    return out
 
 
 def analyze_tiles(
@@ -192,6 +209,7 @@ def analyze_tiles(
     labels: Sequence[NDArray[np.integer]] | None = None,
     slide: Any = None,
     segmenter: Segmenter | None = None,
+    prefetch: int = 2,
 ) -> Iterator[TileResult]:
     """Read, segment (unless ``labels`` are given), measure and keep the owned nuclei of tiles.
 
@@ -204,11 +222,21 @@ def analyze_tiles(
     slide : the opened slide (opened here when ``None``).
     segmenter : the slide's segmenter (:func:`plan_segmenter` when ``None``; a benchmark may pass
         its own).
+    prefetch : batches of tiles read (and, with the CNN, run through the network) ahead in a worker
+        thread while this one post-processes and measures the tiles before them; 0 does it all
+        here, tile by tile. The results are the same either way, in ``indices`` order.
 
     Yields
     ------
     TileResult
-        One per tile, lazily (a whole slide's results need not be held at once).
+        One per tile, lazily (a whole slide's results need not be held at once: at most
+        ``prefetch`` batches wait, read and inferred, besides the tile being measured).
+
+    Notes
+    -----
+    The network (torch releases the GIL) thus runs on tile k+1 while the watershed and the
+    measurement run on tile k. Closing the generator (a cancelled slide) drops the batches not
+    started and waits for the one running.
     """
     from senpath.io import open_slide
 
@@ -216,21 +244,80 @@ def analyze_tiles(
     if segmenter is None and labels is None:
         segmenter = plan_segmenter(plan)
     amp = plan.config.analysis_mpp
-    for k, i in enumerate(indices):
-        tile = plan.tiles[i]
-        result, _ = analyze_tile(
-            read_grid_box(slide, tile.box, amp),
-            tile,
-            segmenter=segmenter,
-            stains=plan.stain_estimate.stains,
-            i0=plan.i0,
-            mpp=amp,
-            config=plan.config,
-            image_shape=plan.shape_px,
-            index=i,
-            labels=None if labels is None else labels[k],
-        )
-        yield result
+    # a CNN splits into network maps (worker thread) and their watershed (here); other segmenters
+    # run whole here, the worker reads ahead
+    split = labels is None and hasattr(segmenter, "network_maps")
+    batch = 1
+    if split and plan.tiles:
+        batch = max(1, int(segmenter.tile_batch(max(plan.tiles[0].box.shape))))  # type: ignore[union-attr]
+    positions = list(enumerate(indices))
+    groups = [positions[g : g + batch] for g in range(0, len(positions), batch)]
+
+    def read_and_infer(
+        group: list[tuple[int, int]],
+    ) -> list[tuple[NDArray[np.uint8], NDArray[np.float32] | None]]:
+        images = [read_grid_box(slide, plan.tiles[i].box, amp) for _, i in group]
+        if not split:
+            return [(rgb, None) for rgb in images]
+        maps = segmenter.network_maps(images, mpp=amp)  # type: ignore[union-attr]
+        return list(zip(images, maps, strict=True))
+
+    for group, done in _ahead(read_and_infer, groups, depth=prefetch):
+        for (k, i), (rgb, maps) in zip(group, done, strict=True):
+            if labels is not None:
+                tile_labels: NDArray[np.integer] | None = labels[k]
+            elif maps is not None:
+                tile_labels = segmenter.labels_from_maps(maps, rgb.shape[:2], mpp=amp)  # type: ignore[union-attr]
+            else:
+                tile_labels = None
+            result, _ = analyze_tile(
+                rgb,
+                plan.tiles[i],
+                segmenter=segmenter,
+                stains=plan.stain_estimate.stains,
+                i0=plan.i0,
+                mpp=amp,
+                config=plan.config,
+                image_shape=plan.shape_px,
+                index=i,
+                labels=tile_labels,
+            )
+            yield result
+
+
+def _ahead(
+    work: Callable[[_Item], _Out], items: Sequence[_Item], *, depth: int
+) -> Iterator[tuple[_Item, _Out]]:
+    """``(item, work(item))`` in order, with ``work`` run up to ``depth`` items ahead in one worker
+    thread (``depth`` 0: here, item by item). Memory holds at most ``depth`` finished outputs."""
+    if depth <= 0:
+        for item in items:
+            yield item, work(item)
+        return
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    # one worker: the network has the cores' threads already; order is kept by the queue
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="senpath-tiles") as pool:
+        queue: deque[tuple[_Item, Future[_Out]]] = deque()
+        upcoming = iter(items)
+        try:
+            for item in upcoming:
+                queue.append((item, pool.submit(work, item)))
+                if len(queue) >= depth:
+                    break
+            while queue:
+                item, future = queue.popleft()
+                out = future.result()  # an error in the worker is raised here, for this tile
+                following = next(upcoming, _END)
+                if following is not _END:
+                    queue.append((following, pool.submit(work, following)))  # type: ignore[arg-type]
+                yield item, out
+        finally:
+            # a closed generator (a cancel) or an error: drop what has not started; leaving the
+            # with-block waits for the one running
+            for _, future in queue:
+                future.cancel()
 
 
 def analyze_box(

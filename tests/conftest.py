@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# the CNN's "auto" precision on a CPU is measured once per machine (senpath.segment.runtime): the
+# tests pin it, so they neither calibrate nor write to the user's cache (test_segment_runtime
+# checks the calibration itself)
+os.environ.setdefault("SENPATH_PRECISION", "bf16")
 
 #: Real data for development and validation sits beside the repo (absent in a user's fresh clone).
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

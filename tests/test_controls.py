@@ -77,7 +77,10 @@ def controlled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     jobs, problems = read_sample_sheet(sheet, known_assays=ASSAYS)
     assert not problems
     reports = run_batch(jobs, out=tmp / "results", config=AnalysisConfig(segmenter="classical"))
-    return {"slides": slides, "reports": {r.slide_id: r for r in reports}, "out": tmp / "results"}
+    return {
+        "slides": slides, "reports": {r.slide_id: r for r in reports}, "out": tmp / "results",
+        "sheet": sheet,
+    }  # fmt: skip
 
 
 def _f1(called: np.ndarray, truth: np.ndarray) -> float:
@@ -177,9 +180,54 @@ def test_control_settings_are_checked_and_do_not_redo_other_slides():
     assert AnalysisConfig().digest() == AnalysisConfig(control_percentile=95).digest()
 
 
-def test_controls_refused_on_a_cluster(tmp_path: Path):
-    from senpath.samplesheet import SlideJob
+@pytest.mark.slow
+def test_controls_on_a_dask_cluster(controlled, tmp_path: Path):
+    """Two passes on a cluster too: a group's slides wait for its negative control's commit and get
+    the stores an in-process run gives; a failed control fails its group with the same lines."""
+    from distributed import Client, LocalCluster, get_task_stream
 
-    job = SlideJob("neg", tmp_path / "neg.tif", "sabgal", "C", batch="b", control="negative")
-    with pytest.raises(ValueError, match="runs in this process only"):
-        run_batch([job], out=tmp_path / "res", workers=2)
+    from senpath.distributed import run_batch_distributed
+
+    jobs, _ = read_sample_sheet(controlled["sheet"], known_assays=ASSAYS)
+    config = AnalysisConfig(segmenter="classical")
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+        get_task_stream(client) as stream,
+    ):
+        # 2 tiles a task: the control's slides are released while tile tasks are in flight
+        first = run_batch_distributed(
+            jobs, client=client, out=tmp_path, config=config, assays=ASSAYS, tiles_per_task=2
+        )
+        reports = {r.slide_id: r for r in first}
+        again = run_batch(jobs, out=tmp_path, config=config, client=client)
+    local = controlled["reports"]
+    assert {k: r.status for k, r in reports.items()} == {k: r.status for k, r in local.items()}
+    assert reports["s2"].message == local["s2"].message  # names the failed control 'neg2'
+    for sid in ("neg", "s1", "mismatch"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / sid / "cells.parquet"),
+            pd.read_parquet(controlled["out"] / sid / "cells.parquet"),
+        )
+    s1 = senpath.load_results(tmp_path / "s1")
+    assert s1.provenance.threshold_records["sabgal"]["control_slide_id"] == "neg"
+    assert (
+        s1.provenance.thresholds
+        == senpath.load_results(controlled["out"] / "s1").provenance.thresholds
+    )
+    # the order on the cluster: s1's first task starts after its control's commit has finished
+    times = {}
+    for task in stream.data:
+        for kind in ("plan", "commit"):
+            for sid in ("neg", "s1", "mismatch"):
+                if str(task["key"]).startswith(f"senpath-{kind}-{sid}-"):
+                    span = task["startstops"][0]
+                    times[(kind, sid)] = (span["start"], span["stop"])
+    assert times[("plan", "s1")][0] >= times[("commit", "neg")][1]
+    assert times[("plan", "mismatch")][0] < times[("commit", "neg")][1]  # no control: not held
+    # resume on the cluster: every committed store is current (s1 with its control's cut-offs)
+    assert {r.slide_id: r.status for r in again} == {
+        "s1": "skipped", "s2": "failed", "mismatch": "skipped", "neg": "skipped", "neg2": "failed"
+    }  # fmt: skip

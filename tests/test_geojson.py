@@ -91,7 +91,9 @@ def test_qupath_cell_features(store, tmp_path):
         assert meas["nucleus_area_um2"] == pytest.approx(row["nucleus_area_um2"])
         assert meas["cell_id"] == cid and "tile_label" not in meas
         assert all(isinstance(v, float) for v in meas.values())
-        nucleus = _rings(props["nucleusGeometry"])
+        # beside the geometry, where QuPath reads a cell's nucleus (not in the properties)
+        assert "nucleusGeometry" not in props
+        nucleus = _rings(f["nucleusGeometry"])
         cell = _rings(f["geometry"])
         for ring in nucleus + cell:
             assert len(ring) >= 4 and ring[0].tolist() == ring[-1].tolist()  # closed rings

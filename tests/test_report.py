@@ -113,7 +113,7 @@ def test_per_patient_table_is_short_and_shows_missing_values_one_way(batch_resul
     assert heads == [
         "patient", "slides", "assays", "cells", "ki67 % positive (95% CI)", "ki67 H-score",
         "p16 % positive (95% CI)", "p16 H-score", "senescent index % (95% CI)",
-        "median nucleus area (µm²)",
+        "median nucleus area (µm²)", "review",
     ]  # fmt: skip
     cells = re.findall(r"<td>([^<]*)</td>", table_html)
     assert "&lt;NA&gt;" not in table_html and "" not in cells  # not `<NA>` here and blanks there

@@ -149,3 +149,34 @@ def test_new_sets_load_with_disjoint_splits(shared_data):
     assert all(im.kind == "hematoxylin" and im.mpp == D.NETWORK_MPP for im in dsb)
     ki67 = D.load_ki67(shared_data, split="validation", native=True)
     assert all(len(im.stained["dab"]) > 0 for im in ki67)  # the annotated Ki67-positive nuclei
+
+
+def test_pale_nuclei_fades_only_unstained_nuclei():
+    im = _image(2)
+    stained = np.arange(1, 13, dtype=np.int64)  # nuclei 1-12 carry a chromogen
+    out = D.pale_nuclei(im.rgb, im.labels, stained, np.random.default_rng(0))
+    od_in = -np.log10(np.maximum(im.rgb.astype(float), 1) / 255).sum(axis=2)
+    od_out = -np.log10(np.maximum(out.astype(float), 1) / 255).sum(axis=2)
+    keep = np.isin(im.labels, stained)
+    far = D.cell_regions(im.labels, mpp=0.5) == 0  # background well away from any nucleus
+    np.testing.assert_allclose(od_out[far], od_in[far], atol=0.02)
+    # Stained nuclei keep their stain (away from their edges, where a faded neighbour may blur in).
+    core = keep & (np.abs(np.gradient(im.labels.astype(float))[0]) == 0)
+    assert np.abs(od_out[core] - od_in[core]).mean() < 0.02
+    faded = [
+        i
+        for i in range(13, 26)
+        if od_out[im.labels == i].mean() < 0.85 * od_in[im.labels == i].mean()
+    ]
+    assert len(faded) >= 3  # a share of 30-100 % of the 13 unstained nuclei, at 25-80 % of their OD
+
+
+def test_pale_share_zero_keeps_the_batches_and_a_share_changes_them():
+    sources = {"a": [_image(0)]}
+    plain = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3).batch(2, 4)[0]
+    zero = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3, pale_share=0.0).batch(2, 4)[0]
+    pale = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3, pale_share=1.0).batch(2, 4)[0]
+    np.testing.assert_array_equal(plain, zero)
+    assert pale.mean() > plain.mean()  # faded nuclei: a brighter crop
+    with pytest.raises(ValueError, match="pale_share"):
+        D.CropSampler(sources, {"a": 1.0}, crop_size=48, pale_share=1.5)

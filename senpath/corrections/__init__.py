@@ -19,14 +19,22 @@ edit kept in ``corrections/`` so the edit can be undone.
 Log entries (every one has ``id``, ``time`` (UTC, ISO 8601), ``user``, ``action``; ``id`` is a
 unique string, a number in logs of earlier versions, which are read as they are)::
 
-    start           cells_sha256, provenance_sha256 (the analysis corrected), slide_id, version
+    start           cells_sha256, provenance_sha256 (the analysis corrected), slide_id, version;
+                    a re-scoring (senpath rescore) appends another, with ``rescore``: the latest
+                    names the files now corrected, and supersedes earlier set_thresholds
     set_call        marker, cell_ids, previous [{positive, bin}] per cell, new {positive, bin}
     exclude/include cell_ids, previous [excluded] per cell, new (bool)
     set_thresholds  new {marker: OD}, previous {marker: OD}, n_changed (calls that changed)
     edit_nuclei     region [y0, x0, y1, x1] (level-0 label px), cell_ids (all touched), removed, added,
                     modified, remeasured (neighbours whose cytoplasm ring changed), previous {rows},
                     new {rows} (the re-measured cells), labels (npz file)
+    review_status   status ("in review" / "signed off"), previous, note (see
+                    :mod:`senpath.corrections.status`; an edit of a signed-off slide re-opens it)
+    note            text: something a reviewer (or an import) records that changes no cell
     undo            undoes (the id of the entry reverted; undoing an undo redoes)
+
+Entries made by an import (QuPath) carry ``source`` (``"qupath"``) and, with it, the file they came
+from.
 
 One session writes a store's corrections at a time: it holds the store's ``store.lock`` (host, pid, user,
 time), as a run does; a second writer opens read-only (see :mod:`senpath.corrections.lock`).
@@ -43,6 +51,7 @@ The package, one job a module::
     label_regions   reading and writing a region of the label image
     lock            the writer's lock of a store's corrections
     session         CorrectionSession, the review of one slide (its nucleus edits in nucleus_edits)
+    status          the review status and sign-off (not started / in review / signed off)
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from senpath.corrections.log import (
     log_matches,
     n_corrections,
     read_log,
+    reanchor,
     relinked_slide_path,
     set_aside,
 )
@@ -75,6 +85,7 @@ from senpath.corrections.replay import (
 )
 from senpath.corrections.review import marker_stats, review_queue
 from senpath.corrections.session import CorrectionSession
+from senpath.corrections.status import REVIEW_STATUSES, ReviewStatus, review_status
 
 __all__ = [
     "ACTIONS",
@@ -82,6 +93,8 @@ __all__ = [
     "CORRECTIONS_DIR",
     "CorrectionError",
     "CorrectionSession",
+    "REVIEW_STATUSES",
+    "ReviewStatus",
     "LOCK",
     "StaleLockWarning",
     "StoreLockedError",
@@ -103,7 +116,9 @@ __all__ = [
     "read_log",
     "relinked_slide_path",
     "review_queue",
+    "review_status",
     "scored_columns",
+    "reanchor",
     "set_aside",
     "write_label_region",
 ]

@@ -30,10 +30,14 @@ ACTIONS = (
     "set_thresholds",
     "edit_nuclei",
     "relink_slide",
+    "review_status",
+    "note",
     "undo",
 )
 #: The actions that change the cells or their calls (what makes a slide "corrected").
 CELL_ACTIONS = ("set_call", "exclude", "include", "set_thresholds", "edit_nuclei")
+#: Entries that record something about the review, not an edit: never undone.
+RECORD_ACTIONS = ("start", "relink_slide", "review_status", "note")
 
 
 class CorrectionError(ValueError):
@@ -188,16 +192,45 @@ def log_matches(entries: Sequence[Mapping[str, Any]], manifest: Mapping[str, Any
 
     The log's first entry records the sha256 of ``cells.parquet`` and ``provenance.json``, which
     corrections never rewrite and every run writes anew (provenance holds the run's timings), so a
-    re-analysis of the slide, even one giving the same cells, is told apart.
+    re-analysis of the slide, even one giving the same cells, is told apart. A re-scoring of the
+    same cells (``senpath rescore``) appends a new ``start`` entry naming the files it wrote
+    (:func:`reanchor`): the latest ``start`` is the one compared.
     """
     if not entries:
         return True
-    head, files = entries[0], manifest.get("files", {})
+    starts = [e for e in entries if e.get("action") == "start"]
+    head, files = (starts[-1] if starts else entries[0]), manifest.get("files", {})
     return (
         head.get("action") == "start"
         and head.get("cells_sha256") == files.get(CELLS)
         and head.get("provenance_sha256") == files.get(PROVENANCE)
     )
+
+
+def reanchor(
+    folder: str | Path,
+    *,
+    slide_id: str,
+    cells_sha256: str,
+    provenance_sha256: str,
+    user: str,
+    note: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Append a ``start`` entry naming a re-scored store's new ``cells.parquet`` and
+    ``provenance.json`` (same cells, same ids: the log's calls and exclusions still apply; its
+    earlier threshold changes are superseded by the re-scoring, see
+    :func:`senpath.corrections.replay.corrected_thresholds`). ``note`` says what changed."""
+    folder = Path(folder)
+    _repair_torn_tail(folder)
+    entry = _clean(
+        {
+            "id": new_entry_id(), "time": _now(), "user": user, "action": "start",
+            "slide_id": slide_id, "cells_sha256": cells_sha256,
+            "provenance_sha256": provenance_sha256, "rescore": dict(note),
+        }
+    )  # fmt: skip
+    _append(folder, entry)
+    return dict(entry)
 
 
 def set_aside(folder: str | Path) -> Path | None:

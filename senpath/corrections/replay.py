@@ -27,6 +27,7 @@ from senpath.corrections.log import (
     read_log,
     relinked_slide_path,
 )
+from senpath.corrections.status import review_status
 from senpath.results import CORRECTIONS, SlideResults, read_results
 from senpath.score import add_phenotypes, marker_value_column, score_cells, summarize_markers
 
@@ -36,10 +37,15 @@ from senpath.score import add_phenotypes, marker_value_column, score_cells, summ
 def corrected_thresholds(
     entries: Sequence[Mapping[str, Any]], base: Mapping[str, float]
 ) -> dict[str, float]:
-    """The thresholds in effect after the log's ``set_thresholds`` entries."""
+    """The thresholds in effect after the log's ``set_thresholds`` entries.
+
+    Those logged before the latest ``start`` entry of a re-scoring (:func:`senpath.corrections.
+    log.reanchor`) are superseded: the re-scoring set every threshold anew (``base``)."""
     out = {k: float(v) for k, v in base.items()}
+    starts = [i for i, e in enumerate(entries) if e["action"] == "start"]
+    superseded = {id(e) for e in entries[: starts[-1]]} if starts else set()
     for e in active_entries(entries):
-        if e["action"] == "set_thresholds":
+        if e["action"] == "set_thresholds" and id(e) not in superseded:
             out.update({str(k): float(v) for k, v in e["new"].items()})
     return out
 
@@ -204,6 +210,7 @@ def corrected_summary(
         "n_excluded": int(cells["excluded"].sum()) if "excluded" in cells.columns else 0,
         "last_time": entries[-1]["time"] if entries else None,
     }
+    out["review"] = review_status(entries).to_dict()
     return out
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from senpath.corrections.label_regions import _labels_group
 from senpath.corrections.lock import CorrectionLock, LockOwner, StoreLockedError, lock_owner
 from senpath.corrections.log import (
     CELL_ACTIONS,
+    RECORD_ACTIONS,
     CorrectionError,
     StaleCorrectionsWarning,
     _append,
@@ -39,6 +41,7 @@ from senpath.corrections.log import (
 from senpath.corrections.nucleus_edits import NucleusEdits, _overlap, _shared_cells
 from senpath.corrections.replay import apply_corrections, corrected_summary, corrected_thresholds
 from senpath.corrections.review import marker_stats, review_queue
+from senpath.corrections.status import ReviewSignOff
 from senpath.labels import label_mpp
 from senpath.provenance import profile_toml
 from senpath.qc_plots import slide_histograms_png
@@ -57,7 +60,7 @@ from senpath.score import add_phenotypes, manual_bin
 from senpath.store_lock import default_user
 
 
-class CorrectionSession(NucleusEdits):
+class CorrectionSession(NucleusEdits, ReviewSignOff):
     """Review and correct one slide's results store.
 
     Every edit is appended to ``corrections.jsonl`` (fsynced) before the method returns, so what a
@@ -113,6 +116,12 @@ class CorrectionSession(NucleusEdits):
         self._slide_path = Path(slide_path) if slide_path else None
         self._slide: Any = None
         self.moved_aside: Path | None = None
+        #: Where the edits come from (``"qupath"`` for an import), recorded in each entry.
+        self.source: str | None = None
+        #: The reason an exclusion without a note of its own is logged with.
+        self.exclusion_reason: str | None = None
+        #: Refuse exclusions without a reason (a reviewer's widget sets it).
+        self.require_exclusion_reason = False
         if not read_only:
             _repair_torn_tail(self.folder)
         self.entries = read_log(self.folder)
@@ -300,11 +309,23 @@ class CorrectionSession(NucleusEdits):
             }
             _append(self.folder, head)
             self.entries.append(head)
+        self._reopen_before(str(entry["action"]))
+        if self.source and "source" not in entry:
+            entry = {**entry, "source": self.source}
         full = {"id": new_entry_id(), "time": _now(), "user": self.user, **entry}
         full = _clean(full)
         _append(self.folder, full)
         self.entries.append(full)
         return full
+
+    @contextmanager
+    def edits_from(self, source: str) -> Iterator[None]:
+        """Log the edits made inside the block with ``"source": source`` (e.g. ``"qupath"``)."""
+        before, self.source = self.source, source
+        try:
+            yield
+        finally:
+            self.source = before
 
     # ----------------------------------------------------------------------------- edits
 
@@ -366,6 +387,10 @@ class CorrectionSession(NucleusEdits):
     ) -> dict[str, Any]:
         ids = [int(c) for c in cell_ids]
         rows = self._rows(ids)
+        if value:
+            note = note or self.exclusion_reason
+            if self.require_exclusion_reason and not (note and note.strip()):
+                raise CorrectionError("give a reason for excluding cells (the reason field)")
         col = self.cells.columns.get_loc("excluded")
         previous = [bool(v) for v in self.cells["excluded"].to_numpy()[rows]]
         entry = self._log(
@@ -455,7 +480,7 @@ class CorrectionSession(NucleusEdits):
             target = candidates[0]
         else:
             key = str(entry_id)
-            if key not in by_id or by_id[key]["action"] in ("start", "relink_slide"):
+            if key not in by_id or by_id[key]["action"] in RECORD_ACTIONS:
                 raise CorrectionError(f"no correction with id {entry_id} to undo")
             target = by_id[key]
             if not state[key]:

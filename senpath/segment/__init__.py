@@ -74,16 +74,20 @@ class CnnSegmenter:
     ----------
     model : model JSON (or folder) of a CNN of your own; ``None``: the shipped one.
     device : torch device (``auto`` picks CUDA, then MPS, then CPU).
+    precision : ``auto`` (measured per machine on a CPU, see :mod:`senpath.segment.runtime`),
+        ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``onnx-fp32`` (CPU).
     """
 
     method = "cnn"
 
-    def __init__(self, model: str | None = None, device: str = "auto") -> None:
+    def __init__(
+        self, model: str | None = None, device: str = "auto", precision: str = "auto"
+    ) -> None:
         from senpath.segment.predict import cached_segmenter
 
         self.model = model
         self.device = device
-        self.network: Any = cached_segmenter(model, device)
+        self.network: Any = cached_segmenter(model, device, precision)
 
     def segment(
         self,
@@ -96,6 +100,34 @@ class CnnSegmenter:
         from senpath.segment.predict import predict_instances
 
         return predict_instances(rgb, mpp=mpp, model=self.network)
+
+    # the two halves of :meth:`segment`, for the tile engine's pipeline: the network on a batch of
+    # tiles in one thread, the watershed of the previous tiles in another
+
+    def network_maps(
+        self, images: Sequence[NDArray[np.uint8]], *, mpp: float
+    ) -> list[NDArray[np.float32]]:
+        """Network maps ``(2, y, x)`` at the network's 0.5 µm/px of images at ``mpp`` µm/px
+        (tiles of one shape share network calls); :meth:`labels_from_maps` finishes them."""
+        from senpath.segment.predict import at_network_mpp
+
+        work = [at_network_mpp(self.network, rgb, mpp=mpp) for rgb in images]
+        return list(self.network.predict_batch_maps(work))
+
+    def labels_from_maps(
+        self, maps: NDArray[np.float32], shape: tuple[int, int], *, mpp: float
+    ) -> NDArray[np.int32]:
+        """(Y, X) int32 nucleus labels on the grid of an image of ``shape`` at ``mpp`` µm/px."""
+        from senpath.segment.predict import instances_on_grid
+
+        return instances_on_grid(self.network, maps, shape, mpp=mpp)
+
+    def tile_batch(self, side_px: int) -> int:
+        """Analysis tiles of ``side_px`` (halo included) per network call: 1 on a CPU (a bigger
+        batch is no faster there and holds more memory), as many as fit the card on a GPU."""
+        from senpath.segment.device import tiles_per_batch
+
+        return tiles_per_batch(self.network.device, side_px, precision=self.network.precision)
 
 
 def cnn_available() -> bool:
@@ -134,6 +166,7 @@ def load_segmenter(
     device: str = "auto",
     i0: float | Sequence[float] | NDArray[np.floating] = DEFAULT_I0,
     min_area_um2: float = 10.0,
+    precision: str = "auto",
 ) -> Segmenter:
     """Resolve ``method`` and load it: the one segmenter of a slide.
 
@@ -145,13 +178,14 @@ def load_segmenter(
     device : torch device for the CNN.
     i0 : glass intensity (classical method).
     min_area_um2 : smallest nucleus kept by the classical method (µm²).
+    precision : CNN precision/runtime (see :class:`CnnSegmenter`).
 
     Returns
     -------
     Segmenter
     """
     if resolve_method(method, model=model) == "cnn":
-        return CnnSegmenter(model, device)
+        return CnnSegmenter(model, device, precision)
     return ClassicalSegmenter(
         stains=stains, nuclear_stains=tuple(nuclear_stains), i0=i0, min_area_um2=min_area_um2
     )

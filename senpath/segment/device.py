@@ -75,3 +75,27 @@ def _mps_available() -> bool:
 
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+#: Bytes of network activations per input pixel that must fit at once (a U-Net with 16 channels at
+#: full resolution, skip connections held; fp32, an upper bound from the layer sizes: half in fp16).
+ACTIVATION_BYTES_PER_PX_FP32 = 600
+#: Largest batch of analysis tiles per network call on a GPU.
+MAX_GPU_TILE_BATCH = 32
+
+
+def tiles_per_batch(device: torch.device, side_px: int, *, precision: str = "fp32") -> int:
+    """Analysis tiles of ``side_px``² px per network call on ``device``.
+
+    1 on a CPU or MPS; on CUDA as many as half the card's free memory holds at
+    :data:`ACTIVATION_BYTES_PER_PX_FP32` (halved for fp16/bf16), at most
+    :data:`MAX_GPU_TILE_BATCH`.
+    """
+    if device.type != "cuda":
+        return 1
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    per_px = ACTIVATION_BYTES_PER_PX_FP32 / (2 if precision in ("fp16", "bf16") else 1)
+    fits = int(0.5 * free // max(1.0, per_px * side_px * side_px))
+    return max(1, min(MAX_GPU_TILE_BATCH, fits))

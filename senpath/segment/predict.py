@@ -6,8 +6,9 @@ Two levels:
   needs: :meth:`~NucleusSegmenter.predict_maps` (a batch of RGB tiles at 0.5 µm/px → foreground and
   distance maps) and :meth:`~NucleusSegmenter.instances` (maps → labels).
 - :func:`predict_instances` segments one in-memory image of any size and resolution: resample to
-  0.5 µm/px, cut overlapping tiles, batch them, stitch the maps (each output pixel comes from exactly
-  one tile, the one whose core holds it, so the result does not depend on batch order), and
+  0.5 µm/px, run the network once over it (an analysis tile) or, for a larger image, cut overlapping
+  pieces, batch them, stitch the maps (each output pixel comes from exactly one piece, the one whose
+  core holds it, so the result does not depend on batch order), and
   post-process once: on the input grid for an image finer than 0.5 µm/px (maps upsampled bilinearly,
   so outlines are drawn at its own resolution), else at 0.5 µm/px with the labels mapped back by
   nearest-neighbour resampling.
@@ -16,7 +17,7 @@ Two levels:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 #: Precision choices of :class:`NucleusSegmenter`.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "onnx-fp32")
 #: Relative mpp difference below which an image is used as is (no resampling).
 MPP_TOLERANCE = 0.02
 #: Context (µm) around the core of each network tile: every map pixel is computed with at least this
@@ -39,6 +40,10 @@ MPP_TOLERANCE = 0.02
 #: ownership of nuclei: the maps are stitched pixel by pixel and post-processed once, so a nucleus
 #: need not fit in it (the analysis tiles' halo, ``AnalysisConfig.halo_um``, holds whole nuclei).
 NETWORK_HALO_UM = 16.0
+#: Largest image side (px at the network's grid, context margin included) run as one network pass.
+#: An analysis tile (512 µm + 2 x 24 µm halo at 0.5 µm/px, 1120 px, + 2 x 32 px context) fits; the
+#: activations of a 2048² pass take ~2 GB in fp32, so larger images go in pieces of this side.
+MAX_PASS_SIDE = 2048
 
 
 class NucleusSegmenter:
@@ -52,9 +57,11 @@ class NucleusSegmenter:
         Model description (``postprocess`` thresholds, ``mpp``, ``sha256``); defaults otherwise.
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    precision : {"auto", "fp32", "bf16", "fp16"}
-        ``"auto"``: fp16 autocast on CUDA, bf16 autocast + channels_last on CPU (checked against
-        fp32 on the validation images, see the model card), fp32 on MPS.
+    precision : {"auto", "fp32", "bf16", "fp16", "onnx-fp32"}
+        ``"auto"``: fp16 autocast on CUDA, fp32 on MPS; on CPU ``$SENPATH_PRECISION`` when set,
+        else the fastest of fp32 eager, bf16 autocast + channels_last and ONNX Runtime fp32 that
+        keeps the nuclei of fp32, measured once per machine and cached
+        (:func:`senpath.segment.runtime.choose_cpu_precision`).
     """
 
     def __init__(
@@ -73,19 +80,40 @@ class NucleusSegmenter:
             raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.spec: dict[str, Any] = dict(spec or {})
         self.device = resolve_device(device)
+        model = model.eval().to(self.device)
+        if precision == "auto" and self.device.type == "cpu":
+            from senpath.segment.runtime import PRECISION_ENV, choose_cpu_precision
+
+            precision = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+            if precision not in PRECISIONS:
+                raise ValueError(
+                    f"{PRECISION_ENV}={precision!r} is not a precision: use one of "
+                    f"{', '.join(PRECISIONS)}"
+                )
+            if precision == "auto":
+                spec_ = self.spec
+                precision = choose_cpu_precision(
+                    lambda p: NucleusSegmenter(model, spec=spec_, device="cpu", precision=p), spec_
+                )
         if precision == "auto":
-            precision = {"cuda": "fp16", "cpu": "bf16"}.get(self.device.type, "fp32")
+            precision = {"cuda": "fp16"}.get(self.device.type, "fp32")
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("fp16 is for CUDA; on CPU use precision='bf16' or 'fp32'")
+        if precision == "onnx-fp32" and self.device.type != "cpu":
+            raise ValueError(f"onnx-fp32 runs on the CPU, not {self.device.type}: use 'auto'")
         self.precision = precision
         self.mpp = float(self.spec.get("mpp", NETWORK_MPP))
         post = self.spec.get("postprocess") or {}
         self.postprocess = PostprocessConfig(**post)
         self.stride = int(model.config.stride)  # type: ignore[union-attr,arg-type]
-        model = model.eval().to(self.device)
         if self.device.type == "cpu" and precision == "bf16":
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
+        self._onnx: Any = None
+        if precision == "onnx-fp32":
+            from senpath.segment.runtime import OnnxNetwork
+
+            self._onnx = OnnxNetwork(model, stride=self.stride)
 
     @classmethod
     def from_pretrained(
@@ -127,7 +155,12 @@ class NucleusSegmenter:
                     f"expected (B, H, W, 3) RGB tiles, got an array of shape {batch.shape}"
                 )
             scale = 255.0 if batch.dtype == np.uint8 else 1.0
-            x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / scale
+            pixels = torch.from_numpy(np.ascontiguousarray(batch))
+            if self.device.type == "cuda":
+                # uint8 over the bus (a quarter of float32), from pinned memory so the copy is
+                # asynchronous; converted on the card
+                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+            x = pixels.permute(0, 3, 1, 2).float() / scale
         else:
             x = batch.float()
         h, w = x.shape[-2:]
@@ -139,7 +172,9 @@ class NucleusSegmenter:
         if self.device.type == "cpu" and self.precision == "bf16":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            if self.precision in ("bf16", "fp16"):
+            if self._onnx is not None:
+                logits = self._onnx(x)
+            elif self.precision in ("bf16", "fp16"):
                 dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
                 with torch.autocast(device_type=self.device.type, dtype=dtype):
                     logits = self.model(x)
@@ -173,18 +208,39 @@ class NucleusSegmenter:
         rgb: NDArray[np.uint8],
         *,
         batch_size: int = 8,
-        tile_size: int = 256,
+        tile_size: int | None = None,
         halo: int | None = None,
     ) -> NDArray[np.float32]:
-        """Maps ``(2, Y, X)`` for an image already at ``self.mpp``, by overlapping tiles.
+        """Maps ``(2, Y, X)`` for an image already at ``self.mpp``.
 
-        Each tile is ``tile_size`` px including a ``halo`` px margin on every side (default
-        :data:`NETWORK_HALO_UM` at 0.5 µm/px: 32 px); only its core (``tile_size - 2 * halo``) is kept,
-        so every output pixel comes from exactly one tile.
+        Parameters
+        ----------
+        rgb : (Y, X, 3) uint8 at ``self.mpp`` µm/px.
+        batch_size : pieces per network call (tiled path only).
+        tile_size : side of the overlapping pieces in px, halo included, a multiple of the stride.
+            ``None`` (the default): one network pass over the whole image when its side plus the
+            context margin is at most :data:`MAX_PASS_SIDE`, else pieces of that side.
+        halo : context margin per side in px; default :data:`NETWORK_HALO_UM` at 0.5 µm/px (32 px).
+
+        Returns
+        -------
+        (2, Y, X) float32
+
+        Notes
+        -----
+        One pass: the image is reflect-padded by ``halo`` on every side (the context a piece's
+        border gets in the tiled path) and run once; an analysis tile already carries its own
+        halo, so cutting it into 256² pieces fed the network 2.25x the pixels for the same maps
+        (issue 18). Tiled: each piece keeps only its core (``tile_size - 2 * halo``), so every
+        output pixel comes from exactly one piece.
         """
         if halo is None:
             # in px of the network grid as trained (0.5 µm/px), whatever the model's own mpp
             halo = halo_px(NETWORK_HALO_UM, NETWORK_MPP)
+        if tile_size is None:
+            if max(rgb.shape[:2]) + 2 * halo <= MAX_PASS_SIDE:
+                return self._one_pass_maps(rgb, halo)
+            tile_size = MAX_PASS_SIDE
         if tile_size % self.stride:
             raise ValueError(f"tile_size must be a multiple of {self.stride}, got {tile_size}")
         core = tile_size - 2 * halo
@@ -207,23 +263,64 @@ class NucleusSegmenter:
                 ]
         return out[:, :y, :x]
 
+    def _one_pass_maps(self, rgb: NDArray[np.uint8], halo: int) -> NDArray[np.float32]:
+        return self.predict_batch_maps([rgb], halo=halo)[0]
+
+    def predict_batch_maps(
+        self, images: Sequence[NDArray[np.uint8]], *, halo: int | None = None
+    ) -> list[NDArray[np.float32]]:
+        """Maps ``(2, Y, X)`` of several images at ``self.mpp``, as :meth:`predict_image_maps` gives.
+
+        Images of one shape that fit one pass (analysis tiles: all but those on the slide's edge)
+        go through the network together, one batch (what a GPU needs to be kept busy); the others
+        one by one.
+
+        Parameters
+        ----------
+        images : sequence of (Y, X, 3) uint8 at ``self.mpp`` µm/px.
+        halo : context margin per side in px; default :data:`NETWORK_HALO_UM` at 0.5 µm/px.
+
+        Returns
+        -------
+        list of (2, Y, X) float32, in the order of ``images``.
+        """
+        halo = halo_px(NETWORK_HALO_UM, NETWORK_MPP) if halo is None else halo
+        out: list[NDArray[np.float32] | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, rgb in enumerate(images):
+            if max(rgb.shape[:2]) + 2 * halo <= MAX_PASS_SIDE:
+                groups.setdefault(tuple(rgb.shape), []).append(k)
+            else:
+                out[k] = self.predict_image_maps(rgb, halo=halo)
+        for shape, members in groups.items():
+            y, x = shape[:2]
+            pad = ((halo, halo), (halo, halo), (0, 0))
+            batch = np.stack([np.pad(images[k], pad, mode="reflect") for k in members])
+            maps = self.predict_maps(batch)
+            for k, m in zip(members, maps, strict=True):
+                out[k] = np.ascontiguousarray(m[:, halo : halo + y, halo : halo + x])
+        return [m for m in out if m is not None]
+
 
 def _chunks(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), max(1, n)):
         yield items[i : i + n]
 
 
-_CACHE: dict[tuple[str, str], NucleusSegmenter] = {}
+_CACHE: dict[tuple[str, str, str], NucleusSegmenter] = {}
 
 
 def cached_segmenter(
-    path: str | os.PathLike[str] | None = None, device: str | torch.device = "auto"
+    path: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
 ) -> NucleusSegmenter:
-    """A segmenter loaded once per process (and per device): the shipped model, or the model JSON
-    (or folder) at ``path``. Tasks on a dask worker share it, so weights load once per worker."""
-    key = ("shipped" if path is None else str(Path(path).resolve()), str(device))
+    """A segmenter loaded once per process (and per device and precision): the shipped model, or
+    the model JSON (or folder) at ``path``. Tasks on a dask worker share it, so weights load once
+    per worker."""
+    key = ("shipped" if path is None else str(Path(path).resolve()), str(device), precision)
     if key not in _CACHE:
-        _CACHE[key] = NucleusSegmenter.from_pretrained(path, device=device)
+        _CACHE[key] = NucleusSegmenter.from_pretrained(path, device=device, precision=precision)
     return _CACHE[key]
 
 
@@ -234,7 +331,7 @@ def predict_instances(
     model: NucleusSegmenter | None = None,
     device: str = "auto",
     batch_size: int = 8,
-    tile_size: int = 256,
+    tile_size: int | None = None,
     halo: int | None = None,
 ) -> NDArray[np.int32]:
     """Segment nuclei in an RGB image of any size.
@@ -251,8 +348,10 @@ def predict_instances(
         Used only when ``model`` is omitted.
     batch_size : int
         Tiles per network call.
-    tile_size : int
-        Tile side in px at 0.5 µm/px, halo included; a multiple of 16.
+    tile_size : int, optional
+        Side of overlapping pieces in px at 0.5 µm/px, halo included, a multiple of 16; ``None``:
+        one network pass when the image fits :data:`MAX_PASS_SIDE` (see
+        :meth:`NucleusSegmenter.predict_image_maps`).
     halo : int, optional
         Context margin per side in px at 0.5 µm/px; default :data:`NETWORK_HALO_UM` (16 µm = 32 px).
 
@@ -270,12 +369,19 @@ def predict_instances(
     if not mpp or mpp <= 0:
         raise ValueError(f"mpp must be a positive resolution in µm/px, got {mpp!r}")
     seg = model if model is not None else cached_segmenter(None, device)
-    if abs(mpp / seg.mpp - 1.0) > MPP_TOLERANCE:
-        work = resample_rgb(rgb, shape_at_mpp(rgb.shape, mpp, seg.mpp))
-    else:
-        work = rgb
+    work = at_network_mpp(seg, rgb, mpp=mpp)
     maps = seg.predict_image_maps(work, batch_size=batch_size, tile_size=tile_size, halo=halo)
     return instances_on_grid(seg, maps, rgb.shape[:2], mpp=mpp)
+
+
+def at_network_mpp(
+    seg: NucleusSegmenter, rgb: NDArray[np.uint8], *, mpp: float
+) -> NDArray[np.uint8]:
+    """``rgb`` (Y, X, 3) uint8 at ``mpp`` µm/px resampled to the network's grid (as is when the
+    resolutions differ by less than :data:`MPP_TOLERANCE`)."""
+    if abs(mpp / seg.mpp - 1.0) > MPP_TOLERANCE:
+        return resample_rgb(rgb, shape_at_mpp(rgb.shape, mpp, seg.mpp))
+    return rgb
 
 
 def instances_on_grid(

@@ -346,8 +346,8 @@ def pale_nuclei(
     # The fade reaches 2 px past the annotated outline, softly: annotations sit a little inside
     # the dark nuclear edge, and a hard cut would leave a dark ring the network could learn.
     fade = np.where(chosen[labels], 1.0 - factor[labels], 0.0).astype(np.float32)
-    fade = cv2.dilate(fade, np.ones((5, 5), np.uint8))
-    fade = cv2.GaussianBlur(fade, (0, 0), 1.0)
+    fade = np.asarray(cv2.dilate(fade, np.ones((5, 5), np.uint8)), np.float32)
+    fade = np.asarray(cv2.GaussianBlur(fade, (0, 0), 1.0), np.float32)
     scale = 1.0 - fade
     i0 = estimate_background(rgb).astype(np.float32)
     od = np.maximum(-np.log10(np.maximum(rgb.astype(np.float32), 1.0) / i0), 0.0)

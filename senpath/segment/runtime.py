@@ -1,0 +1,307 @@
+"""How the nucleus network runs on this CPU: the fastest precision/runtime that keeps its nuclei.
+
+No one choice is best everywhere (issue 18): on a Xeon with AMX, bf16 autocast + channels_last ran
+the shipped network at 1.8 CPU-s/MP and fp32 eager at 5.3; on an AMD EPYC without native bf16, bf16
+took 21.5 s for one 1024² image, fp32 3.9 s and ONNX Runtime fp32 2.0 s. So ``precision="auto"`` on
+a CPU is decided by measurement, once per machine:
+
+- :func:`calibrate` times each candidate of :data:`CPU_CANDIDATES` on a small synthetic Ki67 image
+  and checks its nuclei against fp32 (instances matched at IoU 0.5, F1 >= :data:`PARITY_F1`);
+  the fastest that passes is chosen;
+- :func:`choose_cpu_precision` keeps that choice in a JSON file in the user cache folder, keyed
+  by CPU model, core count, torch and ONNX Runtime versions, torch threads and the weights'
+  sha256; a new machine, library or model calibrates again.
+
+Override it with the ``precision`` setting (``senpath run --precision``) or the environment
+variable ``SENPATH_PRECISION``; ``SENPATH_CACHE_DIR`` moves the cache file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import torch
+
+#: What ``precision="auto"`` may pick on a CPU (``onnx-fp32`` only when onnxruntime is installed).
+CPU_CANDIDATES = ("fp32", "bf16", "onnx-fp32")
+#: Lowest F1 of instances matched at IoU 0.5 against fp32 that a candidate may have.
+PARITY_F1 = 0.99
+#: Environment variable that overrides ``precision="auto"`` (any value of ``PRECISIONS``).
+PRECISION_ENV = "SENPATH_PRECISION"
+#: Environment variable naming the folder of the calibration cache.
+CACHE_ENV = "SENPATH_CACHE_DIR"
+#: Cache file name (JSON: one entry per machine/library/model key).
+CACHE_FILE = "cpu_precision.json"
+#: Side (px at 0.5 µm/px) of the calibration image; one pass adds 2 x 32 px of context (512²).
+CALIBRATION_SIDE = 448
+
+
+@dataclass
+class Calibration:
+    """The outcome of :func:`calibrate`.
+
+    Attributes
+    ----------
+    choice : the chosen precision.
+    seconds_per_mp : wall seconds per megapixel fed to the network, per candidate (best of repeats).
+    parity_f1 : F1 of instances matched at IoU 0.5 against fp32, per candidate.
+    skipped : candidates not measured, with the reason.
+    """
+
+    choice: str
+    seconds_per_mp: dict[str, float] = field(default_factory=dict)
+    parity_f1: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dictionary."""
+        return {
+            "choice": self.choice,
+            "seconds_per_mp": self.seconds_per_mp,
+            "parity_f1": self.parity_f1,
+            "skipped": self.skipped,
+        }
+
+
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime (and the ``onnx`` package the exporter needs) can be imported."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class OnnxNetwork:
+    """The network exported to ONNX and run by ONNX Runtime (fp32, CPU), called like the module.
+
+    Parameters
+    ----------
+    model : the torch network (eval mode, on the CPU).
+    stride : the network's stride (export example side).
+    threads : ONNX Runtime intra-op threads (default: torch's thread count).
+    """
+
+    def __init__(self, model: torch.nn.Module, *, stride: int, threads: int | None = None) -> None:
+        import io
+
+        import torch
+
+        if not onnxruntime_available():
+            raise RuntimeError(
+                "precision 'onnx-fp32' needs onnxruntime and onnx: pip install 'senpath[onnx]', "
+                "or use precision 'fp32' or 'bf16'"
+            )
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        example = torch.zeros(1, 3, 8 * stride, 8 * stride)
+        axes = {0: "batch", 2: "height", 3: "width"}
+        with warnings.catch_warnings():
+            # the TorchScript exporter: it needs neither onnxscript nor a traced shape per size
+            warnings.simplefilter("ignore")
+            # a BytesIO is a file the exporter accepts (its hints say a path)
+            torch.onnx.export(
+                model, (example,), buffer, dynamo=False, input_names=["rgb"],  # type: ignore[arg-type]
+                output_names=["logits"], dynamic_axes={"rgb": axes, "logits": axes},
+                opset_version=17,
+            )  # fmt: skip
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads or torch.get_num_threads())
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 2, H, W)`` float32 of a ``(B, 3, H, W)`` float32 CPU tensor."""
+        import torch
+
+        x = x.float().contiguous()
+        (logits,) = self.session.run(["logits"], {"rgb": x.numpy()})
+        return torch.from_numpy(logits)
+
+
+def matched_f1(a: NDArray[np.integer], b: NDArray[np.integer], *, iou: float = 0.5) -> float:
+    """F1 of instances matched at IoU > ``iou`` (>= 0.5, where a match is unique) between two label
+    images of the same shape; 1.0 when both are empty."""
+    if a.shape != b.shape:
+        raise ValueError(f"label images differ in shape: {a.shape} vs {b.shape}")
+    if iou < 0.5:
+        raise ValueError("matched_f1 needs iou >= 0.5 (unique matches)")
+    a, b = a.ravel().astype(np.int64), b.ravel().astype(np.int64)
+    n_a, n_b = len(np.unique(a[a > 0])), len(np.unique(b[b > 0]))
+    if n_a + n_b == 0:
+        return 1.0
+    both = (a > 0) & (b > 0)
+    pairs, overlap = np.unique(a[both] * (int(b.max()) + 1) + b[both], return_counts=True)
+    pa, pb = np.divmod(pairs, int(b.max()) + 1)
+    area_a = np.bincount(a, minlength=int(a.max()) + 1)
+    area_b = np.bincount(b, minlength=int(b.max()) + 1)
+    union = area_a[pa] + area_b[pb] - overlap
+    tp = int(np.count_nonzero(overlap / union > iou))
+    return 2.0 * tp / (n_a + n_b)
+
+
+#: Builds a segmenter (:class:`~senpath.segment.predict.NucleusSegmenter` on the CPU) at a precision.
+SegmenterAt = Callable[[str], Any]
+
+
+def calibrate(
+    build: SegmenterAt,
+    *,
+    candidates: tuple[str, ...] = CPU_CANDIDATES,
+    side: int = CALIBRATION_SIDE,
+    repeats: int = 3,
+) -> Calibration:
+    """Time each candidate precision on a synthetic Ki67 image and check its nuclei against fp32.
+
+    Parameters
+    ----------
+    build : ``build(precision)`` gives the network on the CPU at that precision (an object with
+        ``predict_image_maps`` and ``instances``, a :class:`~senpath.segment.predict.NucleusSegmenter`).
+    candidates : precisions to try (fp32 is always measured: it is the reference).
+    side : image side in px at 0.5 µm/px.
+    repeats : timed passes per candidate, in turns, after the parity pass (the best counts).
+
+    Returns
+    -------
+    Calibration
+        The fastest candidate with F1 >= :data:`PARITY_F1` against fp32 (fp32 when none is).
+    """
+    from senpath.synth import SynthParams, render_region
+
+    region = render_region(
+        "ki67", shape=(side, side), seed=18, params=SynthParams(tissue_fraction=0.95)
+    )
+    result = Calibration(choice="fp32")
+    segmenters: dict[str, Any] = {}
+    reference: NDArray[np.int32] | None = None
+    for precision in ("fp32", *[c for c in candidates if c != "fp32"]):
+        if precision == "onnx-fp32" and not onnxruntime_available():
+            result.skipped[precision] = "onnxruntime is not installed (pip install 'senpath[onnx]')"
+            continue
+        try:
+            seg = build(precision)
+            labels = seg.instances(seg.predict_image_maps(region.rgb))  # also the warm-up
+        except Exception as error:  # a runtime that cannot run here is not a candidate
+            result.skipped[precision] = f"{type(error).__name__}: {error}"
+            continue
+        reference = labels if reference is None else reference
+        result.parity_f1[precision] = matched_f1(reference, labels)
+        segmenters[precision] = seg
+    # timed in turns, not one candidate after the other: on a shared machine a burst of other
+    # work then slows every candidate alike instead of deciding the choice
+    best = dict.fromkeys(segmenters, math.inf)
+    for _ in range(max(1, repeats)):
+        for precision, seg in segmenters.items():
+            t = time.perf_counter()
+            seg.predict_image_maps(region.rgb)
+            best[precision] = min(best[precision], time.perf_counter() - t)
+    fed_mp = (side + 64) ** 2 / 1e6
+    result.seconds_per_mp = {p: t / fed_mp for p, t in best.items()}
+    passing = [p for p, f1 in result.parity_f1.items() if f1 >= PARITY_F1]
+    result.choice = min(passing, key=result.seconds_per_mp.__getitem__, default="fp32")
+    return result
+
+
+def machine_key(spec: dict[str, Any] | None = None) -> str:
+    """What a cached choice holds for: CPU model and cores, torch, ONNX Runtime, threads, weights."""
+    import torch
+
+    ort_version = "none"
+    if onnxruntime_available():
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    weights = str((spec or {}).get("sha256", "unknown"))[:16]
+    return (
+        f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | "
+        f"onnxruntime {ort_version} | {torch.get_num_threads()} threads | weights {weights}"
+    )
+
+
+def cache_path() -> Path:
+    """The calibration cache file: ``$SENPATH_CACHE_DIR`` or the user cache folder of senpath."""
+    folder = os.environ.get(CACHE_ENV)
+    if not folder:
+        import platformdirs
+
+        folder = platformdirs.user_cache_dir("senpath", appauthor=False)
+    return Path(folder) / CACHE_FILE
+
+
+_CHOICES: dict[str, str] = {}
+
+
+def choose_cpu_precision(
+    build: SegmenterAt, spec: dict[str, Any] | None = None, *, refresh: bool = False
+) -> str:
+    """The precision ``auto`` means on this CPU: cached, else calibrated (a few seconds) and cached.
+
+    Parameters
+    ----------
+    build : ``build(precision)`` gives the network on the CPU at that precision (see
+        :func:`calibrate`).
+    spec : the model description (its ``sha256`` is part of the cache key).
+    refresh : calibrate again even when a choice is cached.
+
+    Returns
+    -------
+    str
+        One of :data:`CPU_CANDIDATES`.
+    """
+    key = machine_key(spec)
+    if not refresh and key in _CHOICES:
+        return _CHOICES[key]
+    path = cache_path()
+    cached = _read_cache(path)
+    entry = cached.get(key)
+    if refresh or not isinstance(entry, dict) or entry.get("choice") not in CPU_CANDIDATES:
+        calibration = calibrate(build)
+        entry = {**calibration.to_dict(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        cached[key] = entry
+        _write_cache(path, cached)
+    _CHOICES[key] = str(entry["choice"])
+    return _CHOICES[key]
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: calibrate again and rewrite it
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    # a read-only home or a full disk costs a calibration per process, never the analysis
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"

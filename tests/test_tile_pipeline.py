@@ -1,0 +1,163 @@
+"""The tile engine's pipeline (issue 18): the network runs on the next tiles in a worker thread while
+this one post-processes and measures; the results are those of the serial path, a cancel stops
+it, and no more than ``prefetch`` batches wait."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+
+import senpath  # noqa: E402
+from senpath import synth  # noqa: E402
+from senpath.config import AnalysisConfig, get_assay  # noqa: E402
+from senpath.slide_plan import (  # noqa: E402
+    SlidePlan,
+    plan_slide,
+    read_grid_box,  # noqa: E402
+)
+from senpath.tile_engine import analyze_tiles, plan_segmenter  # noqa: E402
+
+#: 64 µm tiles (128 px at 0.5 µm/px): a 384-px slide has 9, the CNN runs on each in well under 1 s.
+CONFIG = AnalysisConfig(segmenter="cnn", device="cpu", tile_size_um=64)
+
+
+@pytest.fixture(scope="module")
+def slide_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[SlidePlan, Any]:
+    root = tmp_path_factory.mktemp("pipeline")
+    s = synth.write_slide(
+        root / "k.tif", assay="ki67", shape=(384, 384), mpp=0.5, seed=7,
+        params=synth.SynthParams(tissue_fraction=0.95),
+    )  # fmt: skip
+    plan = plan_slide(s.path, assay=get_assay("ki67"), config=CONFIG)
+    assert plan.n_tiles == 9
+    return plan, plan_segmenter(plan)
+
+
+class Recorder:
+    """Wraps a CNN segmenter's halves and records (event, tile count, thread name)."""
+
+    def __init__(self, segmenter: Any, *, fail_at: int | None = None) -> None:
+        self.inner, self.fail_at = segmenter, fail_at
+        self.events: list[tuple[str, int, str]] = []
+        self.method = segmenter.method
+        self.lock = threading.Lock()
+
+    def _log(self, event: str, n: int) -> None:
+        with self.lock:
+            self.events.append((event, n, threading.current_thread().name))
+
+    def network_maps(self, images: Any, *, mpp: float) -> Any:
+        n = sum(e == "network" for e, _, _ in self.events)
+        if self.fail_at is not None and n == self.fail_at:
+            raise RuntimeError("network failed on purpose")
+        self._log("network", len(images))
+        return self.inner.network_maps(images, mpp=mpp)
+
+    def labels_from_maps(self, maps: Any, shape: Any, *, mpp: float) -> Any:
+        self._log("post", 1)
+        return self.inner.labels_from_maps(maps, shape, mpp=mpp)
+
+    def tile_batch(self, side_px: int) -> int:
+        return 1
+
+    def segment(self, rgb: Any, *, mpp: float, concentrations: Any = None) -> Any:
+        return self.inner.segment(rgb, mpp=mpp)
+
+    def count(self, event: str) -> int:
+        return sum(e == event for e, _, _ in self.events)
+
+
+def test_halves_of_the_cnn_give_its_labels(slide_plan: tuple[SlidePlan, Any]) -> None:
+    plan, segmenter = slide_plan
+    for tile in plan.tiles[:3]:
+        rgb = read_grid_box(senpath.open_slide(plan.path), tile.box, 0.5)
+        (maps,) = segmenter.network_maps([rgb], mpp=0.5)
+        np.testing.assert_array_equal(
+            segmenter.labels_from_maps(maps, rgb.shape[:2], mpp=0.5),
+            segmenter.segment(rgb, mpp=0.5),
+        )
+
+
+@pytest.mark.slow
+def test_pipelined_results_equal_the_serial_ones(slide_plan: tuple[SlidePlan, Any]) -> None:
+    plan, segmenter = slide_plan
+    indices = range(plan.n_tiles)
+    serial = list(analyze_tiles(plan, indices, segmenter=segmenter, prefetch=0))
+    recorder = Recorder(segmenter)
+    piped = list(analyze_tiles(plan, indices, segmenter=recorder, prefetch=2))  # type: ignore[arg-type]
+    assert [r.index for r in piped] == list(indices)
+    assert sum(len(r.cells) for r in serial) > 20  # nuclei were found at all
+    for a, b in zip(serial, piped, strict=True):
+        pd.testing.assert_frame_equal(a.cells, b.cells)
+        assert len(a.instances) == len(b.instances)
+        for ia, ib in zip(a.instances, b.instances, strict=True):
+            assert (ia.local_label, ia.bbox) == (ib.local_label, ib.bbox)
+            np.testing.assert_array_equal(ia.mask, ib.mask)
+    # the network ran in the worker, the watershed here, and never more than 2 tiles ahead
+    threads = {e: {name for ev, _, name in recorder.events if ev == e} for e in ("network", "post")}
+    assert all(name.startswith("senpath-tiles") for name in threads["network"])
+    assert threads["post"] == {threading.current_thread().name}
+    networks_before_post = []
+    n_net = 0
+    for event, _, _ in recorder.events:
+        if event == "network":
+            n_net += 1
+        else:
+            networks_before_post.append(n_net)
+    # when tile k (0-based) is post-processed, at most k + 1 + 2 tiles have been through the network
+    assert all(n <= k + 3 for k, n in enumerate(networks_before_post))
+    assert max(n - k for k, n in enumerate(networks_before_post)) >= 2  # it did run ahead
+
+
+def test_a_closed_pipeline_stops_the_network(slide_plan: tuple[SlidePlan, Any]) -> None:
+    plan, segmenter = slide_plan
+    recorder = Recorder(segmenter)
+    results = analyze_tiles(plan, range(plan.n_tiles), segmenter=recorder, prefetch=2)  # type: ignore[arg-type]
+    next(results)
+    results.close()  # what a cancelled slide does to it
+    stopped_at = recorder.count("network")
+    assert stopped_at <= 3  # the tile taken and at most 2 ahead
+    assert not [t for t in threading.enumerate() if t.name.startswith("senpath-tiles")]
+    assert recorder.count("network") == stopped_at
+
+
+@pytest.mark.slow
+def test_a_cancelled_slide_stops_within_prefetch(
+    slide_plan: tuple[SlidePlan, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import senpath.slide_analysis as slide_analysis
+
+    plan, segmenter = slide_plan
+    recorder = Recorder(segmenter)
+    monkeypatch.setattr(slide_analysis, "plan_segmenter", lambda plan: recorder)
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(done: int, total: int) -> None:
+        if done == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        senpath.analyze_slide(
+            plan.path, out=tmp_path, assay="ki67", config=CONFIG, tile_progress=progress
+        )
+    assert recorder.count("network") <= 2 + 2
+    assert not [t for t in threading.enumerate() if t.name.startswith("senpath-tiles")]
+
+
+def test_an_error_in_the_worker_is_raised_for_its_tile(slide_plan: tuple[SlidePlan, Any]) -> None:
+    plan, segmenter = slide_plan
+    recorder = Recorder(segmenter, fail_at=3)
+    results = analyze_tiles(plan, range(plan.n_tiles), segmenter=recorder, prefetch=2)  # type: ignore[arg-type]
+    got = [next(results) for _ in range(3)]
+    assert [r.index for r in got] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="on purpose"):
+        next(results)
