@@ -303,6 +303,81 @@ def export(
 
 
 @app.command()
+def spatial(
+    results: Annotated[Path, typer.Argument(help="Results folder written by `senpath run`.")],
+    grid_um: Annotated[
+        float, typer.Option("--grid-um", help="Bin side of the density maps in µm.")
+    ] = 100.0,
+    field: Annotated[
+        str,
+        typer.Option(
+            "--field", help="Hot-spot field: area (a field of --field-mm2) | cells (--field-cells)."
+        ),
+    ] = "area",
+    field_mm2: Annotated[
+        float, typer.Option("--field-mm2", help="Hot-spot field area in mm² (IKWG: about 0.2).")
+    ] = 0.2,
+    shape: Annotated[
+        str, typer.Option("--shape", help="circle | square (--field area).")
+    ] = "circle",
+    field_cells: Annotated[
+        int, typer.Option("--field-cells", help="Cells per hot-spot field (--field cells).")
+    ] = 500,
+    min_cells: Annotated[
+        int, typer.Option("--min-cells", help="Fewest cells an area field must hold to count.")
+    ] = 100,
+    step_um: Annotated[
+        float, typer.Option("--step-um", help="Spacing of the candidate hot-spot centres in µm.")
+    ] = 50.0,
+    format: Annotated[
+        str, typer.Option("--format", help="Comma-separated table formats: csv,parquet,xlsx")
+    ] = "csv",
+) -> None:
+    """Density maps and hot-spots of every slide, from the stored cells (no re-segmentation).
+
+    Writes RESULTS/<slide>/density.ome.zarr (cells/mm², % positive per marker, senescence index on
+    a grid in µm), RESULTS/<slide>/hotspots.json and RESULTS/hotspots_by_slide.csv (per slide and
+    marker: hot-spot index, centre in µm, field area, cells in the field, global index).
+
+    Examples:
+
+      senpath spatial results/
+
+      senpath spatial results/ --grid-um 50 --field cells --field-cells 500
+    """
+    from senpath.spatial import HotspotRule, run_spatial
+
+    formats = [f.strip().lower() for f in format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("csv", "parquet", "xlsx")]
+    if bad:
+        raise typer.BadParameter(f"unknown format(s) {', '.join(bad)}; use csv, parquet, xlsx")
+    rule = HotspotRule(
+        field=field,  # type: ignore[arg-type]  # checked by HotspotRule
+        field_area_mm2=field_mm2,
+        shape=shape,  # type: ignore[arg-type]
+        field_cells=field_cells,
+        min_cells=min_cells,
+        step_um=step_um,
+    )
+    written, failures = run_spatial(
+        results,
+        grid_um=grid_um,
+        rule=rule,
+        formats=formats,
+        on_slide=lambda slide_id, paths: console.print(
+            f"{escape(slide_id)}: wrote {', '.join(p.name for p in paths)}"
+        ),
+    )
+    for folder, reason in failures:
+        _error_line("failed", f"{folder}: {reason}")
+    for path in written:
+        if path.name.startswith("hotspots_by_slide"):
+            console.print(f"wrote {path}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
 def profile(
     store: Annotated[Path, typer.Argument(help="One slide's results folder (RESULTS/<slide_id>).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="TOML file to write.")],

@@ -35,6 +35,7 @@ from senpath.export import is_reliable, load_all, marker_names, marker_table
 from senpath.qc_plots import figure, png_bytes, slide_histograms_png
 from senpath.results import QC_HISTOGRAMS, QC_OVERLAY, SlideResults, atomic_write_bytes
 from senpath.score import marker_value_column
+from senpath.spatial.report_section import spatial_section
 
 __all__ = [
     "failed_slides",
@@ -281,6 +282,7 @@ def render_report(
             parts.append("</div>")
         parts.extend(_conditions_section(stores, root, include_unreliable=include_unreliable))
         parts.append("<h2>Slides</h2>" + _slides_table(stores))
+        parts.append(spatial_section(stores))  # density maps and hot-spots (senpath.spatial)
         parts.append(
             "<h2>QC overlays</h2><p>Nucleus outlines: red = positive for the assay's first "
             "marker, cyan = negative, green = nucleus of an assay without a marker; right: crops "

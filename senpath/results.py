@@ -15,6 +15,8 @@ Layout of ``<out>/<slide_id>/``::
                       senpath.load_results applies them by default
     regions.geojson   the slide's regions (QuPath annotations), when given (see senpath.region_store)
     cell_regions.parquet  per cell_id its region; joined onto the cells when read
+    density.ome.zarr/, hotspots.json   density maps and hot-spots written by `senpath spatial`
+                      (derived from the cells, not in the manifest; see senpath.spatial)
 
 Every file is written to a temporary name in the same folder and renamed into place, so an interrupted
 run never leaves a half-written file under a final name; a store without ``manifest.json`` is redone,

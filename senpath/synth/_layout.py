@@ -337,7 +337,10 @@ def _cells_in(
     counterstain = np.clip(1.0 + 0.15 * _normal(seed, _S_COUNTERSTAIN, ix, iy), 0.6, 1.4)
     counterstain = np.where(senescent, 0.8 * counterstain, counterstain)
     other = ~senescent
-    ki67_pos = other & (_uniform(seed, _S_KI67, ix, iy) < params.ki67_positive_fraction)
+    ki67_fraction = np.full(cx.shape, params.ki67_positive_fraction)
+    for px, py, pr, pf in params.ki67_patches:
+        ki67_fraction[(cx - px) ** 2 + (cy - py) ** 2 <= pr * pr] = pf
+    ki67_pos = other & (_uniform(seed, _S_KI67, ix, iy) < ki67_fraction)
     p16_pos = _uniform(seed, _S_P16, ix, iy) < np.where(
         senescent, params.p16_positive_fraction_senescent, params.p16_positive_fraction_other
     )

@@ -104,6 +104,10 @@ class SynthParams:
     jpeg_quality : int or None
         Quality of JPEG artefacts (``render_region``: round trip; ``write_slide``: the tile
         compression quality, or a per-tile round trip for lossless compression). None: no artefacts.
+    ki67_patches : tuple of (x_um, y_um, radius_um, fraction)
+        Proliferative patches: inside each circle (slide µm), the Ki67+ fraction of
+        non-senescent cells is ``fraction`` instead of ``ki67_positive_fraction`` (the last patch
+        that holds a cell wins). Known spatial structure for hot-spot tests.
     stain_vectors : ((name, (r, g, b)), ...)
         OD vectors that replace the reference ones (:data:`senpath.stain.REFERENCE_STAINS`) for
         the named stains (normalised here), so a slide is drawn with stains perturbed from the
@@ -153,6 +157,7 @@ class SynthParams:
     background_rgb: tuple[float, float, float] = (243.0, 241.0, 245.0)
     jpeg_quality: int | None = 85
     max_render_mpp: float = 2.0
+    ki67_patches: tuple[tuple[float, float, float, float], ...] = ()
     stain_vectors: tuple[tuple[str, tuple[float, float, float]], ...] = ()
 
     def __post_init__(self) -> None:
@@ -182,6 +187,17 @@ class SynthParams:
             raise ValueError(
                 f"SynthParams.marker_background_od={self.marker_background_od!r}: give 0-1 OD"
             )
+        for patch in self.ki67_patches:
+            if len(patch) != 4 or patch[2] <= 0 or not 0 <= patch[3] <= 1:
+                raise ValueError(
+                    f"SynthParams.ki67_patches entry {patch!r}: give (x_um, y_um, radius_um > 0, "
+                    "fraction in [0, 1])"
+                )
+        for name, vector in self.stain_vectors:
+            if len(vector) != 3 or min(vector) < 0 or max(vector) <= 0:
+                raise ValueError(
+                    f"SynthParams.stain_vectors[{name!r}]={vector!r}: give three OD values >= 0"
+                )
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"SynthParams.jpeg_quality={self.jpeg_quality}: give 1-100 or None")
         if self.blur_sigma_um < 0 or self.noise_sd < 0 or self.max_render_mpp <= 0:

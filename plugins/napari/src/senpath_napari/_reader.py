@@ -36,6 +36,10 @@ def napari_get_reader(path: Any) -> ReaderFunction | None:
         return None
     if is_results_store(p):
         return read_results
+    if Path(p).name == "density.ome.zarr" and (Path(p) / ".zattrs").is_file():
+        from senpath_napari._spatial_layers import read_density
+
+        return read_density
     if Path(p).is_dir() and not p.lower().endswith(".mrxs"):
         return None
     from senpath.io import open_slide, supported_extensions
@@ -57,5 +61,9 @@ def read_slide(path: Any) -> list[LayerData]:
 
 
 def read_results(path: Any) -> list[LayerData]:
-    """A results folder as the slide, the call overlay of its first marker and the cell points."""
-    return results_layers(_single(path) or str(path))
+    """A results folder as the slide, the call overlay of its first marker and the cell points,
+    and its density maps and hot-spots when ``senpath spatial`` wrote them."""
+    from senpath_napari._spatial_layers import spatial_layers
+
+    folder = _single(path) or str(path)
+    return results_layers(folder) + spatial_layers(folder)
