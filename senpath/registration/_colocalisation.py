@@ -6,9 +6,8 @@ markers' per-grid-cell positive fractions, e.g. ``sabgal>=0.3,ki67<=0.1`` (SA-β
 Ki67-low: a senescence map no single section gives), is evaluated per grid cell. Grid cells where
 the registration of a section the rule needs is unsure are ``unsure``, never called.
 
-The binning is deliberately minimal and behind one function, :func:`bin_cells` (cells in µm ->
-grid cell index); the spatial module's density-map binning can replace it without touching the
-rest.
+The binning is the density maps' rule (:mod:`senpath.spatial.grid`), so a senescence map and a
+density map of the reference section share their grid cells.
 """
 
 from __future__ import annotations
@@ -79,9 +78,8 @@ def cells_to_reference(cells: pd.DataFrame, matrix: NDArray[np.float64]) -> pd.D
 def bin_cells(
     x_um: NDArray[np.float64], y_um: NDArray[np.float64], *, grid_um: float, shape: tuple[int, int]
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.bool_]]:
-    """Grid cell of each cell: ``row = floor(y / grid_um)``, ``col = floor(x / grid_um)``.
-
-    The one binning step of the map (to be swapped for the spatial module's grid binning).
+    """Grid cell of each cell: ``row = floor(y / grid_um)``, ``col = floor(x / grid_um)``, by the
+    density maps' rule (:meth:`senpath.spatial.grid.Grid.bin_of`, origin at 0 µm).
 
     Returns
     -------
@@ -89,10 +87,11 @@ def bin_cells(
     inside : (N,) bool ndarray
         The cell lies on the ``shape`` (rows, cols) grid.
     """
-    rows = np.floor(np.asarray(y_um, dtype=np.float64) / grid_um).astype(np.intp)
-    cols = np.floor(np.asarray(x_um, dtype=np.float64) / grid_um).astype(np.intp)
+    from senpath.spatial.grid import Grid
+
+    rows, cols = Grid((0.0, 0.0), float(grid_um), shape).bin_of(x_um, y_um)
     inside = (rows >= 0) & (rows < shape[0]) & (cols >= 0) & (cols < shape[1])
-    return rows, cols, inside
+    return rows.astype(np.intp), cols.astype(np.intp), inside
 
 
 def marker_sources(

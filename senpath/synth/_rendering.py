@@ -9,7 +9,7 @@ optical blur on intensity, sensor noise, 8-bit quantisation and optional JPEG ar
 from __future__ import annotations
 
 import math
-from typing import Any, cast
+from typing import cast
 
 import cv2
 import numpy as np
