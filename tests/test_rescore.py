@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -106,15 +105,13 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         encoding="utf-8",
     )
     jobs = read_sample_sheet(plain, known_assays=ASSAYS)[0]
-    t = time.perf_counter()
     reports = run_batch(jobs, out=tmp / "rule", config=CONFIG)
-    run_seconds = time.perf_counter() - t
     assert [r.status for r in reports] == ["ok", "ok"]
     reports = run_batch(
         read_sample_sheet(controlled, known_assays=ASSAYS)[0], out=tmp / "ctrl", config=CONFIG
     )
     assert [r.status for r in reports] == ["ok", "ok", "ok"]
-    return {"tmp": tmp, "plain": plain, "controlled": controlled, "run_seconds": run_seconds}
+    return {"tmp": tmp, "plain": plain, "controlled": controlled}
 
 
 @pytest.fixture
@@ -151,9 +148,8 @@ def _assert_same_store(a: Path, b: Path, slide_id: str) -> None:
 def test_rescore_gives_the_fresh_runs_calls_without_segmenting(batch, no_segmenter, tmp_path):
     tmp = batch["tmp"]
     out = _copy(tmp / "rule", tmp_path / "rescored")
-    t = time.perf_counter()
+    # no segmenting (the no_segmenter fixture); its speed is benchmarks/bench_rescore.py's business
     reports = rescore_results(out, thresholds=["sabgal=0.10"])
-    seconds = time.perf_counter() - t
     assert [(r.slide_id, r.status) for r in reports] == [("w1", "ok"), ("w2", "ok")]
     assert all(r.before == {"sabgal": 0.15} and r.after == {"sabgal": 0.10} for r in reports)
     assert all(r.n_changed > 0 for r in reports)  # faint cells between 0.10 and 0.15 OD
@@ -165,7 +161,6 @@ def test_rescore_gives_the_fresh_runs_calls_without_segmenting(batch, no_segment
         assert history["thresholds_before"]["sabgal"]["threshold_od"] == 0.15
         assert history["thresholds_after"]["sabgal"]["threshold_od"] == 0.10
         assert is_complete(out / sid)
-    assert seconds < 0.5 * batch["run_seconds"], (seconds, batch["run_seconds"])
     # a store re-scored is current for a run with those settings: nothing is analysed again
     jobs = read_sample_sheet(batch["plain"], known_assays=ASSAYS)[0]
     again = run_batch(jobs, out=out, config=_sabgal_settings(0.10))
