@@ -556,6 +556,12 @@ def register(
         import json
 
         record = json.loads((done.folder / "registration.json").read_text(encoding="utf-8"))
+        for section, (used, *unused) in done.duplicates.items():
+            console.print(
+                escape(f"{pid}: section {section} has {len(unused) + 1} stores: registered "
+                       f"{used}, not used {', '.join(unused)}"),
+                soft_wrap=True,
+            )  # fmt: skip
         for line in summary_lines(record):
             console.print(escape(f"{pid}: {line}"), soft_wrap=True)
         failed += sum(not r.ok for r in done.registrations)

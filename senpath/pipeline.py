@@ -172,9 +172,10 @@ def _with_sheet_regions(
 ) -> list[SlideReport]:
     """Attach each row's ``regions`` GeoJSON to its store when the store does not hold that file
     yet (no re-segmentation); a bad regions file fails its slide with one line, the batch goes on.
-    A re-analysed slide without a ``regions`` row gets the regions it had before again."""
+    A re-analysed slide without a ``regions`` row gets the regions it had before again. The row's
+    ``section`` is recorded in the store's manifest (:func:`senpath.results.record_section`)."""
     from senpath.region_store import import_regions, reattach_kept_regions, regions_sha256
-    from senpath.results import sha256_file
+    from senpath.results import record_section, sha256_file
 
     by_id = {job.slide_id: job for job in jobs}
     out_reports = []
@@ -188,6 +189,13 @@ def _with_sheet_regions(
                 elif regions_sha256(report.folder) != sha256_file(job.regions):
                     import_regions(report.folder, job.regions)
             except Exception as exc:  # one bad regions file must not stop the batch
+                report = failed_report(job, exc, out=out, seconds=time.perf_counter() - t)
+        if report.folder is not None and job.section:  # a skipped (current) store too
+            t = time.perf_counter()
+            try:
+                with hold_store(report.folder, warn=False):
+                    record_section(report.folder, job.section)
+            except Exception as exc:  # a store busy with a review: that slide only
                 report = failed_report(job, exc, out=out, seconds=time.perf_counter() - t)
         out_reports.append(report)
     return out_reports

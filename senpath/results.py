@@ -408,6 +408,12 @@ class SlideResults:
         """The slide's patient (the slide id when the sample sheet gave none)."""
         return str(self.manifest.get("patient_id") or self.slide_id)
 
+    @property
+    def section(self) -> str | None:
+        """The sample sheet's ``section`` of the slide (serial sections), or ``None``."""
+        value = self.manifest.get("section")
+        return str(value) if value else None
+
 
 def labels_digest(path: str | Path) -> str:
     """Cheap fingerprint of a label zarr: sha256 of its metadata files and its chunk listing (names,
@@ -458,6 +464,20 @@ def write_manifest(
             "files": files,
         },
     )
+
+
+def record_section(folder: str | Path, section: str | None) -> bool:
+    """Record the sample sheet's ``section`` in a committed store's manifest; ``True`` if changed.
+
+    A descriptive field beside ``patient_id``, not part of the store's ``identity``: stores written
+    before keep theirs, and naming a section re-analyses nothing. No section (``None`` or empty)
+    leaves a recorded one as it is, as a slide re-run without a sample sheet keeps its regions.
+    """
+    manifest = read_manifest(folder)
+    if not section or manifest is None or manifest.get("section") == section:
+        return False
+    atomic_write_json(Path(folder) / MANIFEST, {**manifest, "section": section})
+    return True
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any] | None:

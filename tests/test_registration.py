@@ -212,14 +212,18 @@ def test_a_missing_marker_is_named() -> None:
 
 @pytest.mark.slow
 def test_register_command_writes_the_map_and_residual(tmp_path) -> None:
-    """Two analysed synthetic sections of one patient: `senpath register` aligns them within the
-    bound, writes the map, the alignment picture and the provenance, and reports it."""
+    """Two synthetic sections of one patient, named by the sample sheet's `section` column, one
+    of them scanned twice: `senpath register` registers one store per section within the bound,
+    says which store of the doubled section it left out, writes the map (table and OME-Zarr image
+    in the reference's µm), the alignment picture and the provenance, and reports it."""
     import tifffile
     from typer.testing import CliRunner
 
     from senpath.cli import app
-    from senpath.config import AnalysisConfig
-    from senpath.pipeline import analyze_slide
+    from senpath.config import AnalysisConfig, load_assays
+    from senpath.pipeline import run_batch
+    from senpath.samplesheet import read_sample_sheet
+    from senpath.spatial import read_density_zarr
 
     mpp = 0.5
     shape = (1024, 1024)
@@ -231,6 +235,7 @@ def test_register_command_writes_the_map_and_residual(tmp_path) -> None:
         transform=transform, shape=shape, mpp=mpp, seed=2, tissue_fraction=0.8
     )
     results = tmp_path / "results"
+    rows = ["patient_id,slide_id,path,assay,section"]
     for name, rgb, assay in (
         ("P9-sabgal", pair.reference_rgb, "sabgal"),
         ("P9-ki67", pair.moving_rgb, "ki67"),
@@ -244,16 +249,21 @@ def test_register_command_writes_the_map_and_residual(tmp_path) -> None:
             resolution=(1e4 / mpp, 1e4 / mpp),
             resolutionunit="CENTIMETER",
         )
-        analyze_slide(
-            path,
-            out=results,
-            assay=assay,
-            patient_id="P9",
-            config=AnalysisConfig(segmenter="classical"),
-        )
+        rows.append(f"P9,{name},{path},{assay},{'S1' if assay == 'sabgal' else 'S2'}")
+    # the Ki67 section again under another slide id (a rescan): one section, two stores
+    rows.append(f"P9,P9-ki67-rescan,{tmp_path / 'P9-ki67.tif'},ki67,S2")
+    sheet = tmp_path / "samples.csv"
+    sheet.write_text("\n".join(rows) + "\n")
+    jobs, problems = read_sample_sheet(sheet, known_assays=load_assays())
+    assert problems == []
+    reports = run_batch(jobs, out=results, config=AnalysisConfig(segmenter="classical"))
+    assert [r.status for r in reports] == ["ok"] * 3, [r.message for r in reports]
     outcome = CliRunner().invoke(app, ["register", str(results)])
     assert outcome.exit_code == 0, outcome.output
     assert "P9-ki67 -> P9-sabgal" in outcome.output and "residual estimate" in outcome.output
+    assert "P9: section S2 has 2 stores: registered P9-ki67, not used P9-ki67-rescan" in (
+        outcome.output
+    )
     folder = results / "_sections" / "P9"
     record = json.loads((folder / "registration.json").read_text())
     assert record["reference"] == "P9-sabgal"
@@ -264,9 +274,22 @@ def test_register_command_writes_the_map_and_residual(tmp_path) -> None:
     assert error.mean() < MEAN_BOUND_UM and np.percentile(error, 95) < P95_BOUND_UM
     assert reg["residual_um"]["p95"] < 3 * P95_BOUND_UM
     assert set(record["sections"]) == {"P9-sabgal", "P9-ki67"}
+    assert record["sections"]["P9-ki67"]["section"] == "S2"
+    assert record["duplicate_sections"] == {"S2": ["P9-ki67", "P9-ki67-rescan"]}
     table = pd.read_parquet(folder / "colocalisation.parquet")
     assert {"sabgal_positive_fraction", "ki67_positive_fraction", "call"} <= set(table.columns)
     assert len(table) >= 4
+    # the same map as an OME-Zarr image on the reference's grid: 100 µm bins from (0, 0) µm
+    image = read_density_zarr(folder / "senescence_map.ome.zarr")
+    assert image.grid.origin_um == (0.0, 0.0) and image.grid.spacing_um == 100.0
+    calls = image.channels["senescence_map"][table["row"], table["col"]]
+    assert np.array_equal(calls == 1, (table["call"] == "positive").to_numpy())
+    assert np.array_equal(calls == 0, (table["call"] == "negative").to_numpy())
+    assert np.allclose(
+        image.channels["sabgal_pct_positive"][table["row"], table["col"]],
+        100 * table["sabgal_positive_fraction"],
+        equal_nan=True,
+    )
     assert (folder / "alignment.png").stat().st_size > 1000
     # the report shows the map and the residual
     from senpath.report import render_report

@@ -1,13 +1,16 @@
 """Serial sections of a patient in a results folder: register, map, write ``_sections/<patient>/``.
 
-Every complete slide store of a patient is one section (the sample sheet's ``section`` column
-names them); one is the reference, the others are registered onto it from their slides' pyramids
+A patient's sections are its complete slide stores with distinct ``section`` (the sample sheet's
+column, recorded in each store's manifest; a store without one is a section of its own); of several
+stores of one section the first by slide id is used and the others named. One is the reference, the others are registered onto it from their slides' pyramids
 (:func:`section_image`, :func:`register_sections`), their cells are mapped into its frame and the
 co-localisation map is computed. What is written (each file atomically, ``registration.json``
 last, so its presence means the folder is complete)::
 
     RESULTS/_sections/<patient_id>/
         colocalisation.parquet   one row per grid cell (see colocalisation_map)
+        senescence_map.ome.zarr  the same as an OME-Zarr image in the reference section's µm
+                                 frame (senpath.registration._map_image)
         alignment.png            reference, aligned moving sections, unsure grid cells, the map
         registration.json        provenance: inputs (store manifests' sha256), settings, per
                                  moving section its affine (moving µm -> reference µm), method,
@@ -23,7 +26,7 @@ import datetime as _dt
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +66,8 @@ class PatientSections:
     reference: str
     registrations: list[SectionRegistration]
     colocalisation: pd.DataFrame
+    #: section -> its slide ids, the registered one first (sections with several stores)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)
 
 
 def sections_folder(results: str | Path, patient_id: str) -> Path:
@@ -75,16 +80,57 @@ def sections_folder(results: str | Path, patient_id: str) -> Path:
     return Path(results) / SECTIONS_FOLDER / patient_id
 
 
+def section_key(manifest: dict[str, Any], slide_id: str) -> str:
+    """The section a store is of: the sample sheet's ``section``, else its own slide id (a store
+    without one is taken for a section of its own, as before the column was recorded)."""
+    return str(manifest.get("section") or slide_id)
+
+
 def patients_with_sections(results: str | Path) -> dict[str, list[str]]:
-    """Patient id -> slide ids of its complete stores, for patients with two or more."""
+    """Patient id -> slide ids of its complete stores, for patients with two or more sections
+    (distinct ``section`` values; two stores of one section are one section)."""
     from senpath.results import find_stores, read_manifest
 
     by_patient: dict[str, list[str]] = {}
+    sections: dict[str, set[str]] = {}
     for folder in find_stores(results):
         manifest = read_manifest(folder) or {}
-        patient = str(manifest.get("patient_id") or manifest.get("slide_id") or folder.name)
-        by_patient.setdefault(patient, []).append(str(manifest.get("slide_id", folder.name)))
-    return {p: sorted(s) for p, s in sorted(by_patient.items()) if len(s) >= 2}
+        slide_id = str(manifest.get("slide_id", folder.name))
+        patient = str(manifest.get("patient_id") or slide_id)
+        by_patient.setdefault(patient, []).append(slide_id)
+        sections.setdefault(patient, set()).add(section_key(manifest, slide_id))
+    return {p: sorted(s) for p, s in sorted(by_patient.items()) if len(sections[p]) >= 2}
+
+
+def one_store_per_section(
+    slide_ids: Sequence[str], sections: Sequence[str], *, reference: str | None = None
+) -> tuple[list[int], dict[str, list[str]]]:
+    """Pick one store per section: the reference when it is among them, else the first slide id.
+
+    Parameters
+    ----------
+    slide_ids, sections : sequences of str
+        Each store's slide id and section (:func:`section_key`), in the same order.
+    reference : str, optional
+        A slide id that must be kept.
+
+    Returns
+    -------
+    kept : list of int
+        Positions of the kept stores, in the order given.
+    duplicates : dict
+        Section -> its slide ids, the used one first (only sections with more than one store).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, section in enumerate(sections):
+        groups.setdefault(section, []).append(i)
+    kept, duplicates = [], {}
+    for section, members in groups.items():
+        members = sorted(members, key=lambda i: (slide_ids[i] != reference, slide_ids[i]))
+        kept.append(members[0])
+        if len(members) > 1:
+            duplicates[section] = [slide_ids[i] for i in members]
+    return sorted(kept), duplicates
 
 
 def register_patient(
@@ -152,10 +198,22 @@ def register_patient(
                 res.cells = res.cells[~res.cells["excluded"].astype(bool)]
             stores.append(res)
     stores.sort(key=lambda r: r.slide_id)
+    if reference is not None and reference not in {r.slide_id for r in stores}:
+        raise SectionsError(
+            f"reference {reference!r} is not a slide of patient {patient_id!r} "
+            f"({', '.join(r.slide_id for r in stores)})"
+        )
+    kept, duplicates = one_store_per_section(
+        [r.slide_id for r in stores],
+        [section_key(r.manifest, r.slide_id) for r in stores],
+        reference=reference,
+    )
+    stores = [stores[i] for i in kept]
     if len(stores) < 2:
         raise SectionsError(
-            f"patient {patient_id!r} has {len(stores)} complete slide store(s) in {results}: "
-            "registering sections needs two or more"
+            f"patient {patient_id!r} has {len(stores)} section(s) with a complete slide store in "
+            f"{results}: registering sections needs two or more (the sample sheet's `section` "
+            "column names them)"
         )
     names = [r.slide_id for r in stores]
     if reference is None:
@@ -199,6 +257,21 @@ def register_patient(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / REGISTRATION).unlink(missing_ok=True)  # incomplete until rewritten last
     atomic_write_parquet(folder / COLOCALISATION, table)
+    from senpath.registration._map_image import colocalisation_maps, write_map_image
+
+    settings = {
+        "rule": ", ".join(str(c) for c in conditions),
+        "grid_um": grid_um,
+        "picture_mpp": ref_picture.mpp,
+        "model": model,
+        "min_cells": min_cells,
+    }
+    image_attrs = {"patient_id": patient_id, "reference": reference, **settings}
+    write_map_image(
+        folder,
+        colocalisation_maps(table, conditions, grid_um=grid_um, shape=shape, attrs=image_attrs),
+        name=f"{patient_id} on {reference}",
+    )
     from senpath.registration._figures import alignment_png
 
     warped = [
@@ -226,18 +299,14 @@ def register_patient(
         "sections": {
             res.slide_id: {
                 "assay": res.manifest.get("assay"),
+                "section": res.section,
                 "slide_path": res.provenance.slide_path,
                 "manifest_sha256": _manifest_digest(res.folder),
             }
             for res in stores
         },
-        "settings": {
-            "rule": ", ".join(str(c) for c in conditions),
-            "grid_um": grid_um,
-            "picture_mpp": ref_picture.mpp,
-            "model": model,
-            "min_cells": min_cells,
-        },
+        "settings": settings,
+        "duplicate_sections": duplicates,
         "registrations": [reg.to_dict() for reg in registrations],
         "map": {
             "grid_cells": int(len(table)),
@@ -246,7 +315,7 @@ def register_patient(
         "seconds": round(time.perf_counter() - started, 2),
     }
     atomic_write_json(folder / REGISTRATION, record)
-    return PatientSections(folder, reference, registrations, table)
+    return PatientSections(folder, reference, registrations, table, duplicates)
 
 
 def _manifest_digest(folder: Path) -> str:

@@ -8,7 +8,10 @@ that field in the per-cell table by an exhaustive search, so the rule is exact a
 
 1. Cells: the per-cell table's nucleus centroids (µm); cells a reviewer excluded are left out.
 2. Candidate field centres: every point of a square lattice of ``step_um`` (default 50 µm)
-   spanning the cells' bounding box (lattice points at multiples of ``step_um``).
+   spanning the cells' bounding box (lattice points at multiples of ``step_um``), except those in
+   an exclusion region (Necrosis, Fold, ...: :mod:`senpath.regions`). Its cells are not counted,
+   so a field centred in it would count only the tissue at its edge and, next to a proliferative
+   rim, read the highest index over a field that is half necrosis.
 3. The field around a centre ``c``:
 
    * ``field="area"`` (default): the cells whose centroid lies within a circle of area
@@ -167,6 +170,7 @@ def find_hotspot(
     rule: HotspotRule | None = None,
     target: str = "marker",
     kind: str = "marker",
+    exclusion_um: Any = None,
 ) -> HotSpot:
     """The hot-spot of one target among cells (see the module's rule).
 
@@ -176,13 +180,16 @@ def find_hotspot(
     positive : (N,) bool, the cells positive for the target.
     rule : the field and search settings (default :class:`HotspotRule`).
     target, kind : names recorded in the result.
+    exclusion_um : shapely geometry (x, y µm) of the exclusion regions: no field is centred in it.
 
     Returns
     -------
     HotSpot
         ``found=False`` with a ``reason`` when no field qualifies (an empty slide, too few cells).
     """
-    return find_hotspots(x_um, y_um, {target: positive}, rule=rule, kinds={target: kind})[0]
+    return find_hotspots(
+        x_um, y_um, {target: positive}, rule=rule, kinds={target: kind}, exclusion_um=exclusion_um
+    )[0]
 
 
 def find_hotspots(
@@ -192,6 +199,7 @@ def find_hotspots(
     *,
     rule: HotspotRule | None = None,
     kinds: Mapping[str, str] | None = None,
+    exclusion_um: Any = None,
 ) -> list[HotSpot]:
     """The hot-spot of each of several targets among the same cells, in one search.
 
@@ -204,6 +212,8 @@ def find_hotspots(
     positives : target name -> (N,) bool, the cells positive for it.
     rule : see :class:`HotspotRule`.
     kinds : target name -> ``"marker"`` or ``"phenotype"`` (default ``"marker"``).
+    exclusion_um : shapely geometry (x, y µm) of the exclusion regions, or ``None``: lattice
+        points in it are not field centres (rule step 2).
 
     Returns
     -------
@@ -245,6 +255,14 @@ def find_hotspots(
         return [_not_found(b, rule, why) for b in bases.values()]
     points = np.column_stack([x, y])
     centres = _lattice(x, y, rule.step_um)
+    if exclusion_um is not None and not exclusion_um.is_empty:
+        import shapely
+
+        inside = shapely.intersects_xy(exclusion_um, centres[:, 0], centres[:, 1])
+        centres = centres[~np.asarray(inside, dtype=bool)]
+        if not len(centres):
+            why = "every candidate field centre lies in an exclusion region"
+            return [_not_found(b, rule, why) for b in bases.values()]
     p_norm = 2.0 if rule.shape == "circle" or rule.field == "cells" else np.inf
     tree = cKDTree(points)
     k: dict[str, NDArray[np.int64]] = {}
@@ -351,6 +369,7 @@ def slide_hotspots(
     markers: Sequence[str],
     phenotypes: Sequence[str] = (),
     rule: HotspotRule | None = None,
+    exclusion_um: Any = None,
 ) -> list[HotSpot]:
     """The hot-spot of every marker and phenotype of a scored per-cell table.
 
@@ -360,6 +379,8 @@ def slide_hotspots(
         ``excluded`` cells are left out.
     markers, phenotypes : the targets, in this order.
     rule : see :class:`HotspotRule`.
+    exclusion_um : shapely geometry (x, y µm) of the slide's exclusion regions
+        (:func:`senpath.spatial.slide.exclusion_area_um`): no field is centred in it.
     """
     cells = counted_cells(cells)
     positives = {m: cells[f"{m}_positive"].to_numpy(dtype=bool) for m in markers}
@@ -371,4 +392,5 @@ def slide_hotspots(
         positives,
         rule=rule,
         kinds=kinds,
+        exclusion_um=exclusion_um,
     )

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from senpath.regions import RegionSet
 from senpath.results import SlideResults, atomic_write_json
 from senpath.spatial.density import (
     DEFAULT_GRID_UM,
@@ -39,6 +40,7 @@ __all__ = [
     "HOTSPOTS",
     "HOTSPOT_TABLE",
     "SlideSpatial",
+    "exclusion_area_um",
     "hotspot_table",
     "is_current",
     "phenotype_names",
@@ -86,11 +88,36 @@ def phenotype_names(res: SlideResults) -> list[str]:
 
 def source_of(res: SlideResults) -> dict[str, Any]:
     """The cells a slide's spatial figures come from: the sha256 of ``cells.parquet`` in its
-    manifest and the number of corrections applied on top."""
-    return {
+    manifest, the number of corrections applied on top, and the regions' sha256 when the store
+    has regions (their exclusion regions place the hot-spots; left out otherwise, so figures of a
+    store without regions stay current)."""
+    source = {
         "cells_sha256": (res.manifest.get("files") or {}).get("cells.parquet"),
         "n_corrections": len(res.corrections),
     }
+    regions = res.manifest.get("regions")
+    if isinstance(regions, dict) and regions.get("sha256"):
+        source["regions_sha256"] = regions["sha256"]
+    return source
+
+
+def exclusion_area_um(regions: RegionSet | None, slide_mpp: tuple[float, float]) -> Any:
+    """The union of a slide's exclusion regions (Necrosis, Fold, ...) as a shapely geometry in
+    slide µm (x, y), or ``None`` when it has none.
+
+    Parameters
+    ----------
+    regions : the slide's regions (level-0 px; :func:`senpath.region_store.stored_regions`).
+    slide_mpp : (x, y) µm per level-0 px.
+    """
+    import shapely
+    from shapely import affinity
+
+    parts = [r.geometry for r in regions.regions if r.excluded] if regions is not None else []
+    if not parts:
+        return None
+    mpp_x, mpp_y = slide_mpp
+    return affinity.scale(shapely.union_all(parts), mpp_x, mpp_y, origin=(0.0, 0.0))
 
 
 def slide_spatial(
@@ -104,6 +131,8 @@ def slide_spatial(
     grid_um : bin side of the density maps in µm.
     rule : the hot-spot rule (default :class:`HotspotRule`: a 0.2 mm² circle, ≥ 100 cells).
     """
+    from senpath.region_store import stored_regions
+
     rule = rule or HotspotRule()
     markers = marker_names(res.cells)
     phenotypes = phenotype_names(res)
@@ -111,7 +140,13 @@ def slide_spatial(
     source = source_of(res)
     settings = {"grid_um": float(grid_um), "hotspot_rule": rule.__dict__.copy()}
     maps.attrs.update({"slide_id": res.slide_id, "source": source, "settings": settings})
-    spots = slide_hotspots(res.cells, markers=markers, phenotypes=phenotypes, rule=rule)
+    spots = slide_hotspots(
+        res.cells,
+        markers=markers,
+        phenotypes=phenotypes,
+        rule=rule,
+        exclusion_um=exclusion_area_um(stored_regions(res), res.provenance.slide_mpp),
+    )
     return SlideSpatial(
         res.slide_id,
         res.patient_id,

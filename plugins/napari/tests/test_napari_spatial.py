@@ -79,3 +79,71 @@ def test_maps_of_cells_that_changed_since_are_named_stale(
     layers = viewer.open(str(spatial_store), plugin="senpath-napari")
     names = [layer.name for layer in layers]
     assert "hot-spots (stale)" in names and "cells_per_mm2 (50 µm) (stale)" in names
+
+
+def test_cross_section_map_opens_with_its_reference_section(
+    make_napari_viewer, store: Path
+) -> None:
+    """A patient's senescence map (``senpath register``) in its reference section's µm: each grid
+    cell's centre in world µm falls on that cell of the layer, and the calls read back."""
+    import json
+
+    import pandas as pd
+    from senpath.registration import parse_rule
+    from senpath.registration._map_image import colocalisation_maps, write_map_image
+
+    rule = parse_rule("sabgal>=0.3,ki67<=0.1")
+    grid_um, shape = 100.0, (4, 4)
+    rng = np.random.default_rng(5)
+    rows, cols = np.divmod(np.arange(16), 4)
+    table = pd.DataFrame(
+        {
+            "row": rows,
+            "col": cols,
+            "x_um": (cols + 0.5) * grid_um,
+            "y_um": (rows + 0.5) * grid_um,
+            "sabgal_cells": rng.integers(5, 30, 16),
+            "sabgal_positive_fraction": rng.random(16),
+            "ki67_cells": rng.integers(5, 30, 16),
+            "ki67_positive_fraction": rng.random(16) * 0.2,
+            "unsure": rows == 3,
+        }
+    )
+    table["call"] = np.where(
+        table["unsure"],
+        "unsure",
+        np.where(
+            (table["sabgal_positive_fraction"] >= 0.3) & (table["ki67_positive_fraction"] <= 0.1),
+            "positive",
+            "negative",
+        ),
+    )
+    folder = store.parent / "_sections" / "P1"
+    folder.mkdir(parents=True)
+    write_map_image(
+        folder, colocalisation_maps(table, rule, grid_um=grid_um, shape=shape), name="P1"
+    )
+    (folder / "registration.json").write_text(
+        json.dumps({"patient_id": "P1", "reference": store.name, "registrations": []})
+    )
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(store), plugin="senpath-napari")
+    by_name = {layer.name: layer for layer in layers}
+    layer = by_name["P1 sections: senescence_map (100 µm)"]
+    assert not layer.visible and tuple(layer.scale) == (grid_um, grid_um)
+    assert tuple(layer.translate) == (grid_um / 2, grid_um / 2)
+    assert layer.metadata["senpath_role"] == "section_map"
+    for _, cell in table.iterrows():
+        r, c = (int(v) for v in np.round(layer.world_to_data((cell["y_um"], cell["x_um"]))))
+        assert (r, c) == (cell["row"], cell["col"])
+        expected = {"positive": 1.0, "negative": 0.0}.get(cell["call"])
+        value = layer.data[r, c]
+        assert np.isnan(value) if expected is None else value == expected
+    ki67 = by_name["P1 sections: ki67_pct_positive (100 µm)"]
+    assert ki67.data[1, 2] == pytest.approx(100 * table["ki67_positive_fraction"][6])
+    # another patient's map (its reference is another slide) does not open with this store
+    other = json.loads((folder / "registration.json").read_text())
+    other["reference"] = "someone-else"
+    (folder / "registration.json").write_text(json.dumps(other))
+    again = viewer.open(str(store), plugin="senpath-napari")
+    assert not any("sections:" in layer.name for layer in again)

@@ -62,8 +62,9 @@ def read_slide(path: Any) -> list[LayerData]:
 
 def read_results(path: Any) -> list[LayerData]:
     """A results folder as the slide, the call overlay of its first marker and the cell points,
-    and its density maps and hot-spots when ``senpath spatial`` wrote them."""
-    from senpath_napari._spatial_layers import spatial_layers
+    and its density maps and hot-spots when ``senpath spatial`` wrote them, and the cross-section
+    senescence map of a patient whose reference section it is (``senpath register``)."""
+    from senpath_napari._spatial_layers import section_map_layers, spatial_layers
 
     folder = _single(path) or str(path)
-    return results_layers(folder) + spatial_layers(folder)
+    return results_layers(folder) + spatial_layers(folder) + section_map_layers(folder)

@@ -4,7 +4,10 @@
 opening the results folder (or the ``density.ome.zarr`` folder itself) adds one image layer per map
 (hidden, over the slide in the same µm world coordinates: scale = bin side, translate = centre of
 bin (0, 0)) and a Shapes layer with each hot-spot's field (circle or square), labelled with its
-target and index. Nothing is computed here: a store without them gets no spatial layers.
+target and index. ``senpath register RESULTS`` writes a patient's cross-section senescence map
+(``RESULTS/_sections/<patient>/senescence_map.ome.zarr``) in its reference section's µm: opening
+that section's store adds its channels the same way. Nothing is computed here: a store without
+them gets no spatial layers.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from senpath_napari._layers import UNITS, LayerData
 HOTSPOT_COLOUR = "cyan"
 
 
-def density_layers(path: str | Path) -> list[LayerData]:
-    """One napari image layer per density map of a store (or of a ``density.ome.zarr``)."""
+def density_layers(path: str | Path, *, maps: Any = None) -> list[LayerData]:
+    """One napari image layer per density map of a store (or of a ``density.ome.zarr``, or the
+    given :class:`~senpath.spatial.density.DensityMaps`)."""
     from senpath.spatial import read_density_zarr
 
-    maps = read_density_zarr(path)
+    maps = read_density_zarr(path) if maps is None else maps
     s = maps.grid.spacing_um
     x0, y0 = maps.grid.origin_um
     slide_id = maps.attrs.get("slide_id", "")
@@ -92,6 +96,34 @@ def hotspot_layer(folder: str | Path) -> LayerData | None:
         "metadata": {"senpath_role": "hotspots", "senpath_store": str(folder)},
     }
     return (shapes, kwargs, "shapes")
+
+
+def section_map_layers(folder: str | Path) -> list[LayerData]:
+    """The cross-section senescence maps whose reference section is this store
+    (``RESULTS/_sections/<patient>/senescence_map.ome.zarr`` written by ``senpath register``), as
+    hidden image layers in the store's µm; empty when there is none."""
+    from senpath.registration import read_patient_sections
+    from senpath.registration._map_image import MAP_IMAGE
+    from senpath.spatial import read_density_zarr
+
+    folder = Path(folder)
+    layers: list[LayerData] = []
+    for section_folder, record in read_patient_sections(folder.parent):
+        image = section_folder / MAP_IMAGE
+        if record.get("reference") != folder.name or not (image / ".zattrs").is_file():
+            continue
+        maps = read_density_zarr(image)
+        for data, kwargs, kind in density_layers(image, maps=maps):
+            channel = kwargs["metadata"]["channel"]
+            kwargs["name"] = f"{section_folder.name} sections: {kwargs['name']}"
+            kwargs["metadata"].update(
+                {"senpath_role": "section_map", "patient_id": section_folder.name}
+            )
+            if maps.units[channel] == "call":  # 0/1 calls: no and yes
+                kwargs["contrast_limits"] = (0.0, 1.0)
+                kwargs["colormap"] = "red" if channel == "senescence_map" else "gray"
+            layers.append((data, kwargs, kind))
+    return layers
 
 
 def spatial_layers(folder: str | Path) -> list[LayerData]:
