@@ -86,6 +86,13 @@ def _model_identity(method: str, model: str | None = None) -> dict[str, Any]:
     return {"method": "classical", "model_sha256": None}
 
 
+def segmenter_precision(segmenter: object) -> str | None:
+    """The precision/runtime a segmenter's nucleus network runs at (``auto`` resolved: ``fp32``,
+    ``bf16``, ``fp16`` or ``onnx-fp32``), or ``None`` for a segmenter without a network."""
+    precision = getattr(getattr(segmenter, "network", None), "precision", None)
+    return precision if isinstance(precision, str) else None
+
+
 def analyze_slide(
     path: str | Path,
     *,
@@ -160,7 +167,7 @@ def analyze_slide(
         results = analyze_tiles(plan, range(plan.n_tiles), slide=slide, segmenter=segmenter)
         return commit_slide(
             plan, results, out=out, slide=slide, tile_progress=tile_progress, t_start=t_start,
-            cutoff=cutoff,
+            cutoff=cutoff, network_precision=segmenter_precision(segmenter),
         )  # fmt: skip
 
 
@@ -174,6 +181,7 @@ def commit_slide(
     t_start: float | None = None,
     extra_timings: Mapping[str, float] | None = None,
     cutoff: ControlCutoff | None = None,
+    network_precision: str | None = None,
 ) -> Path:
     """Last stage of :func:`analyze_slide`: paste labels, score, write the store, manifest last.
 
@@ -188,6 +196,9 @@ def commit_slide(
     t_start : ``time.perf_counter()`` when the slide started (for ``timings.total_s``).
     extra_timings : more stage timings (s) for the provenance.
     cutoff : marker cut-offs from the batch's negative control (see :func:`analyze_slide`).
+    network_precision : the precision/runtime the nucleus network ran at (what ``auto`` chose),
+        stored as ``network_precision`` in the provenance; ``None`` when no network ran in this
+        process (classical segmenter, or tiles segmented by other workers).
 
     Returns
     -------
@@ -205,6 +216,7 @@ def commit_slide(
         return _commit_slide(
             plan, results, folder=folder, slide=slide, tile_progress=tile_progress,
             t_start=t_start, extra_timings=extra_timings, cutoff=cutoff,
+            network_precision=network_precision,
         )  # fmt: skip
 
 
@@ -218,6 +230,7 @@ def _commit_slide(
     t_start: float | None,
     extra_timings: Mapping[str, float] | None,
     cutoff: ControlCutoff | None = None,
+    network_precision: str | None = None,
 ) -> Path:
     from senpath.io import open_slide
 
@@ -326,6 +339,8 @@ def _commit_slide(
             else _model_identity(config.segmenter, config.model)
         ),
         "device": config.device,
+        # config.precision may say "auto": what it resolved to on this machine (issue 18)
+        "network_precision": network_precision,
         "timings": timings,
     }
     if plan.nuclear is not None:

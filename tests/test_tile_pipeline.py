@@ -161,3 +161,34 @@ def test_an_error_in_the_worker_is_raised_for_its_tile(slide_plan: tuple[SlidePl
     assert [r.index for r in got] == [0, 1, 2]
     with pytest.raises(RuntimeError, match="on purpose"):
         next(results)
+
+
+@pytest.mark.slow
+def test_provenance_records_the_precision_auto_chose(
+    slide_plan: tuple[SlidePlan, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``precision = "auto"`` in the config; the provenance says what it resolved to on this CPU."""
+    import json
+
+    from senpath.segment import predict, runtime
+
+    plan, _ = slide_plan
+    monkeypatch.delenv(runtime.PRECISION_ENV, raising=False)
+    monkeypatch.setattr(predict, "_CACHE", {})  # a network built for this test, not a cached one
+    # the calibration's outcome (fp32, not the bf16 the test suite pins), without its seconds
+    picked: list[str] = []
+
+    def choose(build: Any, spec: Any = None, *, refresh: bool = False) -> str:
+        picked.append("fp32")
+        return "fp32"
+
+    monkeypatch.setattr(runtime, "choose_cpu_precision", choose)
+    store = senpath.analyze_slide(plan.path, out=tmp_path, assay="ki67", config=CONFIG)
+    provenance = json.loads((store / "provenance.json").read_text())
+    assert picked == ["fp32"] and provenance["config"]["precision"] == "auto"
+    assert provenance["network_precision"] == "fp32"
+    classical = senpath.analyze_slide(
+        plan.path, out=tmp_path / "classical", assay="ki67",
+        config=AnalysisConfig(segmenter="classical", tile_size_um=64),
+    )  # fmt: skip
+    assert json.loads((classical / "provenance.json").read_text())["network_precision"] is None
