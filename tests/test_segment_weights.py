@@ -145,3 +145,14 @@ def test_a_crafted_checkpoint_cannot_run_code(tmp_path):
     assert not marker.exists()
     torch.save(payload, ckpt)  # tensors and plain values load
     assert load_checkpoint(ckpt)["step"] == 1
+
+
+def test_export_measures_a_shipped_model_only_without_out_or_tune(tmp_path, capsys):
+    from senpath.segment import export
+
+    for extra in (["--out", str(tmp_path)], ["--tune"]):
+        with pytest.raises(SystemExit):
+            export.main(["--model", "models", *extra])
+        assert "--model evaluates a shipped model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one source, not both
+        export.main(["--model", "models", "--checkpoint", str(tmp_path / "x.pt")])

@@ -1,6 +1,7 @@
 """Evaluate a training checkpoint on the held-out images and export it as the shipped model.
 
-``python -m senpath.segment.export --checkpoint RUN/step_XXXXXX.pt [--out models] [--tune]``
+``python -m senpath.segment.export --checkpoint RUN/step_XXXXXX.pt [--out models] [--tune]``, or
+``--model DIR`` to measure a shipped model the same way (compare two models under the same code).
 
 - ``--tune`` picks the post-processing thresholds on *training* images (a few MoNuSeg, CoNSeP and
   Ki67 images the network saw), never on the validation images, so validation scores stay honest.
@@ -147,7 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     from senpath.segment.weights import export_checkpoint, load_checkpoint
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a training checkpoint (RUN/step_N.pt)")
+    source.add_argument(
+        "--model",
+        type=Path,
+        help="evaluate a shipped model folder or JSON (e.g. models/) with its own thresholds; "
+        "compares models under the same code (no --out, no --tune)",
+    )
     p.add_argument("--out", type=Path, default=None, help="write the shipped model here (models/)")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--tune", action="store_true", help="choose thresholds on training images")
@@ -157,12 +165,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=None, help="write the metrics JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.model is not None:
+        if args.out is not None or args.tune:
+            p.error("--model evaluates a shipped model: --out and --tune need a --checkpoint")
+        shipped = NucleusSegmenter.from_pretrained(args.model, "cpu", precision=args.precision)
+        report: dict[str, Any] = {"model": str(args.model), "precision": shipped.precision}
+        report["postprocess"] = shipped.postprocess.to_dict()
+        report["validation"] = evaluate_sets(
+            shipped, validation_sets(args.data_root, consep_limit=args.consep_limit)
+        )
+        print(json.dumps(report, indent=2))
+        if args.report:
+            args.report.write_text(json.dumps(report, indent=2) + "\n")
+        return 0
 
     ckpt = load_checkpoint(args.checkpoint)
     model = build_model(ckpt["net_config"])
     model.load_state_dict(ckpt["model"])
     seg = NucleusSegmenter(model, device="cpu", precision=args.precision)
-    report: dict[str, Any] = {"checkpoint": str(args.checkpoint), "step": int(ckpt["step"])}
+    report = {"checkpoint": str(args.checkpoint), "step": int(ckpt["step"])}
     report["precision"] = seg.precision
     if args.tune:
         cfg, f1 = tune_postprocess(seg, tuning_set(args.data_root))
