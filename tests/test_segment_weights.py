@@ -156,3 +156,16 @@ def test_export_measures_a_shipped_model_only_without_out_or_tune(tmp_path, caps
         assert "--model evaluates a shipped model" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one source, not both
         export.main(["--model", "models", "--checkpoint", str(tmp_path / "x.pt")])
+
+
+def test_the_reproduce_command_carries_every_data_option():
+    from senpath.segment.export import reproduce_command
+
+    ckpt = {"seed": 12, "step": 4532, "total_steps": 4532}
+    args = {"init": "models", "lr": "0.001", "synthetic_share": "0.1", "pale_share": "0.3"}
+    command = reproduce_command({**ckpt, "args": args})
+    assert "--seed 12 --steps 4532" in command and "--init models" in command
+    assert "--synthetic-share 0.1" in command and "--pale-share 0.3" in command
+    # a run without the option (the default, 0) does not name it: older commands stay as they were
+    command = reproduce_command({**ckpt, "args": {**args, "pale_share": "0.0"}})
+    assert "--pale-share" not in command and "--stop-at" not in command

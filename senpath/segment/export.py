@@ -129,8 +129,11 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
     args = ckpt.get("args", {})
     parts = ["python -m senpath.segment.train --out RUN"]
     parts.append(f"--seed {ckpt.get('seed', 0)} --steps {ckpt['total_steps']}")
-    for key in ("init", "lr", "synthetic_share", "widths", "batch_size", "crop_size", "threads"):
+    keys = ("init", "lr", "synthetic_share", "pale_share", "widths", "batch_size", "crop_size")
+    for key in (*keys, "threads"):
         value = args.get(key)
+        if key == "pale_share" and value in ("0", "0.0"):
+            continue  # the default; runs before the option existed did not have it
         if value not in (None, "None", ""):
             parts.append(f"--{key.replace('_', '-')} {value}")
     if int(ckpt["step"]) < int(ckpt["total_steps"]):
