@@ -465,47 +465,26 @@ def readable_condition_table(conditions: pd.DataFrame) -> pd.DataFrame:
     unit = str(conditions["replicate_unit"].iloc[0]) if len(conditions) else "well"
     out["slides"] = conditions["n_slides"].astype(str)
     out["cells"] = conditions["n_cells"].astype(str)
+    c = conditions
+
+    def with_ci(column: str, *, signed: bool = False) -> list[str | None]:
+        """A figure and its 95% CI (``column``, ``column_ci95_low/high``) as text, per row."""
+        low, high = c[f"{column}_ci95_low"], c[f"{column}_ci95_high"]
+        rows = zip(c[column], low, high, strict=True)
+        return [_with_ci(v, lo, hi, signed=signed) for v, lo, hi in rows]
+
     for m in _markers(conditions):
-        c = conditions
-        out[f"{m} % pooled (Wilson 95% CI)"] = [
-            _with_ci(v, lo, hi)
-            for v, lo, hi in zip(
-                c[f"{m}_pct_positive"],
-                c[f"{m}_pct_positive_ci95_low"],
-                c[f"{m}_pct_positive_ci95_high"],
-                strict=True,
-            )  # fmt: skip
-        ]
+        out[f"{m} % pooled (Wilson 95% CI)"] = with_ci(f"{m}_pct_positive")
         out[f"{m} {unit}s"] = c[f"{m}_n_replicates"].astype(str)
-        out[f"{m} % mean of {unit}s (t 95% CI)"] = [
-            _with_ci(v, lo, hi)
-            for v, lo, hi in zip(
-                c[f"{m}_replicate_mean_pct_positive"],
-                c[f"{m}_replicate_mean_pct_positive_ci95_low"],
-                c[f"{m}_replicate_mean_pct_positive_ci95_high"],
-                strict=True,
-            )  # fmt: skip
-        ]
+        out[f"{m} % mean of {unit}s (t 95% CI)"] = with_ci(f"{m}_replicate_mean_pct_positive")
         if f"{m}_replicate_diff_pct_positive" in c.columns:
             ref = str(c["reference_condition"].iloc[0])
-            out[f"vs {ref}: pooled, pp (Newcombe 95% CI)"] = [
-                _with_ci(v, lo, hi, signed=True)
-                for v, lo, hi in zip(
-                    c[f"{m}_pooled_diff_pct_positive"],
-                    c[f"{m}_pooled_diff_pct_positive_ci95_low"],
-                    c[f"{m}_pooled_diff_pct_positive_ci95_high"],
-                    strict=True,
-                )  # fmt: skip
-            ]
-            out[f"vs {ref}: {unit} means, pp (Welch 95% CI)"] = [
-                _with_ci(v, lo, hi, signed=True)
-                for v, lo, hi in zip(
-                    c[f"{m}_replicate_diff_pct_positive"],
-                    c[f"{m}_replicate_diff_pct_positive_ci95_low"],
-                    c[f"{m}_replicate_diff_pct_positive_ci95_high"],
-                    strict=True,
-                )  # fmt: skip
-            ]
+            out[f"vs {ref}: pooled, pp (Newcombe 95% CI)"] = with_ci(
+                f"{m}_pooled_diff_pct_positive", signed=True
+            )
+            out[f"vs {ref}: {unit} means, pp (Welch 95% CI)"] = with_ci(
+                f"{m}_replicate_diff_pct_positive", signed=True
+            )
             out["p (Welch)"] = [
                 None if pd.isna(p) else f"{float(p):.3g}" for p in c[f"{m}_replicate_diff_p_value"]
             ]
