@@ -124,7 +124,7 @@ def run_batch(
                 force=force,
                 progress=progress,
             )
-            return _with_sheet_regions(jobs, reports, out=out)
+            return _apply_sheet_extras(jobs, reports, out=out)
         n_workers = workers if workers and workers > 1 else None
         with cluster_client(workers=n_workers, scheduler=scheduler) as own:
             reports = run_batch_distributed(
@@ -136,7 +136,7 @@ def run_batch(
                 force=force,
                 progress=progress,
             )
-        return _with_sheet_regions(jobs, reports, out=out)
+        return _apply_sheet_extras(jobs, reports, out=out)
     controls = BatchControls(jobs, config)
     done: dict[int, SlideReport] = {}
     bar = BatchProgress(len(jobs)) if progress else None
@@ -164,13 +164,13 @@ def run_batch(
     finally:
         if bar:
             bar.close()
-    return _with_sheet_regions(jobs, [done[i] for i in sorted(done)], out=out)
+    return _apply_sheet_extras(jobs, [done[i] for i in sorted(done)], out=out)
 
 
-def _with_sheet_regions(
+def _apply_sheet_extras(
     jobs: list[SlideJob], reports: list[SlideReport], *, out: str | Path
 ) -> list[SlideReport]:
-    """Attach each row's ``regions`` GeoJSON to its store when the store does not hold that file
+    """After the slides: attach each row's ``regions`` GeoJSON to its store when it does not hold it
     yet (no re-segmentation); a bad regions file fails its slide with one line, the batch goes on.
     A re-analysed slide without a ``regions`` row gets the regions it had before again. The row's
     ``section`` is recorded in the store's manifest (:func:`senpath.results.record_section`)."""
