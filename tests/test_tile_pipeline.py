@@ -43,15 +43,21 @@ def slide_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[SlidePlan, Any
 class Recorder:
     """Wraps a CNN segmenter's halves and records (event, tile count, thread name)."""
 
-    def __init__(self, segmenter: Any, *, fail_at: int | None = None) -> None:
+    def __init__(
+        self, segmenter: Any, *, fail_at: int | None = None, ahead: tuple[int, int] | None = None
+    ) -> None:
         self.inner, self.fail_at = segmenter, fail_at
+        # (depth, tiles): the post step of tile k waits until the network has started on
+        # min(k + 1 + depth, tiles) tiles, so "it ran ahead" does not depend on thread timing
+        self.ahead = ahead
         self.events: list[tuple[str, int, str]] = []
         self.method = segmenter.method
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
 
     def _log(self, event: str, n: int) -> None:
         with self.lock:
             self.events.append((event, n, threading.current_thread().name))
+            self.lock.notify_all()
 
     def network_maps(self, images: Any, *, mpp: float) -> Any:
         n = sum(e == "network" for e, _, _ in self.events)
@@ -61,6 +67,11 @@ class Recorder:
         return self.inner.network_maps(images, mpp=mpp)
 
     def labels_from_maps(self, maps: Any, shape: Any, *, mpp: float) -> Any:
+        if self.ahead is not None:
+            depth, tiles = self.ahead
+            k = self.count("post")
+            with self.lock:  # bounded: a pipeline that never runs ahead fails below, not hangs
+                self.lock.wait_for(lambda: self.count("network") >= min(k + 1 + depth, tiles), 30)
         self._log("post", 1)
         return self.inner.labels_from_maps(maps, shape, mpp=mpp)
 
@@ -90,7 +101,7 @@ def test_pipelined_results_equal_the_serial_ones(slide_plan: tuple[SlidePlan, An
     plan, segmenter = slide_plan
     indices = range(plan.n_tiles)
     serial = list(analyze_tiles(plan, indices, segmenter=segmenter, prefetch=0))
-    recorder = Recorder(segmenter)
+    recorder = Recorder(segmenter, ahead=(2, plan.n_tiles))
     piped = list(analyze_tiles(plan, indices, segmenter=recorder, prefetch=2))  # type: ignore[arg-type]
     assert [r.index for r in piped] == list(indices)
     assert sum(len(r.cells) for r in serial) > 20  # nuclei were found at all
