@@ -168,25 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report", type=Path, default=None, help="write the metrics JSON here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    ckpt: dict[str, Any] | None = None
     if args.model is not None:
         if args.out is not None or args.tune:
             p.error("--model evaluates a shipped model: --out and --tune need a --checkpoint")
-        shipped = NucleusSegmenter.from_pretrained(args.model, "cpu", precision=args.precision)
-        report: dict[str, Any] = {"model": str(args.model), "precision": shipped.precision}
-        report["postprocess"] = shipped.postprocess.to_dict()
-        report["validation"] = evaluate_sets(
-            shipped, validation_sets(args.data_root, consep_limit=args.consep_limit)
-        )
-        print(json.dumps(report, indent=2))
-        if args.report:
-            args.report.write_text(json.dumps(report, indent=2) + "\n")
-        return 0
-
-    ckpt = load_checkpoint(args.checkpoint)
-    model = build_model(ckpt["net_config"])
-    model.load_state_dict(ckpt["model"])
-    seg = NucleusSegmenter(model, device="cpu", precision=args.precision)
-    report = {"checkpoint": str(args.checkpoint), "step": int(ckpt["step"])}
+        seg = NucleusSegmenter.from_pretrained(args.model, "cpu", precision=args.precision)
+        report: dict[str, Any] = {"model": str(args.model)}
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
+        model = build_model(ckpt["net_config"])
+        model.load_state_dict(ckpt["model"])
+        seg = NucleusSegmenter(model, device="cpu", precision=args.precision)
+        report = {"checkpoint": str(args.checkpoint), "step": int(ckpt["step"])}
     report["precision"] = seg.precision
     if args.tune:
         cfg, f1 = tune_postprocess(seg, tuning_set(args.data_root))
@@ -199,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2))
     if args.report:
         args.report.write_text(json.dumps(report, indent=2) + "\n")
-    if args.out:
+    if args.out and ckpt is not None:  # --model refuses --out above
         js = export_checkpoint(
             args.checkpoint,
             args.out,
