@@ -6,8 +6,9 @@ registered on the main app by :mod:`senpath.cli`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -78,6 +79,23 @@ def status(results: ResultsArg) -> None:
     Console().print(table)
 
 
+def _change_status(
+    results: Path, slide: str, reviewer: str | None, change: Callable[[Any], None]
+) -> None:
+    """Apply ``change`` to the slide's correction session, save, and print the new status."""
+    from senpath.corrections import CorrectionError, CorrectionSession
+
+    folder = _store(results, slide)
+    try:
+        with CorrectionSession(folder, user=reviewer) as session:
+            change(session)
+            session.save()
+            line = session.review.describe()
+    except CorrectionError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"{slide}: {line}")
+
+
 @review_app.command("sign-off")
 def sign_off(
     results: ResultsArg,
@@ -91,17 +109,9 @@ def sign_off(
 
     Example: senpath review sign-off results/ P01-ki67 --reviewer "A. Pathologist"
     """
-    from senpath.corrections import CorrectionError, CorrectionSession
-
-    folder = _store(results, slide)
-    try:
-        with CorrectionSession(folder, user=reviewer) as session:
-            session.sign_off(reviewer=reviewer, note=note)
-            session.save()
-            line = session.review.describe()
-    except CorrectionError as exc:
-        raise _fail(str(exc)) from None
-    console.print(f"{slide}: {line}")
+    _change_status(
+        results, slide, reviewer, lambda session: session.sign_off(reviewer=reviewer, note=note)
+    )
 
 
 @review_app.command("reopen")
@@ -115,17 +125,7 @@ def reopen(
 
     Example: senpath review reopen results/ P01-ki67 --reason "recount the margin" --reviewer bob
     """
-    from senpath.corrections import CorrectionError, CorrectionSession
-
-    folder = _store(results, slide)
-    try:
-        with CorrectionSession(folder, user=reviewer) as session:
-            session.reopen(reason=reason)
-            session.save()
-            line = session.review.describe()
-    except CorrectionError as exc:
-        raise _fail(str(exc)) from None
-    console.print(f"{slide}: {line}")
+    _change_status(results, slide, reviewer, lambda session: session.reopen(reason=reason))
 
 
 @review_app.command("import-qupath")

@@ -114,6 +114,11 @@ def overlay_class(values: Any) -> Any:
     return np.asarray(values) % CLASS_STRIDE
 
 
+def store_of(layer: Any) -> str | None:
+    """The results store a layer was opened from (its ``senpath_store`` metadata), or ``None``."""
+    return (getattr(layer, "metadata", None) or {}).get("senpath_store")
+
+
 def label_levels(folder: str | Path, *, token: str | None = None) -> list[Any]:
     """The store's nucleus label pyramid, one lazy dask array per level.
 

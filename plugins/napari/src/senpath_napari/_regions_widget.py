@@ -25,6 +25,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from senpath_napari._layers import store_of
+
 #: Name of the Shapes layer the regions are drawn in.
 REGIONS_LAYER = "regions"
 #: Shape types that are areas with vertices (an ellipse's data are its bounding box, not its outline).
@@ -97,7 +99,7 @@ class RegionsWidget(QWidget):
         self.viewer.layers.events.inserted.connect(lambda event: self._found(event.value))
 
     def _found(self, layer: Any) -> None:
-        store = (getattr(layer, "metadata", None) or {}).get("senpath_store")
+        store = store_of(layer)
         if store and self.folder is None:
             self.open_store(store)
 

@@ -330,9 +330,7 @@ class ReviewWidget(ReviewDisplay, CellEdits, NucleusEditor, ViewerBindings, QWid
 
     # ----------------------------------------------------------------------------- store
 
-    @staticmethod
-    def _store_of(layer: Any) -> str | None:
-        return (getattr(layer, "metadata", None) or {}).get("senpath_store")
+    _store_of = staticmethod(_layers.store_of)
 
     def _on_layer_inserted(self, event: Any) -> None:
         store = self._store_of(event.value)

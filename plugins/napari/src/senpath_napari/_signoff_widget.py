@@ -37,6 +37,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from senpath_napari._layers import store_of
+
 
 class SignOffWidget(QWidget):
     """Dock widget: reviewer, exclusion reason, review status and sign-off, QuPath import.
@@ -131,9 +133,7 @@ class SignOffWidget(QWidget):
 
     # ----------------------------------------------------------------------------- store
 
-    @staticmethod
-    def _store_of(layer: Any) -> str | None:
-        return (getattr(layer, "metadata", None) or {}).get("senpath_store")
+    _store_of = staticmethod(store_of)
 
     def closeEvent(self, event: Any) -> None:
         self._poll.stop()
