@@ -180,3 +180,39 @@ def test_pale_share_zero_keeps_the_batches_and_a_share_changes_them():
     assert pale.mean() > plain.mean()  # faded nuclei: a brighter crop
     with pytest.raises(ValueError, match="pale_share"):
         D.CropSampler(sources, {"a": 1.0}, crop_size=48, pale_share=1.5)
+
+
+def test_recipe_weights_and_stained_weight_keep_default_batches_and_change_the_rest():
+    sources = {"a": [_image(0)]}
+    plain_x, plain_y = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3).batch(2, 4)
+    same_x, same_y = D.CropSampler(
+        sources, {"a": 1.0}, crop_size=48, seed=3, recipe_weights=None, stained_weight=1.0
+    ).batch(2, 4)
+    np.testing.assert_array_equal(plain_x, same_x)
+    np.testing.assert_array_equal(plain_y, same_y)
+    assert plain_y.shape[1] == 2  # no weight channel unless asked for
+    only_eosin = {name: 0.0 for name in D.RECIPES} | {"xgal_eosin": 1.0}
+    eosin_x, _ = D.CropSampler(
+        sources, {"a": 1.0}, crop_size=48, seed=3, recipe_weights=only_eosin
+    ).batch(2, 4)
+    assert not np.array_equal(eosin_x, plain_x)
+    x, y = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3, stained_weight=4.0).batch(2, 8)
+    assert y.shape[1] == 3
+    weights = np.unique(y[:, 2])
+    assert set(weights.tolist()) <= {1.0, 4.0} and 4.0 in weights  # some nuclei carry a chromogen
+    assert (y[:, 0][y[:, 2] == 4.0] == 1).all()  # the weight sits on nucleus pixels only
+    with pytest.raises(ValueError, match="unknown recipe"):
+        D.CropSampler(sources, {"a": 1.0}, recipe_weights={"xgal_blue": 1.0})
+    with pytest.raises(ValueError, match="stained_weight"):
+        D.CropSampler(sources, {"a": 1.0}, stained_weight=0.0)
+
+
+def test_recipe_weights_choose_the_recipe():
+    im = _image(0)
+    cells = D.cell_regions(im.labels, mpp=0.5)
+    only = {name: 0.0 for name in D.RECIPES} | {"xgal_nfr": 1.0}
+    for seed in range(5):
+        _, stained = D.render_with_truth(
+            im.rgb, im.labels, cells, kind="he", rng=np.random.default_rng(seed), recipe_weights=only
+        )
+        assert set(stained) <= {"xgal"}  # X-gal + nuclear fast red marks only X-gal

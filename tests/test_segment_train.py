@@ -28,3 +28,24 @@ def test_stop_at_then_resume_reproduces_the_uninterrupted_run(shared_data, tmp_p
         assert torch.equal(value, b["model"][key]), key
     events = [json.loads(line).get("event") for line in open(tmp_path / "b" / "log.jsonl")]
     assert events.count("stopped") == 1 and events[-1] == "finished"
+
+
+def test_a_weight_channel_weighs_the_loss_and_uniform_weights_change_nothing():
+    import torch
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 16, 16)
+    target = torch.zeros(2, 2, 16, 16)
+    target[:, 0, 4:8, 4:8] = 1
+    target[:, 1, 4:8, 4:8] = 0.5
+    plain, _ = T.segmentation_loss(logits, target)
+    uniform, _ = T.segmentation_loss(logits, torch.cat([target, torch.full((2, 1, 16, 16), 3.0)], 1))
+    assert float(uniform) == pytest.approx(float(plain), rel=1e-5)
+    # Weighing up the nucleus pixels: the loss follows their error, not the background's.
+    weight = torch.ones(2, 1, 16, 16)
+    weight[:, 0, 4:8, 4:8] = 10.0
+    worse = logits.clone()
+    worse[:, 0, 4:8, 4:8] = -5.0  # the nucleus called background
+    base, _ = T.segmentation_loss(worse, target)
+    weighted, _ = T.segmentation_loss(worse, torch.cat([target, weight], 1))
+    assert float(weighted) > float(base)

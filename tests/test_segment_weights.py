@@ -169,3 +169,22 @@ def test_the_reproduce_command_carries_every_data_option():
     # a run without the option (the default, 0) does not name it: older commands stay as they were
     command = reproduce_command({**ckpt, "args": {**args, "pale_share": "0.0"}})
     assert "--pale-share" not in command and "--stop-at" not in command
+
+
+def test_the_reproduce_command_carries_recipe_and_stained_weights():
+    from senpath.segment.export import reproduce_command
+    from senpath.segment.train import parse_args
+
+    ckpt = {"seed": 1, "step": 10, "total_steps": 10}
+    args = {"recipe_weights": str({"xgal_eosin": 0.2, "xgal_h_dab": 0.3}), "stained_weight": "2.0"}
+    command = reproduce_command({**ckpt, "args": args})
+    assert "--recipe-weights xgal_eosin=0.2,xgal_h_dab=0.3" in command
+    assert "--stained-weight 2.0" in command
+    # the command parses back to the same options
+    parsed = parse_args(command.split()[3:])
+    assert parsed.recipe_weights == {"xgal_eosin": 0.2, "xgal_h_dab": 0.3}
+    assert parsed.stained_weight == 2.0
+    plain = reproduce_command({**ckpt, "args": {"recipe_weights": "None", "stained_weight": "1.0"}})
+    assert "--recipe-weights" not in plain and "--stained-weight" not in plain
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--recipe-weights", "xgal_blue=1"])

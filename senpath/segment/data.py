@@ -87,12 +87,21 @@ class CropSampler:
         crop_size: int = 128,
         seed: int = 0,
         pale_share: float = 0.0,
+        recipe_weights: dict[str, float] | None = None,
+        stained_weight: float = 1.0,
     ) -> None:
         if not 0.0 <= pale_share <= 1.0:
             raise ValueError(f"pale_share must be in [0, 1], got {pale_share}")
+        if stained_weight <= 0:
+            raise ValueError(f"stained_weight must be > 0, got {stained_weight}")
+        unknown = sorted(set(recipe_weights or ()) - set(RECIPES))
+        if unknown:
+            raise ValueError(f"unknown recipe(s) {', '.join(unknown)}: use {', '.join(RECIPES)}")
         self.crop_size = crop_size
         self.seed = seed
         self.pale_share = pale_share
+        self.recipe_weights = dict(recipe_weights) if recipe_weights else None
+        self.stained_weight = float(stained_weight)
         self.sources: dict[str, list[_Prepared]] = {}
         for name, images in sources.items():
             prepared = []
@@ -111,6 +120,13 @@ class CropSampler:
         self, rng: np.random.Generator
     ) -> tuple[NDArray[np.uint8], NDArray[np.int32], NDArray]:
         """One augmented crop: ``rgb (S, S, 3) uint8``, ``labels (S, S) int32``, ``distance``."""
+        rgb, labels, dist, _ = self.crop_with_stained(rng)
+        return rgb, labels, dist
+
+    def crop_with_stained(
+        self, rng: np.random.Generator
+    ) -> tuple[NDArray[np.uint8], NDArray[np.int32], NDArray, NDArray[np.int64]]:
+        """:meth:`crop` plus the labels of the nuclei that carry a chromogen (real or rendered)."""
         import cv2
 
         source = self.sources[str(rng.choice(self.source_names, p=self.source_p))]
@@ -150,23 +166,39 @@ class CropSampler:
         rgb, labels, cells, dist = arrays
         stained: list[NDArray] = [np.asarray(v) for v in item.image.stained.values()]
         if item.image.kind != "synth":  # synthetic slides are already in their assay's stains
-            rgb, added = render_with_truth(rgb, labels, cells, kind=item.image.kind, rng=rng)
+            rgb, added = render_with_truth(
+                rgb,
+                labels,
+                cells,
+                kind=item.image.kind,
+                rng=rng,
+                recipe_weights=self.recipe_weights,
+            )
             stained += list(added.values())
+        keep = np.concatenate(stained).astype(np.int64) if stained else np.zeros(0, np.int64)
         # Drawn only when asked for, so runs without it keep their batches (v2 is reproduced).
         if self.pale_share > 0 and item.image.kind != "synth" and rng.random() < self.pale_share:
-            keep = np.concatenate(stained) if stained else np.zeros(0, np.int64)
-            rgb = pale_nuclei(rgb, labels, keep.astype(np.int64), rng)
+            rgb = pale_nuclei(rgb, labels, keep, rng)
         rgb = degrade(rgb, rng)
-        return rgb, labels, dist
+        return rgb, labels, dist, keep
 
     def batch(self, step: int, batch_size: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Inputs ``(B, 3, S, S)`` float32 in [0, 1] and targets ``(B, 2, S, S)`` for ``step``."""
+        """Inputs ``(B, 3, S, S)`` float32 in [0, 1] and targets ``(B, 2, S, S)`` for ``step``.
+
+        With ``stained_weight != 1`` the targets get a third channel, the per-pixel loss weight:
+        ``stained_weight`` on the nuclei that carry a chromogen, 1 elsewhere
+        (:func:`senpath.segment.train.segmentation_loss` reads it).
+        """
         rng = np.random.default_rng([self.seed, step])
         xs, ys = [], []
         for _ in range(batch_size):
-            rgb, labels, dist = self.crop(rng)
+            rgb, labels, dist, stained = self.crop_with_stained(rng)
             xs.append(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0)
-            ys.append(np.stack([(labels > 0).astype(np.float32), dist]))
+            target = [(labels > 0).astype(np.float32), dist]
+            if self.stained_weight != 1.0:
+                on_stained = np.isin(labels, stained) & (labels > 0)
+                target.append(np.where(on_stained, self.stained_weight, 1.0).astype(np.float32))
+            ys.append(np.stack(target))
         return np.stack(xs), np.stack(ys)
 
 

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import itertools
 import json
 import time
@@ -129,11 +130,27 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
     args = ckpt.get("args", {})
     parts = ["python -m senpath.segment.train --out RUN"]
     parts.append(f"--seed {ckpt.get('seed', 0)} --steps {ckpt['total_steps']}")
-    keys = ("init", "lr", "synthetic_share", "pale_share", "widths", "batch_size", "crop_size")
+    keys = (
+        "init",
+        "lr",
+        "synthetic_share",
+        "pale_share",
+        "recipe_weights",
+        "stained_weight",
+        "widths",
+        "batch_size",
+        "crop_size",
+    )
+    # Defaults of options added after runs that did not have them: left out, as those runs were.
+    defaults = {"pale_share": ("0", "0.0"), "stained_weight": ("1", "1.0")}
     for key in (*keys, "threads"):
         value = args.get(key)
-        if key == "pale_share" and value in ("0", "0.0"):
-            continue  # the default; runs before the option existed did not have it
+        if value in defaults.get(key, ()):
+            continue
+        if key == "recipe_weights" and value not in (None, "None", ""):
+            # Stored as the dict's repr in the checkpoint; written back as NAME=W,...
+            weights = ast.literal_eval(value)
+            value = ",".join(f"{k}={v}" for k, v in weights.items())
         if value not in (None, "None", ""):
             parts.append(f"--{key.replace('_', '-')} {value}")
     if int(ckpt["step"]) < int(ckpt["total_steps"]):

@@ -165,6 +165,7 @@ def render_with_truth(
     kind: str,
     rng: np.random.Generator,
     recipe: str | None = None,
+    recipe_weights: dict[str, float] | None = None,
 ) -> tuple[NDArray[np.uint8], dict[str, NDArray[np.int64]]]:
     """Re-render a crop in another stain combination and say which nuclei carry which chromogen.
 
@@ -179,6 +180,9 @@ def render_with_truth(
     rng : numpy Generator
     recipe : str, optional
         One of :data:`RECIPES` (H&E sources only); drawn at random when omitted.
+    recipe_weights : dict of str to float, optional
+        Sampling weights that replace those of :data:`RECIPES` for the recipes named (the others
+        keep theirs); used when ``recipe`` is omitted.
 
     Returns
     -------
@@ -232,7 +236,11 @@ def render_with_truth(
     h, e, res = _deconvolve3(od, "hematoxylin", "eosin")
     if recipe is None:
         names = list(RECIPES)
-        p = np.array([RECIPES[n] for n in names])
+        unknown = sorted(set(recipe_weights or ()) - set(RECIPES))
+        if unknown:
+            raise ValueError(f"unknown recipe(s) {', '.join(unknown)}: use {', '.join(RECIPES)}")
+        weights = RECIPES if not recipe_weights else {**RECIPES, **recipe_weights}
+        p = np.array([weights[n] for n in names])
         recipe = str(rng.choice(names, p=p / p.sum()))
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")

@@ -58,18 +58,26 @@ def segmentation_loss(logits, target):
     Parameters
     ----------
     logits : (B, 2, H, W) tensor
-    target : (B, 2, H, W) tensor
-        Foreground (0/1) and normalised distance in [0, 1].
+    target : (B, 2, H, W) or (B, 3, H, W) tensor
+        Foreground (0/1) and normalised distance in [0, 1]; an optional third channel weighs each
+        pixel's BCE and distance error (stained nuclei weighed up, ``--stained-weight``). The
+        weighted terms are divided by the mean weight, so the loss scale stays that of weight 1.
     """
     import torch
     import torch.nn.functional as F
 
     fg_logit, dist_logit = logits[:, 0], logits[:, 1]
     fg, dist = target[:, 0], target[:, 1]
-    bce = F.binary_cross_entropy_with_logits(fg_logit, fg)
     p = torch.sigmoid(fg_logit)
     dice = 1 - (2 * (p * fg).sum() + 1) / (p.sum() + fg.sum() + 1)
-    mse = F.mse_loss(torch.sigmoid(dist_logit), dist)
+    if target.shape[1] > 2:
+        w = target[:, 2]
+        w = w / w.mean()
+        bce = (F.binary_cross_entropy_with_logits(fg_logit, fg, reduction="none") * w).mean()
+        mse = ((torch.sigmoid(dist_logit) - dist) ** 2 * w).mean()
+    else:
+        bce = F.binary_cross_entropy_with_logits(fg_logit, fg)
+        mse = F.mse_loss(torch.sigmoid(dist_logit), dist)
     return bce + dice + 2.0 * mse, {
         "bce": float(bce.detach()),
         "dice": float(dice.detach()),
@@ -123,6 +131,24 @@ def validate(model, sets: dict[str, list[D.AnnotatedImage]], post=None) -> dict[
     return scores
 
 
+def _recipe_weights(text: str) -> dict[str, float]:
+    """``"xgal_eosin=0.2,xgal_h_dab=0.3"`` → ``{"xgal_eosin": 0.2, "xgal_h_dab": 0.3}``."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in D.RECIPES:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected NAME=WEIGHT with NAME one of {', '.join(D.RECIPES)}"
+            )
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: {value!r} is not a number") from None
+        if out[name.strip()] < 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: a weight cannot be negative")
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training entry point."""
     p = argparse.ArgumentParser(prog="senpath-train", description=__doc__.splitlines()[0])
@@ -157,6 +183,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="share of crops with faded unstained nuclei (a pale counterstain)",
+    )
+    p.add_argument(
+        "--recipe-weights",
+        type=_recipe_weights,
+        default=None,
+        metavar="NAME=W,...",
+        help="re-weigh the stain recipes of re-rendered crops, e.g. xgal_eosin=0.2,xgal_h_dab=0.3 "
+        "(the others keep their weights, see senpath.segment.rerender.RECIPES)",
+    )
+    p.add_argument(
+        "--stained-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of the pixels of nuclei that carry a chromogen (1: as any nucleus)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crop-size", type=int, default=128, help="crop side in px at 0.5 µm/px")
@@ -215,6 +255,8 @@ def train(args: argparse.Namespace) -> Path:
         crop_size=args.crop_size,
         seed=args.seed,
         pale_share=args.pale_share,
+        recipe_weights=args.recipe_weights,
+        stained_weight=args.stained_weight,
     )
     val_sets = _validation_sets(args.data_root, args.consep_validation)
     run_info = {
@@ -227,6 +269,8 @@ def train(args: argparse.Namespace) -> Path:
         "lr": args.lr,
         "synthetic_share": args.synthetic_share,
         "pale_share": args.pale_share,
+        "recipe_weights": args.recipe_weights,
+        "stained_weight": args.stained_weight,
         "threads": args.threads,
         "init": str(args.init) if args.init is not None else None,
         "validation": {k: [im.name for im in v] for k, v in val_sets.items()},
