@@ -213,6 +213,11 @@ def test_recipe_weights_choose_the_recipe():
     only = {name: 0.0 for name in D.RECIPES} | {"xgal_nfr": 1.0}
     for seed in range(5):
         _, stained = D.render_with_truth(
-            im.rgb, im.labels, cells, kind="he", rng=np.random.default_rng(seed), recipe_weights=only
+            im.rgb,
+            im.labels,
+            cells,
+            kind="he",
+            rng=np.random.default_rng(seed),
+            recipe_weights=only,
         )
         assert set(stained) <= {"xgal"}  # X-gal + nuclear fast red marks only X-gal

@@ -39,7 +39,9 @@ def test_a_weight_channel_weighs_the_loss_and_uniform_weights_change_nothing():
     target[:, 0, 4:8, 4:8] = 1
     target[:, 1, 4:8, 4:8] = 0.5
     plain, _ = T.segmentation_loss(logits, target)
-    uniform, _ = T.segmentation_loss(logits, torch.cat([target, torch.full((2, 1, 16, 16), 3.0)], 1))
+    uniform, _ = T.segmentation_loss(
+        logits, torch.cat([target, torch.full((2, 1, 16, 16), 3.0)], 1)
+    )
     assert float(uniform) == pytest.approx(float(plain), rel=1e-5)
     # Weighing up the nucleus pixels: the loss follows their error, not the background's.
     weight = torch.ones(2, 1, 16, 16)
