@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -106,21 +107,27 @@ def rgb_to_od(
     (..., 3) float32
         ``-log10(I / I0)``, clipped at 0 (pixels brighter than the background have no stain).
     """
-    rgb = np.asarray(rgb)
-    i0_arr = np.asarray(i0, dtype=np.float32).reshape((1,) * (rgb.ndim - 1) + (-1,))
-    if rgb.dtype == np.uint8 and rgb.ndim >= 2 and rgb.shape[-1] == 3 and i0_arr.size in (1, 3):
+    pixels: NDArray[Any] = np.asarray(rgb)
+    i0_arr = np.asarray(i0, dtype=np.float32).reshape((1,) * (pixels.ndim - 1) + (-1,))
+    if (
+        pixels.dtype == np.uint8
+        and pixels.ndim >= 2
+        and pixels.shape[-1] == 3
+        and i0_arr.size in (1, 3)
+    ):
         # 256 levels per channel: the same float32 formula on a (256, 3) table, looked up per
         # pixel (OpenCV's LUT), gives the same bits 3-8x faster than a log per pixel
         levels = np.maximum(np.arange(256, dtype=np.float32), MIN_INTENSITY)[:, None]
         table = -np.log10(levels / i0_arr.reshape(1, -1))
         np.maximum(table, 0.0, out=table)
         table = np.ascontiguousarray(np.broadcast_to(table, (256, 3))).reshape(1, 256, 3)
-        flat = np.ascontiguousarray(rgb).reshape(-1, 1, 3)
+        flat = np.ascontiguousarray(pixels).reshape(-1, 1, 3)
         if flat.shape[0]:
             import cv2
 
-            return cv2.LUT(flat, table).reshape(rgb.shape)
-    intensity = np.maximum(rgb.astype(np.float32), MIN_INTENSITY)
+            od_table = np.asarray(cv2.LUT(flat, table), dtype=np.float32).reshape(pixels.shape)
+            return od_table
+    intensity = np.maximum(pixels.astype(np.float32), MIN_INTENSITY)
     od = -np.log10(intensity / i0_arr)
     return np.maximum(od, 0.0, out=od)
 
