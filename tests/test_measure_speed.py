@@ -43,10 +43,14 @@ def tile():
 
 
 def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal bit for bit, but the perimeter to 1e-12: it is a BLAS product over the table's
+    nuclei (``histogram @ weights`` in ``senpath.morphology``), whose summation order may depend
+    on how many rows it has (3.6e-15 µm seen on 5 of 1,820 nuclei of a slide)."""
     assert list(a.columns) == list(b.columns)
-    pd.testing.assert_frame_equal(
-        a.reset_index(drop=True), b.reset_index(drop=True), check_exact=True
-    )
+    a, b = a.reset_index(drop=True), b.reset_index(drop=True)
+    np.testing.assert_allclose(a.pop("nucleus_perimeter_um"), b.pop("nucleus_perimeter_um"),
+                               rtol=1e-12, atol=0)  # fmt: skip
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
 def test_one_sort_equals_one_sort_per_compartment(tile):
