@@ -4,7 +4,7 @@ Every BLAS product senpath makes on pixels is tall and thin (``(N, 3) @ (3, S)``
 gains nothing, and on a machine whose cores are busy (the CNN running in the tile pipeline's worker
 thread, other processes) OpenBLAS's threads wait for each other: a 1.25 MP tile's deconvolution
 took 0.27 s with its default threads on a loaded 2-core machine and 0.004 s on one thread, with
-the same bits (each output element is computed by the same kernel either way). The limit is set
+the same bits (``tests/test_stain_speed.py`` compares with the unlimited product). The limit is set
 through ``threadpoolctl`` (the library scikit-learn uses for this) and restored when the last
 caller leaves, so concurrent callers (dask threads, the pipeline) never restore it under each other.
 """

@@ -21,7 +21,8 @@ while ``cell_area_um2`` and the ``cytoplasm``/``cell`` columns keep QuPath's 5 Â
 
 Statistics per stain and compartment (``mean``, ``median``, ``p75``, ``p90``, ``max``) are computed for
 all cells at once with sorted group reductions (no per-cell Python loop), so a tile with thousands of
-cells costs a few array passes. Percentiles use the nearest-rank definition. The nucleus shape columns
+cells costs a few array passes: one sort per stain of the cells' pixels serves all five compartments
+(:func:`_nested_stats`). Percentiles use the nearest-rank definition. The nucleus shape columns
 come from :func:`senpath.morphology.shape_table` (scikit-image's ``regionprops`` values, vectorised).
 """
 
