@@ -16,9 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from senpath._blas import serial_blas
 
 #: Reference stain OD vectors (R, G, B), unnormalised; :func:`unit` normalises them.
 REFERENCE_STAINS: dict[str, tuple[float, float, float]] = {
@@ -104,8 +107,27 @@ def rgb_to_od(
     (..., 3) float32
         ``-log10(I / I0)``, clipped at 0 (pixels brighter than the background have no stain).
     """
-    i0_arr = np.asarray(i0, dtype=np.float32).reshape((1,) * (rgb.ndim - 1) + (-1,))
-    intensity = np.maximum(rgb.astype(np.float32), MIN_INTENSITY)
+    pixels: NDArray[Any] = np.asarray(rgb)
+    i0_arr = np.asarray(i0, dtype=np.float32).reshape((1,) * (pixels.ndim - 1) + (-1,))
+    if (
+        pixels.dtype == np.uint8
+        and pixels.ndim >= 2
+        and pixels.shape[-1] == 3
+        and i0_arr.size in (1, 3)
+    ):
+        # 256 levels per channel: the same float32 formula on a (256, 3) table, looked up per
+        # pixel (OpenCV's LUT), gives the same bits 3-8x faster than a log per pixel
+        levels = np.maximum(np.arange(256, dtype=np.float32), MIN_INTENSITY)[:, None]
+        table = -np.log10(levels / i0_arr.reshape(1, -1))
+        np.maximum(table, 0.0, out=table)
+        table = np.ascontiguousarray(np.broadcast_to(table, (256, 3))).reshape(1, 256, 3)
+        flat = np.ascontiguousarray(pixels).reshape(-1, 1, 3)
+        if flat.shape[0]:
+            import cv2
+
+            od_table = np.asarray(cv2.LUT(flat, table), dtype=np.float32).reshape(pixels.shape)
+            return od_table
+    intensity = np.maximum(pixels.astype(np.float32), MIN_INTENSITY)
     od = -np.log10(intensity / i0_arr)
     return np.maximum(od, 0.0, out=od)
 
@@ -140,7 +162,8 @@ def deconvolve(
     flat = od.reshape(-1, 3)
     # Least squares: od = c @ V  =>  c = od @ pinv(V)
     pinv = np.linalg.pinv(stains.vectors).astype(np.float32)
-    conc = flat @ pinv
+    with serial_blas():  # a tall, thin product: BLAS threads only wait for each other
+        conc = flat @ pinv
     np.maximum(conc, 0.0, out=conc)
     return conc.reshape(od.shape[:-1] + (len(stains.names),))
 
@@ -152,7 +175,8 @@ def residual_od(
     od = rgb_to_od(rgb, i0)
     flat = od.reshape(-1, 3)
     pinv = np.linalg.pinv(stains.vectors).astype(np.float32)
-    recon = (flat @ pinv) @ stains.vectors.astype(np.float32)
+    with serial_blas():
+        recon = (flat @ pinv) @ stains.vectors.astype(np.float32)
     return np.linalg.norm(flat - recon, axis=1).reshape(od.shape[:-1])
 
 
@@ -187,8 +211,10 @@ def unexplained_od(od: NDArray[np.floating], stains: StainSet) -> NDArray[np.flo
     """
     flat = np.asarray(od, dtype=np.float32).reshape(-1, 3)
     vectors = stains.vectors.astype(np.float32)
-    conc = np.maximum(flat @ np.linalg.pinv(vectors).astype(np.float32), 0.0)
-    return np.linalg.norm(flat - conc @ vectors, axis=1).reshape(np.shape(od)[:-1])
+    with serial_blas():
+        conc = np.maximum(flat @ np.linalg.pinv(vectors).astype(np.float32), 0.0)
+        recon = conc @ vectors
+    return np.linalg.norm(flat - recon, axis=1).reshape(np.shape(od)[:-1])
 
 
 def angle_deg(a: Sequence[float], b: Sequence[float]) -> float:

@@ -179,6 +179,15 @@ def analyze_tile(
             origin_um=(tile.box.x0 * mpp, tile.box.y0 * mpp),
         )  # fmt: skip
     else:
+        # measure only the owned nuclei in the size range: the halo's are measured by the tile
+        # that owns them (areas as measure_cells computes them, so the same nuclei pass)
+        area_um2 = np.bincount(np.asarray(labels).ravel()).astype(np.float64) * mpp**2
+        wanted = [
+            i
+            for i in owned
+            if i < area_um2.size
+            and config.min_nucleus_area_um2 <= area_um2[i] <= config.max_nucleus_area_um2
+        ]
         cells = measure_cells(
             labels,
             concentrations,
@@ -186,6 +195,7 @@ def analyze_tile(
             mpp=mpp,
             cytoplasm_um=config.cytoplasm_um,
             origin_um=(tile.box.x0 * mpp, tile.box.y0 * mpp),
+            cell_ids=np.asarray(wanted, dtype=np.int64),
         )
         in_range = (cells["nucleus_area_um2"] >= config.min_nucleus_area_um2) & (
             cells["nucleus_area_um2"] <= config.max_nucleus_area_um2
