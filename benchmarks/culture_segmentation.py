@@ -5,7 +5,7 @@ precision, and the % SA-beta-gal+ among the cells found against the truth; then 
 (registration shift error, recall). Fields: :func:`senpath.synth.render_culture_field` (flat spread
 cells, X-gal in ~40 %, stain vectors turned 6 degrees from the pipeline's, 15 % vignetting).
 
-    python benchmarks/culture_segmentation.py [--fields 4]
+    python benchmarks/culture_segmentation.py [--fields 4] [--first-field 5]
 """
 
 from __future__ import annotations
@@ -69,8 +69,10 @@ def report(name, rows, seconds):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fields", type=int, default=4)
+    parser.add_argument("--first-field", type=int, default=1, help="5: the held-out fields 5-8")
     args = parser.parse_args()
-    fields = [render_culture_field(seed=s) for s in range(1, args.fields + 1)]
+    seeds = range(args.first_field, args.first_field + args.fields)
+    fields = [render_culture_field(seed=s) for s in seeds]
     xgal = unit(REFERENCE_STAINS["xgal"])
     for name, kwargs in (
         ("X-gal colour threshold", {"method": "xgal_colour", "min_foreground_od": 0.04}),
@@ -79,6 +81,7 @@ def main() -> None:
             "total OD + contrast, nucleus seeds",
             {"method": "od_contrast", "min_foreground_od": 0.06},
         ),
+        ("total OD, strong nucleus seeds only", {"faint_seeds": False}),
         ("total OD, nucleus seeds (default)", {}),
     ):
         t = time.perf_counter()

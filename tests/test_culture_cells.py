@@ -53,18 +53,21 @@ def _recalls_and_pct(field, cells, nuclei=None):
 @pytest.mark.slow
 def test_whole_cell_mode_finds_unstained_cells_as_well_as_blue_ones():
     counts, calls = np.zeros(4, int), np.zeros(2, int)
-    for seed in (1, 2):
+    for seed in (1, 2, 3, 4):
         field = render_culture_field(seed=seed)
         cells = segment_whole_cells(field.rgb, mpp=field.mpp)
         c, k = _recalls_and_pct(field, cells)
+        # no field collapses: field 3 found 19 % / 10 % when only strong nucleus blobs seeded
+        # (its seed threshold sat above most nuclei); with the second, lower bar 64 % / 80 %
+        assert c[0] / c[1] >= 0.6 and c[2] / c[3] >= 0.6, (seed, c)
         counts, calls = counts + c, calls + k
     recall_pos, recall_neg = counts[0] / counts[1], counts[2] / counts[3]
-    # measured (benchmarks/culture_segmentation.py): 0.72 stained / 0.74 unstained on fields
-    # 1-4, 0.81 / 0.71 on fields 5-8; the colour threshold finds 0.74 and 0.00
-    assert recall_pos >= 0.6 and recall_neg >= 0.6, (recall_pos, recall_neg)
-    assert abs(recall_pos - recall_neg) <= 0.12  # 5 points on some fields, 10 on others
+    # measured (benchmarks/culture_segmentation.py): 0.85 stained / 0.92 unstained on fields 1-4
+    # (0.72 / 0.74 before the second bar); held out, fields 5-8: 0.87 / 0.88 (0.81 / 0.71)
+    assert recall_pos >= 0.8 and recall_neg >= 0.8, (recall_pos, recall_neg)
+    assert abs(recall_pos - recall_neg) <= 0.1
     true_pct = 100 * counts[1] / (counts[1] + counts[3])
-    assert abs(100 * calls[0] / calls[1] - true_pct) <= 6.0
+    assert abs(100 * calls[0] / calls[1] - true_pct) <= 4.0
 
 
 @pytest.mark.slow
