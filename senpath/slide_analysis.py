@@ -298,7 +298,7 @@ def _commit_slide(
         summary["warning"] = (
             "no tissue detected: the slide looks empty at the tissue-mask resolution"
         )
-    qc = stain_qc(stain_estimate, assay=assay_obj.name)
+    qc = stain_qc(stain_estimate, assay=assay_obj.name, assay_match=plan.stain_match)
     summary["stain_qc"] = qc
     if qc["status"] == "warning":
         summary["warning"] = str(qc["warning"])

@@ -12,7 +12,7 @@ commit stages from it in this process and :mod:`senpath.distributed` ships it to
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from senpath.config import AnalysisConfig, Assay
+from senpath.config import AnalysisConfig, Assay, load_assays
 from senpath.segment import resolve_method
 from senpath.stain import (
     DEFAULT_I0,
@@ -30,6 +30,7 @@ from senpath.stain import (
     estimate_stains,
     rgb_to_od,
 )
+from senpath.stain_match import better_fitting_assays
 from senpath.tiling import Box, Tile, halo_px, tile_grid
 
 
@@ -78,6 +79,9 @@ class SlidePlan:
     #: the paired nuclear image and its registration (``path``, ``channel``, ``registration``), or
     #: ``None`` (see :func:`senpath.segment.paired_nuclei.pair_nuclear_image`)
     nuclear: dict[str, Any] | None = None
+    #: whether another assay's stains describe the slide much better (the wrong-assay check,
+    #: :func:`senpath.stain_match.better_fitting_assays`), or ``None`` (a plan made without it)
+    stain_match: dict[str, Any] | None = None
 
     @property
     def n_tiles(self) -> int:
@@ -162,14 +166,14 @@ def plan_slide(
         timings["register_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stain_estimate = _slide_stains(
+    stain_estimate, stain_match = _slide_stains(
         slide,
         tiles,
         prior=prior,
         i0=i0,
         mpp=amp,
         mode=config.stain_vectors,
-        tolerance=assay.stain_tolerance_deg,
+        assay=assay,
     )
     timings["stains_s"] = time.perf_counter() - t
     return SlidePlan(
@@ -188,6 +192,7 @@ def plan_slide(
         tissue_area_mm2=float(tissue.mask.sum()) * (tissue.mpp / 1000.0) ** 2,
         timings=timings,
         nuclear=nuclear,
+        stain_match=stain_match,
     )
 
 
@@ -240,13 +245,16 @@ def _slide_stains(
     i0: Any,
     mpp: float,
     mode: str,
-    tolerance: Mapping[str, float] | None = None,
-) -> StainEstimate:
-    """The slide's stain vectors: estimated from a sample of its tissue tiles, or the prior.
+    assay: Assay,
+) -> tuple[StainEstimate, dict[str, Any]]:
+    """The slide's stain vectors (estimated from a sample of its tissue tiles, or the prior), and
+    the wrong-assay check on the same sample against the shipped assay presets (so a run gives the
+    same answer on every machine, whatever settings file it read).
 
     Pixels are sampled at the analysis resolution (at a coarse resolution, nuclei and cytoplasm mix and
     the extreme stain directions that Macenko's method looks for are lost).
     """
+
     picks = np.unique(
         np.linspace(0, len(tiles) - 1, min(len(tiles), _STAIN_SAMPLE_TILES)).astype(int)
     )
@@ -257,7 +265,11 @@ def _slide_stains(
     od = np.concatenate(samples) if samples else np.zeros((0, 3), np.float32)
     if len(od) > _STAIN_SAMPLE_PIXELS:
         od = od[:: -(-len(od) // _STAIN_SAMPLE_PIXELS)]
-    return estimate_stains(od, prior, estimate=mode == "estimate", max_angle_deg=tolerance)
+    estimate = estimate_stains(
+        od, prior, estimate=mode == "estimate", max_angle_deg=assay.stain_tolerance_deg
+    )
+    match = better_fitting_assays(od, assay=assay, assays=load_assays(), estimate=estimate)
+    return estimate, match
 
 
 def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:

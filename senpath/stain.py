@@ -282,6 +282,23 @@ def _macenko_two(od: NDArray[np.float64], *, percentile: float) -> NDArray[np.fl
     return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+def extreme_directions(od: NDArray[np.floating], *, percentile: float = 1.0) -> NDArray[np.float64]:
+    """The two extreme stain directions of an OD cloud (Macenko et al. 2009), unmatched to any stain.
+
+    Parameters
+    ----------
+    od : (N, 3) float
+        Stained pixels' OD (glass left out).
+    percentile : robust extremes of the angle distribution, in percent.
+
+    Returns
+    -------
+    (2, 3) float64
+        Unit OD vectors, in no particular order.
+    """
+    return _macenko_two(np.asarray(od, dtype=np.float64).reshape(-1, 3), percentile=percentile)
+
+
 #: How far (degrees) a per-slide estimate may turn from its prior before the prior is kept instead: what
 #: catches a slide run under the wrong assay (hematoxylin-X-gal are 18.8 deg apart, DAB-nuclear fast red
 #: 16.5). An assay may widen it per stain (``stain_tolerance_deg`` in its TOML; the ``he`` preset does).
@@ -431,15 +448,28 @@ MAX_RESIDUAL_FRACTION = 0.07
 
 
 def stain_qc(
-    estimate: StainEstimate, *, assay: str, max_residual_fraction: float = MAX_RESIDUAL_FRACTION
+    estimate: StainEstimate,
+    *,
+    assay: str,
+    max_residual_fraction: float = MAX_RESIDUAL_FRACTION,
+    assay_match: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """Per-slide stain QC record: the estimate, and a warning when the stains do not explain the slide.
 
+    Two rules give the "stain mismatch" warning: the assay's stains leave more than
+    ``max_residual_fraction`` of the tissue OD unexplained, or (``assay_match``, the record of
+    :func:`senpath.stain_match.better_fitting_assays`) another assay's stains describe the slide's
+    colours much better, an H-DAB slide run as X-gal for one, which the residual misses.
+
     Returns a JSON-ready dict with ``status`` (``ok``, ``warning`` or ``no_stained_pixels``), ``warning``
-    (a sentence saying what to check, or "") and the fields of :meth:`StainEstimate.to_dict`.
+    (a sentence saying what to check, or ""), the fields of :meth:`StainEstimate.to_dict` and, when
+    given, ``assay_match``.
     """
     record: dict[str, object] = estimate.to_dict()
     record["max_residual_fraction"] = max_residual_fraction
+    if assay_match is not None:
+        record["assay_match"] = dict(assay_match)
+    better = str(assay_match.get("better_fit", "")) if assay_match is not None else ""
     if estimate.n_pixels == 0 or math.isnan(estimate.residual_fraction):
         record.update(status="no_stained_pixels", warning="")
         return record
@@ -452,6 +482,16 @@ def stain_qc(
                 f"({', '.join(estimate.stains.names)}); check the slide's assay in the sample sheet, "
                 "or give measured stain vectors in a profile (--config); marker calls on this slide "
                 "are unreliable"
+            ),
+        )
+    elif better:
+        # the residual rule passed: name the assay the colours fit (assay_match says why)
+        record.update(
+            status="warning",
+            warning=(
+                f"stain mismatch: the slide looks like {better}, not {assay!r} "
+                f"({assay_match.get('detail', '') if assay_match is not None else ''}); check the "
+                "slide's assay in the sample sheet; marker calls on this slide are unreliable"
             ),
         )
     else:

@@ -94,7 +94,7 @@ def plan_segmenter(plan: SlidePlan) -> Segmenter:
         return PairedNucleusSegmenter(
             plan.nuclear["path"],
             channel=plan.nuclear["channel"],
-            shift_um=tuple(plan.nuclear["registration"]["shift_um"]),  # type: ignore[arg-type]
+            registration=plan.nuclear["registration"],
             shape_px=plan.shape_px,
             mpp=config.analysis_mpp,
         )

@@ -51,6 +51,7 @@ from __future__ import annotations
 from senpath.synth._culture import (
     CultureField,
     CultureParams,
+    dapi_frame_points,
     matched_cells,
     render_culture_field,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "ASSAYS",
     "CultureField",
     "CultureParams",
+    "dapi_frame_points",
     "ASSAY_MARKERS",
     "ASSAY_STAINS",
     "MARKER_LEVEL_OD",

@@ -60,6 +60,12 @@ class CultureParams:
     blur_sigma_um, noise_sd : optics and sensor (8-bit grey levels).
     dapi_shift_um : (dy, dx) offset of the DAPI frame: its pixel (y, x) shows what the brightfield
         shows at (y - dy, x - dx).
+    dapi_rotation_deg, dapi_scale : the DAPI frame's content turned by this angle (counter-clockwise
+        as displayed, y down) and magnified by this factor about the frame's centre ``c`` (another
+        camera or a turned camera adaptor). With the shift ``d``, a brightfield point ``p`` (y, x µm,
+        pixel index times mpp) lies at ``c + dapi_scale * R(dapi_rotation_deg) (p - c) + d`` in the
+        DAPI frame, ``R(a) = [[cos a, -sin a], [sin a, cos a]]`` on (y, x) vectors
+        (:func:`dapi_frame_points` computes it).
     """
 
     cell_spacing_um: float = 42.0
@@ -79,6 +85,8 @@ class CultureParams:
     blur_sigma_um: float = 0.6
     noise_sd: float = 2.0
     dapi_shift_um: tuple[float, float] = (0.0, 0.0)
+    dapi_rotation_deg: float = 0.0
+    dapi_scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -275,7 +283,10 @@ def render_culture_field(
         noise = rng.standard_normal(intensity.shape).astype(np.float32)
         intensity += p.noise_sd * np.sqrt(np.maximum(intensity, 0) / 240.0 + 0.01) * noise
     rgb = np.clip(np.rint(intensity), 0, 255).astype(np.uint8)
-    dapi = _dapi(nuclei, mpp=mpp, shift_um=p.dapi_shift_um, rng=rng)
+    dapi = _dapi(
+        nuclei, mpp=mpp, shift_um=p.dapi_shift_um, rng=rng,
+        rotation_deg=p.dapi_rotation_deg, scale=p.dapi_scale,
+    )  # fmt: skip
     return CultureField(
         rgb, cells, nuclei, dapi, truth, float(mpp), {"xgal": xgal_v, "cell_body": body_v}
     )
@@ -287,17 +298,52 @@ def _dapi(
     mpp: float,
     shift_um: tuple[float, float],
     rng: np.random.Generator,
+    rotation_deg: float = 0.0,
+    scale: float = 1.0,
 ) -> NDArray[np.uint16]:
-    """A 16-bit DAPI frame of the nuclei: per-nucleus brightness, chromatin, blur, offset, noise."""
+    """A 16-bit DAPI frame of the nuclei: per-nucleus brightness, chromatin, blur, offset (shift,
+    and rotation and scale about the frame's centre), noise."""
     n = int(nuclei.max())
     bright = np.concatenate([[0.0], rng.uniform(0.5, 1.2, n)]).astype(np.float32)
     chromatin = ndi.gaussian_filter(rng.standard_normal(nuclei.shape).astype(np.float32), 0.6 / mpp)
     chromatin = 1.0 + 0.25 * chromatin / max(float(chromatin.std()), 1e-6)
     signal = bright[nuclei] * chromatin * 3000.0
     signal = ndi.gaussian_filter(signal, 1.0 / mpp)
-    signal = ndi.shift(signal, (shift_um[0] / mpp, shift_um[1] / mpp), order=1, mode="constant")
+    if rotation_deg == 0.0 and scale == 1.0:
+        signal = ndi.shift(signal, (shift_um[0] / mpp, shift_um[1] / mpp), order=1, mode="constant")
+    else:  # DAPI pixel q shows brightfield point c + R(-a) (q - c - d) / s (the inverse map)
+        a = math.radians(rotation_deg)
+        inverse = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) / scale
+        centre = (np.asarray(signal.shape, float) - 1.0) / 2.0
+        d = np.asarray(shift_um, float) / mpp
+        signal = ndi.affine_transform(
+            signal, inverse, offset=centre - inverse @ (centre + d), order=1, mode="constant"
+        )
     signal += 300.0 + 40.0 * rng.standard_normal(signal.shape).astype(np.float32)
     return np.clip(np.rint(signal), 0, 65535).astype(np.uint16)
+
+
+def dapi_frame_points(
+    points_um: NDArray[np.floating], *, shape: tuple[int, int], mpp: float, params: CultureParams
+) -> NDArray[np.float64]:
+    """Where brightfield points lie in the field's DAPI frame (the truth a registration inverts).
+
+    Parameters
+    ----------
+    points_um : (N, 2) (y, x) µm on the brightfield grid (pixel index times ``mpp``).
+    shape : (Y, X) px of the field.
+    mpp : pixel size (µm/px).
+    params : the field's parameters (``dapi_shift_um``, ``dapi_rotation_deg``, ``dapi_scale``).
+
+    Returns
+    -------
+    (N, 2) float64, (y, x) µm in the DAPI frame.
+    """
+    a = math.radians(params.dapi_rotation_deg)
+    turn = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) * params.dapi_scale
+    centre = (np.asarray(shape, float) - 1.0) / 2.0 * mpp
+    p = np.asarray(points_um, float).reshape(-1, 2)
+    return centre + (p - centre) @ turn.T + np.asarray(params.dapi_shift_um, float)
 
 
 def matched_cells(
