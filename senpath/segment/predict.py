@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 #: Precision choices of :class:`NucleusSegmenter`.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "onnx-fp32", "onnx-int8")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "onnx-fp32")
 #: Relative mpp difference below which an image is used as is (no resampling).
 MPP_TOLERANCE = 0.02
 #: Context (µm) around the core of each network tile: every map pixel is computed with at least this
@@ -57,10 +57,10 @@ class NucleusSegmenter:
         Model description (``postprocess`` thresholds, ``mpp``, ``sha256``); defaults otherwise.
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    precision : {"auto", "fp32", "bf16", "fp16", "onnx-fp32", "onnx-int8"}
+    precision : {"auto", "fp32", "bf16", "fp16", "onnx-fp32"}
         ``"auto"``: fp16 autocast on CUDA, fp32 on MPS; on CPU ``$SENPATH_PRECISION`` when set,
-        else the fastest of fp32 eager, bf16 autocast + channels_last, ONNX Runtime fp32 and
-        ONNX Runtime static int8 that keeps the nuclei of fp32, measured once per machine and cached
+        else the fastest of fp32 eager, bf16 autocast + channels_last and ONNX Runtime fp32 that
+        keeps the nuclei of fp32, measured once per machine and cached
         (:func:`senpath.segment.runtime.choose_cpu_precision`).
     """
 
@@ -99,8 +99,8 @@ class NucleusSegmenter:
             precision = {"cuda": "fp16"}.get(self.device.type, "fp32")
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("fp16 is for CUDA; on CPU use precision='bf16' or 'fp32'")
-        if precision.startswith("onnx-") and self.device.type != "cpu":
-            raise ValueError(f"{precision} runs on the CPU, not {self.device.type}: use 'auto'")
+        if precision == "onnx-fp32" and self.device.type != "cpu":
+            raise ValueError(f"onnx-fp32 runs on the CPU, not {self.device.type}: use 'auto'")
         self.precision = precision
         self.mpp = float(self.spec.get("mpp", NETWORK_MPP))
         post = self.spec.get("postprocess") or {}
@@ -110,10 +110,10 @@ class NucleusSegmenter:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         self._onnx: Any = None
-        if precision.startswith("onnx-"):
+        if precision == "onnx-fp32":
             from senpath.segment.runtime import OnnxNetwork
 
-            self._onnx = OnnxNetwork(model, stride=self.stride, int8=precision == "onnx-int8")
+            self._onnx = OnnxNetwork(model, stride=self.stride)
 
     @classmethod
     def from_pretrained(

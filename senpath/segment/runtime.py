@@ -5,13 +5,12 @@ the shipped network at 1.8 CPU-s/MP and fp32 eager at 5.3; on an AMD EPYC withou
 took 21.5 s for one 1024² image, fp32 3.9 s and ONNX Runtime fp32 2.0 s. So ``precision="auto"`` on
 a CPU is decided by measurement, once per machine:
 
-- :func:`calibrate` times each candidate of :data:`CPU_CANDIDATES` (fp32, bf16 autocast +
-  channels_last, ONNX Runtime fp32, ONNX Runtime static int8) on a small synthetic Ki67 image
+- :func:`calibrate` times each candidate of :data:`CPU_CANDIDATES` on a small synthetic Ki67 image
   and checks its nuclei against fp32 (instances matched at IoU 0.5, F1 >= :data:`PARITY_F1`);
   the fastest that passes is chosen;
 - :func:`choose_cpu_precision` keeps that choice in a JSON file in the user cache folder, keyed
-  by CPU model, core count, torch and ONNX Runtime versions, torch threads, the weights'
-  sha256 and the candidates; a new machine, library, model or candidate calibrates again.
+  by CPU model, core count, torch and ONNX Runtime versions, torch threads and the weights'
+  sha256; a new machine, library or model calibrates again.
 
 Override it with the ``precision`` setting (``senpath run --precision``) or the environment
 variable ``SENPATH_PRECISION``; ``SENPATH_CACHE_DIR`` moves the cache file.
@@ -37,11 +36,8 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     import torch
 
-#: What ``precision="auto"`` may pick on a CPU (the ``onnx-`` ones only when onnxruntime is
-#: installed; ``onnx-int8``: static int8, see :mod:`senpath.segment.int8`).
-CPU_CANDIDATES = ("fp32", "bf16", "onnx-fp32", "onnx-int8")
-#: The candidates that run on ONNX Runtime.
-ONNX_PRECISIONS = ("onnx-fp32", "onnx-int8")
+#: What ``precision="auto"`` may pick on a CPU (``onnx-fp32`` only when onnxruntime is installed).
+CPU_CANDIDATES = ("fp32", "bf16", "onnx-fp32")
 #: Lowest F1 of instances matched at IoU 0.5 against fp32 that a candidate may have.
 PARITY_F1 = 0.99
 #: Environment variable that overrides ``precision="auto"`` (any value of ``PRECISIONS``).
@@ -92,28 +88,23 @@ def onnxruntime_available() -> bool:
 
 
 class OnnxNetwork:
-    """The network exported to ONNX and run by ONNX Runtime (CPU), called like the module.
+    """The network exported to ONNX and run by ONNX Runtime (fp32, CPU), called like the module.
 
     Parameters
     ----------
     model : the torch network (eval mode, on the CPU).
     stride : the network's stride (export example side).
     threads : ONNX Runtime intra-op threads (default: torch's thread count).
-    int8 : run the statically quantised int8 model (built from this export and kept in the
-        cache folder, :func:`senpath.segment.int8.cached_int8_network`) instead of fp32.
     """
 
-    def __init__(
-        self, model: torch.nn.Module, *, stride: int, threads: int | None = None, int8: bool = False
-    ) -> None:
+    def __init__(self, model: torch.nn.Module, *, stride: int, threads: int | None = None) -> None:
         import io
 
         import torch
 
-        name = "onnx-int8" if int8 else "onnx-fp32"
         if not onnxruntime_available():
             raise RuntimeError(
-                f"precision {name!r} needs onnxruntime and onnx: pip install 'senpath[onnx]', "
+                "precision 'onnx-fp32' needs onnxruntime and onnx: pip install 'senpath[onnx]', "
                 "or use precision 'fp32' or 'bf16'"
             )
         import onnxruntime as ort
@@ -130,18 +121,12 @@ class OnnxNetwork:
                 output_names=["logits"], dynamic_axes={"rgb": axes, "logits": axes},
                 opset_version=17,
             )  # fmt: skip
-        network = buffer.getvalue()
-        if int8:
-            from senpath.segment.int8 import cached_int8_network
-
-            network = cached_int8_network(network, cache_dir=cache_path().parent)
-        # the default graph optimisation level is already ORT_ENABLE_ALL (it fuses the int8
-        # QDQ pairs into integer convolutions); making a session takes ~0.05 s, so an optimised
-        # model file would save nothing (measured, issue 18)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(network, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
+        )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, 2, H, W)`` float32 of a ``(B, 3, H, W)`` float32 CPU tensor."""
@@ -208,7 +193,7 @@ def calibrate(
     segmenters: dict[str, Any] = {}
     reference: NDArray[np.int32] | None = None
     for precision in ("fp32", *[c for c in candidates if c != "fp32"]):
-        if precision in ONNX_PRECISIONS and not onnxruntime_available():
+        if precision == "onnx-fp32" and not onnxruntime_available():
             result.skipped[precision] = "onnxruntime is not installed (pip install 'senpath[onnx]')"
             continue
         try:
@@ -236,8 +221,7 @@ def calibrate(
 
 
 def machine_key(spec: dict[str, Any] | None = None) -> str:
-    """What a cached choice holds for: CPU model and cores, torch, ONNX Runtime, threads, weights,
-    candidates."""
+    """What a cached choice holds for: CPU model and cores, torch, ONNX Runtime, threads, weights."""
     import torch
 
     ort_version = "none"
@@ -248,9 +232,7 @@ def machine_key(spec: dict[str, Any] | None = None) -> str:
     weights = str((spec or {}).get("sha256", "unknown"))[:16]
     return (
         f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | "
-        f"onnxruntime {ort_version} | {torch.get_num_threads()} threads | weights {weights} | "
-        # a new candidate calibrates again where a choice among the older ones is cached
-        f"candidates {','.join(CPU_CANDIDATES)}"
+        f"onnxruntime {ort_version} | {torch.get_num_threads()} threads | weights {weights}"
     )
 
 
