@@ -42,7 +42,8 @@ pieces' overlap) over the network's seconds, as ``benchmarks/bench_segment.py`` 
 target is end to end >= 0.7 x network.
 
 Table 2: the network alone (``predict_maps``) on one 1024² image cut from the same slide, fp32
-vs bf16 vs ONNX Runtime fp32 when installed (``NucleusSegmenter(precision=...)``), with
+vs bf16 vs ONNX Runtime fp32 when installed (``NucleusSegmenter(precision=...)``) and, for
+comparison only, ONNX Runtime static int8 (``bench_int8.py``; not a precision of the library), with
 ``torch.set_num_threads`` 1 and 2: wall and CPU seconds per megapixel (best of ``--repeats``), and
 the F1 of instances matched at IoU 0.5 of each against fp32 (post-processed maps of that image).
 Before the tables: what ``precision="auto"`` chose on this CPU and the calibration it measured
@@ -326,13 +327,18 @@ def network_precisions(image: np.ndarray, *, thread_counts: list[int], repeats: 
     from senpath.segment.runtime import onnxruntime_available
 
     rows, labels = [], {}
-    precisions = ["fp32", "bf16"] + (["onnx-fp32"] if onnxruntime_available() else [])
+    onnx = ["onnx-fp32", "onnx-int8"] if onnxruntime_available() else []
+    precisions = ["fp32", "bf16", *onnx]
     for precision in precisions:
-        seg = NucleusSegmenter.from_pretrained(device="cpu", precision=precision)
+        seg = NucleusSegmenter.from_pretrained(
+            device="cpu", precision=precision.replace("int8", "fp32")
+        )
         for threads in thread_counts:
             torch.set_num_threads(threads)
-            if precision == "onnx-fp32":  # its session's threads are set when it is made
-                seg = NucleusSegmenter.from_pretrained(device="cpu", precision=precision)
+            if precision in onnx:  # its session's threads are set when it is made
+                seg = NucleusSegmenter.from_pretrained(device="cpu", precision="onnx-fp32")
+            if precision == "onnx-int8":  # not a precision of the library (bench_int8.py)
+                seg = int8_segmenter(seg, threads)
             seg.predict_maps(batch[:, :256, :256])  # warm-up (oneDNN kernels, allocator)
             wall = cpu = math.inf
             for _ in range(repeats):
@@ -349,7 +355,9 @@ def network_precisions(image: np.ndarray, *, thread_counts: list[int], repeats: 
     print("| precision | threads | wall s / MP | CPU s / MP | MP/s |\n|---|---:|---:|---:|---:|")
     for precision, threads, wall_mp, cpu_mp in rows:
         name = {"fp32": "fp32 eager", "bf16": "bf16 autocast + channels_last",
-                "onnx-fp32": "ONNX Runtime fp32"}[precision]  # fmt: skip
+                "onnx-fp32": "ONNX Runtime fp32",
+                "onnx-int8": "ONNX Runtime static int8, QDQ u8/s8 (not offered: off parity on "
+                "the real Ki67 tiles, see bench_int8.py)"}[precision]  # fmt: skip
         print(f"| {name} | {threads} | {wall_mp:.2f} | {cpu_mp:.2f} | {1 / wall_mp:.2f} |")
     for precision in precisions[1:]:
         f1 = matching(labels["fp32"], labels[precision], thresh=0.5).f1
@@ -358,6 +366,18 @@ def network_precisions(image: np.ndarray, *, thread_counts: list[int], repeats: 
             f"({int(labels['fp32'].max())} vs {int(labels[precision].max())} nuclei; "
             "target >= 0.99)"
         )
+
+
+def int8_segmenter(seg: Any, threads: int) -> Any:
+    """``seg`` (ONNX Runtime fp32) running the static int8 model of ``bench_int8.py`` instead."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench_int8
+
+    name = "QDQ u8/s8 per channel"
+    network = bench_int8.quantize(
+        bench_int8.export_fp32(seg.model, seg.stride), bench_int8.variants()[name]
+    )
+    return bench_int8.onnx_segmenter(seg.model, seg.spec, network, threads=threads)
 
 
 def print_calibration() -> None:
