@@ -50,6 +50,7 @@ from senpath.segment.datasets import shape_at_mpp as shape_at_mpp
 from senpath.segment.rerender import RECIPES as RECIPES
 from senpath.segment.rerender import degrade as degrade
 from senpath.segment.rerender import pale_nuclei as pale_nuclei
+from senpath.segment.rerender import recipe_probabilities as recipe_probabilities
 from senpath.segment.rerender import render_crop as render_crop
 from senpath.segment.rerender import render_with_truth as render_with_truth
 
@@ -94,9 +95,7 @@ class CropSampler:
             raise ValueError(f"pale_share must be in [0, 1], got {pale_share}")
         if stained_weight <= 0:
             raise ValueError(f"stained_weight must be > 0, got {stained_weight}")
-        unknown = sorted(set(recipe_weights or ()) - set(RECIPES))
-        if unknown:
-            raise ValueError(f"unknown recipe(s) {', '.join(unknown)}: use {', '.join(RECIPES)}")
+        recipe_probabilities(recipe_weights)  # a bad name fails here, not at the first batch
         self.crop_size = crop_size
         self.seed = seed
         self.pale_share = pale_share

@@ -143,6 +143,18 @@ def _masked_hematoxylin(
     return np.where(stained, h * rng.uniform(0.15, 1.0), h).astype(np.float32)
 
 
+def recipe_probabilities(recipe_weights: dict[str, float] | None = None) -> dict[str, float]:
+    """The recipes' sampling weights: :data:`RECIPES` with those named in ``recipe_weights``
+    replaced. Raises ``ValueError`` for a name that is not a recipe or a negative weight."""
+    unknown = sorted(set(recipe_weights or ()) - set(RECIPES))
+    if unknown:
+        raise ValueError(f"unknown recipe(s) {', '.join(unknown)}: use {', '.join(RECIPES)}")
+    negative = sorted(k for k, v in (recipe_weights or {}).items() if v < 0)
+    if negative:
+        raise ValueError(f"negative recipe weight(s) for {', '.join(negative)}")
+    return {**RECIPES, **(recipe_weights or {})}
+
+
 def render_crop(
     rgb: NDArray[np.uint8],
     labels: NDArray[np.int32],
@@ -236,10 +248,7 @@ def render_with_truth(
     h, e, res = _deconvolve3(od, "hematoxylin", "eosin")
     if recipe is None:
         names = list(RECIPES)
-        unknown = sorted(set(recipe_weights or ()) - set(RECIPES))
-        if unknown:
-            raise ValueError(f"unknown recipe(s) {', '.join(unknown)}: use {', '.join(RECIPES)}")
-        weights = RECIPES if not recipe_weights else {**RECIPES, **recipe_weights}
+        weights = recipe_probabilities(recipe_weights)
         p = np.array([weights[n] for n in names])
         recipe = str(rng.choice(names, p=p / p.sum()))
     if recipe not in RECIPES:

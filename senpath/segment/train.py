@@ -135,17 +135,15 @@ def _recipe_weights(text: str) -> dict[str, float]:
     """``"xgal_eosin=0.2,xgal_h_dab=0.3"`` → ``{"xgal_eosin": 0.2, "xgal_h_dab": 0.3}``."""
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep or name.strip() not in D.RECIPES:
-            raise argparse.ArgumentTypeError(
-                f"{part!r}: expected NAME=WEIGHT with NAME one of {', '.join(D.RECIPES)}"
-            )
+        name, _, value = part.partition("=")
         try:
             out[name.strip()] = float(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r}: {value!r} is not a number") from None
-        if out[name.strip()] < 0:
-            raise argparse.ArgumentTypeError(f"{part!r}: a weight cannot be negative")
+            raise argparse.ArgumentTypeError(f"{part!r}: expected NAME=WEIGHT (a number)") from None
+    try:
+        D.recipe_probabilities(out)  # names are recipes, weights not negative
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return out
 
 
