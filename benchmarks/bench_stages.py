@@ -383,15 +383,14 @@ def int8_segmenter(seg: Any, threads: int) -> Any:
 def print_calibration() -> None:
     """Resolve ``precision="auto"`` on this CPU now (calibrating if no choice is cached), so no
     slide run below pays for it, and print what the calibration measured."""
-    import json
-
     from senpath.segment import runtime
     from senpath.segment.predict import cached_segmenter
 
     seg = cached_segmenter(None, "cpu", "auto")
-    entry = json.loads(runtime.cache_path().read_text()).get(runtime.machine_key(seg.spec), {})
+    entry = runtime.chosen_calibration(seg.spec)
     print(f"\n### precision auto on this CPU: **{seg.precision}** (cached in "
-          f"{runtime.cache_path()})\n")  # fmt: skip
+          f"{runtime.cache_path()}; other processes busy on {entry.get('other_cores_busy', '?')} "
+          f"cores when measured: {entry.get('key', '?').rsplit(' | ', 1)[-1]})\n")  # fmt: skip
     print("| candidate | s / MP (calibration image) | F1 vs fp32 at IoU 0.5 |\n|---|---:|---:|")
     for name, spm in entry.get("seconds_per_mp", {}).items():
         print(f"| {name} | {spm:.2f} | {entry['parity_f1'][name]:.4f} |")

@@ -11,8 +11,12 @@ the ``ki67`` preset. Measured (estimate_background I0, per-tile stain estimate, 
     799_2      64  0.667   3.1    1.6   (one positive cell: one false positive halves F1)
     Bladder1  188  0.611  11.2    8.0   (4 "negatives" at DAB 0.6-0.9 OD, 4 "positives" at <= 0.07 OD:
                                          label/registration discordance, not a threshold problem)
-    Lung1      61  0.957  19.7   18.0
-    pooled    600  0.879  15.3   13.5
+    Lung1      60  0.957  20.0   18.3
+    pooled    599  0.879  15.4   13.5
+
+With the label panels moved onto their nuclei (``senpath.segment.datasets.ki67_tile``: Lung1 by 7 px,
+Bladder1 by 6 px); before, Lung1 had 61 nuclei (one now leaves the frame), F1 0.957, LI 19.7 / 18.0,
+and Bladder1 was the same: its discordant calls are not the offset's.
 
 The issue's target (F1 >= 0.90 pooled) is not met on this set; the floors below sit a little under what
 is measured so a regression fails the test.
@@ -21,23 +25,23 @@ is measured so a regression fails the test.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
-from skimage.io import imread
 
 from senpath.config import get_assay
 from senpath.measure import measure_cells
 from senpath.score import score_cells
+from senpath.segment.datasets import ki67_tile
 from senpath.stain import StainSet, deconvolve, estimate_background, estimate_stains, rgb_to_od
 
 MPP = 0.25
 
 
 def _score_tile(stem):
-    rgb = imread(f"{stem}_ihc.png")[..., :3]
-    labels = tifffile.imread(f"{stem}_labels.tif").astype(np.int32)
+    # Lung1's and Bladder1's label panels moved onto their nuclei
+    rgb, labels, _ = ki67_tile(Path(stem).parent.parent, Path(stem).name)
     positive = json.loads(open(f"{stem}_positive.json").read())
     assay = get_assay("ki67")
     i0 = estimate_background(rgb)  # these crops hold no glass: the brightest pixels stand for it
@@ -70,7 +74,8 @@ def test_ki67_calls_on_real_tiles_with_true_nuclei(shared_data):
         preds.append(pred)
         truths.append(truth)
     pred, truth = np.concatenate(preds), np.concatenate(truths)
-    assert len(pred) == 600 and truth.sum() == 81  # the README's counts
+    # the README's counts (600 nuclei, 81 positive), less one of Lung1's moved out of the frame
+    assert len(pred) == 599 and truth.sum() == 81
     assert _f1(pred, truth) >= 0.86  # measured 0.879
     assert abs(100 * pred.mean() - 100 * truth.mean()) <= 2.5  # measured +1.8 points
     # the well-annotated tiles (F1 >= 0.9 measured) stay there

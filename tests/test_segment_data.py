@@ -221,3 +221,52 @@ def test_recipe_weights_choose_the_recipe():
             recipe_weights=only,
         )
         assert set(stained) <= {"xgal"}  # X-gal + nuclear fast red marks only X-gal
+
+
+def test_annotation_offset_moves_a_misregistered_annotation_onto_its_nuclei():
+    from senpath.segment.datasets import annotation_offset, shift_labels
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:256, :256]
+    labels = np.zeros((256, 256), np.int32)
+    for i in range(1, 41):
+        cy, cx = rng.integers(20, 236, 2)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(16, 50)] = i
+    rgb = np.full((256, 256, 3), 235, np.uint8)
+    rgb[labels > 0] = (90, 70, 150)  # dark nuclei on pale glass
+    rgb = np.clip(rgb + rng.normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+    assert annotation_offset(rgb, labels) == (0, 0)  # drawn on the nuclei: left as drawn
+    drawn_off = shift_labels(labels, (-7, 4))  # drawn 7 px too high, 4 px to the right
+    offset = annotation_offset(rgb, drawn_off)
+    assert offset == (7, -4)
+    moved = shift_labels(drawn_off, offset)
+    inner = (slice(12, -12), slice(12, -12))
+    np.testing.assert_array_equal(moved[inner], labels[inner])
+    # beyond the search range, or no nuclei: taken as drawn
+    assert annotation_offset(rgb, drawn_off, max_shift=5) == (0, 0)
+    assert annotation_offset(rgb, np.zeros_like(labels)) == (0, 0)
+
+
+def test_shift_labels_cuts_and_fills():
+    from senpath.segment.datasets import shift_labels
+
+    a = np.arange(1, 13, dtype=np.int32).reshape(3, 4)
+    np.testing.assert_array_equal(
+        shift_labels(a, (1, -2)), [[0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0]]
+    )
+    np.testing.assert_array_equal(shift_labels(a, (0, 0)), a)
+    assert not shift_labels(a, (5, 0)).any()
+
+
+def test_the_deepliif_label_panels_that_are_off_their_images_are_moved_back(shared_data):
+    from senpath.segment.datasets import annotation_offset, ki67_tile
+
+    offsets = {}
+    for path in sorted((shared_data / "ki67_ihc_tiles").glob("*_ihc.png")):
+        stem = path.name[: -len("_ihc.png")]
+        rgb, labels, offsets[stem] = ki67_tile(shared_data, stem)
+        assert annotation_offset(rgb, labels) == (0, 0)  # once moved, nothing left to move
+    # Lung1's nuclei are drawn ~2 µm below the stained ones, Bladder1's 1.5 µm to the left
+    assert offsets["Lung1"][0] <= -6 and abs(offsets["Lung1"][1]) <= 1
+    assert offsets["Bladder1"][1] >= 5 and abs(offsets["Bladder1"][0]) <= 1
+    assert all(offsets[s] == (0, 0) for s in offsets if s not in ("Lung1", "Bladder1"))

@@ -74,6 +74,7 @@ def test_choice_is_cached_per_machine_key(shipped_model, monkeypatch, tmp_path):
         return runtime.Calibration("bf16", {"bf16": 1.0, "fp32": 2.0}, {"bf16": 1.0, "fp32": 1.0})
 
     monkeypatch.setattr(runtime, "calibrate", fake_calibrate)
+    monkeypatch.setattr(runtime, "other_cpu_load", lambda: 0.0)
     assert runtime.choose_cpu_precision(_builder(model, spec), spec) == "bf16"
     monkeypatch.setattr(runtime, "_CHOICES", {})  # a new process: read back from the file
     assert runtime.choose_cpu_precision(_builder(model, spec), spec) == "bf16"
@@ -88,6 +89,68 @@ def test_choice_is_cached_per_machine_key(shipped_model, monkeypatch, tmp_path):
     monkeypatch.setattr(runtime, "_CHOICES", {})
     runtime.choose_cpu_precision(_builder(model, spec), spec)
     assert len(calls) == 3
+
+
+def test_load_class_counts_the_cores_other_processes_leave():
+    assert runtime.load_class(2, 0.0, cores=2) == "quiet"
+    assert runtime.load_class(2, 0.4, cores=2) == "quiet"  # within half a core
+    assert runtime.load_class(2, 1.0, cores=2) == "contended"  # a training job on one core
+    assert runtime.load_class(1, 1.0, cores=2) == "quiet"  # one thread: the other core is free
+    assert runtime.load_class(8, 6.0, cores=16) == "quiet"
+    assert runtime.load_class(16, 6.0, cores=16) == "contended"
+
+
+def test_other_cpu_load_counts_other_processes_not_this_one(monkeypatch):
+    import subprocess
+    import sys
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        runtime.other_cpu_load(0.2)  # let it start
+        assert runtime.other_cpu_load(0.5) > 0.3  # most of a core, shared with whatever runs
+    finally:
+        spinner.kill()
+        spinner.wait()
+    # this process's own threads are taken off the machine's busy share (psutil's figures,
+    # faked: 2 cores 75 % busy = 1.5 cores, of which this process used 1.2)
+    import psutil
+
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 2)
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval=None: 75.0)
+    monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: 120.0)
+    assert runtime.other_cpu_load(0.0) == pytest.approx(0.3)
+    monkeypatch.setattr(psutil.Process, "cpu_percent", lambda self, interval=None: 190.0)
+    assert runtime.other_cpu_load(0.0) == 0.0  # never below zero (sampling skew)
+
+
+def test_choice_is_measured_and_cached_apart_when_the_cores_are_taken(
+    shipped_model, monkeypatch, tmp_path
+):
+    model, spec = shipped_model
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(runtime, "_CHOICES", {})
+    monkeypatch.setattr(runtime, "_ENTRIES", {})
+    load = {"other": 0.0}
+    monkeypatch.setattr(runtime, "other_cpu_load", lambda: load["other"])
+    answers = iter(["bf16", "onnx-fp32"])
+    monkeypatch.setattr(
+        runtime, "calibrate", lambda build: runtime.Calibration(next(answers), {}, {})
+    )
+    threads = torch.get_num_threads()
+    build = _builder(model, spec)
+    assert runtime.choose_cpu_precision(build, spec) == "bf16"  # quiet
+    load["other"] = float(threads + 4)  # every core taken by others
+    assert runtime.choose_cpu_precision(build, spec) == "bf16"  # one process, one choice
+    monkeypatch.setattr(runtime, "_CHOICES", {})  # a new process on the busy machine
+    assert runtime.choose_cpu_precision(build, spec) == "onnx-fp32"
+    assert runtime.chosen_calibration(spec)["key"].endswith(" | contended")
+    cached = json.loads((tmp_path / runtime.CACHE_FILE).read_text())
+    assert sorted(key.rsplit(" | ", 1)[1] for key in cached) == ["contended", "quiet"]
+    busy = next(v for k, v in cached.items() if k.endswith("contended"))
+    assert busy["choice"] == "onnx-fp32" and busy["other_cores_busy"] == threads + 4
+    load["other"] = 0.0  # quiet again: the quiet entry is read back, no new calibration
+    monkeypatch.setattr(runtime, "_CHOICES", {})
+    assert runtime.choose_cpu_precision(build, spec) == "bf16"
 
 
 def test_auto_on_cpu_follows_the_environment_then_the_cache(shipped_model, monkeypatch):

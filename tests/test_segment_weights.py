@@ -150,12 +150,48 @@ def test_a_crafted_checkpoint_cannot_run_code(tmp_path):
 def test_export_measures_a_shipped_model_only_without_out_or_tune(tmp_path, capsys):
     from senpath.segment import export
 
-    for extra in (["--out", str(tmp_path)], ["--tune"]):
+    for extra in (["--out", str(tmp_path)], ["--tune"], ["--thresholds-from", "models"]):
         with pytest.raises(SystemExit):
             export.main(["--model", "models", *extra])
         assert "--model evaluates a shipped model" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one source, not both
         export.main(["--model", "models", "--checkpoint", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit):  # tuned or taken, not both
+        export.main(["--checkpoint", str(tmp_path / "x.pt"), "--tune", "--thresholds-from", "m"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_thresholds_from_another_model_are_the_ones_exported(tmp_path, monkeypatch):
+    import json
+
+    torch = pytest.importorskip("torch")
+    from senpath.segment import export
+    from senpath.segment.net import NetConfig, build_model
+
+    config = NetConfig(widths=(8, 8, 16, 16, 16))
+    ckpt = tmp_path / "step_000001.pt"
+    torch.save(
+        {"model": build_model(config).state_dict(), "step": 1, "total_steps": 1,
+         "net_config": config.to_dict(), "seed": 0, "args": {}},
+        ckpt,
+    )  # fmt: skip
+    source = tmp_path / "source"
+    source.mkdir()
+    spec = json.loads(open("models/nucleus_unet.json").read())
+    spec["postprocess"] = {**spec["postprocess"], "foreground_threshold": 0.37}
+    (source / "nucleus_unet.json").write_text(json.dumps(spec))
+    (source / "nucleus_unet.pt").write_bytes(open("models/nucleus_unet.pt", "rb").read())
+    # validation itself is measured elsewhere: one tiny set keeps this test short
+    monkeypatch.setattr(export, "validation_sets", lambda root, consep_limit: {})
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(ckpt), "--out", str(out), "--data-root", str(tmp_path)]
+    assert export.main([*args, "--thresholds-from", str(source)]) == 0
+    written = json.loads((out / "nucleus_unet.json").read_text())
+    assert written["postprocess"]["foreground_threshold"] == 0.37
+    assert export.main(args) == 0  # without it: the defaults
+    assert json.loads((out / "nucleus_unet.json").read_text())["postprocess"][
+        "foreground_threshold"
+    ] == pytest.approx(0.5)
 
 
 def test_the_reproduce_command_carries_every_data_option():

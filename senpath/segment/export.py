@@ -4,7 +4,9 @@
 ``--model DIR`` to measure a shipped model the same way (compare two models under the same code).
 
 - ``--tune`` picks the post-processing thresholds on *training* images (a few MoNuSeg, CoNSeP and
-  Ki67 images the network saw), never on the validation images, so validation scores stay honest.
+  Ki67 images the network saw), never on the validation images, so validation scores stay honest;
+  ``--thresholds-from MODEL`` takes another model's instead (e.g. ``models``: the shipped model's),
+  so that two weights are compared with the same post-processing.
 - Validation (held-out MoNuSeg ×6 at 0.25 µm/px, CoNSeP test, CPM-15 ×3, DSB-2018 ×15, Ki67 ×2,
   and the held-out H&E images re-rendered in every stain combination with a chromogen in a known
   subset of nuclei) runs through :func:`~senpath.segment.predict.predict_instances` at the images'
@@ -178,7 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, default=None, help="write the shipped model here (models/)")
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
-    p.add_argument("--tune", action="store_true", help="choose thresholds on training images")
+    thresholds = p.add_mutually_exclusive_group()
+    thresholds.add_argument(
+        "--tune", action="store_true", help="choose thresholds on training images"
+    )
+    thresholds.add_argument(
+        "--thresholds-from",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="post-process with this model's thresholds (e.g. models: the shipped model's)",
+    )
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--consep-limit", type=int, default=None, help="CoNSeP test patches (all)")
     p.add_argument("--threads", type=int, default=1)
@@ -187,8 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     ckpt: dict[str, Any] | None = None
     if args.model is not None:
-        if args.out is not None or args.tune:
-            p.error("--model evaluates a shipped model: --out and --tune need a --checkpoint")
+        if args.out is not None or args.tune or args.thresholds_from is not None:
+            p.error(
+                "--model evaluates a shipped model: --out, --tune and --thresholds-from need a "
+                "--checkpoint"
+            )
         seg = NucleusSegmenter.from_pretrained(args.model, "cpu", precision=args.precision)
         report: dict[str, Any] = {"model": str(args.model)}
     else:
@@ -202,6 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg, f1 = tune_postprocess(seg, tuning_set(args.data_root))
         seg.postprocess = cfg
         report["tuning_f1_pooled"] = round(f1, 4)
+    elif args.thresholds_from is not None:
+        from senpath.segment.postprocess import PostprocessConfig
+        from senpath.segment.weights import load_pretrained
+
+        _, spec = load_pretrained(args.thresholds_from)
+        seg.postprocess = PostprocessConfig(**(spec.get("postprocess") or {}))
+        report["thresholds_from"] = str(args.thresholds_from)
     report["postprocess"] = seg.postprocess.to_dict()
     report["validation"] = evaluate_sets(
         seg, validation_sets(args.data_root, consep_limit=args.consep_limit)

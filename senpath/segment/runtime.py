@@ -10,7 +10,14 @@ a CPU is decided by measurement, once per machine:
   the fastest that passes is chosen;
 - :func:`choose_cpu_precision` keeps that choice in a JSON file in the user cache folder, keyed
   by CPU model, core count, torch and ONNX Runtime versions, torch threads and the weights'
-  sha256; a new machine, library or model calibrates again.
+  sha256; a new machine, library or model calibrates again;
+- and by whether other processes hold the cores the network's threads need when the choice is
+  made (:func:`other_cpu_load`, :func:`load_class`): "quiet" and "contended" are measured and
+  cached apart. The ranking flips with load: on a 2-core AMD EPYC at 2 threads, quiet, bf16 ran
+  at 0.51 s/MP and ONNX Runtime at 0.61; with a training job on one core, bf16 took 3.10 s/MP
+  (torch's threads wait on each other) and ONNX Runtime 1.49. One cache entry for both made the
+  choice of whichever state the first run happened to meet. A process keeps its first choice
+  for all its slides (one batch, one precision).
 
 Override it with the ``precision`` setting (``senpath run --precision``) or the environment
 variable ``SENPATH_PRECISION``; ``SENPATH_CACHE_DIR`` moves the cache file.
@@ -48,6 +55,8 @@ CACHE_ENV = "SENPATH_CACHE_DIR"
 CACHE_FILE = "cpu_precision.json"
 #: Side (px at 0.5 µm/px) of the calibration image; one pass adds 2 x 32 px of context (512²).
 CALIBRATION_SIDE = 448
+#: Seconds over which :func:`other_cpu_load` samples the machine's CPU use.
+LOAD_SAMPLE_S = 0.25
 
 
 @dataclass
@@ -246,7 +255,37 @@ def cache_path() -> Path:
     return Path(folder) / CACHE_FILE
 
 
+def other_cpu_load(interval: float = LOAD_SAMPLE_S) -> float:
+    """Cores' worth of CPU that processes other than this one used over ``interval`` seconds.
+
+    The machine's busy share (psutil, all cores) minus this process's own CPU time, so a
+    training job or another analysis counts and this process's threads do not.
+    """
+    import psutil
+
+    me = psutil.Process()
+    psutil.cpu_percent(None)
+    me.cpu_percent(None)
+    time.sleep(interval)
+    machine = psutil.cpu_percent(None) / 100.0 * (psutil.cpu_count() or 1)
+    return max(0.0, machine - me.cpu_percent(None) / 100.0)
+
+
+def load_class(threads: int, other_cores: float, cores: int | None = None) -> str:
+    """``"contended"`` when fewer cores are left free by other processes than the network's
+    ``threads`` (to within half a core), else ``"quiet"``."""
+    free = float(cores or os.cpu_count() or 1) - other_cores
+    return "contended" if free < threads - 0.5 else "quiet"
+
+
 _CHOICES: dict[str, str] = {}
+_ENTRIES: dict[str, dict[str, Any]] = {}
+
+
+def chosen_calibration(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The cache entry this process's choice for ``spec`` came from (with its ``key``), or ``{}``
+    before :func:`choose_cpu_precision` ran."""
+    return dict(_ENTRIES.get(machine_key(spec), {}))
 
 
 def choose_cpu_precision(
@@ -264,21 +303,31 @@ def choose_cpu_precision(
     Returns
     -------
     str
-        One of :data:`CPU_CANDIDATES`.
+        One of :data:`CPU_CANDIDATES`: the choice cached (or measured now) for this machine in
+        its present load class (:func:`load_class`); a process keeps its first choice.
     """
-    key = machine_key(spec)
-    if not refresh and key in _CHOICES:
-        return _CHOICES[key]
+    import torch
+
+    base = machine_key(spec)
+    if not refresh and base in _CHOICES:
+        return _CHOICES[base]
+    other = other_cpu_load()
+    key = f"{base} | {load_class(torch.get_num_threads(), other)}"
     path = cache_path()
     cached = _read_cache(path)
     entry = cached.get(key)
     if refresh or not isinstance(entry, dict) or entry.get("choice") not in CPU_CANDIDATES:
         calibration = calibrate(build)
-        entry = {**calibration.to_dict(), "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        entry = {
+            **calibration.to_dict(),
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "other_cores_busy": round(other, 2),
+        }
         cached[key] = entry
         _write_cache(path, cached)
-    _CHOICES[key] = str(entry["choice"])
-    return _CHOICES[key]
+    _CHOICES[base] = str(entry["choice"])
+    _ENTRIES[base] = {**entry, "key": key}
+    return _CHOICES[base]
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
