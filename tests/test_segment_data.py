@@ -171,6 +171,37 @@ def test_pale_nuclei_fades_only_unstained_nuclei():
     assert len(faded) >= 3  # a share of 30-100 % of the 13 unstained nuclei, at 25-80 % of their OD
 
 
+def test_pale_floor_fades_further_and_pale_blur_spreads_only_the_faded_nuclei():
+    im = _image(2)
+    stained = np.arange(1, 13, dtype=np.int64)
+
+    def od(rgb):
+        return -np.log10(np.maximum(rgb.astype(float), 1) / 255).sum(axis=2)
+
+    def pale(**kw):
+        return D.pale_nuclei(im.rgb, im.labels, stained, np.random.default_rng(0), **kw)
+
+    v3 = pale()
+    np.testing.assert_array_equal(pale(floor=D.PALE_FLOOR, blur_share=0.0), v3)  # v3's bits
+    unstained = (im.labels > 12) & (im.labels > 0)
+    # the same nuclei are chosen (drawn first); each keeps a smaller share of its density
+    assert od(pale(floor=0.08))[unstained].sum() < 0.9 * od(v3)[unstained].sum()
+    blurred = pale(blur_share=1.0)
+    changed = np.abs(od(blurred) - od(v3)) > 0.02
+    assert changed.any()
+    keep = np.isin(im.labels, stained)
+    core = keep & (np.abs(np.gradient(im.labels.astype(float))[0]) == 0)
+    far = D.cell_regions(im.labels, mpp=0.5) == 0
+    # far background and stained nuclei stay sharp (but where a faded neighbour's 2 px margin
+    # reaches): the blur is confined to the faded nuclei
+    assert not changed[far].any()
+    assert np.abs(od(blurred) - od(v3))[core].mean() < 0.02
+    with pytest.raises(ValueError, match="floor"):
+        pale(floor=0.0)
+    with pytest.raises(ValueError, match="pale_floor"):
+        D.CropSampler({"a": [_image(0)]}, {"a": 1.0}, crop_size=48, pale_floor=0.9)
+
+
 def test_pale_share_zero_keeps_the_batches_and_a_share_changes_them():
     sources = {"a": [_image(0)]}
     plain = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3).batch(2, 4)[0]

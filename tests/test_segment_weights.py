@@ -212,15 +212,25 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     from senpath.segment.train import parse_args
 
     ckpt = {"seed": 1, "step": 10, "total_steps": 10}
-    args = {"recipe_weights": str({"xgal_eosin": 0.2, "xgal_h_dab": 0.3}), "stained_weight": "2.0"}
+    args = {
+        "recipe_weights": str({"xgal_eosin": 0.2, "xgal_h_dab": 0.3}),
+        "stained_weight": "2.0",
+        "pale_share": "0.3",
+        "pale_floor": "0.1",
+        "pale_blur": "0.5",
+    }
     command = reproduce_command({**ckpt, "args": args})
     assert "--recipe-weights xgal_eosin=0.2,xgal_h_dab=0.3" in command
     assert "--stained-weight 2.0" in command
+    assert "--pale-floor 0.1 --pale-blur 0.5" in command
     # the command parses back to the same options
     parsed = parse_args(command.split()[3:])
     assert parsed.recipe_weights == {"xgal_eosin": 0.2, "xgal_h_dab": 0.3}
     assert parsed.stained_weight == 2.0
-    plain = reproduce_command({**ckpt, "args": {"recipe_weights": "None", "stained_weight": "1.0"}})
+    assert (parsed.pale_share, parsed.pale_floor, parsed.pale_blur) == (0.3, 0.1, 0.5)
+    defaults = {"recipe_weights": "None", "stained_weight": "1.0", "pale_floor": "0.25"}
+    plain = reproduce_command({**ckpt, "args": {**defaults, "pale_blur": "0.0"}})
     assert "--recipe-weights" not in plain and "--stained-weight" not in plain
+    assert "--pale-floor" not in plain and "--pale-blur" not in plain
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--recipe-weights", "xgal_blue=1"])

@@ -47,6 +47,7 @@ from senpath.segment.datasets import load_monuseg as load_monuseg
 from senpath.segment.datasets import resample_labels as resample_labels
 from senpath.segment.datasets import resample_rgb as resample_rgb
 from senpath.segment.datasets import shape_at_mpp as shape_at_mpp
+from senpath.segment.rerender import PALE_FLOOR as PALE_FLOOR
 from senpath.segment.rerender import RECIPES as RECIPES
 from senpath.segment.rerender import degrade as degrade
 from senpath.segment.rerender import pale_nuclei as pale_nuclei
@@ -90,15 +91,23 @@ class CropSampler:
         pale_share: float = 0.0,
         recipe_weights: dict[str, float] | None = None,
         stained_weight: float = 1.0,
+        pale_floor: float = PALE_FLOOR,
+        pale_blur: float = 0.0,
     ) -> None:
         if not 0.0 <= pale_share <= 1.0:
             raise ValueError(f"pale_share must be in [0, 1], got {pale_share}")
+        if not 0.0 < pale_floor <= 0.8:
+            raise ValueError(f"pale_floor must be in (0, 0.8], got {pale_floor}")
+        if not 0.0 <= pale_blur <= 1.0:
+            raise ValueError(f"pale_blur must be in [0, 1], got {pale_blur}")
         if stained_weight <= 0:
             raise ValueError(f"stained_weight must be > 0, got {stained_weight}")
         recipe_probabilities(recipe_weights)  # a bad name fails here, not at the first batch
         self.crop_size = crop_size
         self.seed = seed
         self.pale_share = pale_share
+        self.pale_floor = float(pale_floor)
+        self.pale_blur = float(pale_blur)
         self.recipe_weights = dict(recipe_weights) if recipe_weights else None
         self.stained_weight = float(stained_weight)
         self.sources: dict[str, list[_Prepared]] = {}
@@ -177,7 +186,9 @@ class CropSampler:
         keep = np.concatenate(stained).astype(np.int64) if stained else np.zeros(0, np.int64)
         # Drawn only when asked for, so runs without it keep their batches (v2 is reproduced).
         if self.pale_share > 0 and item.image.kind != "synth" and rng.random() < self.pale_share:
-            rgb = pale_nuclei(rgb, labels, keep, rng)
+            rgb = pale_nuclei(
+                rgb, labels, keep, rng, floor=self.pale_floor, blur_share=self.pale_blur
+            )
         rgb = degrade(rgb, rng)
         return rgb, labels, dist, keep
 

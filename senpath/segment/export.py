@@ -137,6 +137,8 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "lr",
         "synthetic_share",
         "pale_share",
+        "pale_floor",
+        "pale_blur",
         "recipe_weights",
         "stained_weight",
         "widths",
@@ -144,7 +146,12 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "crop_size",
     )
     # Defaults of options added after runs that did not have them: left out, as those runs were.
-    defaults = {"pale_share": ("0", "0.0"), "stained_weight": ("1", "1.0")}
+    defaults = {
+        "pale_share": ("0", "0.0"),
+        "pale_floor": ("0.25",),
+        "pale_blur": ("0", "0.0"),
+        "stained_weight": ("1", "1.0"),
+    }
     for key in (*keys, "threads"):
         value = args.get(key)
         if value in defaults.get(key, ()):

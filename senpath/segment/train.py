@@ -183,6 +183,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of crops with faded unstained nuclei (a pale counterstain)",
     )
     p.add_argument(
+        "--pale-floor",
+        type=float,
+        default=D.PALE_FLOOR,
+        help="lowest share of optical density a faded nucleus keeps (with --pale-share)",
+    )
+    p.add_argument(
+        "--pale-blur",
+        type=float,
+        default=0.0,
+        help="share of pale crops whose faded nuclei are also out of focus (with --pale-share)",
+    )
+    p.add_argument(
         "--recipe-weights",
         type=_recipe_weights,
         default=None,
@@ -253,6 +265,8 @@ def train(args: argparse.Namespace) -> Path:
         crop_size=args.crop_size,
         seed=args.seed,
         pale_share=args.pale_share,
+        pale_floor=args.pale_floor,
+        pale_blur=args.pale_blur,
         recipe_weights=args.recipe_weights,
         stained_weight=args.stained_weight,
     )
@@ -267,6 +281,8 @@ def train(args: argparse.Namespace) -> Path:
         "lr": args.lr,
         "synthetic_share": args.synthetic_share,
         "pale_share": args.pale_share,
+        "pale_floor": args.pale_floor,
+        "pale_blur": args.pale_blur,
         "recipe_weights": args.recipe_weights,
         "stained_weight": args.stained_weight,
         "threads": args.threads,
