@@ -276,6 +276,20 @@ def annotation_offset(
     blind to any model). It is kept only when it lies within ``max_shift`` px and raises the
     mask's sum of (centred) darkness by at least ``min_gain`` over no shift; else the annotation
     is taken as drawn.
+
+    Parameters
+    ----------
+    rgb : (Y, X, 3) uint8
+        The annotated image (brightfield: nuclei darker than the background).
+    labels : (Y, X) int
+        Its nucleus instances (0 = background).
+    max_shift : largest offset looked for, in px of the image.
+    min_gain : least relative gain in overlap with the darkness for the offset to be kept.
+
+    Returns
+    -------
+    tuple of int
+        ``(dy, dx)`` in px; :func:`shift_labels` applies it.
     """
     from skimage.color import rgb2gray
     from skimage.registration import phase_cross_correlation
