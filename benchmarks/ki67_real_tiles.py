@@ -147,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for stem in stems:
             truth, offset = _truth(stem)
+            true_pos = truth["ki67_positive"].to_numpy(dtype=bool)
+            n_pos = int(true_pos.sum())
             for shift in shifts:
                 cells = _cells(stem, shift, Path(tmp), config)
                 row, found, pi, ti = _score(cells, truth)
-                n_pos = int(truth["ki67_positive"].sum())
                 phase.append({"tile": stem.name, "shift": shift // 2, "cells": len(cells),
                               "n_pos": n_pos, "n_neg": len(truth) - n_pos, **row})  # fmt: skip
                 if shift:
@@ -164,7 +165,6 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 rows.append(row)
                 pred_pos = cells["ki67_positive"].to_numpy(dtype=bool)
-                true_pos = truth["ki67_positive"].to_numpy(dtype=bool)
                 pooled["pred"].append(pred_pos[pi])
                 pooled["truth"].append(true_pos[ti])
                 pooled["all_pred"].append(pred_pos)
@@ -233,8 +233,8 @@ def print_phases(phase: pd.DataFrame, held_out: tuple[str, ...] | list[str]) -> 
     held = phase[phase["tile"].isin(held_out)]
     if len(held):
         shares = []
-        for cls, n in (("Ki67+", "n_pos"), ("Ki67-", "n_neg")):
-            found = (held[f"found {cls}"] * held[n]).sum() / held[n].sum()
+        for cls, count in (("Ki67+", "n_pos"), ("Ki67-", "n_neg")):
+            found = (held[f"found {cls}"] * held[count]).sum() / held[count].sum()
             shares.append(f"{100 * found:.1f} % of the {cls}")
         print(
             f"\nheld-out tiles, mean over the phases: found {' and '.join(shares)} annotated nuclei"
