@@ -207,17 +207,19 @@ def test_image_larger_than_one_pass_goes_in_pieces(oracle, monkeypatch):
 def test_shipped_model_one_pass_finds_the_nuclei_of_the_pieces(shipped):
     """Issue 18: one network pass per analysis tile instead of 256² pieces finds the same nuclei
     (instances matched at IoU 0.5) on a synthetic Ki67 tile; measured 460 vs 461 of 461 nuclei on
-    a 1120² tile, F1 0.999."""
+    a 1120² tile, F1 0.999. The tile holds ~190 nuclei, so the 0.01 F1 allowed is about two of
+    them (on a 46-nucleus tile one extra instance is 0.011: v4 found 46 in one pass, 45 in pieces,
+    45 true either way)."""
     from stardist.matching import matching
 
     from senpath.synth import SynthParams, render_region
 
     region = render_region(
-        "ki67", shape=(320, 352), seed=11, params=SynthParams(tissue_fraction=0.95)
+        "ki67", shape=(640, 704), seed=11, params=SynthParams(tissue_fraction=0.95)
     )
     one_pass = predict_instances(region.rgb, mpp=0.5, model=shipped)
     pieces = predict_instances(region.rgb, mpp=0.5, model=shipped, tile_size=256)
-    assert one_pass.max() > 40  # nuclei were found at all
+    assert len(np.unique(one_pass)) > 150  # nuclei were found at all
     assert matching(pieces, one_pass, thresh=0.5).f1 >= 0.98
     truth_f1 = matching(region.labels, one_pass, thresh=0.5).f1
     assert truth_f1 >= matching(region.labels, pieces, thresh=0.5).f1 - 0.01
