@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from senpath.segment.net import (
     OUTPUT_CHANNELS,
+    MaxBlurPool,
     NetConfig,
     NucleusUNet,
     build_model,
@@ -45,3 +47,43 @@ def test_gradients_reach_first_layer():
     model(torch.rand(1, 3, 16, 16)).sum().backward()
     first = next(model.parameters())
     assert first.grad is not None and float(first.grad.abs().sum()) > 0
+
+
+def test_pool_setting_round_trips_and_older_descriptions_read_as_max_pooling():
+    blur = NetConfig(widths=(8, 16, 32), pool="maxblur")
+    assert NetConfig.from_dict(blur.to_dict()) == blur
+    assert isinstance(build_model(blur.to_dict()).pool, MaxBlurPool)
+    # a description written before the setting existed (v1-v4) has no "pool": max pooling
+    assert "pool" not in NetConfig().to_dict()
+    assert (
+        NetConfig.from_dict({"widths": [16, 32], "in_channels": 3, "out_channels": 2}).pool == "max"
+    )
+    with pytest.raises(ValueError, match="unknown pool 'avg'"):
+        NetConfig(pool="avg")
+
+
+def test_maxblur_pooling_follows_a_one_pixel_shift_where_max_pooling_jumps():
+    """An edge moved one input pixel at a time: 2×2 max pooling at stride 2 answers in steps of
+    0 and 1 output pixel (aliasing: half the shifts are invisible), the anti-aliased pooling in
+    even half steps. Flat input stays flat (edges replicated)."""
+    pool, max_pool = MaxBlurPool(), torch.nn.MaxPool2d(2)
+
+    def response(p, edge):
+        x = torch.zeros(1, 1, 8, 32)
+        x[..., :edge] = 1.0
+        return float(p(x)[0, 0, 2].sum())
+
+    blur_steps = np.diff([response(pool, t) for t in range(10, 18)])
+    max_steps = np.diff([response(max_pool, t) for t in range(10, 18)])
+    np.testing.assert_allclose(blur_steps, 0.5, atol=1e-6)
+    assert set(np.round(max_steps, 6)) == {0.0, 1.0}
+    flat = torch.full((1, 3, 8, 12), 0.7)
+    assert pool(flat).shape == (1, 3, 4, 6) and torch.allclose(pool(flat), torch.tensor(0.7))
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (2, 3, 32, 96)])
+def test_maxblur_network_keeps_the_output_shape(shape):
+    model = build_model(NetConfig(widths=(4, 8, 16), pool="maxblur")).eval()
+    with torch.no_grad():
+        y = model(torch.rand(shape))
+    assert y.shape == (shape[0], len(OUTPUT_CHANNELS), shape[2], shape[3])

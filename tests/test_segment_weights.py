@@ -234,3 +234,29 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     assert "--pale-floor" not in plain and "--pale-blur" not in plain
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--recipe-weights", "xgal_blue=1"])
+
+
+def test_the_reproduce_command_carries_the_pooling_and_init_switches_it(tmp_path):
+    """``--pool maxblur`` is recorded in the reproduce command; a resumed run keeps its pooling."""
+    torch = pytest.importorskip("torch")
+    from senpath.segment.export import reproduce_command
+    from senpath.segment.net import NetConfig, build_model
+    from senpath.segment.train import parse_args
+
+    ckpt = {"seed": 1, "step": 10, "total_steps": 10}
+    command = reproduce_command({**ckpt, "args": {"init": "models", "pool": "maxblur"}})
+    assert "--pool maxblur" in command and parse_args(command.split()[3:]).pool == "maxblur"
+    assert "--pool" not in reproduce_command({**ckpt, "args": {"init": "models", "pool": "None"}})
+
+    # a resumed run cannot switch: its optimiser state belongs to the network it trained
+    model = build_model(NetConfig(widths=(8, 16)))
+    checkpoint = tmp_path / "last.pt"
+    torch.save(
+        {"model": model.state_dict(), "optimizer": {}, "step": 1, "total_steps": 2,
+         "elapsed_s": 0.0, "net_config": model.config.to_dict(), "seed": 0, "args": {}},
+        checkpoint,
+    )  # fmt: skip
+    from senpath.segment import train as T
+
+    with pytest.raises(SystemExit, match="trained with pool 'max'"):
+        T.main(["--out", str(tmp_path / "r"), "--resume", str(checkpoint), "--pool", "maxblur"])

@@ -142,6 +142,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "recipe_weights",
         "stained_weight",
         "widths",
+        "pool",
         "batch_size",
         "crop_size",
     )

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: Output channels, in order.
@@ -38,11 +39,21 @@ class NetConfig:
         Input channels (RGB: 3).
     out_channels : int
         Output maps (foreground, distance: 2).
+    pool : {"max", "maxblur"}
+        Downsampling between levels. ``"max"``: 2×2 max pooling at stride 2 (v1-v4). ``"maxblur"``:
+        2×2 max pooling at stride 1, then a [1, 2, 1] binomial low-pass at stride 2 (the
+        anti-aliased "MaxBlurPool" of Zhang, *Making convolutional networks shift-invariant
+        again*, ICML 2019): a nucleus's maps then depend far less on where the tile grid falls.
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128, 160)
     in_channels: int = 3
     out_channels: int = 2
+    pool: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}: use one of {', '.join(POOLS)}")
 
     @property
     def stride(self) -> int:
@@ -50,9 +61,12 @@ class NetConfig:
         return 2 ** (len(self.widths) - 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dictionary."""
+        """JSON-friendly dictionary (``pool`` left out when it is the default, ``"max"``, so the
+        descriptions of earlier models read the same)."""
         d = asdict(self)
         d["widths"] = list(self.widths)
+        if d["pool"] == "max":
+            del d["pool"]
         return d
 
     @classmethod
@@ -62,6 +76,39 @@ class NetConfig:
         if "widths" in d:
             d["widths"] = tuple(int(w) for w in d["widths"])
         return cls(**d)
+
+
+class MaxBlurPool(nn.Module):
+    """2×2 max at stride 1, then the [1, 2, 1] binomial low-pass at stride 2 (halves H and W).
+
+    The low-pass is two 2×2 box filters (average pooling at stride 1, then at stride 2); at the
+    edges it averages the taps inside the map. Made cheap for the CPU, measured on one core over
+    the four pooling layers of a 1024² image in a bf16 autocast pass (fp32 channels-last input):
+    torch's stride-1 ``max_pool2d`` and edge padding took 233 ms against 39 ms for plain max
+    pooling; the maximum of shifted views, no padding, and the autocast dtype (bf16) from the
+    start take 107 ms. The ONNX graph keeps ``MaxPool``, which ONNX Runtime runs well.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` → ``(B, C, H / 2, W / 2)`` for even ``H`` and ``W``."""
+        if torch.onnx.is_in_onnx_export():
+            x = F.max_pool2d(x, 2, stride=1)
+        else:
+            device = x.device.type
+            if torch.is_autocast_enabled(device):  # the next convolution casts to it anyway
+                x = x.to(torch.get_autocast_dtype(device))
+            x = torch.maximum(x[..., :-1], x[..., 1:])
+            x = torch.maximum(x[..., :-1, :], x[..., 1:, :])
+        x = F.avg_pool2d(x, 2, stride=1, padding=1, count_include_pad=False)
+        return F.avg_pool2d(x, 2, stride=2)
+
+
+#: Values of :attr:`NetConfig.pool`.
+POOLS: tuple[str, ...] = ("max", "maxblur")
+
+
+def _pool(name: str) -> nn.Module:
+    return nn.MaxPool2d(2) if name == "max" else MaxBlurPool()
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -102,7 +149,7 @@ class NucleusUNet(nn.Module):
         for level in range(len(w) - 2, -1, -1):
             self.decoders.append(_block(w[level + 1] + w[level], w[level]))
         self.head = nn.Conv2d(w[0], self.config.out_channels, 1)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = _pool(self.config.pool)
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +181,7 @@ def build_model(config: NetConfig | Mapping[str, Any] | None = None) -> NucleusU
 
 __all__ = [
     "OUTPUT_CHANNELS",
+    "MaxBlurPool",
     "NetConfig",
     "NucleusUNet",
     "build_model",

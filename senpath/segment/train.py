@@ -12,6 +12,7 @@ file, with a copy of the checkpoint as ``DIR/step_XXXXXX.pt``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -213,6 +214,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--widths", type=str, default="16,32,64,128,160", help="U-Net widths")
+    p.add_argument(
+        "--pool",
+        choices=("max", "maxblur"),  # senpath.segment.net.POOLS (torch not imported here)
+        default=None,
+        help="downsampling between levels (default: the --init model's, else max); maxblur is "
+        "anti-aliased (max at stride 1, then a binomial low-pass at stride 2)",
+    )
     p.add_argument("--checkpoint-minutes", type=float, default=4.0)
     p.add_argument("--validate-minutes", type=float, default=10.0)
     p.add_argument("--consep-validation", type=int, default=24, help="CoNSeP test patches used")
@@ -239,13 +247,21 @@ def train(args: argparse.Namespace) -> Path:
 
         state = load_checkpoint(args.resume)
         config = NetConfig.from_dict(state["net_config"])
+        if args.pool is not None and args.pool != config.pool:
+            raise SystemExit(
+                f"--pool {args.pool}: {args.resume} was trained with pool {config.pool!r}"
+            )
     elif args.init is not None:
         from senpath.segment.weights import load_weights
 
         init_state, init_spec = load_weights(args.init)
         config = NetConfig.from_dict(init_spec["net_config"])
+        if args.pool is not None:  # same weights: pooling has none
+            config = dataclasses.replace(config, pool=args.pool)
     else:
-        config = NetConfig(widths=tuple(int(w) for w in args.widths.split(",")))
+        config = NetConfig(
+            widths=tuple(int(w) for w in args.widths.split(",")), pool=args.pool or "max"
+        )
     model = build_model(config)
     if state is None and args.init is not None:
         model.load_state_dict(init_state)
