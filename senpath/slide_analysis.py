@@ -499,14 +499,17 @@ def run_identity(
     slide scored from its batch's negative control, that control and its cut-offs, and a paired
     nuclear image (file and channel)."""
     method = resolve_method(config.segmenter, model=config.model)
+    model = _model_identity(method, config.model)
     identity = {
         "input": input_identity(path),
         "config_sha": config.replace(segmenter=method).digest(),
         "assay": repr(assay),
         "mpp": mpp,
-        "model_sha256": _model_identity(method, config.model).get("model_sha256"),
+        "model_sha256": model.get("model_sha256"),
         "senpath_version": senpath.__version__,
     }
+    if method == "cnn":  # the same weights with other thresholds or pooling are another model
+        identity["model_spec_sha256"] = model.get("model_spec_sha256")
     if cutoff is not None:
         identity["cutoff"] = cutoff.identity()
     if assay.objects != "nuclei":  # out of the assay's repr, so earlier stores keep their identity

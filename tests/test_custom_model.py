@@ -71,3 +71,33 @@ def test_model_in_a_config_file_is_relative_to_it(tmp_path):
     (tmp_path / "lab" / "lab.toml").write_text('[analysis]\nmodel = "models/mine"\n')
     cfg = load_config(tmp_path / "lab" / "lab.toml")
     assert cfg.model == str((tmp_path / "lab" / "models" / "mine").resolve())
+
+
+def test_same_weights_with_other_thresholds_or_pooling_are_another_model(tmp_path):
+    """The weights' sha256 alone did not tell two exports of one checkpoint apart: re-exported
+    into the model folder with other thresholds (``--tune``), or with another pooling, a lab's
+    slides were skipped as current and kept the cells of the first model."""
+    import json
+
+    torch.manual_seed(1)
+    cfg = NetConfig(widths=(4, 8))
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save(
+        {"model": build_model(cfg).state_dict(), "net_config": cfg.to_dict(), "step": 3}, ckpt
+    )
+    s = synth.write_slide(tmp_path / "k.tif", assay="ki67", shape=(64, 64), mpp=0.5, seed=1)
+    config, assay = AnalysisConfig(model=str(tmp_path / "mine")), get_assay("ki67")
+
+    def identity(postprocess: PostprocessConfig, pool: str | None = None) -> dict:
+        js = export_checkpoint(ckpt, tmp_path / "mine", postprocess=postprocess.to_dict())
+        if pool is not None:
+            spec = json.loads(js.read_text())
+            js.write_text(json.dumps({**spec, "net_config": {**spec["net_config"], "pool": pool}}))
+        return run_identity(s.path, config=config, assay=assay, mpp=None)
+
+    first = identity(PostprocessConfig())
+    tuned = identity(PostprocessConfig(foreground_threshold=0.4))
+    blur = identity(PostprocessConfig(), pool="maxblur")
+    assert first["model_sha256"] == tuned["model_sha256"] == blur["model_sha256"]
+    assert first != tuned and first != blur and tuned != blur
+    assert identity(PostprocessConfig()) == first

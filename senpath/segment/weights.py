@@ -239,13 +239,18 @@ def shipped_weights_info(path: str | os.PathLike[str] | None = None) -> dict[str
     -------
     dict
         ``model_name``, ``model_sha256``, ``model_mpp`` (µm/px), ``model_file`` (file name only),
-        ``model_checkpoint_step`` and ``model_postprocess`` (thresholds).
+        ``model_checkpoint_step``, ``model_postprocess`` (thresholds) and ``model_spec_sha256``
+        (of what besides the weights decides the nuclei: architecture, thresholds, resolution).
     """
     spec = load_spec(path)
     digest = verify_weights(spec)
+    decisive = {k: spec.get(k) for k in ("net_config", "postprocess", "mpp")}
     return {
         "model_name": spec.get("name", MODEL_NAME),
         "model_sha256": digest,
+        "model_spec_sha256": hashlib.sha256(
+            json.dumps(decisive, sort_keys=True).encode()
+        ).hexdigest(),
         "model_mpp": spec["mpp"],
         "model_file": spec["weights_file"],
         "model_checkpoint_step": spec.get("checkpoint_step"),
