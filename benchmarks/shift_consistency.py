@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|")
     for model in args.model or [None]:
         seg = NucleusSegmenter.from_pretrained(model, device="cpu", precision="fp32")
-        pools = [seg.model.config.pool]
-        if args.swap_pool and args.swap_pool != pools[0]:
-            pools.append(f"{args.swap_pool} (swapped in, untrained)")
-        for pool in pools:
-            if pool != pools[0]:
-                seg.model.pool = MaxBlurPool()
+        variants = [(seg.model.config.pool, None)]
+        if args.swap_pool and args.swap_pool != seg.model.config.pool:
+            variants.append((f"{args.swap_pool} (swapped in, untrained)", MaxBlurPool()))
+        for pool, module in variants:
+            if module is not None:
+                seg.model.pool = module
             r = measure(seg, images)
             print(
                 f"| {model or 'shipped'} | {pool} | {r['kept_1_3']:.3f} | {r['kept_16']:.3f} "
