@@ -301,3 +301,35 @@ def test_the_deepliif_label_panels_that_are_off_their_images_are_moved_back(shar
     assert offsets["Lung1"][0] <= -6 and abs(offsets["Lung1"][1]) <= 1
     assert offsets["Bladder1"][1] >= 5 and abs(offsets["Bladder1"][0]) <= 1
     assert all(offsets[s] == (0, 0) for s in offsets if s not in ("Lung1", "Bladder1"))
+
+
+def test_ignore_padding_gives_the_padding_of_a_small_image_weight_zero():
+    """An image smaller than the crop is padded by reflection: its mirrored nuclei are not
+    annotated, so without ``ignore_padding`` they are taught as background (v1-v5's recipe)."""
+    im = _image(0, shape=(30, 36))
+    yy, xx = np.mgrid[:30, :36]
+    labels = np.zeros((30, 36), np.int32)  # nuclei up to every edge, so the mirror shows them
+    for i, (cy, cx) in enumerate((cy, cx) for cy in range(2, 30, 7) for cx in range(2, 36, 7)):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 6] = i + 1
+    rgb = np.full((30, 36, 3), (230, 200, 225), np.uint8)
+    rgb[labels > 0] = (90, 60, 150)
+    small = {"a": [D.AnnotatedImage("small", "he", rgb, labels, im.mpp)]}
+    plain_x, plain_y = D.CropSampler(small, {"a": 1.0}, crop_size=48, seed=2).batch(0, 6)
+    x, y = D.CropSampler(small, {"a": 1.0}, crop_size=48, seed=2, ignore_padding=True).batch(0, 6)
+    np.testing.assert_array_equal(x, plain_x)  # the same crops: only the targets change
+    np.testing.assert_array_equal(y[:, :2], plain_y)
+    assert y.shape[1] == 3 and set(np.unique(y[:, 2]).tolist()) == {0.0, 1.0}
+    for crop, (fg, _, weight) in zip(x, y, strict=True):
+        # about the image's share of the (scale-jittered, 38-60 px) crop is counted...
+        assert 0.2 < weight.mean() < 0.9
+        # ...and the padding is the reflected image: it has pixels nearer the annotated nuclei's
+        # darkness than the background's (mirrored nuclei), none of them annotated
+        brightness = crop.mean(axis=0)
+        nucleus_level = np.median(brightness[fg == 1])
+        background_level = np.median(brightness[(fg == 0) & (weight == 1)])
+        assert (brightness[weight == 0] < (nucleus_level + background_level) / 2).any()
+        assert not fg[weight == 0].any()
+    # an image as large as the crop: every pixel counts
+    big = {"a": [_image(0, shape=(120, 140))]}
+    y_big = D.CropSampler(big, {"a": 1.0}, crop_size=48, seed=2, ignore_padding=True).batch(0, 4)[1]
+    assert (y_big[:, 2] == 1.0).all()

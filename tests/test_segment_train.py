@@ -51,3 +51,25 @@ def test_a_weight_channel_weighs_the_loss_and_uniform_weights_change_nothing():
     base, _ = T.segmentation_loss(worse, target)
     weighted, _ = T.segmentation_loss(worse, torch.cat([target, weight], 1))
     assert float(weighted) > float(base)
+
+
+def test_pixels_of_weight_zero_count_in_no_term_of_the_loss():
+    """A crop's ignored padding (weight 0): whatever the network says there, the loss is the same."""
+    import torch
+
+    torch.manual_seed(1)
+    logits = torch.randn(2, 2, 16, 16)
+    target = torch.zeros(2, 3, 16, 16)
+    target[:, 0, 4:8, 4:8] = 1
+    target[:, 1, 4:8, 4:8] = 0.5
+    target[:, 2] = 1.0
+    target[:, 2, :, 10:] = 0.0  # the padding
+    loss, parts = T.segmentation_loss(logits, target)
+    other = logits.clone()
+    other[:, :, :, 10:] = 8.0  # a confident nucleus called in the padding
+    moved, moved_parts = T.segmentation_loss(other, target)
+    assert float(moved) == pytest.approx(float(loss), rel=1e-6)
+    assert moved_parts["dice"] == pytest.approx(parts["dice"], rel=1e-6)
+    # ...and the same change where pixels count does move it
+    other[:, :, :, :10] = 8.0
+    assert float(T.segmentation_loss(other, target)[0]) > float(loss) + 0.1

@@ -79,6 +79,11 @@ class CropSampler:
     crop_size : int
         Side of a crop in pixels at :data:`NETWORK_MPP`.
     seed : int
+    ignore_padding : bool
+        An image smaller than the (scale-jittered) crop is padded by reflection; its mirrored
+        nuclei carry no annotation. Off (v1-v5's recipe): the padding is taught as background,
+        mirrored nuclei included. On: the targets get a weight channel that is 0 there, so the
+        padding does not count in the loss (:func:`senpath.segment.train.segmentation_loss`).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class CropSampler:
         stained_weight: float = 1.0,
         pale_floor: float = PALE_FLOOR,
         pale_blur: float = 0.0,
+        ignore_padding: bool = False,
     ) -> None:
         if not 0.0 <= pale_share <= 1.0:
             raise ValueError(f"pale_share must be in [0, 1], got {pale_share}")
@@ -110,6 +116,7 @@ class CropSampler:
         self.pale_blur = float(pale_blur)
         self.recipe_weights = dict(recipe_weights) if recipe_weights else None
         self.stained_weight = float(stained_weight)
+        self.ignore_padding = bool(ignore_padding)
         self.sources: dict[str, list[_Prepared]] = {}
         for name, images in sources.items():
             prepared = []
@@ -135,6 +142,12 @@ class CropSampler:
         self, rng: np.random.Generator
     ) -> tuple[NDArray[np.uint8], NDArray[np.int32], NDArray, NDArray[np.int64]]:
         """:meth:`crop` plus the labels of the nuclei that carry a chromogen (real or rendered)."""
+        return self._crop(rng)[:4]
+
+    def _crop(
+        self, rng: np.random.Generator
+    ) -> tuple[NDArray[np.uint8], NDArray[np.int32], NDArray, NDArray[np.int64], NDArray[np.bool_]]:
+        """:meth:`crop_with_stained` plus where the crop shows the image (not its padding)."""
         import cv2
 
         source = self.sources[str(rng.choice(self.source_names, p=self.source_p))]
@@ -148,30 +161,32 @@ class CropSampler:
         labels: NDArray[Any] = item.image.labels
         cells: NDArray[Any] = item.cells
         dist: NDArray[Any] = item.distance
+        valid: NDArray[Any] = np.ones(rgb.shape[:2], np.uint8)
         pad_y, pad_x = max(0, side - rgb.shape[0]), max(0, side - rgb.shape[1])
         if pad_y or pad_x:
             pads = ((0, pad_y), (0, pad_x))
             rgb = np.pad(rgb, pads + ((0, 0),), mode="reflect")
-            labels, cells, dist = (np.pad(a, pads) for a in (labels, cells, dist))
+            labels, cells, dist, valid = (np.pad(a, pads) for a in (labels, cells, dist, valid))
         y = int(rng.integers(0, rgb.shape[0] - side + 1))
         x = int(rng.integers(0, rgb.shape[1] - side + 1))
         sl = (slice(y, y + side), slice(x, x + side))
-        rgb, labels, cells, dist = rgb[sl], labels[sl], cells[sl], dist[sl]
+        rgb, labels, cells, dist, valid = rgb[sl], labels[sl], cells[sl], dist[sl], valid[sl]
         if side != s:
             rgb = resample_rgb(np.ascontiguousarray(rgb), (s, s))
             labels = resample_labels(labels, (s, s))
             cells = resample_labels(cells, (s, s))
             dist = cv2.resize(np.ascontiguousarray(dist), (s, s), interpolation=cv2.INTER_LINEAR)
             dist = np.where(labels > 0, dist, 0).astype(np.float32)
+            valid = cv2.resize(np.ascontiguousarray(valid), (s, s), interpolation=cv2.INTER_NEAREST)
         k = int(rng.integers(4))
         flip = bool(rng.random() < 0.5)
         arrays = []
-        for a in (rgb, labels, cells, dist):
+        for a in (rgb, labels, cells, dist, valid):
             a = np.rot90(a, k)
             if flip:
                 a = a[:, ::-1]
             arrays.append(np.ascontiguousarray(a))
-        rgb, labels, cells, dist = arrays
+        rgb, labels, cells, dist, valid = arrays
         stained: list[NDArray] = [np.asarray(v) for v in item.image.stained.values()]
         if item.image.kind != "synth":  # synthetic slides are already in their assay's stains
             rgb, added = render_with_truth(
@@ -190,24 +205,28 @@ class CropSampler:
                 rgb, labels, keep, rng, floor=self.pale_floor, blur_share=self.pale_blur
             )
         rgb = degrade(rgb, rng)
-        return rgb, labels, dist, keep
+        return rgb, labels, dist, keep, valid.astype(bool)
 
     def batch(self, step: int, batch_size: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Inputs ``(B, 3, S, S)`` float32 in [0, 1] and targets ``(B, 2, S, S)`` for ``step``.
 
-        With ``stained_weight != 1`` the targets get a third channel, the per-pixel loss weight:
-        ``stained_weight`` on the nuclei that carry a chromogen, 1 elsewhere
+        With ``stained_weight != 1`` or ``ignore_padding`` the targets get a third channel, the
+        per-pixel loss weight: ``stained_weight`` on the nuclei that carry a chromogen, 1 elsewhere,
+        and 0 on the padding of an image smaller than the crop when it is ignored
         (:func:`senpath.segment.train.segmentation_loss` reads it).
         """
         rng = np.random.default_rng([self.seed, step])
         xs, ys = [], []
         for _ in range(batch_size):
-            rgb, labels, dist, stained = self.crop_with_stained(rng)
+            rgb, labels, dist, stained, valid = self._crop(rng)
             xs.append(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0)
             target = [(labels > 0).astype(np.float32), dist]
-            if self.stained_weight != 1.0:
+            if self.stained_weight != 1.0 or self.ignore_padding:
                 on_stained = np.isin(labels, stained) & (labels > 0)
-                target.append(np.where(on_stained, self.stained_weight, 1.0).astype(np.float32))
+                weight = np.where(on_stained, self.stained_weight, 1.0).astype(np.float32)
+                if self.ignore_padding:
+                    weight[~valid] = 0.0
+                target.append(weight)
             ys.append(np.stack(target))
         return np.stack(xs), np.stack(ys)
 

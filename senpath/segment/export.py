@@ -141,6 +141,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "pale_blur",
         "recipe_weights",
         "stained_weight",
+        "ignore_padding",
         "widths",
         "pool",
         "batch_size",
@@ -152,6 +153,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "pale_floor": ("0.25",),
         "pale_blur": ("0", "0.0"),
         "stained_weight": ("1", "1.0"),
+        "ignore_padding": ("False",),
     }
     for key in (*keys, "threads"):
         value = args.get(key)
@@ -161,7 +163,9 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
             # Stored as the dict's repr in the checkpoint; written back as NAME=W,...
             weights = ast.literal_eval(value)
             value = ",".join(f"{k}={v}" for k, v in weights.items())
-        if value not in (None, "None", ""):
+        if key == "ignore_padding" and value == "True":  # a switch: no value
+            parts.append("--ignore-padding")
+        elif value not in (None, "None", ""):
             parts.append(f"--{key.replace('_', '-')} {value}")
     if int(ckpt["step"]) < int(ckpt["total_steps"]):
         parts.append(f"--stop-at {int(ckpt['step'])}")

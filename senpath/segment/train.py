@@ -63,6 +63,8 @@ def segmentation_loss(logits, target):
         Foreground (0/1) and normalised distance in [0, 1]; an optional third channel weighs each
         pixel's BCE and distance error (stained nuclei weighed up, ``--stained-weight``). The
         weighted terms are divided by the mean weight, so the loss scale stays that of weight 1.
+        A pixel of weight 0 (a crop's padding, ``--ignore-padding``) counts in no term, Dice
+        included.
     """
     import torch
     import torch.nn.functional as F
@@ -70,6 +72,9 @@ def segmentation_loss(logits, target):
     fg_logit, dist_logit = logits[:, 0], logits[:, 1]
     fg, dist = target[:, 0], target[:, 1]
     p = torch.sigmoid(fg_logit)
+    if target.shape[1] > 2:
+        counted = (target[:, 2] > 0).to(p.dtype)
+        p, fg = p * counted, fg * counted
     dice = 1 - (2 * (p * fg).sum() + 1) / (p.sum() + fg.sum() + 1)
     if target.shape[1] > 2:
         w = target[:, 2]
@@ -209,6 +214,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1.0,
         help="loss weight of the pixels of nuclei that carry a chromogen (1: as any nucleus)",
     )
+    p.add_argument(
+        "--ignore-padding",
+        action="store_true",
+        help="leave out of the loss the reflected padding of images smaller than the crop (their "
+        "mirrored nuclei are unannotated; v1-v5 taught them as background)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crop-size", type=int, default=128, help="crop side in px at 0.5 µm/px")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
@@ -285,6 +296,7 @@ def train(args: argparse.Namespace) -> Path:
         pale_blur=args.pale_blur,
         recipe_weights=args.recipe_weights,
         stained_weight=args.stained_weight,
+        ignore_padding=args.ignore_padding,
     )
     val_sets = _validation_sets(args.data_root, args.consep_validation)
     run_info = {
@@ -301,6 +313,7 @@ def train(args: argparse.Namespace) -> Path:
         "pale_blur": args.pale_blur,
         "recipe_weights": args.recipe_weights,
         "stained_weight": args.stained_weight,
+        "ignore_padding": args.ignore_padding,
         "threads": args.threads,
         "init": str(args.init) if args.init is not None else None,
         "validation": {k: [im.name for im in v] for k, v in val_sets.items()},
