@@ -250,7 +250,10 @@ def segment_tiles(
     out: list[NDArray[np.int32]] = []
     for g in range(0, len(indices), batch):
         images = [read_grid_box(slide, plan.tiles[i].box, amp) for i in indices[g : g + batch]]
-        for rgb, maps in zip(images, cnn.network_maps(images, mpp=amp), strict=True):
+        context = [plan.tiles[i].context for i in indices[g : g + batch]]
+        for rgb, maps in zip(
+            images, cnn.network_maps(images, mpp=amp, context=context), strict=True
+        ):
             out.append(cnn.labels_from_maps(maps, rgb.shape[:2], mpp=amp))
     return out
 
@@ -312,7 +315,8 @@ def analyze_tiles(
         images = [read_grid_box(slide, plan.tiles[i].box, amp) for _, i in group]
         if not split:
             return [(rgb, None) for rgb in images]
-        maps = segmenter.network_maps(images, mpp=amp)  # type: ignore[union-attr]
+        context = [plan.tiles[i].context for _, i in group]
+        maps = segmenter.network_maps(images, mpp=amp, context=context)  # type: ignore[union-attr]
         return list(zip(images, maps, strict=True))
 
     for group, done in _ahead(read_and_infer, groups, depth=prefetch):

@@ -89,6 +89,13 @@ class Tile:
     box: Box
 
     @property
+    def context(self) -> int:
+        """Pixels of real image the box carries around the core on its narrowest side: the halo,
+        0 where the tile meets the image's edge."""
+        c, b = self.core, self.box
+        return min(c.y0 - b.y0, c.x0 - b.x0, b.y1 - c.y1, b.x1 - c.x1)
+
+    @property
     def core_in_box(self) -> tuple[slice, slice]:
         """Slices of ``core`` inside an array covering ``box``."""
         return (

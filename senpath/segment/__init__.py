@@ -105,14 +105,32 @@ class CnnSegmenter:
     # tiles in one thread, the watershed of the previous tiles in another
 
     def network_maps(
-        self, images: Sequence[NDArray[np.uint8]], *, mpp: float
+        self,
+        images: Sequence[NDArray[np.uint8]],
+        *,
+        mpp: float,
+        context: Sequence[int] | None = None,
     ) -> list[NDArray[np.float32]]:
         """Network maps ``(2, y, x)`` at the network's 0.5 µm/px of images at ``mpp`` µm/px
-        (tiles of one shape share network calls); :meth:`labels_from_maps` finishes them."""
-        from senpath.segment.predict import at_network_mpp
+        (tiles of one shape share network calls); :meth:`labels_from_maps` finishes them.
+
+        ``context``: per image, the real image (px at ``mpp``) it already carries around the
+        pixels whose nuclei are kept, on its narrowest side (an analysis tile's halo; 0 where the
+        tile meets the slide's edge). The network's reflected context margin
+        (:data:`~senpath.segment.predict.NETWORK_HALO_UM`) is cut by as much, so a tile's own halo
+        is not padded again: 10 % fewer pixels through the network for a 512 µm tile with a
+        24 µm halo (1120² px instead of 1184²).
+        """
+        from senpath.segment.predict import NETWORK_HALO_UM, NETWORK_MPP, at_network_mpp
+        from senpath.tiling import halo_px
 
         work = [at_network_mpp(self.network, rgb, mpp=mpp) for rgb in images]
-        return list(self.network.predict_batch_maps(work))
+        if context is None:
+            return list(self.network.predict_batch_maps(work))
+        margin = halo_px(NETWORK_HALO_UM, NETWORK_MPP)
+        scale = mpp / self.network.mpp  # px at mpp -> px on the network's grid
+        halos = [max(0, margin - int(c * scale)) for c in context]
+        return list(self.network.predict_batch_maps(work, halo=halos))
 
     def labels_from_maps(
         self, maps: NDArray[np.float32], shape: tuple[int, int], *, mpp: float

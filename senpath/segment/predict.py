@@ -267,38 +267,45 @@ class NucleusSegmenter:
         return self.predict_batch_maps([rgb], halo=halo)[0]
 
     def predict_batch_maps(
-        self, images: Sequence[NDArray[np.uint8]], *, halo: int | None = None
+        self, images: Sequence[NDArray[np.uint8]], *, halo: int | Sequence[int] | None = None
     ) -> list[NDArray[np.float32]]:
         """Maps ``(2, Y, X)`` of several images at ``self.mpp``, as :meth:`predict_image_maps` gives.
 
-        Images of one shape that fit one pass (analysis tiles: all but those on the slide's edge)
-        go through the network together, one batch (what a GPU needs to be kept busy); the others
-        one by one.
+        Images of one shape (and margin) that fit one pass (analysis tiles: all but those on the
+        slide's edge) go through the network together, one batch (what a GPU needs to be kept
+        busy); the others one by one.
 
         Parameters
         ----------
         images : sequence of (Y, X, 3) uint8 at ``self.mpp`` µm/px.
-        halo : context margin per side in px; default :data:`NETWORK_HALO_UM` at 0.5 µm/px.
+        halo : context margin per side in px, one for all images or one per image; default
+            :data:`NETWORK_HALO_UM` at 0.5 µm/px.
 
         Returns
         -------
         list of (2, Y, X) float32, in the order of ``images``.
         """
-        halo = halo_px(NETWORK_HALO_UM, NETWORK_MPP) if halo is None else halo
+        default = halo_px(NETWORK_HALO_UM, NETWORK_MPP)
+        if halo is None or isinstance(halo, int | np.integer):
+            halos = [default if halo is None else int(halo)] * len(images)
+        else:
+            halos = [int(h) for h in halo]
+            if len(halos) != len(images):
+                raise ValueError(f"{len(halos)} halos for {len(images)} images")
         out: list[NDArray[np.float32] | None] = [None] * len(images)
         groups: dict[tuple[int, ...], list[int]] = {}
-        for k, rgb in enumerate(images):
-            if max(rgb.shape[:2]) + 2 * halo <= MAX_PASS_SIDE:
-                groups.setdefault(tuple(rgb.shape), []).append(k)
+        for k, (rgb, h) in enumerate(zip(images, halos, strict=True)):
+            if max(rgb.shape[:2]) + 2 * h <= MAX_PASS_SIDE:
+                groups.setdefault((*rgb.shape, h), []).append(k)
             else:
-                out[k] = self.predict_image_maps(rgb, halo=halo)
-        for shape, members in groups.items():
-            y, x = shape[:2]
-            pad = ((halo, halo), (halo, halo), (0, 0))
+                out[k] = self.predict_image_maps(rgb, halo=h)
+        for key, members in groups.items():
+            y, x, margin = key[0], key[1], key[-1]
+            pad = ((margin, margin), (margin, margin), (0, 0))
             batch = np.stack([np.pad(images[k], pad, mode="reflect") for k in members])
             maps = self.predict_maps(batch)
             for k, m in zip(members, maps, strict=True):
-                out[k] = np.ascontiguousarray(m[:, halo : halo + y, halo : halo + x])
+                out[k] = np.ascontiguousarray(m[:, margin : margin + y, margin : margin + x])
         return [m for m in out if m is not None]
 
 
