@@ -73,3 +73,89 @@ def test_pixels_of_weight_zero_count_in_no_term_of_the_loss():
     # ...and the same change where pixels count does move it
     other[:, :, :, :10] = 8.0
     assert float(T.segmentation_loss(other, target)[0]) > float(loss) + 0.1
+
+
+def _tiny_images(n: int, seed: int) -> list:
+    import numpy as np
+
+    from senpath.segment.datasets import AnnotatedImage
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        yy, xx = np.mgrid[:72, :80]
+        labels = np.zeros((72, 80), np.int32)
+        for k, (cy, cx) in enumerate(rng.integers(6, 66, size=(12, 2)), start=1):
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 16] = k
+        rgb = np.full((72, 80, 3), (225, 190, 215), np.uint8)
+        rgb[labels > 0] = (80, 50, 140)
+        rgb = np.clip(rgb + rng.normal(0, 2, rgb.shape), 0, 255).astype(np.uint8)
+        out.append(
+            AnnotatedImage(f"t/{seed}-{i}", "he", rgb, labels, 0.5, {"dab": np.array([2, 5])})
+        )
+    return out
+
+
+def test_a_data_pack_holds_the_images_and_their_annotations(tmp_path):
+    import numpy as np
+
+    from senpath.segment.datapack import file_sha256, read_pack, write_pack
+
+    train, held_out = {"monuseg": _tiny_images(2, 0)}, {"monuseg": _tiny_images(1, 1)}
+    sha = write_pack(tmp_path / "p.npz", train, held_out)
+    assert sha == file_sha256(tmp_path / "p.npz")
+    got_train, got_held_out = read_pack(tmp_path / "p.npz")
+    for want, got in ((train, got_train), (held_out, got_held_out)):
+        assert list(got) == ["monuseg"] and len(got["monuseg"]) == len(want["monuseg"])
+        for a, b in zip(want["monuseg"], got["monuseg"], strict=True):
+            assert (a.name, a.kind, a.mpp) == (b.name, b.kind, b.mpp)
+            np.testing.assert_array_equal(a.labels, b.labels)
+            np.testing.assert_array_equal(a.stained["dab"], b.stained["dab"])
+            assert b.rgb.shape == a.rgb.shape and b.rgb.dtype == np.uint8
+    # training RGB as JPEG (close), held-out RGB lossless (exact)
+    diff = np.abs(got_train["monuseg"][0].rgb.astype(int) - train["monuseg"][0].rgb.astype(int))
+    assert 0 < diff.mean() < 3
+    np.testing.assert_array_equal(got_held_out["monuseg"][0].rgb, held_out["monuseg"][0].rgb)
+    (tmp_path / "bad.npz").write_bytes(b"not a pack")
+    with pytest.raises(ValueError):
+        read_pack(tmp_path / "bad.npz")
+
+
+@pytest.mark.slow
+def test_batches_drawn_by_worker_processes_are_the_same_and_train(tmp_path):
+    """``--loader-workers`` draws the batches ahead in other processes: the same batches, and a
+    run with them trains to the same weights (to float rounding)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from senpath.segment import data as D
+    from senpath.segment.datapack import write_pack
+
+    sources = {"monuseg": _tiny_images(3, 0)}
+
+    def sampler():
+        return D.CropSampler(sources, D.source_weights(0.0), crop_size=32, seed=2)
+
+    ahead = T._Batches(sampler(), 2, workers=2)
+    try:
+        for step in (0, 1, 2, 5):  # in order, then a jump
+            x, y = ahead.get(step, 8)
+            want_x, want_y = sampler().batch(step, 2)
+            np.testing.assert_array_equal(x, want_x)
+            np.testing.assert_array_equal(y, want_y)
+        assert max(ahead.pending) <= 8 - 1 and len(ahead.pending) <= 4  # bounded, not past the end
+    finally:
+        ahead.close()
+    pack = tmp_path / "p.npz"
+    write_pack(pack, sources, {"monuseg": _tiny_images(1, 1)})
+    common = ["--data-pack", str(pack), "--steps", "3", "--seed", "2", *TINY]
+    common += ["--validate-minutes", "0"]  # none: the last of repeated options counts
+    T.main(["--out", str(tmp_path / "a"), *common])
+    T.main(["--out", str(tmp_path / "b"), *common, "--loader-workers", "2"])
+    a = torch.load(tmp_path / "a" / "step_000003.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "step_000003.pt", weights_only=True)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][key], rtol=0, atol=1e-5)
+    events = [json.loads(line).get("event") for line in open(tmp_path / "b" / "log.jsonl")]
+    assert "validation" not in events and events[-1] == "finished"
+    assert b["args"]["data_pack"] == str(pack)

@@ -142,6 +142,8 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "recipe_weights",
         "stained_weight",
         "ignore_padding",
+        "data_pack",
+        "device",
         "widths",
         "pool",
         "batch_size",
@@ -154,6 +156,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "pale_blur": ("0", "0.0"),
         "stained_weight": ("1", "1.0"),
         "ignore_padding": ("False",),
+        "device": ("cpu",),
     }
     for key in (*keys, "threads"):
         value = args.get(key)

@@ -91,13 +91,20 @@ def segmentation_loss(logits, target):
     }
 
 
-def _validation_sets(root: Path, consep_limit: int) -> dict[str, list[D.AnnotatedImage]]:
-    """Held-out images at 0.5 µm/px, plus MoNuSeg held-out re-rendered in three IHC/senescence stains."""
-    sets = {
+def validation_images(root: Path, consep_limit: int) -> dict[str, list[D.AnnotatedImage]]:
+    """The held-out images training validates on, at 0.5 µm/px."""
+    return {
         "monuseg": D.load_monuseg(root, split="validation"),
         "consep": D.load_consep(root, split="test", limit=consep_limit),
         "ki67": D.load_ki67(root, split="validation"),
     }
+
+
+def _validation_sets(
+    images: dict[str, list[D.AnnotatedImage]],
+) -> dict[str, list[D.AnnotatedImage]]:
+    """:func:`validation_images` plus MoNuSeg held-out re-rendered in three IHC/senescence stains."""
+    sets = dict(images)
     for recipe in ("h_dab", "xgal_nfr", "xgal_h_dab"):
         rng = np.random.default_rng(1234)
         sets[f"monuseg_{recipe}"] = D.rerendered(sets["monuseg"], recipe, rng)
@@ -112,9 +119,9 @@ def _predict_at_network_mpp(model, rgb: np.ndarray) -> tuple[np.ndarray, np.ndar
     y, x = rgb.shape[:2]
     py, px = (-y) % stride, (-x) % stride
     t = torch.from_numpy(rgb.transpose(2, 0, 1).astype(np.float32) / 255.0)[None]
-    t = F.pad(t, (0, px, 0, py), mode="reflect")
+    t = F.pad(t, (0, px, 0, py), mode="reflect").to(next(model.parameters()).device)
     with torch.inference_mode():
-        out = torch.sigmoid(model(t))[0, :, :y, :x].numpy()
+        out = torch.sigmoid(model(t).float())[0, :, :y, :x].cpu().numpy()
     return out[0], out[1]
 
 
@@ -135,6 +142,61 @@ def validate(model, sets: dict[str, list[D.AnnotatedImage]], post=None) -> dict[
         scores[f"f1_{name}"] = round(float(m.f1), 4)
     model.train()
     return scores
+
+
+#: The sampler and batch size a batch process of :class:`_Batches` draws from.
+_WORKER_SAMPLER: tuple[D.CropSampler, int] | None = None
+
+
+def _init_worker(sampler: D.CropSampler, batch_size: int) -> None:
+    global _WORKER_SAMPLER
+    import cv2
+
+    cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process stops the run
+    _WORKER_SAMPLER = (sampler, batch_size)
+
+
+def _worker_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+    assert _WORKER_SAMPLER is not None
+    sampler, batch_size = _WORKER_SAMPLER
+    return sampler.batch(step, batch_size)
+
+
+class _Batches:
+    """The batches of steps ``step, step + 1, ...``; with ``workers`` > 0 drawn ahead, at most
+    ``2 * workers`` steps, in worker processes. A batch depends only on ``(seed, step)``, so the
+    batches are the same with or without them (the weights then agree to float rounding: where a
+    batch's buffer lies in memory can change the CPU kernels' order of summation). The workers are spawned, not forked: a process forked
+    from one whose torch (OpenMP) threads have run can hang on a lock they held."""
+
+    def __init__(self, sampler: D.CropSampler, batch_size: int, *, workers: int) -> None:
+        if workers < 0:
+            raise ValueError(f"loader workers must be >= 0, got {workers}")
+        self.sampler, self.batch_size = sampler, batch_size
+        self.pending: dict[int, Any] = {}
+        self.pool = None
+        self.ahead = 2 * workers
+        if workers:
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(workers, _init_worker, (sampler, batch_size))
+
+    def get(self, step: int, total_steps: int | None) -> tuple[np.ndarray, np.ndarray]:
+        if self.pool is None:
+            return self.sampler.batch(step, self.batch_size)
+        end = step + self.ahead if total_steps is None else min(total_steps, step + self.ahead)
+        for s in range(step, max(end, step + 1)):
+            if s not in self.pending:
+                self.pending[s] = self.pool.apply_async(_worker_batch, (s,))
+        return self.pending.pop(step).get()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
 
 
 def _recipe_weights(text: str) -> dict[str, float]:
@@ -176,6 +238,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "fine-tuning with a fresh optimiser and schedule",
     )
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    p.add_argument(
+        "--data-pack",
+        type=Path,
+        default=None,
+        help="train from a data pack (python -m senpath.segment.datapack) instead of --data-root",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the network trains; cuda: bf16 autocast (the batches are drawn on the CPU)",
+    )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        default=0,
+        help="processes drawing the next batches ahead (0: drawn in this process); the batches "
+        "are the same either way (they depend on seed and step only)",
+    )
     p.add_argument(
         "--synthetic-share",
         type=float,
@@ -277,17 +358,26 @@ def train(args: argparse.Namespace) -> Path:
     if state is None and args.init is not None:
         model.load_state_dict(init_state)
         _log(log, {"event": "init", "from": str(args.init), "sha256": init_spec["sha256"]})
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     step, total_steps, elapsed = 0, args.steps, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         total_steps = args.steps or state["total_steps"]
         _log(log, {"event": "resume", "from": str(args.resume), "step": step})
 
+    pack_sha256 = None
+    if args.data_pack is not None:
+        from senpath.segment.datapack import file_sha256, read_pack
+
+        sources, held_out = read_pack(args.data_pack)
+        pack_sha256 = file_sha256(args.data_pack)
+        if args.synthetic_share == 0:
+            sources.pop("synth", None)
+    else:
+        sources = D.training_sources(args.data_root, synthetic=args.synthetic_share > 0)
+        held_out = None
     sampler = D.CropSampler(
-        D.training_sources(args.data_root, synthetic=args.synthetic_share > 0),
+        sources,
         D.source_weights(args.synthetic_share),
         crop_size=args.crop_size,
         seed=args.seed,
@@ -298,7 +388,17 @@ def train(args: argparse.Namespace) -> Path:
         stained_weight=args.stained_weight,
         ignore_padding=args.ignore_padding,
     )
-    val_sets = _validation_sets(args.data_root, args.consep_validation)
+    val_sets: dict[str, list[D.AnnotatedImage]] = {}
+    if args.validate_minutes > 0:
+        if held_out is None:
+            held_out = validation_images(args.data_root, args.consep_validation)
+        val_sets = _validation_sets(held_out)
+    batches = _Batches(sampler, args.batch_size, workers=args.loader_workers)
+    device = torch.device(args.device)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"])  # its state follows the parameters' device
     run_info = {
         "argv": sys.argv,
         "net_config": config.to_dict(),
@@ -315,6 +415,10 @@ def train(args: argparse.Namespace) -> Path:
         "stained_weight": args.stained_weight,
         "ignore_padding": args.ignore_padding,
         "threads": args.threads,
+        "device": args.device,
+        "loader_workers": args.loader_workers,
+        "data_pack": None if args.data_pack is None else str(args.data_pack),
+        "data_pack_sha256": pack_sha256,
         "init": str(args.init) if args.init is not None else None,
         "validation": {k: [im.name for im in v] for k, v in val_sets.items()},
         "torch": torch.__version__,
@@ -354,9 +458,12 @@ def train(args: argparse.Namespace) -> Path:
         lr = learning_rate(step, total_steps or 10**9, peak=args.lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = sampler.batch(step, args.batch_size)
-        logits = model(torch.from_numpy(x))
-        loss, parts = segmentation_loss(logits, torch.from_numpy(y))
+        x, y = batches.get(step, total_steps)
+        xb = torch.from_numpy(x).to(device, non_blocking=True)
+        yb = torch.from_numpy(y).to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(xb)
+        loss, parts = segmentation_loss(logits.float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -390,16 +497,18 @@ def train(args: argparse.Namespace) -> Path:
         if now - last_ckpt > args.checkpoint_minutes * 60:
             checkpoint(out / "last.pt")
             last_ckpt = now
-        if now - last_val > args.validate_minutes * 60:
+        if val_sets and now - last_val > args.validate_minutes * 60:
             scores = validate(model, val_sets)
             _log(log, {"event": "validation", "step": step} | scores)
             checkpoint(out / f"step_{step:06d}.pt")
             last_val = time.perf_counter()
+    batches.close()
     checkpoint(out / "last.pt")
     finished = total_steps is not None and step >= total_steps
     if finished or (args.stop_at is not None and step == args.stop_at):
-        scores = validate(model, val_sets)
-        _log(log, {"event": "validation", "step": step, "final": finished} | scores)
+        if val_sets:
+            scores = validate(model, val_sets)
+            _log(log, {"event": "validation", "step": step, "final": finished} | scores)
         checkpoint(out / f"step_{step:06d}.pt")
     _log(log, {"event": "finished" if finished else "stopped", "step": step})
     return out / "last.pt"
