@@ -166,9 +166,10 @@ def _worker_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
 class _Batches:
     """The batches of steps ``step, step + 1, ...``; with ``workers`` > 0 drawn ahead, at most
     ``2 * workers`` steps, in worker processes. A batch depends only on ``(seed, step)``, so the
-    batches are the same with or without them (the weights then agree to float rounding: where a
-    batch's buffer lies in memory can change the CPU kernels' order of summation). The workers are spawned, not forked: a process forked
-    from one whose torch (OpenMP) threads have run can hang on a lock they held."""
+    batches are the same with or without them (the weights then agree to float rounding: where
+    a batch's buffer lies in memory can change the CPU kernels' order of summation). The workers
+    are spawned, not forked: a process forked from one whose torch (OpenMP) threads have run can
+    hang on a lock they held."""
 
     def __init__(self, sampler: D.CropSampler, batch_size: int, *, workers: int) -> None:
         if workers < 0:
