@@ -58,6 +58,10 @@ from senpath.segment.rerender import render_with_truth as render_with_truth
 # --------------------------------------------------------------------------- sampler
 
 
+#: Default location of the real data (``../shared/data`` beside the repo in the project's setup).
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
 @dataclass
 class _Prepared:
     image: AnnotatedImage
@@ -318,6 +322,16 @@ def source_weights(synthetic_share: float = 0.0) -> dict[str, float]:
     if synthetic_share > 0:
         weights["synth"] = synthetic_share
     return weights
+
+
+def training_validation_images(root: Path, consep_limit: int) -> dict[str, list[AnnotatedImage]]:
+    """The held-out images training validates on (``senpath.segment.train``), at
+    :data:`NETWORK_MPP`: MoNuSeg and Ki67 held out, the first ``consep_limit`` CoNSeP test patches."""
+    return {
+        "monuseg": load_monuseg(root, split="validation"),
+        "consep": load_consep(root, split="test", limit=consep_limit),
+        "ki67": load_ki67(root, split="validation"),
+    }
 
 
 def validation_images(

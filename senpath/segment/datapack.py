@@ -176,17 +176,16 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m senpath.segment.datapack``."""
     from senpath.segment import data as D
-    from senpath.segment.train import DEFAULT_DATA_ROOT, validation_images
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="the pack to write (.npz)")
-    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    p.add_argument("--data-root", type=Path, default=D.DEFAULT_DATA_ROOT)
     p.add_argument("--consep-validation", type=int, default=24, help="CoNSeP test patches packed")
     args = p.parse_args(argv)
     if not args.data_root.is_dir():
         p.error(f"{args.data_root} is not a folder: give --data-root (the project's shared data)")
     train = D.training_sources(args.data_root, synthetic=True)
-    validation = validation_images(args.data_root, args.consep_validation)
+    validation = D.training_validation_images(args.data_root, args.consep_validation)
     sha = write_pack(args.out, train, validation)
     size = args.out.stat().st_size / 1e6
     print(f"wrote {args.out} ({size:.1f} MB, sha256 {sha[:12]}…)")

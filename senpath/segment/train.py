@@ -27,7 +27,7 @@ import numpy as np
 from senpath.segment import data as D
 
 #: Default location of the real data (beside the repo in the project's dev setup).
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
+DEFAULT_DATA_ROOT = D.DEFAULT_DATA_ROOT
 
 
 def _log(path: Path, record: dict[str, Any]) -> None:
@@ -91,19 +91,10 @@ def segmentation_loss(logits, target):
     }
 
 
-def validation_images(root: Path, consep_limit: int) -> dict[str, list[D.AnnotatedImage]]:
-    """The held-out images training validates on, at 0.5 µm/px."""
-    return {
-        "monuseg": D.load_monuseg(root, split="validation"),
-        "consep": D.load_consep(root, split="test", limit=consep_limit),
-        "ki67": D.load_ki67(root, split="validation"),
-    }
-
-
 def _validation_sets(
     images: dict[str, list[D.AnnotatedImage]],
 ) -> dict[str, list[D.AnnotatedImage]]:
-    """:func:`validation_images` plus MoNuSeg held-out re-rendered in three IHC/senescence stains."""
+    """:func:`senpath.segment.data.training_validation_images` plus MoNuSeg held-out re-rendered in three IHC/senescence stains."""
     sets = dict(images)
     for recipe in ("h_dab", "xgal_nfr", "xgal_h_dab"):
         rng = np.random.default_rng(1234)
@@ -392,7 +383,7 @@ def train(args: argparse.Namespace) -> Path:
     val_sets: dict[str, list[D.AnnotatedImage]] = {}
     if args.validate_minutes > 0:
         if held_out is None:
-            held_out = validation_images(args.data_root, args.consep_validation)
+            held_out = D.training_validation_images(args.data_root, args.consep_validation)
         val_sets = _validation_sets(held_out)
     batches = _Batches(sampler, args.batch_size, workers=args.loader_workers)
     device = torch.device(args.device)
