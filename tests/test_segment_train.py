@@ -99,11 +99,12 @@ def _tiny_images(n: int, seed: int) -> list:
 def test_a_data_pack_holds_the_images_and_their_annotations(tmp_path):
     import numpy as np
 
-    from senpath.segment.datapack import file_sha256, read_pack, write_pack
+    from senpath.segment.datapack import read_pack, write_pack
+    from senpath.segment.weights import sha256_file
 
     train, held_out = {"monuseg": _tiny_images(2, 0)}, {"monuseg": _tiny_images(1, 1)}
     sha = write_pack(tmp_path / "p.npz", train, held_out)
-    assert sha == file_sha256(tmp_path / "p.npz")
+    assert sha == sha256_file(tmp_path / "p.npz")
     got_train, got_held_out = read_pack(tmp_path / "p.npz")
     for want, got in ((train, got_train), (held_out, got_held_out)):
         assert list(got) == ["monuseg"] and len(got["monuseg"]) == len(want["monuseg"])

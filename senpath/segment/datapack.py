@@ -19,7 +19,6 @@ unpickled when it is read.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from senpath.segment.datasets import AnnotatedImage
+from senpath.segment.weights import sha256_file
 
 #: Format version written in the index; :func:`read_pack` refuses others.
 PACK_VERSION = 1
@@ -121,7 +121,7 @@ def write_pack(
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)  # type: ignore[arg-type]
     os.replace(tmp, path)
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def read_pack(
@@ -162,15 +162,6 @@ def read_pack(
                 groups[source] = images
             parts.append(groups)
     return parts[0], parts[1]
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, hex."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

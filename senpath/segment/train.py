@@ -359,10 +359,11 @@ def train(args: argparse.Namespace) -> Path:
 
     pack_sha256 = None
     if args.data_pack is not None:
-        from senpath.segment.datapack import file_sha256, read_pack
+        from senpath.segment.datapack import read_pack
+        from senpath.segment.weights import sha256_file
 
         sources, held_out = read_pack(args.data_pack)
-        pack_sha256 = file_sha256(args.data_pack)
+        pack_sha256 = sha256_file(args.data_pack)
         if args.synthetic_share == 0:
             sources.pop("synth", None)
     else:
