@@ -45,8 +45,10 @@ divides by the network alone: the precision calibration's seconds per MP (its ow
 machine to itself when the cached entry is "quiet").
 
 Table 2: the network alone (``predict_maps``) on one 1024² image cut from the same slide, fp32
-vs bf16 vs ONNX Runtime fp32 when installed (``NucleusSegmenter(precision=...)``) and, for
-comparison only, ONNX Runtime static int8 (``bench_int8.py``; not a precision of the library), with
+vs bf16 vs ONNX Runtime fp32 when installed (``NucleusSegmenter(precision=...)``), the shipped
+distilled int8 network (``onnx-int8``, :mod:`senpath.segment.quant`) when the model has one and,
+for comparison only, ONNX Runtime static int8 after training (``bench_int8.py``; not a precision
+of the library), with
 ``torch.set_num_threads`` 1 and 2: wall and CPU seconds per megapixel (best of ``--repeats``), and
 the F1 of instances matched at IoU 0.5 of each against fp32 (post-processed maps of that image).
 Before the tables: what ``precision="auto"`` chose on this CPU and the calibration it measured
@@ -336,19 +338,26 @@ def network_precisions(image: np.ndarray, *, thread_counts: list[int], repeats: 
     mp = image.shape[0] * image.shape[1] / 1e6
     batch = image[None]
     from senpath.segment.runtime import onnxruntime_available
+    from senpath.segment.weights import load_spec
 
     rows, labels = [], {}
-    onnx = ["onnx-fp32", "onnx-int8"] if onnxruntime_available() else []
+    onnx = ["onnx-fp32"] if onnxruntime_available() else []
+    if onnx and load_spec(None).get("int8"):
+        onnx.append("onnx-int8")  # the shipped distilled int8 network
+    if onnx:
+        onnx.append("ptq-int8")
     precisions = ["fp32", "bf16", *onnx]
     for precision in precisions:
         seg = NucleusSegmenter.from_pretrained(
-            device="cpu", precision=precision.replace("int8", "fp32")
+            device="cpu", precision=precision.replace("ptq-int8", "onnx-fp32")
         )
         for threads in thread_counts:
             torch.set_num_threads(threads)
             if precision in onnx:  # its session's threads are set when it is made
-                seg = NucleusSegmenter.from_pretrained(device="cpu", precision="onnx-fp32")
-            if precision == "onnx-int8":  # not a precision of the library (bench_int8.py)
+                seg = NucleusSegmenter.from_pretrained(
+                    device="cpu", precision=precision.replace("ptq-int8", "onnx-fp32")
+                )
+            if precision == "ptq-int8":  # not a precision of the library (bench_int8.py)
                 seg = int8_segmenter(seg, threads)
             seg.predict_maps(batch[:, :256, :256])  # warm-up (oneDNN kernels, allocator)
             wall = cpu = math.inf
@@ -367,8 +376,9 @@ def network_precisions(image: np.ndarray, *, thread_counts: list[int], repeats: 
     for precision, threads, wall_mp, cpu_mp in rows:
         name = {"fp32": "fp32 eager", "bf16": "bf16 autocast + channels_last",
                 "onnx-fp32": "ONNX Runtime fp32",
-                "onnx-int8": "ONNX Runtime static int8, QDQ u8/s8 (not offered: off parity on "
-                "the real Ki67 tiles, see bench_int8.py)"}[precision]  # fmt: skip
+                "onnx-int8": "ONNX Runtime int8, distilled (senpath.segment.quant)",
+                "ptq-int8": "ONNX Runtime static int8 after training, QDQ u8/s8 (not offered: "
+                "off parity on the real Ki67 tiles, see bench_int8.py)"}[precision]  # fmt: skip
         print(f"| {name} | {threads} | {wall_mp:.2f} | {cpu_mp:.2f} | {1 / wall_mp:.2f} |")
     for precision in precisions[1:]:
         f1 = matching(labels["fp32"], labels[precision], thresh=0.5).f1
@@ -430,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=4096, help="slide side in px at 0.5 µm/px")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the slide run")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "onnx-fp32"], default="auto",
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "onnx-fp32", "onnx-int8"],
+                   default="auto",
                    help="CNN precision for the slide run (auto: the library's default)")  # fmt: skip
     p.add_argument("--network-side", type=int, default=1024, help="image side for table 2")
     p.add_argument("--network-threads", type=str, default="1,2", help="table 2 thread counts")

@@ -76,7 +76,7 @@ PrecisionOpt = Annotated[
     str | None,
     typer.Option(
         "--precision",
-        help="auto | fp32 | bf16 | fp16 | onnx-fp32: how the CNN runs (auto: measured once per "
+        help="auto | fp32 | bf16 | fp16 | onnx-fp32 | onnx-int8: how the CNN runs (auto: measured once per "
         "machine on a CPU, fp16 on CUDA).",
     ),
 ]

@@ -128,7 +128,9 @@ ANALYSIS_SETTINGS: dict[str, Setting] = {
         pattern_hint="use auto, cpu, cuda, cuda:N or mps",
         example='"cuda:0"',
     ),
-    "precision": Setting("choice", choices=("auto", "fp32", "bf16", "fp16", "onnx-fp32")),
+    "precision": Setting(
+        "choice", choices=("auto", "fp32", "bf16", "fp16", "onnx-fp32", "onnx-int8")
+    ),
     "tissue_mpp": Setting("number", "µm/px", 0, 100, low_open=True, example="8"),
     "stain_vectors": Setting("choice", choices=("estimate", "preset")),
     "auto_threshold": Setting("bool"),
@@ -569,8 +571,9 @@ class AnalysisConfig:
         folder), as written by ``python -m senpath.segment.export``; ``None`` = the shipped model.
     device : ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
     precision : how the CNN runs: ``auto`` (fp16 on CUDA; on a CPU the fastest of ``fp32``,
-        ``bf16`` and ``onnx-fp32`` that keeps fp32's nuclei, measured once per machine),
-        ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``onnx-fp32`` (ONNX Runtime, CPU).
+        ``bf16``, ``onnx-fp32`` and ``onnx-int8`` that keeps fp32's nuclei, measured once per
+        machine), ``fp32``, ``bf16``, ``fp16`` (CUDA), ``onnx-fp32`` (ONNX Runtime, CPU) or
+        ``onnx-int8`` (the model's int8 network in ONNX Runtime, CPU).
     tissue_mpp : resolution of the tissue mask.
     stain_vectors : ``estimate`` (per slide, Macenko with the assay's vectors as the prior and guard
         rails; see :func:`senpath.stain.estimate_stains`) or ``preset`` (the assay's vectors as given).

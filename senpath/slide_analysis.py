@@ -88,7 +88,8 @@ def _model_identity(method: str, model: str | None = None) -> dict[str, Any]:
 
 def segmenter_precision(segmenter: object) -> str | None:
     """The precision/runtime a segmenter's nucleus network runs at (``auto`` resolved: ``fp32``,
-    ``bf16``, ``fp16`` or ``onnx-fp32``), or ``None`` for a segmenter without a network."""
+    ``bf16``, ``fp16``, ``onnx-fp32`` or ``onnx-int8``), or ``None`` for a segmenter without a
+    network."""
     precision = getattr(getattr(segmenter, "network", None), "precision", None)
     return precision if isinstance(precision, str) else None
 

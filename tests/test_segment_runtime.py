@@ -69,7 +69,7 @@ def test_choice_is_cached_per_machine_key(shipped_model, monkeypatch, tmp_path):
     monkeypatch.setattr(runtime, "_CHOICES", {})
     calls = []
 
-    def fake_calibrate(build):
+    def fake_calibrate(build, candidates=runtime.CPU_CANDIDATES):
         calls.append(1)
         return runtime.Calibration("bf16", {"bf16": 1.0, "fp32": 2.0}, {"bf16": 1.0, "fp32": 1.0})
 
@@ -134,7 +134,7 @@ def test_choice_is_measured_and_cached_apart_when_the_cores_are_taken(
     monkeypatch.setattr(runtime, "other_cpu_load", lambda: load["other"])
     answers = iter(["bf16", "onnx-fp32"])
     monkeypatch.setattr(
-        runtime, "calibrate", lambda build: runtime.Calibration(next(answers), {}, {})
+        runtime, "calibrate", lambda build, **kw: runtime.Calibration(next(answers), {}, {})
     )
     threads = torch.get_num_threads()
     build = _builder(model, spec)

@@ -75,7 +75,7 @@ class CnnSegmenter:
     model : model JSON (or folder) of a CNN of your own; ``None``: the shipped one.
     device : torch device (``auto`` picks CUDA, then MPS, then CPU).
     precision : ``auto`` (measured per machine on a CPU, see :mod:`senpath.segment.runtime`),
-        ``fp32``, ``bf16``, ``fp16`` (CUDA) or ``onnx-fp32`` (CPU).
+        ``fp32``, ``bf16``, ``fp16`` (CUDA), ``onnx-fp32`` or ``onnx-int8`` (CPU).
     """
 
     method = "cnn"

@@ -206,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MODEL",
         help="post-process with this model's thresholds (e.g. models: the shipped model's)",
     )
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument(
+        "--precision", default="auto", choices=("auto", "fp32", "bf16", "onnx-fp32", "onnx-int8")
+    )
     p.add_argument("--consep-limit", type=int, default=None, help="CoNSeP test patches (all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", type=Path, default=None, help="write the metrics JSON here")

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import torch
 
 #: Precision choices of :class:`NucleusSegmenter`.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "onnx-fp32")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "onnx-fp32", "onnx-int8")
 #: Relative mpp difference below which an image is used as is (no resampling).
 MPP_TOLERANCE = 0.02
 #: Context (µm) around the core of each network tile: every map pixel is computed with at least this
@@ -57,11 +57,13 @@ class NucleusSegmenter:
         Model description (``postprocess`` thresholds, ``mpp``, ``sha256``); defaults otherwise.
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    precision : {"auto", "fp32", "bf16", "fp16", "onnx-fp32"}
+    precision : {"auto", "fp32", "bf16", "fp16", "onnx-fp32", "onnx-int8"}
         ``"auto"``: fp16 autocast on CUDA, fp32 on MPS; on CPU ``$SENPATH_PRECISION`` when set,
-        else the fastest of fp32 eager, bf16 autocast + channels_last and ONNX Runtime fp32 that
+        else the fastest of fp32 eager, bf16 autocast + channels_last, ONNX Runtime fp32 and (when
+        the model has one that passed its parity record) the int8 network in ONNX Runtime that
         keeps the nuclei of fp32, measured once per machine and cached
-        (:func:`senpath.segment.runtime.choose_cpu_precision`).
+        (:func:`senpath.segment.runtime.choose_cpu_precision`). ``"onnx-int8"``: the model's
+        int8 network (:mod:`senpath.segment.quant`), in ONNX Runtime.
     """
 
     def __init__(
@@ -99,8 +101,8 @@ class NucleusSegmenter:
             precision = {"cuda": "fp16"}.get(self.device.type, "fp32")
         if precision == "fp16" and self.device.type == "cpu":
             raise ValueError("fp16 is for CUDA; on CPU use precision='bf16' or 'fp32'")
-        if precision == "onnx-fp32" and self.device.type != "cpu":
-            raise ValueError(f"onnx-fp32 runs on the CPU, not {self.device.type}: use 'auto'")
+        if precision.startswith("onnx-") and self.device.type != "cpu":
+            raise ValueError(f"{precision} runs on the CPU, not {self.device.type}: use 'auto'")
         self.precision = precision
         self.mpp = float(self.spec.get("mpp", NETWORK_MPP))
         post = self.spec.get("postprocess") or {}
@@ -110,10 +112,15 @@ class NucleusSegmenter:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         self._onnx: Any = None
-        if precision == "onnx-fp32":
+        if precision.startswith("onnx-"):
             from senpath.segment.runtime import OnnxNetwork
 
-            self._onnx = OnnxNetwork(model, stride=self.stride)
+            network = None
+            if precision == "onnx-int8":
+                from senpath.segment.weights import int8_network
+
+                network = int8_network(self.spec)
+            self._onnx = OnnxNetwork(model, stride=self.stride, network=network)
 
     @classmethod
     def from_pretrained(

@@ -43,8 +43,10 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     import torch
 
-#: What ``precision="auto"`` may pick on a CPU (``onnx-fp32`` only when onnxruntime is installed).
-CPU_CANDIDATES = ("fp32", "bf16", "onnx-fp32")
+#: What ``precision="auto"`` may pick on a CPU (``onnx-fp32`` only when onnxruntime is installed;
+#: ``onnx-int8`` only for a model with an int8 network whose recorded parity passes, see
+#: :func:`cpu_candidates`).
+CPU_CANDIDATES = ("fp32", "bf16", "onnx-fp32", "onnx-int8")
 #: Lowest F1 of instances matched at IoU 0.5 against fp32 that a candidate may have.
 PARITY_F1 = 0.99
 #: Environment variable that overrides ``precision="auto"`` (any value of ``PRECISIONS``).
@@ -97,45 +99,54 @@ def onnxruntime_available() -> bool:
 
 
 class OnnxNetwork:
-    """The network exported to ONNX and run by ONNX Runtime (fp32, CPU), called like the module.
+    """The network run by ONNX Runtime (CPU), called like the module.
 
     Parameters
     ----------
-    model : the torch network (eval mode, on the CPU).
+    model : the torch network (eval mode, on the CPU), exported to ONNX fp32 here.
     stride : the network's stride (export example side).
     threads : ONNX Runtime intra-op threads (default: torch's thread count).
+    network : an ONNX model to run instead of ``model``'s export (the int8 network,
+        :func:`senpath.segment.weights.int8_network`).
     """
 
-    def __init__(self, model: torch.nn.Module, *, stride: int, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        stride: int,
+        threads: int | None = None,
+        network: bytes | None = None,
+    ) -> None:
         import io
 
         import torch
 
         if not onnxruntime_available():
             raise RuntimeError(
-                "precision 'onnx-fp32' needs onnxruntime and onnx: pip install 'senpath[onnx]', "
-                "or use precision 'fp32' or 'bf16'"
+                "precisions 'onnx-fp32' and 'onnx-int8' need onnxruntime and onnx: pip install "
+                "'senpath[onnx]', or use precision 'fp32' or 'bf16'"
             )
         import onnxruntime as ort
 
-        buffer = io.BytesIO()
-        example = torch.zeros(1, 3, 8 * stride, 8 * stride)
-        axes = {0: "batch", 2: "height", 3: "width"}
-        with warnings.catch_warnings():
-            # the TorchScript exporter: it needs neither onnxscript nor a traced shape per size
-            warnings.simplefilter("ignore")
-            # a BytesIO is a file the exporter accepts (its hints say a path)
-            torch.onnx.export(
-                model, (example,), buffer, dynamo=False, input_names=["rgb"],  # type: ignore[arg-type]
-                output_names=["logits"], dynamic_axes={"rgb": axes, "logits": axes},
-                opset_version=17,
-            )  # fmt: skip
+        if network is None:
+            buffer = io.BytesIO()
+            example = torch.zeros(1, 3, 8 * stride, 8 * stride)
+            axes = {0: "batch", 2: "height", 3: "width"}
+            with warnings.catch_warnings():
+                # the TorchScript exporter: it needs neither onnxscript nor a traced shape per size
+                warnings.simplefilter("ignore")
+                # a BytesIO is a file the exporter accepts (its hints say a path)
+                torch.onnx.export(
+                    model, (example,), buffer, dynamo=False, input_names=["rgb"],  # type: ignore[arg-type]
+                    output_names=["logits"], dynamic_axes={"rgb": axes, "logits": axes},
+                    opset_version=17,
+                )  # fmt: skip
+            network = buffer.getvalue()
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            buffer.getvalue(), options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(network, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, 2, H, W)`` float32 of a ``(B, 3, H, W)`` float32 CPU tensor."""
@@ -171,6 +182,37 @@ def matched_f1(a: NDArray[np.integer], b: NDArray[np.integer], *, iou: float = 0
 SegmenterAt = Callable[[str], Any]
 
 
+def int8_offered(spec: dict[str, Any] | None) -> str | None:
+    """Why ``precision="auto"`` may not choose the int8 network of ``spec`` (``None``: it may).
+
+    The int8 network (:mod:`senpath.segment.quant`) is made to give the fp32 network's nuclei,
+    and the calibration checks that on one synthetic image, where every int8 variant measured so
+    far passed, including those that lost nuclei on real tissue (model card). So it is offered
+    only when the parity measured on the real held-out images when it was made
+    (``benchmarks/int8_parity.py --record``: the JSON's ``int8.parity.min_f1``, the lowest over the
+    held-out sets of the F1 of instances matched against fp32) reaches :data:`PARITY_F1`.
+    """
+    record = (spec or {}).get("int8")
+    if not record:
+        return "the model has no int8 network"
+    if not onnxruntime_available():
+        return "onnxruntime is not installed (pip install 'senpath[onnx]')"
+    min_f1 = (record.get("parity") or {}).get("min_f1")
+    if min_f1 is None or float(min_f1) < PARITY_F1:
+        return (
+            f"its parity with fp32 on real held-out images (F1 {min_f1}) is below {PARITY_F1}: "
+            "choose it explicitly with precision 'onnx-int8'"
+        )
+    return None
+
+
+def cpu_candidates(spec: dict[str, Any] | None) -> tuple[str, ...]:
+    """:data:`CPU_CANDIDATES` less ``onnx-int8`` where :func:`int8_offered` says why not."""
+    if int8_offered(spec) is None:
+        return CPU_CANDIDATES
+    return tuple(c for c in CPU_CANDIDATES if c != "onnx-int8")
+
+
 def calibrate(
     build: SegmenterAt,
     *,
@@ -202,7 +244,7 @@ def calibrate(
     segmenters: dict[str, Any] = {}
     reference: NDArray[np.int32] | None = None
     for precision in ("fp32", *[c for c in candidates if c != "fp32"]):
-        if precision == "onnx-fp32" and not onnxruntime_available():
+        if precision.startswith("onnx-") and not onnxruntime_available():
             result.skipped[precision] = "onnxruntime is not installed (pip install 'senpath[onnx]')"
             continue
         try:
@@ -239,6 +281,9 @@ def machine_key(spec: dict[str, Any] | None = None) -> str:
 
         ort_version = onnxruntime.__version__
     weights = str((spec or {}).get("sha256", "unknown"))[:16]
+    int8 = ((spec or {}).get("int8") or {}).get("sha256")
+    if int8:
+        weights += f" + int8 {str(int8)[:16]}"
     return (
         f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | "
         f"onnxruntime {ort_version} | {torch.get_num_threads()} threads | weights {weights}"
@@ -303,7 +348,7 @@ def choose_cpu_precision(
     Returns
     -------
     str
-        One of :data:`CPU_CANDIDATES`: the choice cached (or measured now) for this machine in
+        One of :func:`cpu_candidates`: the choice cached (or measured now) for this machine in
         its present load class (:func:`load_class`); a process keeps its first choice.
     """
     import torch
@@ -316,8 +361,11 @@ def choose_cpu_precision(
     path = cache_path()
     cached = _read_cache(path)
     entry = cached.get(key)
-    if refresh or not isinstance(entry, dict) or entry.get("choice") not in CPU_CANDIDATES:
-        calibration = calibrate(build)
+    candidates = cpu_candidates(spec)
+    if refresh or not isinstance(entry, dict) or entry.get("choice") not in candidates:
+        calibration = calibrate(build, candidates=candidates)
+        if "onnx-int8" not in candidates and (why := int8_offered(spec)):
+            calibration.skipped["onnx-int8"] = why
         entry = {
             **calibration.to_dict(),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: Stem of the shipped files (``<stem>.pt`` and ``<stem>.json``).
 MODEL_NAME = "nucleus_unet"
+#: File name of the int8 network next to the fp32 weights (:mod:`senpath.segment.quant`).
+INT8_FILE = "nucleus_unet_int8.onnx"
 #: Format version of the JSON written by :func:`export_checkpoint`.
 SPEC_VERSION = 1
 
@@ -226,10 +228,79 @@ def export_checkpoint(
         # The same weights byte for byte (e.g. metrics re-measured after an inference change): keep
         # their recorded provenance, which may hold what this checkpoint cannot know (earlier stages).
         spec["training"] = previous["training"]
+    if previous.get("sha256") == spec["sha256"] and previous.get("int8"):
+        spec["int8"] = previous["int8"]  # made from these very weights: still theirs
     tmp = js.with_name(js.name + ".tmp")
     tmp.write_text(json.dumps(spec, indent=2) + "\n")
     os.replace(tmp, js)
     return js
+
+
+def record_int8(
+    folder: str | os.PathLike[str],
+    network: bytes,
+    *,
+    source: str,
+    parity: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the int8 network (ONNX bytes) next to the fp32 weights of ``folder`` and record it
+    (file, sha256, the sha256 of the fp32 weights it was made from, ``parity``) in their JSON.
+
+    Returns the path of the ONNX file. ``parity`` is what decides whether ``precision="auto"`` may
+    choose it (:func:`int8_network`); without one the file is recorded but never chosen.
+    """
+    js = _spec_path(folder)
+    spec = json.loads(js.read_text(encoding="utf-8"))
+    onnx_path = js.with_name(INT8_FILE)
+    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
+    tmp.write_bytes(network)
+    os.replace(tmp, onnx_path)
+    spec["int8"] = {
+        "file": onnx_path.name,
+        "sha256": sha256_file(onnx_path),
+        "teacher_sha256": spec["sha256"],
+        "source": source,
+        "parity": dict(parity or {}),
+    }
+    tmp = js.with_name(js.name + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n")
+    os.replace(tmp, js)
+    return onnx_path
+
+
+def int8_network(spec: Mapping[str, Any]) -> bytes:
+    """The verified int8 ONNX network recorded in ``spec`` (a :func:`load_spec` result).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the model has no int8 network (or its file is missing).
+    WeightsIntegrityError
+        When its sha256 differs from the record, or it was made from other fp32 weights.
+    """
+    record = spec.get("int8")
+    if not record:
+        raise FileNotFoundError(
+            f"the model {spec.get('name', MODEL_NAME)} ({str(spec.get('sha256'))[:12]}…) has no "
+            "int8 network: make one with python -m senpath.segment.quant"
+        )
+    if record.get("teacher_sha256") != spec.get("sha256"):
+        raise WeightsIntegrityError(
+            f"the int8 network {record.get('file')} was made from weights "
+            f"{str(record.get('teacher_sha256'))[:12]}…, not these ({str(spec.get('sha256'))[:12]}…): "
+            "make it again (python -m senpath.segment.quant)"
+        )
+    path = Path(spec["weights_path"]).with_name(record["file"])
+    if not path.is_file():
+        raise FileNotFoundError(f"int8 network {path} named in the model JSON is missing")
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != record["sha256"]:
+        raise WeightsIntegrityError(
+            f"sha256 of {path} is {digest}, but its model JSON records {record['sha256']}: the file "
+            "is corrupted or was changed; reinstall senpath"
+        )
+    return data
 
 
 def shipped_weights_info(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -240,7 +311,8 @@ def shipped_weights_info(path: str | os.PathLike[str] | None = None) -> dict[str
     dict
         ``model_name``, ``model_sha256``, ``model_mpp`` (µm/px), ``model_file`` (file name only),
         ``model_checkpoint_step``, ``model_postprocess`` (thresholds) and ``model_spec_sha256``
-        (of what besides the weights decides the nuclei: architecture, thresholds, resolution).
+        (of what besides the weights decides the nuclei: architecture, thresholds, resolution);
+        ``model_int8_sha256`` when the model has an int8 network (:mod:`senpath.segment.quant`).
     """
     spec = load_spec(path)
     digest = verify_weights(spec)
@@ -255,4 +327,9 @@ def shipped_weights_info(path: str | os.PathLike[str] | None = None) -> dict[str
         "model_file": spec["weights_file"],
         "model_checkpoint_step": spec.get("checkpoint_step"),
         "model_postprocess": spec.get("postprocess", {}),
+        **(
+            {"model_int8_sha256": spec["int8"].get("sha256")}  # what precision onnx-int8 runs
+            if spec.get("int8")
+            else {}
+        ),
     }
