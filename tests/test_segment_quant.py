@@ -217,6 +217,8 @@ def test_distil_on_the_training_data_then_export_next_to_the_weights(shared_data
     assert state["step"] == 3 and state["teacher_sha256"] == load_spec(js)["sha256"]
     events = [json.loads(line).get("event") for line in open(run / "log.jsonl")]
     assert events[0] == "start" and events[-1] == "stop"
+    with pytest.raises(WeightsIntegrityError, match="made from the weights"):
+        load_student(run / "last.pt")  # the shipped weights are not its teacher
     quant.main(["export", "--checkpoint", str(run / "last.pt"), "--model", str(js),
                 "--out", str(js.parent)])  # fmt: skip
     model, spec = load_pretrained(js)

@@ -344,12 +344,24 @@ def distill(args: argparse.Namespace) -> Path:
 
 
 def load_student(checkpoint: str | os.PathLike[str], model: str | None = None) -> QuantUNet:
-    """The :class:`QuantUNet` of a :func:`distill` checkpoint (built on the ``model`` weights)."""
-    from senpath.segment.weights import load_pretrained
+    """The :class:`QuantUNet` of a :func:`distill` checkpoint (built on the ``model`` weights).
 
-    teacher, _ = load_pretrained(model)
-    student = QuantUNet(teacher)
+    Raises
+    ------
+    senpath.segment.weights.WeightsIntegrityError
+        When the checkpoint was made from other fp32 weights than ``model``'s.
+    """
+    from senpath.segment.weights import WeightsIntegrityError, load_pretrained
+
+    teacher, spec = load_pretrained(model)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    made_from = state.get("teacher_sha256", spec["sha256"])
+    if made_from != spec["sha256"]:
+        raise WeightsIntegrityError(
+            f"{checkpoint} was made from the weights {str(made_from)[:12]}…, not "
+            f"{spec['sha256'][:12]}… ({spec['weights_path']}): pass their model with --model"
+        )
+    student = QuantUNet(teacher)
     student.load_state_dict(state.get("student", state))
     student.set_mode("quant")
     return student.eval()
