@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     model, spec = load_pretrained(args.model)
+    if args.record and not spec.get("int8"):
+        p.error(f"{args.model} has no int8 network to record: run python -m senpath.segment.quant "
+                "export first")  # fmt: skip
     precisions = [q for q in args.precisions.split(",") if q]
 
     def build(precision: str) -> NucleusSegmenter:

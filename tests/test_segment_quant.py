@@ -4,6 +4,7 @@ int8 weights on disk, sha256 and teacher checks, and when ``precision="auto"`` m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,22 @@ def test_distil_on_the_training_data_then_export_next_to_the_weights(shared_data
     assert (js.parent / INT8_FILE).is_file() and spec["int8"]["source"].endswith("last.pt")
     seg = NucleusSegmenter(model, spec=spec, device="cpu", precision="onnx-int8")
     assert seg.predict_image_maps(np.full((40, 40, 3), 200, np.uint8)).shape == (2, 40, 40)
+
+
+@pytest.mark.shared_data
+def test_parity_benchmark_refuses_to_record_for_a_model_without_int8(shared_data, tmp_path, capsys):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_parity.py"
+    spec = importlib.util.spec_from_file_location("int8_parity", script)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": _trained_like().state_dict(), "net_config": CONFIG.to_dict(), "step": 1},
+               ckpt)  # fmt: skip
+    js = export_checkpoint(ckpt, tmp_path / "models", postprocess=PostprocessConfig().to_dict())
+    with pytest.raises(SystemExit) as stop:  # at once, not after measuring every held-out set
+        bench.main(["--model", str(js), "--record", "--data-root", str(shared_data)])
+    assert stop.value.code == 2
+    assert "no int8 network to record" in capsys.readouterr().err
