@@ -34,13 +34,11 @@ fp32 on the held-out tiles (bf16: 0.994). So int8 is not a precision of ``senpat
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -106,18 +104,9 @@ def variants() -> dict[str, dict[str, Any]]:
 
 def export_fp32(model: Any, stride: int) -> bytes:
     """The network as ONNX, exported as ``senpath.segment.runtime.OnnxNetwork`` does."""
-    import torch
+    from senpath.segment.runtime import export_onnx
 
-    buffer = io.BytesIO()
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model, (torch.zeros(1, 3, 8 * stride, 8 * stride),), buffer, dynamo=False,
-            input_names=["rgb"], output_names=["logits"],
-            dynamic_axes={"rgb": axes, "logits": axes}, opset_version=17,
-        )  # fmt: skip
-    return buffer.getvalue()
+    return export_onnx(model, stride=stride)
 
 
 def calibration_batches(n: int = 8, side: int = 256) -> list[np.ndarray]:

@@ -27,9 +27,7 @@ Needs ``../shared/data`` (the held-out images) and onnxruntime.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -140,20 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                       f"{cpu['fp32'] / cpu[q]:.2f} |", flush=True)  # fmt: skip
 
     if args.record:
-        from senpath.segment.weights import _spec_path
+        from senpath.segment.weights import record_int8_parity
 
-        js = _spec_path(args.model)
-        data = json.loads(js.read_text(encoding="utf-8"))
-        data["int8"]["parity"] = {
+        js = record_int8_parity(args.model, {
             "min_f1": mins["onnx-int8"],
             "per_set": per_set["onnx-int8"],
             "fp32_nuclei": counts,
             "measured": time.strftime("%Y-%m-%d"),
             "command": "python benchmarks/int8_parity.py --record",
-        }
-        tmp = js.with_name(js.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, js)
+        })  # fmt: skip
         print(f"\nrecorded in {js}: min_f1 {mins['onnx-int8']}")
     return 0
 

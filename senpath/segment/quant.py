@@ -30,13 +30,11 @@ it in their JSON; ``python benchmarks/int8_parity.py --record`` measures and rec
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -215,27 +213,18 @@ def export_int8(qnet: QuantUNet) -> bytes:
     The TorchScript exporter writes the weights in fp32 behind their fake quantisation; ONNX
     Runtime's basic (portable) graph optimisation then folds those into int8 initializers.
     """
-    import io
-
     import onnxruntime as ort
+
+    from senpath.segment.runtime import export_onnx
 
     qnet = qnet.eval()
     qnet.set_mode("quant")
-    stride = 2 ** (len(qnet.encoders) - 1)
-    buffer = io.BytesIO()
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            qnet, (torch.zeros(1, 3, 8 * stride, 8 * stride),), buffer, dynamo=False,  # type: ignore[arg-type]
-            input_names=["rgb"], output_names=["logits"],
-            dynamic_axes={"rgb": axes, "logits": axes}, opset_version=17,
-        )  # fmt: skip
+    network = export_onnx(qnet, stride=qnet.config.stride)
     with tempfile.TemporaryDirectory(prefix="senpath-int8-") as tmp:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         options.optimized_model_filepath = str(Path(tmp) / "int8.onnx")
-        ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(network, options, providers=["CPUExecutionProvider"])
         return (Path(tmp) / "int8.onnx").read_bytes()
 
 
@@ -249,17 +238,18 @@ def distillation_loss(
     return bce + 2.0 * mse, {"kd_bce": float(bce.detach()), "kd_mse": float(mse.detach())}
 
 
-def _log(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def distill(args: argparse.Namespace) -> Path:
     """Calibration, then quantisation-aware distillation, of the shipped (or ``--model``) weights;
     returns the last checkpoint (the student's state dict and the run's step). ``--resume``
     continues a run for ``--minutes`` more (or up to ``--steps``) with a fresh optimiser."""
     from senpath.segment import data as D
-    from senpath.segment.train import _atomic_save, _Batches, learning_rate, segmentation_loss
+    from senpath.segment.train import (
+        _atomic_save,
+        _Batches,
+        _log,
+        learning_rate,
+        segmentation_loss,
+    )
     from senpath.segment.weights import load_pretrained
 
     torch.set_num_threads(args.threads)

@@ -98,6 +98,28 @@ def onnxruntime_available() -> bool:
     return True
 
 
+def export_onnx(model: torch.nn.Module, *, stride: int) -> bytes:
+    """``model`` as ONNX (opset 17; input ``rgb``, output ``logits``, batch, height and width
+    dynamic), exported from an example of side ``8 * stride``."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    example = torch.zeros(1, 3, 8 * stride, 8 * stride)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        # the TorchScript exporter: it needs neither onnxscript nor a traced shape per size
+        warnings.simplefilter("ignore")
+        # a BytesIO is a file the exporter accepts (its hints say a path)
+        torch.onnx.export(
+            model, (example,), buffer, dynamo=False, input_names=["rgb"],  # type: ignore[arg-type]
+            output_names=["logits"], dynamic_axes={"rgb": axes, "logits": axes},
+            opset_version=17,
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
 class OnnxNetwork:
     """The network run by ONNX Runtime (CPU), called like the module.
 
@@ -118,8 +140,6 @@ class OnnxNetwork:
         threads: int | None = None,
         network: bytes | None = None,
     ) -> None:
-        import io
-
         import torch
 
         if not onnxruntime_available():
@@ -130,19 +150,7 @@ class OnnxNetwork:
         import onnxruntime as ort
 
         if network is None:
-            buffer = io.BytesIO()
-            example = torch.zeros(1, 3, 8 * stride, 8 * stride)
-            axes = {0: "batch", 2: "height", 3: "width"}
-            with warnings.catch_warnings():
-                # the TorchScript exporter: it needs neither onnxscript nor a traced shape per size
-                warnings.simplefilter("ignore")
-                # a BytesIO is a file the exporter accepts (its hints say a path)
-                torch.onnx.export(
-                    model, (example,), buffer, dynamo=False, input_names=["rgb"],  # type: ignore[arg-type]
-                    output_names=["logits"], dynamic_axes={"rgb": axes, "logits": axes},
-                    opset_version=17,
-                )  # fmt: skip
-            network = buffer.getvalue()
+            network = export_onnx(model, stride=stride)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.inter_op_num_threads = 1
@@ -361,11 +369,12 @@ def choose_cpu_precision(
     path = cache_path()
     cached = _read_cache(path)
     entry = cached.get(key)
-    candidates = cpu_candidates(spec)
+    why_not_int8 = int8_offered(spec)
+    candidates = tuple(c for c in CPU_CANDIDATES if c != "onnx-int8" or why_not_int8 is None)
     if refresh or not isinstance(entry, dict) or entry.get("choice") not in candidates:
         calibration = calibrate(build, candidates=candidates)
-        if "onnx-int8" not in candidates and (why := int8_offered(spec)):
-            calibration.skipped["onnx-int8"] = why
+        if why_not_int8 is not None:
+            calibration.skipped["onnx-int8"] = why_not_int8
         entry = {
             **calibration.to_dict(),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),

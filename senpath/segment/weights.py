@@ -230,10 +230,15 @@ def export_checkpoint(
         spec["training"] = previous["training"]
     if previous.get("sha256") == spec["sha256"] and previous.get("int8"):
         spec["int8"] = previous["int8"]  # made from these very weights: still theirs
-    tmp = js.with_name(js.name + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    os.replace(tmp, js)
+    _write_spec(js, spec)
     return js
+
+
+def _write_spec(js: Path, spec: Mapping[str, Any]) -> None:
+    """Write a model JSON atomically (a temporary file, then a rename)."""
+    tmp = js.with_name(f"{js.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, js)
 
 
 def record_int8(
@@ -262,10 +267,28 @@ def record_int8(
         "source": source,
         "parity": dict(parity or {}),
     }
-    tmp = js.with_name(js.name + ".tmp")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n")
-    os.replace(tmp, js)
+    _write_spec(js, spec)
     return onnx_path
+
+
+def record_int8_parity(folder: str | os.PathLike[str], parity: Mapping[str, Any]) -> Path:
+    """Set the measured ``parity`` of the int8 network recorded in the model JSON of ``folder``
+    (``benchmarks/int8_parity.py --record``); returns the JSON's path.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the model has no int8 network recorded.
+    """
+    js = _spec_path(folder)
+    spec = json.loads(js.read_text(encoding="utf-8"))
+    if not spec.get("int8"):
+        raise FileNotFoundError(
+            f"{js} records no int8 network: run python -m senpath.segment.quant export"
+        )
+    spec["int8"]["parity"] = dict(parity)
+    _write_spec(js, spec)
+    return js
 
 
 def int8_network(spec: Mapping[str, Any]) -> bytes:
