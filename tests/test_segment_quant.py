@@ -104,6 +104,60 @@ def test_onnx_runtime_runs_the_int8_network_in_integers_as_trained():
     assert np.corrcoef(out.ravel(), sim.ravel())[0, 1] > 0.995
 
 
+def test_points_kept_in_fp32_are_not_quantised_and_onnx_runtime_runs_them_so():
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    model = _trained_like()
+    x = _images(1, side=96, seed=4)[0]
+    every = QuantUNet(model).points()
+    assert "encoders.0.q1" in every and "encoders.0.c2" in every
+    assert "encoders.0.c1" not in every and "head" not in every  # fp32 in every variant
+    # every point in fp32: "quant" computes the folded fp32 network
+    whole = QuantUNet(model, fp32=every)
+    calibrate_ranges(whole, _images(2))
+    with torch.no_grad():
+        assert torch.allclose(whole.eval()(x), model(x), atol=1e-4)
+    # the full-resolution encoder in fp32 ("encoders.0" covers its points), the rest int8
+    plain, part = QuantUNet(model), QuantUNet(model, fp32=("encoders.0", "pool_q.0"))
+    for q in (plain, part):
+        calibrate_ranges(q, _images(3))
+    assert len(part.activations()) == len(plain.activations()) - 3
+    assert not part.encoders[0].c2.quantize and part.encoders[1].c1.quantize
+    counts = {}
+    for name, q in (("plain", plain), ("part", part)):
+        data = export_int8(q)
+        graph = onnx.load_from_string(data).graph
+        counts[name] = sum(n.op_type == "QuantizeLinear" for n in graph.node)
+        if name == "part":
+            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+            (out,) = session.run(["logits"], {"rgb": x.numpy()})
+            with torch.no_grad():
+                sim = part.eval()(x).numpy()
+            assert np.corrcoef(out.ravel(), sim.ravel())[0, 1] > 0.995
+    assert counts["part"] < counts["plain"]  # (ORT may also move Q/DQ pairs around pooling)
+
+
+def test_sensitivity_measures_every_quantised_point_and_nothing_kept_in_fp32():
+    from senpath.segment.quant import sensitivity
+
+    model = _trained_like()
+    q = QuantUNet(model, fp32=("encoders.0",))
+    calibrate_ranges(q, _images(3))
+    base, per_point = sensitivity(q, model, _images(2, seed=5))
+    assert base["mse"] > 0 and base["flips"] >= 0
+    assert set(per_point) == {p for p in q.points() if not p.startswith("encoders.0.")}
+    assert all(np.isfinite(v["mse"]) for v in per_point.values())
+    whole = QuantUNet(model, fp32=q.points())
+    calibrate_ranges(whole, _images(3))
+    base, per_point = sensitivity(whole, model, _images(2, seed=5))
+    assert base["mse"] < 1e-6 and per_point == {}
+
+
+def test_an_unknown_fp32_point_is_refused_with_the_names_there_are():
+    with pytest.raises(ValueError, match="no quantisation point 'encoders.9'.*encoders.0.q1"):
+        QuantUNet(_trained_like(), fp32=("encoders.9",))
+
+
 @pytest.fixture()
 def model_with_int8(tmp_path):
     model = _trained_like()
@@ -213,13 +267,15 @@ def test_distil_on_the_training_data_then_export_next_to_the_weights(shared_data
     run = tmp_path / "run"
     quant.main(["train", "--out", str(run), "--model", str(js), "--data-root", str(shared_data),
                 "--steps", "3", "--calib-batches", "1", "--batch-size", "2",
-                "--crop-size", "32"])  # fmt: skip
+                "--crop-size", "32", "--fp32", "encoders.0,pool_q.0"])  # fmt: skip
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["step"] == 3 and state["teacher_sha256"] == load_spec(js)["sha256"]
+    assert state["fp32"] == ["encoders.0", "pool_q.0"]
     events = [json.loads(line).get("event") for line in open(run / "log.jsonl")]
     assert events[0] == "start" and events[-1] == "stop"
     with pytest.raises(WeightsIntegrityError, match="made from the weights"):
         load_student(run / "last.pt")  # the shipped weights are not its teacher
+    assert load_student(run / "last.pt", str(js)).fp32 == ("encoders.0", "pool_q.0")
     quant.main(["export", "--checkpoint", str(run / "last.pt"), "--model", str(js),
                 "--out", str(js.parent)])  # fmt: skip
     model, spec = load_pretrained(js)

@@ -9,7 +9,9 @@ F1 0.66-0.97 on the real Ki67 tiles, model card). Here:
   fake quantisation where ONNX Runtime will compute in integers: activations unsigned 8-bit per
   tensor (after every ReLU, pooling and concatenation), weights signed 8-bit per output channel
   (symmetric, scale max|w| / 127). The first convolution (RGB in) and the 1×1 head stay fp32, the
-  layers static int8 hurt most;
+  layers static int8 hurt most, and so do the points named in :data:`FP32_POINTS` (the
+  full-resolution level and the first half-resolution convolutions): :func:`sensitivity`
+  measures what each point's rounding costs;
 - :func:`calibrate_ranges` sets each activation's range from training crops (a high percentile of
   its values: :data:`RANGE_PERCENTILE`). That alone made the shipped int8 network;
 - :func:`distill` can then fine-tune the weights through the fake quantisation (straight-through
@@ -20,11 +22,14 @@ F1 0.66-0.97 on the real Ki67 tiles, model card). Here:
   quantisation was and int8 weights (about 1.4 MB). ONNX Runtime fuses them into integer
   convolutions (``QLinearConv``), so it computes what :class:`QuantUNet` simulates.
 
-``python -m senpath.segment.quant train --out RUN --steps 0`` calibrates (``--minutes M`` also
+``python -m senpath.segment.quant train --out RUN --steps 0`` calibrates (``--fp32`` names the points
+kept in fp32, :data:`FP32_POINTS` by default; ``--minutes M`` also
 distils for M minutes, on the training data of :mod:`senpath.segment.data`, as
 ``senpath.segment.train`` samples it); ``python -m senpath.segment.quant export --checkpoint
 RUN/last.pt --out models`` writes ``nucleus_unet_int8.onnx`` next to the fp32 weights and records
-it in their JSON; ``python benchmarks/int8_parity.py --record`` measures and records its parity.
+it in their JSON; ``python benchmarks/int8_parity.py --record`` measures and records its parity;
+``python -m senpath.segment.quant sensitivity --checkpoint RUN/last.pt`` prints what each point
+still quantised costs.
 """
 
 from __future__ import annotations
@@ -49,6 +54,13 @@ from senpath.segment.net import MaxBlurPool, NucleusUNet
 RANGE_PERCENTILE = 99.999
 #: Values sampled per activation and calibration batch (the percentile is taken over them).
 _SAMPLES_PER_BATCH = 200_000
+#: Quantisation points kept in fp32 by default (``--fp32``): the full-resolution level (encoder,
+#: the pooling after it, the last concatenation and decoder) and the first half-resolution
+#: convolution, whose 8-bit rounding moved the network's maps most (:func:`sensitivity` on
+#: training crops; model card).
+FP32_POINTS = (
+    "encoders.0", "pool_q.0", "encoders.1.c1", "encoders.1.q1", "cat_q.3", "decoders.3",
+)  # fmt: skip
 
 
 def fold_batch_norm(conv: Any, bn: Any) -> nn.Conv2d:
@@ -82,6 +94,7 @@ class ActivationQuant(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
         self.mode = "off"
+        self.keep_fp32 = False  # QuantUNet(fp32=...): always "off"
         self._samples: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,9 +156,14 @@ class QuantUNet(nn.Module):
 
     Built from a trained ``NucleusUNet`` (its weights are copied); with quantisation off
     (:meth:`set_mode` ``"off"``) it computes the same logits as the original in eval mode.
+
+    ``fp32`` names quantisation points (:meth:`points`: activations and convolution weights, by
+    module name; a name also covers the points inside it, e.g. ``"encoders.0"``) that stay in
+    fp32: no QuantizeLinear / DequantizeLinear there in the export, so ONNX Runtime runs the
+    convolutions on either side in floating point.
     """
 
-    def __init__(self, unet: NucleusUNet | Any) -> None:
+    def __init__(self, unet: NucleusUNet | Any, *, fp32: Iterable[str] = ()) -> None:
         super().__init__()
         unet = unet.float().eval()
         self.config = unet.config
@@ -160,10 +178,35 @@ class QuantUNet(nn.Module):
         self.head = QuantConv(head, quantize=False)
         self.pool = MaxBlurPool() if self.config.pool == "maxblur" else nn.MaxPool2d(2)
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.fp32 = tuple(fp32)
+        self._points = [
+            name
+            for name, m in self.named_modules()
+            if isinstance(m, ActivationQuant) or (isinstance(m, QuantConv) and m.quantize)
+        ]
+        points = self._points
+        for name in self.fp32:
+            inside = [p for p in points if p == name or p.startswith(name + ".")]
+            if not inside:
+                raise ValueError(
+                    f"no quantisation point {name!r}: use module names of {', '.join(points)}"
+                )
+            for p in inside:
+                module = self.get_submodule(p)
+                if isinstance(module, QuantConv):
+                    module.quantize = False
+                elif isinstance(module, ActivationQuant):
+                    module.keep_fp32 = True
+
+    def points(self) -> list[str]:
+        """Names of the quantisation points: every activation quantiser and every convolution
+        whose weights are quantised (the first and the head never are), including those
+        ``fp32`` keeps in floating point."""
+        return list(self._points)
 
     def activations(self) -> list[ActivationQuant]:
-        """Every fake-quantised activation."""
-        return [m for m in self.modules() if isinstance(m, ActivationQuant)]
+        """Every fake-quantised activation (not those kept in fp32)."""
+        return [m for m in self.modules() if isinstance(m, ActivationQuant) and not m.keep_fp32]
 
     def set_mode(self, mode: str) -> None:
         """``"off"`` (fp32), ``"observe"`` (fp32, activations sampled) or ``"quant"`` (int8)."""
@@ -228,6 +271,51 @@ def export_int8(qnet: QuantUNet) -> bytes:
         return (Path(tmp) / "int8.onnx").read_bytes()
 
 
+@torch.no_grad()
+def sensitivity(
+    qnet: QuantUNet, teacher: nn.Module, images: Iterable[torch.Tensor]
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """How much each quantisation point of a calibrated ``qnet`` moves its output from
+    ``teacher``'s (fp32) on ``images`` (``(B, 3, H, W)`` in [0, 1]).
+
+    Returns ``(all_points, per_point)``: ``mse`` (of the sigmoid maps, x 1e4) and ``flips`` (share
+    of pixels, x 1e3, on the other side of 0.5 in the foreground or the distance map) with every
+    point quantised, and per point the same two figures' *reduction* when that point alone stays
+    in fp32 (the others quantised). Larger: the point's rounding costs more.
+    """
+    qnet = qnet.eval()
+    batches = [(x.float(), torch.sigmoid(teacher(x.float()))) for x in images]
+
+    def error() -> dict[str, float]:
+        mse = flips = 0.0
+        for x, ref in batches:
+            out = torch.sigmoid(qnet(x))
+            mse += float(((out - ref) ** 2).mean())
+            flips += float(((out > 0.5) != (ref > 0.5)).float().mean(dim=(0, 2, 3)).sum())
+        return {"mse": 1e4 * mse / len(batches), "flips": 1e3 * flips / len(batches)}
+
+    base = error()
+    per_point: dict[str, dict[str, float]] = {}
+    for name in qnet.points():
+        module = qnet.get_submodule(name)
+        if isinstance(module, ActivationQuant):
+            if module.keep_fp32:
+                continue
+            module.mode = "off"
+            e = error()
+            module.mode = "quant"
+        elif isinstance(module, QuantConv):
+            if not module.quantize:
+                continue
+            module.quantize = False
+            e = error()
+            module.quantize = True
+        else:
+            continue
+        per_point[name] = {k: base[k] - e[k] for k in base}
+    return base, per_point
+
+
 def distillation_loss(
     student: torch.Tensor, teacher: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -261,7 +349,12 @@ def distill(args: argparse.Namespace) -> Path:
     teacher = teacher.float().eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student = QuantUNet(teacher)
+    state = None
+    if args.resume is not None:
+        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+    # a resumed run keeps the fp32 points it was started with
+    fp32 = list(state.get("fp32", [])) if state else [n for n in args.fp32.split(",") if n]
+    student = QuantUNet(teacher, fp32=fp32)
     sources = D.training_sources(args.data_root, synthetic=args.synthetic_share > 0)
     sampler = D.CropSampler(
         sources, D.source_weights(args.synthetic_share), crop_size=args.crop_size,
@@ -270,8 +363,7 @@ def distill(args: argparse.Namespace) -> Path:
     )  # fmt: skip
     batches = _Batches(sampler, args.batch_size, workers=0)
     step, elapsed = 0, 0.0
-    if args.resume is not None:
-        state = torch.load(args.resume, map_location="cpu", weights_only=True)
+    if state is not None:
         student.load_state_dict(state["student"])
         student.set_mode("quant")
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
@@ -282,7 +374,8 @@ def distill(args: argparse.Namespace) -> Path:
             (torch.from_numpy(batches.get(i, None)[0]) for i in range(args.calib_batches)),
             percentile=args.percentile,
         )
-        _log(log, {"event": "start", "teacher_sha256": spec["sha256"], "argv": sys.argv})
+        _log(log, {"event": "start", "teacher_sha256": spec["sha256"], "fp32": fp32,
+                   "argv": sys.argv})  # fmt: skip
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     stop = {"now": False}
@@ -295,7 +388,7 @@ def distill(args: argparse.Namespace) -> Path:
         path = out / "last.pt"
         _atomic_save({"student": student.state_dict(), "step": step, "total_steps": total,
                       "elapsed_s": time.perf_counter() - t_start,
-                      "teacher_sha256": spec["sha256"]}, path)  # fmt: skip
+                      "teacher_sha256": spec["sha256"], "fp32": fp32}, path)  # fmt: skip
         return path
 
     first = step
@@ -351,14 +444,39 @@ def load_student(checkpoint: str | os.PathLike[str], model: str | None = None) -
             f"{checkpoint} was made from the weights {str(made_from)[:12]}…, not "
             f"{spec['sha256'][:12]}… ({spec['weights_path']}): pass their model with --model"
         )
-    student = QuantUNet(teacher)
+    student = QuantUNet(teacher, fp32=state.get("fp32", ()))
     student.load_state_dict(state.get("student", state))
     student.set_mode("quant")
     return student.eval()
 
 
+def _print_sensitivity(args: argparse.Namespace) -> int:
+    from senpath.segment import data as D
+    from senpath.segment.train import _Batches
+    from senpath.segment.weights import load_pretrained
+
+    torch.set_num_threads(1)
+    teacher, _ = load_pretrained(args.model)
+    student = load_student(args.checkpoint, args.model)
+    sampler = D.CropSampler(
+        D.training_sources(args.data_root, synthetic=True), D.source_weights(0.1),
+        crop_size=256, seed=args.seed, pale_share=0.3, pale_floor=0.12, pale_blur=0.5,
+    )  # fmt: skip
+    batches = _Batches(sampler, 8, workers=0)
+    images = [torch.from_numpy(batches.get(i, None)[0]) for i in range(args.batches)]
+    base, per_point = sensitivity(student, teacher.float().eval(), images)
+    print(f"every point quantised: mse x 1e4 {base['mse']:.3f}, flips x 1e3 {base['flips']:.3f}"
+          f" (kept in fp32: {', '.join(student.fp32) or 'none'})\n")  # fmt: skip
+    print("| point | mse reduction in fp32 | flips reduction |")
+    print("|---|---:|---:|")
+    for name, r in sorted(per_point.items(), key=lambda kv: -kv[1]["mse"]):
+        print(f"| {name} | {r['mse']:.3f} | {r['flips']:.3f} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``train`` (calibrate, distil) or ``export`` (write the int8 ONNX next to the weights)."""
+    """``train`` (calibrate, distil), ``sensitivity`` (what each quantisation point costs) or
+    ``export`` (write the int8 ONNX next to the weights)."""
     from senpath.segment.data import DEFAULT_DATA_ROOT
 
     p = argparse.ArgumentParser(prog="python -m senpath.segment.quant", description=__doc__)
@@ -378,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--calib-batches", type=int, default=24)
     t.add_argument("--percentile", type=float, default=RANGE_PERCENTILE,
                    help="of an activation's values: the top of its 8-bit range")  # fmt: skip
+    t.add_argument("--fp32", default=",".join(FP32_POINTS),
+                   help="quantisation points kept in fp32, comma-separated module names "
+                        "(QuantUNet.points(); 'encoders.0' covers the points inside it; "
+                        "'' for none)")  # fmt: skip
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--crop-size", type=int, default=128)
     t.add_argument("--synthetic-share", type=float, default=0.1)
@@ -385,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--pale-floor", type=float, default=0.12)
     t.add_argument("--pale-blur", type=float, default=0.5)
     t.add_argument("--threads", type=int, default=1)
+    s = sub.add_parser("sensitivity", help="what each quantisation point's rounding costs")
+    s.add_argument("--checkpoint", type=Path, required=True, help="a train run's last.pt")
+    s.add_argument("--model", default=None, help="fp32 model JSON or folder (default: shipped)")
+    s.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    s.add_argument("--seed", type=int, default=41, help="of the training crops (not calibration's)")
+    s.add_argument("--batches", type=int, default=6, help="batches of 8 training crops of 256²")
     e = sub.add_parser("export", help="write nucleus_unet_int8.onnx and record it in the JSON")
     e.add_argument("--checkpoint", type=Path, required=True)
     e.add_argument("--model", default=None, help="fp32 model JSON or folder (default: shipped)")
@@ -393,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         print(distill(args))
         return 0
+    if args.command == "sensitivity":
+        return _print_sensitivity(args)
     from senpath.segment.weights import record_int8
 
     student = load_student(args.checkpoint, args.model)
