@@ -209,3 +209,16 @@ def test_onnx_runtime_runs_the_anti_aliased_pooling_like_torch():
     onnx = NucleusSegmenter(model, device="cpu", precision="onnx-fp32").predict_image_maps(rgb)
     assert onnx.shape == fp32.shape == (2, 72, 88)
     assert np.abs(onnx - fp32).max() < 1e-4
+
+
+def test_calibration_times_the_network_at_the_size_an_analysis_tile_feeds_it():
+    # the runtimes' ranking changes with the image size (model card: int8 slower than bf16 at
+    # 512² fed, faster at 1120²), so auto must time what the pipeline runs: a default analysis
+    # tile with its halo, which already carries the network's context margin
+    from senpath.config import AnalysisConfig
+    from senpath.segment.predict import NETWORK_HALO_UM
+
+    config = AnalysisConfig()
+    tile_px = round((config.tile_size_um + 2 * config.halo_um) / config.analysis_mpp)
+    margin_px = round(NETWORK_HALO_UM / config.analysis_mpp)
+    assert runtime.CALIBRATION_SIDE + 2 * margin_px == tile_px
