@@ -91,6 +91,31 @@ def test_choice_is_cached_per_machine_key(shipped_model, monkeypatch, tmp_path):
     assert len(calls) == 3
 
 
+def test_a_choice_timed_on_another_calibration_image_is_measured_again(
+    shipped_model, monkeypatch, tmp_path
+):
+    # the ranking depends on the image size: a choice cached from the 448² calibration image
+    # (before 2026-12-03) kept bf16 where the 1120² one picks int8, so it must not be reused
+    model, spec = shipped_model
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(runtime, "_CHOICES", {})
+    calls = []
+
+    def fake_calibrate(build, candidates=runtime.CPU_CANDIDATES):
+        calls.append(1)
+        return runtime.Calibration("bf16", {"bf16": 1.0, "fp32": 2.0}, {"bf16": 1.0, "fp32": 1.0})
+
+    monkeypatch.setattr(runtime, "calibrate", fake_calibrate)
+    monkeypatch.setattr(runtime, "other_cpu_load", lambda: 0.0)
+    runtime.choose_cpu_precision(_builder(model, spec), spec)
+    (key,) = json.loads((tmp_path / runtime.CACHE_FILE).read_text())
+    assert f"{runtime.CALIBRATION_SIDE}" in key
+    monkeypatch.setattr(runtime, "CALIBRATION_SIDE", 448)
+    monkeypatch.setattr(runtime, "_CHOICES", {})
+    runtime.choose_cpu_precision(_builder(model, spec), spec)
+    assert len(calls) == 2
+
+
 def test_load_class_counts_the_cores_other_processes_leave():
     assert runtime.load_class(2, 0.0, cores=2) == "quiet"
     assert runtime.load_class(2, 0.4, cores=2) == "quiet"  # within half a core

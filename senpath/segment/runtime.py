@@ -284,7 +284,8 @@ def calibrate(
 
 
 def machine_key(spec: dict[str, Any] | None = None) -> str:
-    """What a cached choice holds for: CPU model and cores, torch, ONNX Runtime, threads, weights."""
+    """What a cached choice holds for: CPU model and cores, torch, ONNX Runtime, threads, weights,
+    and the calibration image's side (the runtimes' ranking depends on the image size)."""
     import torch
 
     ort_version = "none"
@@ -298,7 +299,8 @@ def machine_key(spec: dict[str, Any] | None = None) -> str:
         weights += f" + int8 {str(int8)[:16]}"
     return (
         f"{cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} | "
-        f"onnxruntime {ort_version} | {torch.get_num_threads()} threads | weights {weights}"
+        f"onnxruntime {ort_version} | {torch.get_num_threads()} threads | weights {weights} | "
+        f"timed at {CALIBRATION_SIDE}²"
     )
 
 
