@@ -63,11 +63,11 @@ def test_calibration_never_picks_a_candidate_that_loses_nuclei(shipped_model, mo
     assert "onnxruntime" in result.skipped["onnx-fp32"]
 
 
-def test_choice_is_cached_per_machine_key(shipped_model, monkeypatch, tmp_path):
-    model, spec = shipped_model
-    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
+def _fake_calibration(monkeypatch, cache_dir) -> list[int]:
+    """A quiet machine whose calibration (counted in the list returned) always picks bf16."""
+    monkeypatch.setenv(runtime.CACHE_ENV, str(cache_dir))
     monkeypatch.setattr(runtime, "_CHOICES", {})
-    calls = []
+    calls: list[int] = []
 
     def fake_calibrate(build, candidates=runtime.CPU_CANDIDATES):
         calls.append(1)
@@ -75,6 +75,12 @@ def test_choice_is_cached_per_machine_key(shipped_model, monkeypatch, tmp_path):
 
     monkeypatch.setattr(runtime, "calibrate", fake_calibrate)
     monkeypatch.setattr(runtime, "other_cpu_load", lambda: 0.0)
+    return calls
+
+
+def test_choice_is_cached_per_machine_key(shipped_model, monkeypatch, tmp_path):
+    model, spec = shipped_model
+    calls = _fake_calibration(monkeypatch, tmp_path)
     assert runtime.choose_cpu_precision(_builder(model, spec), spec) == "bf16"
     monkeypatch.setattr(runtime, "_CHOICES", {})  # a new process: read back from the file
     assert runtime.choose_cpu_precision(_builder(model, spec), spec) == "bf16"
@@ -97,16 +103,7 @@ def test_a_choice_timed_on_another_calibration_image_is_measured_again(
     # the ranking depends on the image size: a choice cached from the 448² calibration image
     # (before 2026-12-03) kept bf16 where the 1120² one picks int8, so it must not be reused
     model, spec = shipped_model
-    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(runtime, "_CHOICES", {})
-    calls = []
-
-    def fake_calibrate(build, candidates=runtime.CPU_CANDIDATES):
-        calls.append(1)
-        return runtime.Calibration("bf16", {"bf16": 1.0, "fp32": 2.0}, {"bf16": 1.0, "fp32": 1.0})
-
-    monkeypatch.setattr(runtime, "calibrate", fake_calibrate)
-    monkeypatch.setattr(runtime, "other_cpu_load", lambda: 0.0)
+    calls = _fake_calibration(monkeypatch, tmp_path)
     runtime.choose_cpu_precision(_builder(model, spec), spec)
     (key,) = json.loads((tmp_path / runtime.CACHE_FILE).read_text())
     assert f"{runtime.CALIBRATION_SIDE}" in key
