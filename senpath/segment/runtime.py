@@ -246,7 +246,6 @@ def calibrate(
     Calibration
         The fastest candidate with F1 >= :data:`PARITY_F1` against fp32 (fp32 when none is).
     """
-    from senpath.segment.predict import NETWORK_HALO_UM
     from senpath.synth import SynthParams, render_region
 
     region = render_region(
@@ -276,7 +275,7 @@ def calibrate(
             t = time.perf_counter()
             seg.predict_image_maps(region.rgb)
             best[precision] = min(best[precision], time.perf_counter() - t)
-    fed_mp = (side + 2 * round(NETWORK_HALO_UM / 0.5)) ** 2 / 1e6
+    fed_mp = (side + 64) ** 2 / 1e6  # predict's context margin, 2 x 32 px
     result.seconds_per_mp = {p: t / fed_mp for p, t in best.items()}
     passing = [p for p, f1 in result.parity_f1.items() if f1 >= PARITY_F1]
     result.choice = min(passing, key=result.seconds_per_mp.__getitem__, default="fp32")
