@@ -39,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     from stardist.matching import matching
 
     from senpath.segment.predict import NucleusSegmenter
-    from senpath.segment.runtime import cpu_name
+    from senpath.segment.runtime import cpu_name, time_in_turns
     from senpath.segment.weights import load_pretrained
     from senpath.synth import SynthParams, render_region
 
@@ -254,13 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     labels = {}
     for name, seg in segs.items():  # also the warm-up
         labels[name] = seg.instances(seg.predict_maps(batch)[0])
-    best, cpu = dict.fromkeys(segs, math.inf), dict.fromkeys(segs, math.inf)
-    for _ in range(args.repeats):
-        for name, seg in segs.items():
-            t, c = time.perf_counter(), time.process_time()
-            seg.predict_maps(batch)
-            best[name] = min(best[name], time.perf_counter() - t)
-            cpu[name] = min(cpu[name], time.process_time() - c)
+    best, cpu = time_in_turns(
+        {name: partial(seg.predict_maps, batch) for name, seg in segs.items()},
+        repeats=args.repeats,
+    )
     tiles = real_tiles()
     held_out = [t for t in tiles if t in ("Lung1", "6_2")]  # segment.datasets.KI67_VALIDATION
     tile_labels = {n: {t: s.instances(s.predict_image_maps(rgb)) for t, rgb in tiles.items()}

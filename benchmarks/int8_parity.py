@@ -27,9 +27,9 @@ Needs ``../shared/data`` (the held-out images) and onnxruntime.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from senpath.segment.export import validation_sets
     from senpath.segment.predict import NucleusSegmenter, predict_instances
-    from senpath.segment.runtime import PARITY_F1, OnnxNetwork, cpu_name
+    from senpath.segment.runtime import PARITY_F1, OnnxNetwork, cpu_name, time_in_turns
     from senpath.segment.weights import load_pretrained
 
     if not (args.data_root / "monuseg_train").is_dir():
@@ -125,14 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             timed = {q: build(q) for q in ["fp32", "bf16", "onnx-fp32", "onnx-int8"]}
             for s in timed.values():
                 s.predict_maps(image)
-            wall = dict.fromkeys(timed, math.inf)
-            cpu = dict.fromkeys(timed, math.inf)
-            for _ in range(args.repeats):
-                for q, s in timed.items():
-                    t, c = time.perf_counter(), time.process_time()
-                    s.predict_maps(image)
-                    wall[q] = min(wall[q], time.perf_counter() - t)
-                    cpu[q] = min(cpu[q], time.process_time() - c)
+            wall, cpu = time_in_turns(
+                {q: partial(s.predict_maps, image) for q, s in timed.items()},
+                repeats=args.repeats,
+            )
             for q in timed:
                 print(f"| {threads} | {q} | {wall[q] / mp:.3f} | {cpu[q] / mp:.3f} | "
                       f"{cpu['fp32'] / cpu[q]:.2f} |", flush=True)  # fmt: skip

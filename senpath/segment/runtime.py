@@ -32,8 +32,9 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +225,25 @@ def cpu_candidates(spec: dict[str, Any] | None) -> tuple[str, ...]:
     return tuple(c for c in CPU_CANDIDATES if c != "onnx-int8")
 
 
+def time_in_turns(
+    calls: Mapping[str, Callable[[], object]], *, repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall and best CPU seconds of each call over ``repeats`` rounds (at least one).
+
+    The calls are timed in turns, not one after the other: on a shared machine a burst of other
+    work then slows every call alike instead of deciding which is the fastest.
+    """
+    wall = dict.fromkeys(calls, math.inf)
+    cpu = dict.fromkeys(calls, math.inf)
+    for _ in range(max(1, repeats)):
+        for name, call in calls.items():
+            t, c = time.perf_counter(), time.process_time()
+            call()
+            wall[name] = min(wall[name], time.perf_counter() - t)
+            cpu[name] = min(cpu[name], time.process_time() - c)
+    return wall, cpu
+
+
 def calibrate(
     build: SegmenterAt,
     *,
@@ -267,14 +287,10 @@ def calibrate(
         reference = labels if reference is None else reference
         result.parity_f1[precision] = matched_f1(reference, labels)
         segmenters[precision] = seg
-    # timed in turns, not one candidate after the other: on a shared machine a burst of other
-    # work then slows every candidate alike instead of deciding the choice
-    best = dict.fromkeys(segmenters, math.inf)
-    for _ in range(max(1, repeats)):
-        for precision, seg in segmenters.items():
-            t = time.perf_counter()
-            seg.predict_image_maps(region.rgb)
-            best[precision] = min(best[precision], time.perf_counter() - t)
+    best, _ = time_in_turns(
+        {p: partial(seg.predict_image_maps, region.rgb) for p, seg in segmenters.items()},
+        repeats=repeats,
+    )
     fed_mp = (side + 64) ** 2 / 1e6  # predict's context margin, 2 x 32 px
     result.seconds_per_mp = {p: t / fed_mp for p, t in best.items()}
     passing = [p for p, f1 in result.parity_f1.items() if f1 >= PARITY_F1]
@@ -375,7 +391,7 @@ def choose_cpu_precision(
     cached = _read_cache(path)
     entry = cached.get(key)
     why_not_int8 = int8_offered(spec)
-    candidates = tuple(c for c in CPU_CANDIDATES if c != "onnx-int8" or why_not_int8 is None)
+    candidates = cpu_candidates(spec)
     if refresh or not isinstance(entry, dict) or entry.get("choice") not in candidates:
         calibration = calibrate(build, candidates=candidates)
         if why_not_int8 is not None:

@@ -235,10 +235,10 @@ def export_checkpoint(
 
 
 def _write_spec(js: Path, spec: Mapping[str, Any]) -> None:
-    """Write a model JSON atomically (a temporary file, then a rename)."""
-    tmp = js.with_name(f"{js.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, js)
+    """Write a model JSON atomically, its keys in the order given."""
+    from senpath.results import atomic_write_bytes
+
+    atomic_write_bytes(js, (json.dumps(spec, indent=2) + "\n").encode("utf-8"))
 
 
 def record_int8(
@@ -256,10 +256,10 @@ def record_int8(
     """
     js = _spec_path(folder)
     spec = json.loads(js.read_text(encoding="utf-8"))
+    from senpath.results import atomic_write_bytes
+
     onnx_path = js.with_name(INT8_FILE)
-    tmp = onnx_path.with_name(onnx_path.name + ".tmp")
-    tmp.write_bytes(network)
-    os.replace(tmp, onnx_path)
+    atomic_write_bytes(onnx_path, network)
     spec["int8"] = {
         "file": onnx_path.name,
         "sha256": sha256_file(onnx_path),
