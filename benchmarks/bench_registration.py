@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -91,10 +92,16 @@ def _elastix(maps: tuple[str, ...]) -> Callable[[SectionImage, SectionImage], Re
                 pmap["AutomaticTransformInitialization"] = ["true"]
                 pmap["AutomaticTransformInitializationMethod"] = ["CenterOfGravity"]
             params.AddParameterMap(pmap)
-        _, result = itk.elastix_registration_method(
-            fixed, moving, parameter_object=params, log_to_console=False
-        )
-        field = itk.GetArrayFromImage(itk.transformix_deformation_field(moving, result))
+        # elastix and transformix write their files (transformix: deformationField.nii) into
+        # their output directory, the working directory unless told: a scratch folder instead
+        with tempfile.TemporaryDirectory(prefix="senpath_elastix_") as scratch:
+            _, result = itk.elastix_registration_method(
+                fixed, moving, parameter_object=params, log_to_console=False,
+                output_directory=scratch,
+            )  # fmt: skip
+            field = itk.GetArrayFromImage(
+                itk.transformix_deformation_field(moving, result, output_directory=scratch)
+            )
 
         def to_moving(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             j = np.clip((x / ref.mpp).astype(int), 0, field.shape[1] - 1)

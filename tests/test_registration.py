@@ -303,3 +303,66 @@ def test_register_command_writes_the_map_and_residual(tmp_path) -> None:
     )
     assert wrong.exit_code == 1
     assert "'P1-x' is not a slide of patient 'P9'" in wrong.output
+
+
+def test_the_elastix_benchmark_leaves_no_files_in_the_working_directory(tmp_path, monkeypatch):
+    """transformix writes ``deformationField.nii`` into its output directory, the working
+    directory unless told (a 1.1 MB one was committed from a benchmark run at the repo root):
+    the benchmark's elastix rows give it a scratch folder. ``itk`` is faked (it is optional):
+    the fake writes where the real one does."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    written: list[Path] = []
+
+    def transformix_deformation_field(moving, result, output_directory=""):
+        path = Path(output_directory or ".") / "deformationField.nii"
+        path.write_bytes(b"field")
+        written.append(path.resolve())
+        return np.zeros((*moving.shape, 2), np.float32)
+
+    class _Image:
+        def __init__(self, array):
+            self.shape = array.shape
+
+        def SetSpacing(self, spacing):  # noqa: N802 (ITK's names)
+            pass
+
+        def SetOrigin(self, origin):  # noqa: N802
+            pass
+
+    class _Params:
+        @staticmethod
+        def New():  # noqa: N802
+            return _Params()
+
+        def GetDefaultParameterMap(self, name):  # noqa: N802
+            return {}
+
+        def AddParameterMap(self, pmap):  # noqa: N802
+            pass
+
+    itk = types.ModuleType("itk")
+    itk.MultiThreaderBase = types.SimpleNamespace(SetGlobalDefaultNumberOfThreads=lambda n: None)
+    itk.GetImageFromArray = _Image
+    itk.GetArrayFromImage = np.asarray
+    itk.ParameterObject = _Params
+    itk.elastix_registration_method = lambda fixed, moving, **kw: (None, "result")
+    itk.transformix_deformation_field = transformix_deformation_field
+    monkeypatch.setitem(sys.modules, "itk", itk)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_registration.py"
+    spec = importlib.util.spec_from_file_location("bench_registration", script)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    section = types.SimpleNamespace(od=np.zeros((8, 8), np.float32), mpp=2.0)
+    to_moving = bench._elastix(("rigid", "affine"))(section, section)
+    x, y = to_moving(np.array([3.0]), np.array([5.0]))
+    assert (x[0], y[0]) == (3.0, 5.0)  # the (zero) field was read
+    assert written and list(work.iterdir()) == []
+    assert not any(p.exists() for p in written)  # the scratch folder is gone too
