@@ -8,7 +8,9 @@
    (instances matched at IoU 0.5; target F1 >= 0.99);
 4. ``senpath.analyze_slide`` end to end on a synthetic Ki67 slide on the GPU and, for the cells,
    on the CPU (a smaller slide, fp32): wall, MP/s, cells, and the time a 1 Gpx slide would take
-   at that rate.
+   at that rate; the GPU slide twice: post-processed in the analysing thread alone
+   (``SENPATH_POST_WORKERS=0``) and in the worker processes chosen for a GPU
+   (:func:`senpath.tile_engine.post_workers_for`).
 
 Prints Markdown (paste into models/MODEL_CARD.md, "Speed and precision"); exits 2 without CUDA.
 """
@@ -95,33 +97,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def slide_rows(gpu_side: int, cpu_side: int) -> None:
-    """``analyze_slide`` on the GPU (``gpu_side``²) and on GPU and CPU (``cpu_side``²)."""
+    """``analyze_slide`` on the GPU (``gpu_side``², post-processed in the analysing thread alone
+    and in the worker processes ``auto`` gives) and on GPU and CPU (``cpu_side``²)."""
+    import os
+    from unittest import mock
+
     import senpath
     from senpath.config import AnalysisConfig
     from senpath.results import read_results
     from senpath.synth import write_slide
+    from senpath.tile_engine import POST_WORKERS_ENV, post_workers_on
 
-    print("\n| slide | device, precision | tiles | wall s | tissue MP/s | cells | "
-          "1 Gpx at this rate |\n|---|---|---:|---:|---:|---:|---:|")  # fmt: skip
+    auto_workers = post_workers_on("cuda")
+    print("\n| slide | device, precision | post workers | tiles | wall s | tissue MP/s | cells | "
+          "1 Gpx at this rate |\n|---|---|---:|---:|---:|---:|---:|---:|")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="senpath-gpu-") as tmp:
         for side, runs in (
-            (cpu_side, [("cuda", "auto"), ("cpu", "fp32")]),
-            (gpu_side, [("cuda", "auto")]),
+            (cpu_side, [("cuda", "auto", None), ("cpu", "fp32", None)]),
+            (gpu_side, [("cuda", "auto", "0"), ("cuda", "auto", None)]),
         ):
             path = Path(tmp) / f"ki67_{side}.tif"
             write_slide(path, assay="ki67", shape=(side, side), mpp=MPP, seed=0, tile_size=256,
                         compression="jpeg", write_labels=False)  # fmt: skip
-            for device, precision in runs:
+            for device, precision, workers in runs:
                 config = AnalysisConfig(segmenter="cnn", device=device, precision=precision)
-                t = time.perf_counter()
-                store = senpath.analyze_slide(path, out=Path(tmp) / f"out_{device}_{side}",
-                                              assay="ki67", config=config)  # fmt: skip
-                wall = time.perf_counter() - t
+                env = {POST_WORKERS_ENV: workers} if workers is not None else {}
+                shown = workers if workers is not None else (
+                    f"auto ({auto_workers})" if device == "cuda" else "auto (0)"
+                )  # fmt: skip
+                with mock.patch.dict(os.environ, env):
+                    t = time.perf_counter()
+                    store = senpath.analyze_slide(
+                        path, out=Path(tmp) / f"out_{device}_{side}_{workers}", assay="ki67",
+                        config=config,
+                    )  # fmt: skip
+                    wall = time.perf_counter() - t
                 result = read_results(store)
                 n_tiles = int(result.summary["n_tiles"])
                 analysed_mp = result.summary["tissue_area_mm2"] / (MPP * 1e-3) ** 2 / 1e6
                 used = precision if precision != "auto" else "auto (fp16)"
-                print(f"| {side}² | {device}, {used} | {n_tiles} | {wall:.1f} | "
+                print(f"| {side}² | {device}, {used} | {shown} | {n_tiles} | {wall:.1f} | "
                       f"{analysed_mp / wall:.1f} | {len(result.cells)} | "
                       f"{1000 / (analysed_mp / wall) / 60:.1f} min |")  # fmt: skip
 

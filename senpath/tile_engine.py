@@ -266,6 +266,7 @@ def analyze_tiles(
     slide: Any = None,
     segmenter: Segmenter | None = None,
     prefetch: int = 2,
+    post_workers: int | None = None,
 ) -> Iterator[TileResult]:
     """Read, segment (unless ``labels`` are given), measure and keep the owned nuclei of tiles.
 
@@ -281,6 +282,10 @@ def analyze_tiles(
     prefetch : batches of tiles read (and, with the CNN, run through the network) ahead in a worker
         thread while this one post-processes and measures the tiles before them; 0 does it all
         here, tile by tile. The results are the same either way, in ``indices`` order.
+    post_workers : worker processes that post-process the network's maps (watershed,
+        deconvolution, ownership, measurement) while this thread hands them tiles in order; 0:
+        this thread does; ``None``: :func:`post_workers_for` (a network on a GPU outruns one
+        core's post-processing ~40-fold). The results are the same either way.
 
     Yields
     ------
@@ -292,7 +297,9 @@ def analyze_tiles(
     -----
     The network (torch releases the GIL) thus runs on tile k+1 while the watershed and the
     measurement run on tile k. Closing the generator (a cancelled slide) drops the batches not
-    started and waits for the one running.
+    started and waits for the one running. With ``post_workers``, up to twice as many tiles as
+    workers are post-processed at once; should the workers fail to start or die, the tiles left
+    are post-processed here (one warning), with the same results.
     """
     from senpath.io import open_slide
 
@@ -319,6 +326,23 @@ def analyze_tiles(
         maps = segmenter.network_maps(images, mpp=amp, context=context)  # type: ignore[union-attr]
         return list(zip(images, maps, strict=True))
 
+    workers = post_workers_for(segmenter) if post_workers is None else int(post_workers)
+    post = getattr(segmenter, "maps_to_labels", None) if split else None
+    if workers > 0 and post is not None:
+
+        def jobs() -> Iterator[_PostJob]:
+            for group, done in _ahead(read_and_infer, groups, depth=prefetch):
+                for (_, i), (rgb, maps) in zip(group, done, strict=True):
+                    if maps is None:  # pragma: no cover (split: the network gave maps)
+                        raise RuntimeError(f"tile {i}: the network returned no maps")
+                    yield _PostJob(
+                        rgb=rgb, maps=maps, tile=plan.tiles[i], index=i, mpp=amp, post=post,
+                        stains=plan.stain_estimate.stains, i0=plan.i0, config=plan.config,
+                        image_shape=plan.shape_px, objects=plan.assay.objects,
+                    )  # fmt: skip
+
+        yield from _post_in_workers(jobs(), workers)
+        return
     for group, done in _ahead(read_and_infer, groups, depth=prefetch):
         for (k, i), (rgb, maps) in zip(group, done, strict=True):
             if labels is not None:
@@ -341,6 +365,170 @@ def analyze_tiles(
                 objects=plan.assay.objects,
             )
             yield result
+
+
+#: Environment variable that sets :func:`analyze_tiles`' ``post_workers`` (0 or more).
+POST_WORKERS_ENV = "SENPATH_POST_WORKERS"
+#: Most post-processing worker processes chosen automatically (each holds a tile or two, ~0.2 GB).
+MAX_AUTO_POST_WORKERS = 8
+
+
+def post_workers_for(segmenter: Any) -> int:
+    """:func:`post_workers_on` the device ``segmenter``'s network runs on (``"cpu"`` when it
+    has none)."""
+    device = getattr(getattr(segmenter, "network", None), "device", None)
+    return post_workers_on(str(getattr(device, "type", "cpu")))
+
+
+def post_workers_on(device: str) -> int:
+    """Post-processing worker processes for a slide whose network runs on ``device`` (a torch
+    device type): ``$SENPATH_POST_WORKERS`` when set, else on a GPU one per core but two (the
+    thread feeding the network, this one), at most :data:`MAX_AUTO_POST_WORKERS`, else 0.
+
+    On a CPU the network's threads already hold the cores (0: no workers); a GPU runs it far
+    faster than one core post-processes its maps (~5 MP/s per core here;
+    ``benchmarks/bench_post_workers.py``). Inside a daemonic process (a dask worker), which may
+    not start processes, 0.
+
+    Raises
+    ------
+    ValueError
+        When ``$SENPATH_POST_WORKERS`` is not a whole number >= 0.
+    """
+    import multiprocessing
+    import os
+
+    text = os.environ.get(POST_WORKERS_ENV, "").strip()
+    if text:
+        if not (text.isascii() and text.isdigit()):
+            raise ValueError(
+                f"{POST_WORKERS_ENV}={text!r} is not a number of worker processes: give 0 "
+                "(post-process in the analysing thread) or more"
+            )
+        return int(text)
+    if device == "cpu" or multiprocessing.current_process().daemon:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min((cores or 1) - 2, MAX_AUTO_POST_WORKERS))
+
+
+@dataclass
+class _PostJob:
+    """One tile's post-processing: its image and network maps, and what the slide's plan gives."""
+
+    rgb: NDArray[np.uint8]
+    maps: NDArray[np.float32]
+    tile: Tile
+    index: int
+    mpp: float
+    post: Any  # senpath.segment.predict.MapsToLabels
+    stains: StainSet
+    i0: Any
+    config: AnalysisConfig
+    image_shape: tuple[int, int]
+    objects: str
+
+
+def _post_tile(job: _PostJob) -> TileResult:
+    """Labels from the maps, then :func:`analyze_tile` (in a worker process, or here)."""
+    labels = job.post.on_grid(job.maps, job.rgb.shape[:2], mpp=job.mpp)
+    result, _ = analyze_tile(
+        job.rgb, job.tile, segmenter=None, stains=job.stains, i0=job.i0, mpp=job.mpp,
+        config=job.config, image_shape=job.image_shape, index=job.index, labels=labels,
+        objects=job.objects,
+    )  # fmt: skip
+    return result
+
+
+def _post_worker_start() -> None:
+    """A post-processing process: OpenCV on one thread (the processes are the parallelism)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+#: The post-processing pools of this process by size, started once (spawned: the parent holds
+#: threads and maybe CUDA, which fork does not copy safely) and kept for its next slides.
+_POST_POOLS: dict[int, Any] = {}
+
+
+def _post_pool(workers: int) -> Any:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = _POST_POOLS.get(workers)
+    if pool is None:
+        pool = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_post_worker_start,
+        )  # fmt: skip
+        _POST_POOLS[workers] = pool
+    return pool
+
+
+def _post_in_workers(jobs: Iterator[_PostJob], workers: int) -> Iterator[TileResult]:
+    """``_post_tile`` of each job in ``workers`` processes, up to ``2 * workers`` at once, the
+    results in order. Workers that fail to start or die leave the rest to this thread."""
+    import warnings
+    from collections import deque
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending: deque[tuple[_PostJob, Future[TileResult] | None]] = deque()
+    pool: Any = None
+
+    def give_up(exc: BaseException) -> None:
+        nonlocal pool
+        warnings.warn(
+            f"post-processing worker processes stopped ({type(exc).__name__}: {exc}); the "
+            "remaining tiles are post-processed in the analysing thread, with the same results "
+            f"(set {POST_WORKERS_ENV}=0 to skip the workers)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        abandoned = _POST_POOLS.pop(workers, None)
+        if abandoned is not None:
+            abandoned.shutdown(wait=False, cancel_futures=True)
+        pool = False
+
+    def submit(job: _PostJob) -> Future[TileResult] | None:
+        nonlocal pool
+        if pool is False:
+            return None
+        try:
+            pool = pool or _post_pool(workers)
+            return pool.submit(_post_tile, job)  # type: ignore[no-any-return]
+        except (BrokenProcessPool, OSError, RuntimeError, AssertionError) as exc:
+            give_up(exc)
+            return None
+
+    def finish(job: _PostJob, future: Future[TileResult] | None) -> TileResult:
+        if future is not None:
+            try:
+                return future.result()  # an error in the tile's analysis is raised here
+            except BrokenProcessPool as exc:
+                if pool is not False:
+                    give_up(exc)
+        return _post_tile(job)
+
+    try:
+        for job in jobs:
+            pending.append((job, submit(job)))
+            while pending and (len(pending) >= 2 * workers or _done(pending[0][1])):
+                yield finish(*pending.popleft())
+        while pending:
+            yield finish(*pending.popleft())
+    finally:
+        for _, future in pending:
+            if future is not None:
+                future.cancel()
+        close = getattr(jobs, "close", None)
+        if close is not None:
+            close()  # the network's worker thread: drop what has not started
+
+
+def _done(future: Any) -> bool:
+    return future is None or bool(future.done())
 
 
 def _ahead(
@@ -419,7 +607,7 @@ def analyze_box(
     pasted = np.zeros(window.shape, dtype=np.int32)
     parts, next_id = [], 1
     for done, result in enumerate(
-        analyze_tiles(plan, indices, slide=slide, segmenter=segmenter), start=1
+        analyze_tiles(plan, indices, slide=slide, segmenter=segmenter, post_workers=0), start=1
     ):
         ids = paste(pasted, result.instances, next_id=next_id, origin=(window.y0, window.x0))
         next_id += int(np.count_nonzero(ids))

@@ -140,6 +140,12 @@ class CnnSegmenter:
 
         return instances_on_grid(self.network, maps, shape, mpp=mpp)
 
+    @property
+    def maps_to_labels(self) -> Any:
+        """:meth:`labels_from_maps` without the network
+        (:class:`~senpath.segment.predict.MapsToLabels`, picklable: for worker processes)."""
+        return self.network.maps_to_labels
+
     def tile_batch(self, side_px: int) -> int:
         """Analysis tiles of ``side_px`` (halo included) per network call: 1 on a CPU (a bigger
         batch is no faster there and holds more memory), as many as fit the card on a GPU."""

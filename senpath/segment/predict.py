@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,8 +191,13 @@ class NucleusSegmenter:
             maps = torch.sigmoid(logits.float())[:, :, :h, :w]
         return maps.cpu().numpy().astype(np.float32, copy=False)
 
+    @property
+    def maps_to_labels(self) -> MapsToLabels:
+        """This network's post-processing alone (small and picklable: worker processes run it)."""
+        return MapsToLabels(self.mpp, self.postprocess)
+
     def instances(self, maps: NDArray[np.floating]) -> NDArray[np.int32]:
-        """Nucleus labels from maps.
+        """Nucleus labels from maps (see :meth:`MapsToLabels.instances`).
 
         Parameters
         ----------
@@ -202,11 +208,7 @@ class NucleusSegmenter:
         -------
         (H, W) or (B, H, W) int32
         """
-        if maps.ndim == 3:
-            return maps_to_instances(maps[0], maps[1], mpp=self.mpp, config=self.postprocess)
-        if maps.ndim == 4:
-            return np.stack([self.instances(m) for m in maps])
-        raise ValueError(f"expected maps of shape (2, H, W) or (B, 2, H, W), got {maps.shape}")
+        return self.maps_to_labels.instances(maps)
 
     # ------------------------------------------------------------------ images
 
@@ -401,25 +403,60 @@ def at_network_mpp(
 def instances_on_grid(
     seg: NucleusSegmenter, maps: NDArray[np.floating], shape: tuple[int, int], *, mpp: float
 ) -> NDArray[np.int32]:
-    """Nucleus labels on an image grid of ``shape`` at ``mpp`` from maps at the network's resolution.
+    """Nucleus labels on an image grid of ``shape`` at ``mpp`` from maps at the network's
+    resolution (:meth:`MapsToLabels.on_grid` of ``seg``'s post-processing)."""
+    return seg.maps_to_labels.on_grid(maps, shape, mpp=mpp)
 
-    A finer grid (e.g. 0.25 µm/px, a 40x scan) gets the maps upsampled bilinearly and the instances
-    drawn there: outlines at the image's own resolution instead of 2x2 blocks. On the held-out real
-    sets at 0.25-0.38 µm/px this raised pooled F1 at IoU 0.5 by 0.008-0.014 and PQ by 0.009-0.011
-    with the same weights (``python -m senpath.segment.export``, see the model card). The grid of the maps, or a coarser one, gets the labels
-    drawn at the network's resolution and mapped back by nearest-neighbour resampling.
+
+@dataclass(frozen=True)
+class MapsToLabels:
+    """Network maps to nucleus labels, without the network: the watershed half of a segmenter.
+
+    Small and picklable, so the post-processing of tiles can run in worker processes while the
+    network runs elsewhere (:func:`senpath.tile_engine.analyze_tiles`, ``post_workers``).
+
+    Attributes
+    ----------
+    mpp : the network's resolution (µm/px) the maps are at.
+    postprocess : the model's post-processing thresholds.
     """
-    import cv2
 
-    if tuple(maps.shape[-2:]) == tuple(shape):
-        return seg.instances(maps)
-    if mpp < seg.mpp:
-        fg, dist = (
-            np.asarray(
-                cv2.resize(np.ascontiguousarray(c), shape[::-1], interpolation=cv2.INTER_LINEAR),
-                np.float32,
+    mpp: float
+    postprocess: PostprocessConfig
+
+    def instances(self, maps: NDArray[np.floating]) -> NDArray[np.int32]:
+        """Labels of ``(2, H, W)`` maps, ``(H, W)`` int32 (or of ``(B, 2, H, W)``, ``(B, H, W)``)."""
+        if maps.ndim == 3:
+            return maps_to_instances(maps[0], maps[1], mpp=self.mpp, config=self.postprocess)
+        if maps.ndim == 4:
+            return np.stack([self.instances(m) for m in maps])
+        raise ValueError(f"expected maps of shape (2, H, W) or (B, 2, H, W), got {maps.shape}")
+
+    def on_grid(
+        self, maps: NDArray[np.floating], shape: tuple[int, int], *, mpp: float
+    ) -> NDArray[np.int32]:
+        """Nucleus labels on an image grid of ``shape`` at ``mpp`` µm/px.
+
+        A finer grid (e.g. 0.25 µm/px, a 40x scan) gets the maps upsampled bilinearly and the
+        instances drawn there: outlines at the image's own resolution instead of 2x2 blocks. On the
+        held-out real sets at 0.25-0.38 µm/px this raised pooled F1 at IoU 0.5 by 0.008-0.014 and
+        PQ by 0.009-0.011 with the same weights (``python -m senpath.segment.export``, see the
+        model card). The grid of the maps, or a coarser one, gets the labels drawn at the
+        network's resolution and mapped back by nearest-neighbour resampling.
+        """
+        import cv2
+
+        if tuple(maps.shape[-2:]) == tuple(shape):
+            return self.instances(maps)
+        if mpp < self.mpp:
+            fg, dist = (
+                np.asarray(
+                    cv2.resize(
+                        np.ascontiguousarray(c), shape[::-1], interpolation=cv2.INTER_LINEAR
+                    ),
+                    np.float32,
+                )
+                for c in maps
             )
-            for c in maps
-        )
-        return maps_to_instances(fg, dist, mpp=mpp, config=seg.postprocess)
-    return resample_labels(seg.instances(maps), shape)
+            return maps_to_instances(fg, dist, mpp=mpp, config=self.postprocess)
+        return resample_labels(self.instances(maps), shape)
