@@ -28,6 +28,7 @@ def test_paste_records_ids_first_writer_wins(tmp_path):
     # overlaps id 2 partly (keeps its free pixels), then one entirely covered by id 1 (no id)
     ids = store.add_instances([_square(12, 12, 5, 1), _square(1, 1, 2, 2), _square(30, 40, 3, 3)])
     assert ids.tolist() == [3, 0, 4]
+    store.flush()  # the chunks held in memory, into the temporary array
     lab = np.asarray(store.level0[:])  # before commit: the temporary array
     assert (lab == 1).sum() == 16 and (lab == 2).sum() == 25
     assert (lab == 3).sum() == 25 - 9  # 3x3 of its 5x5 already held by id 2
@@ -41,6 +42,7 @@ def test_pyramid_metadata_and_atomic_rename(tmp_path):
         y, x = rng.integers(0, 65), rng.integers(0, 40)
         store.add_instances([_square(int(y), int(x), 4, k + 1)])
     assert not (tmp_path / LABELS).exists()  # nothing under the final name until commit
+    store.flush()
     level0 = np.asarray(store.level0[:])
     final = store.commit()
     assert final == tmp_path / LABELS and not list(tmp_path.glob(".*.tmp"))
@@ -122,3 +124,91 @@ def test_slide_label_ids_are_the_cell_table_ids(tmp_path):
     # the labels are part of the committed store
     assert LABELS in read_manifest(store)["files"] and is_complete(store)
     assert not list(store.glob(".*.tmp"))
+
+
+class _CountingArray:
+    """A zarr array that counts the boxes written into it."""
+
+    def __init__(self, array):
+        self.array, self.writes = array, 0
+        self.shape, self.chunks, self.dtype = array.shape, array.chunks, array.dtype
+
+    def __getitem__(self, key):
+        return self.array[key]
+
+    def __setitem__(self, key, value):
+        self.writes += 1
+        self.array[key] = value
+
+
+def _zarr_array(tmp_path, shape, chunk):
+    import zarr
+
+    return zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=shape, chunks=(chunk, chunk),
+                           dtype="int32", fill_value=0, zarr_format=2)  # fmt: skip
+
+
+def test_the_chunk_cache_reads_and_writes_as_the_array_does(tmp_path):
+    """Random boxes, some across several chunks and the image's edge, written and read through
+    a cache of 3 chunks: every read matches a plain array at once, and the zarr array after flush."""
+    from senpath.labels import ChunkCache
+
+    rng = np.random.default_rng(3)
+    shape = (70, 45)
+    target, truth = _zarr_array(tmp_path, shape, 16), np.zeros(shape, np.int32)
+    cache = ChunkCache(target, capacity=3)
+    for _ in range(200):
+        y0, x0 = int(rng.integers(0, 69)), int(rng.integers(0, 44))
+        y1, x1 = y0 + int(rng.integers(1, 40)), x0 + int(rng.integers(1, 40))  # may pass the edge
+        box = (slice(y0, y1), slice(x0, x1))
+        np.testing.assert_array_equal(cache[box], truth[box])
+        block = rng.integers(0, 5, size=truth[box].shape, dtype=np.int32)
+        cache[box] = block
+        truth[box] = block
+        assert len(cache._held) <= 3
+    cache[60:70, 30:45] = 9  # a scalar fills the box, as numpy's
+    truth[60:70, 30:45] = 9
+    np.testing.assert_array_equal(cache[0:70, 0:45], truth)
+    cache.flush()
+    np.testing.assert_array_equal(np.asarray(target[:]), truth)
+    with pytest.raises(TypeError, match="step 1"):
+        cache[0:10:2, 0:10]
+
+
+def test_tiles_pasted_in_grid_order_write_each_chunk_about_once_per_tile_row(tmp_path):
+    """Tile cores on the chunk grid with a halo of nuclei across their edges: each tile meets 9
+    chunks. Written through, that is 9 chunk writes per tile (each a decode, merge, compress);
+    through the cache, about 3 per chunk for the whole slide."""
+    from senpath.labels import ChunkCache
+    from senpath.tiling import Box, Instance, paste
+
+    side, n = 32, 6  # 6 x 6 tiles of 32 px, chunks of 32 px
+    tiles = []
+    for r in range(n):
+        for c in range(n):
+            y0, x0 = max(0, r * side - 3), max(0, c * side - 3)
+            y1, x1 = min(n * side, (r + 1) * side + 3), min(n * side, (c + 1) * side + 3)
+            tiles.append([Instance(Box(y0, x0, y1, x1), np.ones((y1 - y0, x1 - x0), bool), 1)])
+    plain = np.zeros((n * side,) * 2, np.int32)
+    for t in tiles:
+        paste(plain, t, next_id=1)
+    cached_target = _CountingArray(_zarr_array(tmp_path / "cached", (n * side,) * 2, side))
+    cache = ChunkCache(cached_target)
+    for t in tiles:
+        paste(cache, t, next_id=1)
+    cache.flush()
+    np.testing.assert_array_equal(np.asarray(cached_target.array[:]), plain)
+    # through, one box per tile covers up to 9 chunks: zarr re-encodes each of them
+    chunk_writes_through = sum(
+        len(
+            range(max(0, r * side - 3) // side, (min(n * side, (r + 1) * side + 3) - 1) // side + 1)
+        )
+        * len(
+            range(max(0, c * side - 3) // side, (min(n * side, (c + 1) * side + 3) - 1) // side + 1)
+        )
+        for r in range(n)
+        for c in range(n)
+    )
+    assert chunk_writes_through == 4 * 4 + 4 * 4 * 6 + 9 * 16  # corners 4, edges 6, inside 9
+    assert cached_target.writes <= 3 * n * n  # each of the 36 chunks about once per tile row
+    assert cached_target.writes < chunk_writes_through / 2.5
