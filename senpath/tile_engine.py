@@ -17,6 +17,7 @@ half and :func:`analyze_tiles` the rest with the labels it returns), the napari 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -450,20 +451,22 @@ def _post_worker_start() -> None:
 #: The post-processing pools of this process by size, started once (spawned: the parent holds
 #: threads and maybe CUDA, which fork does not copy safely) and kept for its next slides.
 _POST_POOLS: dict[int, Any] = {}
+_POST_POOLS_LOCK = threading.Lock()  # slides analysed in several threads share the pools
 
 
 def _post_pool(workers: int) -> Any:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = _POST_POOLS.get(workers)
-    if pool is None:
-        pool = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_post_worker_start,
-        )  # fmt: skip
-        _POST_POOLS[workers] = pool
-    return pool
+    with _POST_POOLS_LOCK:
+        pool = _POST_POOLS.get(workers)
+        if pool is None:
+            pool = ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_post_worker_start,
+            )  # fmt: skip
+            _POST_POOLS[workers] = pool
+        return pool
 
 
 def _post_in_workers(jobs: Iterator[_PostJob], workers: int) -> Iterator[TileResult]:
@@ -486,7 +489,8 @@ def _post_in_workers(jobs: Iterator[_PostJob], workers: int) -> Iterator[TileRes
             RuntimeWarning,
             stacklevel=3,
         )
-        abandoned = _POST_POOLS.pop(workers, None)
+        with _POST_POOLS_LOCK:
+            abandoned = _POST_POOLS.pop(workers, None)
         if abandoned is not None:
             abandoned.shutdown(wait=False, cancel_futures=True)
         pool = False
