@@ -8,7 +8,9 @@ synthetic inputs on the spot: no files from outside, no model weights.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def analysed_synthetic_slide(
@@ -67,3 +69,24 @@ def copy_store(store: str | Path, folder: str | Path) -> Path:
     copy = Path(folder) / "results" / store.name
     shutil.copytree(store, copy)
     return copy
+
+
+def assert_same_tile_results(expected: Sequence[Any], actual: Sequence[Any]) -> None:
+    """Assert two runs of the tile engine gave the same :class:`~senpath.tile_engine.TileResult`
+    list: the same tiles in the same order, equal cell tables and the same nucleus masks.
+
+    Raises
+    ------
+    AssertionError
+        Naming the first tile, table or mask that differs.
+    """
+    import numpy as np
+    import pandas as pd
+
+    assert [r.index for r in expected] == [r.index for r in actual], "tiles differ"
+    for a, b in zip(expected, actual, strict=True):
+        pd.testing.assert_frame_equal(a.cells, b.cells)
+        assert len(a.instances) == len(b.instances), f"tile {a.index}: masks differ in number"
+        for ia, ib in zip(a.instances, b.instances, strict=True):
+            assert (ia.local_label, ia.bbox) == (ib.local_label, ib.bbox), f"tile {a.index}"
+            np.testing.assert_array_equal(ia.mask, ib.mask, err_msg=f"tile {a.index}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,44 @@ def shared_data() -> Path:
             f"real data folder {SHARED_DATA} is absent (only in the project's dev/CI setup)"
         )
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def benchmark_script() -> Any:
+    """``load(name)``: the module of ``benchmarks/<name>.py`` (scripts, not a package), imported
+    without running its ``main``."""
+    import importlib.util
+
+    def load(name: str) -> Any:
+        script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, script)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def cnn_tile_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+    """(plan, CNN segmenter on the CPU) of a 384² px synthetic Ki67 slide cut into 9 tiles of
+    64 µm (128 px at 0.5 µm/px): the CNN runs on each in well under a second. Its settings are
+    ``plan.config``."""
+    pytest.importorskip("torch")
+    from senpath import synth
+    from senpath.config import AnalysisConfig, get_assay
+    from senpath.slide_plan import plan_slide
+    from senpath.tile_engine import plan_segmenter
+
+    config = AnalysisConfig(segmenter="cnn", device="cpu", tile_size_um=64)
+    s = synth.write_slide(
+        tmp_path_factory.mktemp("cnn_tiles") / "k.tif", assay="ki67", shape=(384, 384), mpp=0.5,
+        seed=7, params=synth.SynthParams(tissue_fraction=0.95),
+    )  # fmt: skip
+    plan = plan_slide(s.path, assay=get_assay("ki67"), config=config)
+    assert plan.n_tiles == 9
+    return plan, plan_segmenter(plan)
 
 
 @pytest.fixture(scope="module")

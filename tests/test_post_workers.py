@@ -5,71 +5,44 @@ that die leave the rest to the analysing thread; the automatic choice is 0 on a 
 
 from __future__ import annotations
 
+import os
 import threading
 import types
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("torch")
 
-from senpath import synth, tile_engine  # noqa: E402
-from senpath.config import AnalysisConfig, get_assay  # noqa: E402
-from senpath.slide_plan import SlidePlan, plan_slide  # noqa: E402
+from senpath import tile_engine  # noqa: E402
+from senpath.slide_plan import SlidePlan  # noqa: E402
+from senpath.testing import assert_same_tile_results  # noqa: E402
 from senpath.tile_engine import (  # noqa: E402
     POST_WORKERS_ENV,
     analyze_tiles,
-    plan_segmenter,
     post_workers_for,
 )
 
-#: 64 µm tiles (128 px at 0.5 µm/px): a 384-px slide has 9.
-CONFIG = AnalysisConfig(segmenter="cnn", device="cpu", tile_size_um=64)
-
 
 @pytest.fixture(scope="module")
-def slide_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[SlidePlan, Any]:
-    root = tmp_path_factory.mktemp("post_workers")
-    s = synth.write_slide(
-        root / "k.tif", assay="ki67", shape=(384, 384), mpp=0.5, seed=7,
-        params=synth.SynthParams(tissue_fraction=0.95),
-    )  # fmt: skip
-    plan = plan_slide(s.path, assay=get_assay("ki67"), config=CONFIG)
-    assert plan.n_tiles == 9
-    return plan, plan_segmenter(plan)
-
-
-@pytest.fixture(scope="module")
-def serial(slide_plan: tuple[SlidePlan, Any]) -> list[tile_engine.TileResult]:
-    plan, segmenter = slide_plan
+def serial(cnn_tile_plan: tuple[SlidePlan, Any]) -> list[tile_engine.TileResult]:
+    plan, segmenter = cnn_tile_plan
     out = list(analyze_tiles(plan, range(plan.n_tiles), segmenter=segmenter, prefetch=0))
     assert sum(len(r.cells) for r in out) > 20  # nuclei were found at all
     return out
 
 
-def _assert_same(a: list[tile_engine.TileResult], b: list[tile_engine.TileResult]) -> None:
-    assert [r.index for r in a] == [r.index for r in b]
-    for ra, rb in zip(a, b, strict=True):
-        pd.testing.assert_frame_equal(ra.cells, rb.cells)
-        assert len(ra.instances) == len(rb.instances)
-        for ia, ib in zip(ra.instances, rb.instances, strict=True):
-            assert (ia.local_label, ia.bbox) == (ib.local_label, ib.bbox)
-            np.testing.assert_array_equal(ia.mask, ib.mask)
-
-
 def test_worker_processes_give_the_serial_results(
-    slide_plan: tuple[SlidePlan, Any], serial: list[tile_engine.TileResult]
+    cnn_tile_plan: tuple[SlidePlan, Any], serial: list[tile_engine.TileResult]
 ) -> None:
-    plan, segmenter = slide_plan
+    plan, segmenter = cnn_tile_plan
     got = list(analyze_tiles(plan, range(plan.n_tiles), segmenter=segmenter, post_workers=2))
-    _assert_same(serial, got)
+    assert_same_tile_results(serial, got)
     pool = tile_engine._POST_POOLS[2]  # they did run in other processes
     pids = {p.pid for p in pool._processes.values()}
-    assert pids and all(pid != __import__("os").getpid() for pid in pids)
+    assert pids and os.getpid() not in pids
 
 
 class _DeadPool:
@@ -85,41 +58,38 @@ class _DeadPool:
         return future
 
 
-def test_dead_workers_leave_the_tiles_to_this_thread(
-    slide_plan: tuple[SlidePlan, Any],
+def _refuse(workers: int) -> Any:
+    raise OSError("no more processes")
+
+
+@pytest.mark.parametrize(
+    ("pool", "message"),
+    [(_DeadPool, "BrokenProcessPool: a worker was killed"), (None, "OSError: no more processes")],
+    ids=["workers die", "workers cannot start"],
+)
+def test_failed_workers_leave_the_tiles_to_this_thread(
+    cnn_tile_plan: tuple[SlidePlan, Any],
     serial: list[tile_engine.TileResult],
     monkeypatch: pytest.MonkeyPatch,
+    pool: Any,
+    message: str,
 ) -> None:
-    plan, segmenter = slide_plan
-    dead = _DeadPool()
-    monkeypatch.setattr(tile_engine, "_post_pool", lambda workers: dead)
+    plan, segmenter = cnn_tile_plan
+    dead = pool() if pool is not None else None
+    monkeypatch.setattr(tile_engine, "_post_pool", (lambda workers: dead) if dead else _refuse)
     with pytest.warns(RuntimeWarning, match="post-processing worker processes stopped") as caught:
         got = list(analyze_tiles(plan, range(plan.n_tiles), segmenter=segmenter, post_workers=3))
-    _assert_same(serial, got)  # nothing lost
-    assert len([w for w in caught if "worker processes stopped" in str(w.message)]) == 1
-    assert 1 <= dead.submitted <= 6  # given up at the first dead result, not once per tile
-
-
-def test_workers_that_cannot_start_leave_the_tiles_to_this_thread(
-    slide_plan: tuple[SlidePlan, Any],
-    serial: list[tile_engine.TileResult],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    plan, segmenter = slide_plan
-
-    def refuse(workers: int) -> Any:
-        raise OSError("no more processes")
-
-    monkeypatch.setattr(tile_engine, "_post_pool", refuse)
-    with pytest.warns(RuntimeWarning, match="OSError: no more processes"):
-        got = list(analyze_tiles(plan, range(plan.n_tiles), segmenter=segmenter, post_workers=2))
-    _assert_same(serial, got)
+    assert_same_tile_results(serial, got)  # nothing lost
+    stopped = [str(w.message) for w in caught if "worker processes stopped" in str(w.message)]
+    assert len(stopped) == 1 and message in stopped[0]  # one warning, not one per tile
+    if dead is not None:
+        assert 1 <= dead.submitted <= 6  # given up at the first dead result
 
 
 def test_a_closed_run_with_workers_stops_the_network_thread(
-    slide_plan: tuple[SlidePlan, Any],
+    cnn_tile_plan: tuple[SlidePlan, Any],
 ) -> None:
-    plan, segmenter = slide_plan
+    plan, segmenter = cnn_tile_plan
     results = analyze_tiles(plan, range(plan.n_tiles), segmenter=segmenter, post_workers=2)
     first = next(results)
     assert first.index == 0

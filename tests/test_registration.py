@@ -305,12 +305,13 @@ def test_register_command_writes_the_map_and_residual(tmp_path) -> None:
     assert "'P1-x' is not a slide of patient 'P9'" in wrong.output
 
 
-def test_the_elastix_benchmark_leaves_no_files_in_the_working_directory(tmp_path, monkeypatch):
+def test_the_elastix_benchmark_leaves_no_files_in_the_working_directory(
+    tmp_path, monkeypatch, benchmark_script
+):
     """transformix writes ``deformationField.nii`` into its output directory, the working
     directory unless told (a 1.1 MB one was committed from a benchmark run at the repo root):
     the benchmark's elastix rows give it a scratch folder. ``itk`` is faked (it is optional):
     the fake writes where the real one does."""
-    import importlib.util
     import sys
     import types
     from pathlib import Path
@@ -352,11 +353,7 @@ def test_the_elastix_benchmark_leaves_no_files_in_the_working_directory(tmp_path
     itk.elastix_registration_method = lambda fixed, moving, **kw: (None, "result")
     itk.transformix_deformation_field = transformix_deformation_field
     monkeypatch.setitem(sys.modules, "itk", itk)
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_registration.py"
-    spec = importlib.util.spec_from_file_location("bench_registration", script)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_script("bench_registration")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

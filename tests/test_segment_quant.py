@@ -4,7 +4,6 @@ int8 weights on disk, sha256 and teacher checks, and when ``precision="auto"`` m
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -285,14 +284,10 @@ def test_distil_on_the_training_data_then_export_next_to_the_weights(shared_data
 
 
 @pytest.mark.shared_data
-def test_parity_benchmark_refuses_to_record_for_a_model_without_int8(shared_data, tmp_path, capsys):
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "int8_parity.py"
-    spec = importlib.util.spec_from_file_location("int8_parity", script)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_parity_benchmark_refuses_to_record_for_a_model_without_int8(
+    shared_data, tmp_path, capsys, benchmark_script
+):
+    bench = benchmark_script("int8_parity")
     ckpt = tmp_path / "ckpt.pt"
     torch.save({"model": _trained_like().state_dict(), "net_config": CONFIG.to_dict(), "step": 1},
                ckpt)  # fmt: skip

@@ -9,35 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 
 pytest.importorskip("torch")
 
 import senpath  # noqa: E402
-from senpath import synth  # noqa: E402
-from senpath.config import AnalysisConfig, get_assay  # noqa: E402
+from senpath.config import AnalysisConfig  # noqa: E402
 from senpath.slide_plan import (  # noqa: E402
     SlidePlan,
-    plan_slide,
     read_grid_box,  # noqa: E402
 )
-from senpath.tile_engine import analyze_tiles, plan_segmenter  # noqa: E402
-
-#: 64 µm tiles (128 px at 0.5 µm/px): a 384-px slide has 9, the CNN runs on each in well under 1 s.
-CONFIG = AnalysisConfig(segmenter="cnn", device="cpu", tile_size_um=64)
-
-
-@pytest.fixture(scope="module")
-def slide_plan(tmp_path_factory: pytest.TempPathFactory) -> tuple[SlidePlan, Any]:
-    root = tmp_path_factory.mktemp("pipeline")
-    s = synth.write_slide(
-        root / "k.tif", assay="ki67", shape=(384, 384), mpp=0.5, seed=7,
-        params=synth.SynthParams(tissue_fraction=0.95),
-    )  # fmt: skip
-    plan = plan_slide(s.path, assay=get_assay("ki67"), config=CONFIG)
-    assert plan.n_tiles == 9
-    return plan, plan_segmenter(plan)
+from senpath.testing import assert_same_tile_results  # noqa: E402
+from senpath.tile_engine import analyze_tiles  # noqa: E402
 
 
 class Recorder:
@@ -85,8 +68,8 @@ class Recorder:
         return sum(e == event for e, _, _ in self.events)
 
 
-def test_halves_of_the_cnn_give_its_labels(slide_plan: tuple[SlidePlan, Any]) -> None:
-    plan, segmenter = slide_plan
+def test_halves_of_the_cnn_give_its_labels(cnn_tile_plan: tuple[SlidePlan, Any]) -> None:
+    plan, segmenter = cnn_tile_plan
     for tile in plan.tiles[:3]:
         rgb = read_grid_box(senpath.open_slide(plan.path), tile.box, 0.5)
         (maps,) = segmenter.network_maps([rgb], mpp=0.5)
@@ -97,13 +80,13 @@ def test_halves_of_the_cnn_give_its_labels(slide_plan: tuple[SlidePlan, Any]) ->
 
 
 def test_an_analysis_tile_is_not_padded_again_for_the_network(
-    slide_plan: tuple[SlidePlan, Any], monkeypatch: pytest.MonkeyPatch
+    cnn_tile_plan: tuple[SlidePlan, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A tile that carries its 24 µm halo goes through the network as it is (its halo is the
     network's context); a tile on the slide's edge, with no real image on one side, still gets the
     16 µm reflected margin there. Before, every tile got the margin: 10 % more network pixels for
     a 512 µm tile."""
-    plan, segmenter = slide_plan
+    plan, segmenter = cnn_tile_plan
     fed: list[tuple[int, int]] = []
     predict = segmenter.network.predict_maps
 
@@ -125,20 +108,15 @@ def test_an_analysis_tile_is_not_padded_again_for_the_network(
 
 
 @pytest.mark.slow
-def test_pipelined_results_equal_the_serial_ones(slide_plan: tuple[SlidePlan, Any]) -> None:
-    plan, segmenter = slide_plan
+def test_pipelined_results_equal_the_serial_ones(cnn_tile_plan: tuple[SlidePlan, Any]) -> None:
+    plan, segmenter = cnn_tile_plan
     indices = range(plan.n_tiles)
     serial = list(analyze_tiles(plan, indices, segmenter=segmenter, prefetch=0))
     recorder = Recorder(segmenter, ahead=(2, plan.n_tiles))
     piped = list(analyze_tiles(plan, indices, segmenter=recorder, prefetch=2))  # type: ignore[arg-type]
     assert [r.index for r in piped] == list(indices)
     assert sum(len(r.cells) for r in serial) > 20  # nuclei were found at all
-    for a, b in zip(serial, piped, strict=True):
-        pd.testing.assert_frame_equal(a.cells, b.cells)
-        assert len(a.instances) == len(b.instances)
-        for ia, ib in zip(a.instances, b.instances, strict=True):
-            assert (ia.local_label, ia.bbox) == (ib.local_label, ib.bbox)
-            np.testing.assert_array_equal(ia.mask, ib.mask)
+    assert_same_tile_results(serial, piped)
     # the network ran in the worker, the watershed here, and never more than 2 tiles ahead
     threads = {e: {name for ev, _, name in recorder.events if ev == e} for e in ("network", "post")}
     assert all(name.startswith("senpath-tiles") for name in threads["network"])
@@ -155,8 +133,8 @@ def test_pipelined_results_equal_the_serial_ones(slide_plan: tuple[SlidePlan, An
     assert max(n - k for k, n in enumerate(networks_before_post)) >= 2  # it did run ahead
 
 
-def test_a_closed_pipeline_stops_the_network(slide_plan: tuple[SlidePlan, Any]) -> None:
-    plan, segmenter = slide_plan
+def test_a_closed_pipeline_stops_the_network(cnn_tile_plan: tuple[SlidePlan, Any]) -> None:
+    plan, segmenter = cnn_tile_plan
     recorder = Recorder(segmenter)
     results = analyze_tiles(plan, range(plan.n_tiles), segmenter=recorder, prefetch=2)  # type: ignore[arg-type]
     next(results)
@@ -169,11 +147,11 @@ def test_a_closed_pipeline_stops_the_network(slide_plan: tuple[SlidePlan, Any]) 
 
 @pytest.mark.slow
 def test_a_cancelled_slide_stops_within_prefetch(
-    slide_plan: tuple[SlidePlan, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cnn_tile_plan: tuple[SlidePlan, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import senpath.slide_analysis as slide_analysis
 
-    plan, segmenter = slide_plan
+    plan, segmenter = cnn_tile_plan
     recorder = Recorder(segmenter)
     monkeypatch.setattr(slide_analysis, "plan_segmenter", lambda plan: recorder)
 
@@ -186,14 +164,16 @@ def test_a_cancelled_slide_stops_within_prefetch(
 
     with pytest.raises(Cancelled):
         senpath.analyze_slide(
-            plan.path, out=tmp_path, assay="ki67", config=CONFIG, tile_progress=progress
+            plan.path, out=tmp_path, assay="ki67", config=plan.config, tile_progress=progress
         )
     assert recorder.count("network") <= 2 + 2
     assert not [t for t in threading.enumerate() if t.name.startswith("senpath-tiles")]
 
 
-def test_an_error_in_the_worker_is_raised_for_its_tile(slide_plan: tuple[SlidePlan, Any]) -> None:
-    plan, segmenter = slide_plan
+def test_an_error_in_the_worker_is_raised_for_its_tile(
+    cnn_tile_plan: tuple[SlidePlan, Any],
+) -> None:
+    plan, segmenter = cnn_tile_plan
     recorder = Recorder(segmenter, fail_at=3)
     results = analyze_tiles(plan, range(plan.n_tiles), segmenter=recorder, prefetch=2)  # type: ignore[arg-type]
     got = [next(results) for _ in range(3)]
@@ -204,14 +184,14 @@ def test_an_error_in_the_worker_is_raised_for_its_tile(slide_plan: tuple[SlidePl
 
 @pytest.mark.slow
 def test_provenance_records_the_precision_auto_chose(
-    slide_plan: tuple[SlidePlan, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cnn_tile_plan: tuple[SlidePlan, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``precision = "auto"`` in the config; the provenance says what it resolved to on this CPU."""
     import json
 
     from senpath.segment import predict, runtime
 
-    plan, _ = slide_plan
+    plan, _ = cnn_tile_plan
     monkeypatch.delenv(runtime.PRECISION_ENV, raising=False)
     monkeypatch.setattr(predict, "_CACHE", {})  # a network built for this test, not a cached one
     # the calibration's outcome (fp32, not the bf16 the test suite pins), without its seconds
@@ -222,7 +202,7 @@ def test_provenance_records_the_precision_auto_chose(
         return "fp32"
 
     monkeypatch.setattr(runtime, "choose_cpu_precision", choose)
-    store = senpath.analyze_slide(plan.path, out=tmp_path, assay="ki67", config=CONFIG)
+    store = senpath.analyze_slide(plan.path, out=tmp_path, assay="ki67", config=plan.config)
     provenance = json.loads((store / "provenance.json").read_text())
     assert picked == ["fp32"] and provenance["config"]["precision"] == "auto"
     assert provenance["network_precision"] == "fp32"
