@@ -17,12 +17,13 @@
 # DEVICE=cpu runs the same on a CPU (a smoke test of this script).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 MINUTES=${MINUTES:-7}
 OUT=${OUT:-/tmp/senpath_gpu_out}
 RUN=${RUN:-/tmp/senpath_gpu_run}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# senpath and what the machine's python3 lacks, from the carried .whl/ (benchmarks/gpu_wheels.sh)
+# shellcheck source=benchmarks/gpu_env.sh
+source benchmarks/gpu_env.sh
 if [ ! -f .gpu_pack/pack.npz ]; then
     echo "gpu_train: .gpu_pack/pack.npz is missing: write it here with python -m senpath.segment.datapack --out .gpu_pack/pack.npz and carry .gpu_pack" >&2
     exit 2
