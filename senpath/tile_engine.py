@@ -441,6 +441,20 @@ def _post_tile(job: _PostJob) -> TileResult:
     return result
 
 
+def _post_tile_relaying_warnings(
+    job: _PostJob,
+) -> tuple[TileResult, list[tuple[str, type[Warning]]]]:
+    """:func:`_post_tile` in a worker process, with the warnings it gave (a tile's nucleus cut
+    by the halo, ...), for the analysing thread to give again: a worker's own would reach only
+    its stderr, not the caller's filters or ``catch_warnings``."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _post_tile(job)
+    return result, [(str(w.message), w.category) for w in caught]
+
+
 def _post_worker_start() -> None:
     """A post-processing process: OpenCV on one thread (the processes are the parallelism)."""
     import cv2
@@ -477,7 +491,8 @@ def _post_in_workers(jobs: Iterator[_PostJob], workers: int) -> Iterator[TileRes
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    pending: deque[tuple[_PostJob, Future[TileResult] | None]] = deque()
+    Relayed = tuple[TileResult, list[tuple[str, type[Warning]]]]
+    pending: deque[tuple[_PostJob, Future[Relayed] | None]] = deque()
     pool: Any = None
 
     def give_up(exc: BaseException) -> None:
@@ -495,24 +510,28 @@ def _post_in_workers(jobs: Iterator[_PostJob], workers: int) -> Iterator[TileRes
             abandoned.shutdown(wait=False, cancel_futures=True)
         pool = False
 
-    def submit(job: _PostJob) -> Future[TileResult] | None:
+    def submit(job: _PostJob) -> Future[Relayed] | None:
         nonlocal pool
         if pool is False:
             return None
         try:
             pool = pool or _post_pool(workers)
-            return pool.submit(_post_tile, job)  # type: ignore[no-any-return]
+            return pool.submit(_post_tile_relaying_warnings, job)  # type: ignore[no-any-return]
         except (BrokenProcessPool, OSError, RuntimeError, AssertionError) as exc:
             give_up(exc)
             return None
 
-    def finish(job: _PostJob, future: Future[TileResult] | None) -> TileResult:
+    def finish(job: _PostJob, future: Future[Relayed] | None) -> TileResult:
         if future is not None:
             try:
-                return future.result()  # an error in the tile's analysis is raised here
+                result, relayed = future.result()  # an error in the tile's analysis: here
             except BrokenProcessPool as exc:
                 if pool is not False:
                     give_up(exc)
+            else:
+                for message, category in relayed:
+                    warnings.warn(message, category, stacklevel=3)
+                return result
         return _post_tile(job)
 
     try:

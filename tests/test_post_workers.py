@@ -132,3 +132,47 @@ def test_the_setting_overrides_the_choice(monkeypatch: pytest.MonkeyPatch) -> No
     assert post_workers_for(_on("cpu")) == 3
     monkeypatch.setenv(POST_WORKERS_ENV, " 0 ")
     assert post_workers_for(_on("cuda")) == 0
+
+
+class _GreetingPost:
+    """Post-processing that warns once per tile (pickled to the workers by reference)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def on_grid(self, maps: Any, shape: Any, *, mpp: float) -> Any:
+        import warnings
+
+        warnings.warn(
+            f"tile of shape {tuple(shape)}: post-processing said hello", UserWarning, stacklevel=2
+        )
+        return self.inner.on_grid(maps, shape, mpp=mpp)
+
+
+class _Greeting:
+    """The CNN segmenter with :class:`_GreetingPost` as its post-processing."""
+
+    def __init__(self, segmenter: Any) -> None:
+        self.inner, self.method, self.network = segmenter, segmenter.method, segmenter.network
+        self.maps_to_labels = _GreetingPost(segmenter.maps_to_labels)
+
+    def network_maps(self, images: Any, *, mpp: float, context: Any = None) -> Any:
+        return self.inner.network_maps(images, mpp=mpp, context=context)
+
+    def tile_batch(self, side_px: int) -> int:
+        return 1
+
+
+def test_warnings_in_the_workers_reach_the_caller(
+    cnn_tile_plan: tuple[SlidePlan, Any], serial: list[tile_engine.TileResult]
+) -> None:
+    """A worker's warnings (a nucleus cut by the halo, ...) are given again in the analysing
+    thread, where the caller's filters and ``catch_warnings`` see them, not only the worker's
+    stderr."""
+    plan, segmenter = cnn_tile_plan
+    with pytest.warns(UserWarning, match="post-processing said hello") as caught:
+        got = list(
+            analyze_tiles(plan, range(plan.n_tiles), segmenter=_Greeting(segmenter), post_workers=2)
+        )  # type: ignore[arg-type]
+    assert_same_tile_results(serial, got)
+    assert len([w for w in caught if "said hello" in str(w.message)]) == plan.n_tiles
