@@ -145,6 +145,7 @@ def run(
     if workers and scheduler:
         raise typer.BadParameter("--workers and --scheduler are mutually exclusive: give one")
     settings = load_settings(config)  # the whole file, checked once: every problem on its own line
+    _check_environment()
     assays = settings.assays
     cfg = settings.analysis.replace(
         segmenter=segmenter, device=device, model=str(model) if model else None,
@@ -730,6 +731,25 @@ def train(ctx: typer.Context) -> None:
     from senpath.segment.train import main as train_main
 
     raise typer.Exit(train_main(list(ctx.args)))
+
+
+def _check_environment() -> None:
+    """The settings environment variables give (``SENPATH_PRECISION``, ``SENPATH_POST_WORKERS``),
+    checked before a batch starts: a bad one is one line and exit code 2, not the same failure
+    once per slide."""
+    from senpath.segment.predict import precision_from_env
+    from senpath.tile_engine import post_workers_on
+
+    problems = []
+    for check in (precision_from_env, lambda: post_workers_on("cpu")):
+        try:
+            check()
+        except ValueError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        _error_line("environment", problem)
+    if problems:
+        raise typer.Exit(2)
 
 
 def _error_line(label: str, line: str) -> None:

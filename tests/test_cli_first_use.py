@@ -3,6 +3,7 @@ and exports that put each file where the help says."""
 
 from __future__ import annotations
 
+import pytest
 from typer.testing import CliRunner
 
 import senpath
@@ -93,3 +94,28 @@ def test_a_warning_is_one_line_and_debug_is_a_global_option(tmp_path):
     r = _senpath("--debug", "run", "s.csv", "--out", "out2", "--config", "c.toml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "SlideWarning: a.tif: the explicit pixel size" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"), [("SENPATH_POST_WORKERS", "two"), ("SENPATH_PRECISION", "fp64")]
+)
+def test_a_bad_environment_setting_stops_the_batch_before_any_slide(
+    tmp_path, monkeypatch, variable, value
+):
+    """One line naming the variable and exit code 2, before any slide is read: not the same
+    failure once per slide of the batch."""
+    from senpath import synth
+
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        synth.write_slide(tmp_path / "in" / f"{name}.tif", assay="ki67", shape=(128, 128), mpp=0.5,
+                          seed=1)  # fmt: skip
+    monkeypatch.setenv(variable, value)
+    r = CliRunner().invoke(
+        app, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "r"), "--assay", "ki67"],
+        terminal_width=200,
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    problems = [line for line in r.output.splitlines() if f"{variable}={value!r}" in line]
+    assert len(problems) == 1 and problems[0].startswith("environment:"), r.output
+    assert not (tmp_path / "r").exists()  # no slide started

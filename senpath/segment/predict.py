@@ -47,6 +47,24 @@ NETWORK_HALO_UM = 16.0
 MAX_PASS_SIDE = 2048
 
 
+def precision_from_env() -> str:
+    """The CPU precision ``$SENPATH_PRECISION`` sets (lower case), ``"auto"`` when unset.
+
+    Raises
+    ------
+    ValueError
+        When it is not one of :data:`PRECISIONS`.
+    """
+    from senpath.segment.runtime import PRECISION_ENV
+
+    precision = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"{PRECISION_ENV}={precision!r} is not a precision: use one of {', '.join(PRECISIONS)}"
+        )
+    return precision
+
+
 class NucleusSegmenter:
     """A loaded nucleus network plus its post-processing, ready for tile batches.
 
@@ -85,14 +103,9 @@ class NucleusSegmenter:
         self.device = resolve_device(device)
         model = model.eval().to(self.device)
         if precision == "auto" and self.device.type == "cpu":
-            from senpath.segment.runtime import PRECISION_ENV, choose_cpu_precision
+            from senpath.segment.runtime import choose_cpu_precision
 
-            precision = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
-            if precision not in PRECISIONS:
-                raise ValueError(
-                    f"{PRECISION_ENV}={precision!r} is not a precision: use one of "
-                    f"{', '.join(PRECISIONS)}"
-                )
+            precision = precision_from_env()
             if precision == "auto":
                 spec_ = self.spec
                 precision = choose_cpu_precision(
