@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     import senpath
     import senpath.slide_analysis as slide_analysis
     from senpath.config import AnalysisConfig
+    from senpath.post_workers import POST_WORKERS_ENV
     from senpath.results import read_results
     from senpath.synth import write_slide
-    from senpath.tile_engine import POST_WORKERS_ENV, plan_segmenter
+    from senpath.tile_engine import plan_segmenter
 
     config = AnalysisConfig(segmenter="cnn", device="cpu")
     cached: dict[str, CachedNetwork] = {}

@@ -10,7 +10,7 @@
    on the CPU (a smaller slide, fp32): wall, MP/s, cells, and the time a 1 Gpx slide would take
    at that rate; the GPU slide twice: post-processed in the analysing thread alone
    (``SENPATH_POST_WORKERS=0``) and in the worker processes chosen for a GPU
-   (:func:`senpath.tile_engine.post_workers_for`).
+   (:func:`senpath.post_workers.post_workers_for`).
 
 Prints Markdown (paste into models/MODEL_CARD.md, "Speed and precision"); exits 2 without CUDA.
 """
@@ -104,9 +104,9 @@ def slide_rows(gpu_side: int, cpu_side: int) -> None:
 
     import senpath
     from senpath.config import AnalysisConfig
+    from senpath.post_workers import POST_WORKERS_ENV, post_workers_on
     from senpath.results import read_results
     from senpath.synth import write_slide
-    from senpath.tile_engine import POST_WORKERS_ENV, post_workers_on
 
     auto_workers = post_workers_on("cuda")
     print("\n| slide | device, precision | post workers | tiles | wall s | tissue MP/s | cells | "

@@ -737,8 +737,8 @@ def _check_environment() -> None:
     """The settings environment variables give (``SENPATH_PRECISION``, ``SENPATH_POST_WORKERS``),
     checked before a batch starts: a bad one is one line and exit code 2, not the same failure
     once per slide."""
+    from senpath.post_workers import post_workers_on
     from senpath.segment.predict import precision_from_env
-    from senpath.tile_engine import post_workers_on
 
     problems = []
     for check in (precision_from_env, lambda: post_workers_on("cpu")):

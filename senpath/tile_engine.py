@@ -17,7 +17,6 @@ half and :func:`analyze_tiles` the rest with the labels it returns), the napari 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -285,8 +284,9 @@ def analyze_tiles(
         here, tile by tile. The results are the same either way, in ``indices`` order.
     post_workers : worker processes that post-process the network's maps (watershed,
         deconvolution, ownership, measurement) while this thread hands them tiles in order; 0:
-        this thread does; ``None``: :func:`post_workers_for` (a network on a GPU outruns one
-        core's post-processing ~40-fold). The results are the same either way.
+        this thread does; ``None``: :func:`senpath.post_workers.post_workers_for` (a network on a
+        GPU outruns one core's post-processing many times over). The results are the same
+        either way.
 
     Yields
     ------
@@ -327,6 +327,8 @@ def analyze_tiles(
         maps = segmenter.network_maps(images, mpp=amp, context=context)  # type: ignore[union-attr]
         return list(zip(images, maps, strict=True))
 
+    from senpath.post_workers import in_order, post_workers_for
+
     workers = post_workers_for(segmenter) if post_workers is None else int(post_workers)
     post = getattr(segmenter, "maps_to_labels", None) if split else None
     if workers > 0 and post is not None:
@@ -342,7 +344,7 @@ def analyze_tiles(
                         image_shape=plan.shape_px, objects=plan.assay.objects,
                     )  # fmt: skip
 
-        yield from _post_in_workers(jobs(), workers)
+        yield from in_order(_post_tile, jobs(), workers)
         return
     for group, done in _ahead(read_and_infer, groups, depth=prefetch):
         for (k, i), (rgb, maps) in zip(group, done, strict=True):
@@ -366,51 +368,6 @@ def analyze_tiles(
                 objects=plan.assay.objects,
             )
             yield result
-
-
-#: Environment variable that sets :func:`analyze_tiles`' ``post_workers`` (0 or more).
-POST_WORKERS_ENV = "SENPATH_POST_WORKERS"
-#: Most post-processing worker processes chosen automatically (each holds a tile or two, ~0.2 GB).
-MAX_AUTO_POST_WORKERS = 8
-
-
-def post_workers_for(segmenter: Any) -> int:
-    """:func:`post_workers_on` the device ``segmenter``'s network runs on (``"cpu"`` when it
-    has none)."""
-    device = getattr(getattr(segmenter, "network", None), "device", None)
-    return post_workers_on(str(getattr(device, "type", "cpu")))
-
-
-def post_workers_on(device: str) -> int:
-    """Post-processing worker processes for a slide whose network runs on ``device`` (a torch
-    device type): ``$SENPATH_POST_WORKERS`` when set, else on a GPU one per core but two (the
-    thread feeding the network, this one), at most :data:`MAX_AUTO_POST_WORKERS`, else 0.
-
-    On a CPU the network's threads already hold the cores (0: no workers); a GPU runs it far
-    faster than one core post-processes its maps (~5 MP/s per core here;
-    ``benchmarks/bench_post_workers.py``). Inside a daemonic process (a dask worker), which may
-    not start processes, 0.
-
-    Raises
-    ------
-    ValueError
-        When ``$SENPATH_POST_WORKERS`` is not a whole number >= 0.
-    """
-    import multiprocessing
-    import os
-
-    text = os.environ.get(POST_WORKERS_ENV, "").strip()
-    if text:
-        if not (text.isascii() and text.isdigit()):
-            raise ValueError(
-                f"{POST_WORKERS_ENV}={text!r} is not a number of worker processes: give 0 "
-                "(post-process in the analysing thread) or more"
-            )
-        return int(text)
-    if device == "cpu" or multiprocessing.current_process().daemon:
-        return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min((cores or 1) - 2, MAX_AUTO_POST_WORKERS))
 
 
 @dataclass
@@ -439,119 +396,6 @@ def _post_tile(job: _PostJob) -> TileResult:
         objects=job.objects,
     )  # fmt: skip
     return result
-
-
-def _post_tile_relaying_warnings(
-    job: _PostJob,
-) -> tuple[TileResult, list[tuple[str, type[Warning]]]]:
-    """:func:`_post_tile` in a worker process, with the warnings it gave (a tile's nucleus cut
-    by the halo, ...), for the analysing thread to give again: a worker's own would reach only
-    its stderr, not the caller's filters or ``catch_warnings``."""
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = _post_tile(job)
-    return result, [(str(w.message), w.category) for w in caught]
-
-
-def _post_worker_start() -> None:
-    """A post-processing process: OpenCV on one thread (the processes are the parallelism)."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
-#: The post-processing pools of this process by size, started once (spawned: the parent holds
-#: threads and maybe CUDA, which fork does not copy safely) and kept for its next slides.
-_POST_POOLS: dict[int, Any] = {}
-_POST_POOLS_LOCK = threading.Lock()  # slides analysed in several threads share the pools
-
-
-def _post_pool(workers: int) -> Any:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with _POST_POOLS_LOCK:
-        pool = _POST_POOLS.get(workers)
-        if pool is None:
-            pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_post_worker_start,
-            )  # fmt: skip
-            _POST_POOLS[workers] = pool
-        return pool
-
-
-def _post_in_workers(jobs: Iterator[_PostJob], workers: int) -> Iterator[TileResult]:
-    """``_post_tile`` of each job in ``workers`` processes, up to ``2 * workers`` at once, the
-    results in order. Workers that fail to start or die leave the rest to this thread."""
-    import warnings
-    from collections import deque
-    from concurrent.futures import Future
-    from concurrent.futures.process import BrokenProcessPool
-
-    Relayed = tuple[TileResult, list[tuple[str, type[Warning]]]]
-    pending: deque[tuple[_PostJob, Future[Relayed] | None]] = deque()
-    pool: Any = None
-
-    def give_up(exc: BaseException) -> None:
-        nonlocal pool
-        warnings.warn(
-            f"post-processing worker processes stopped ({type(exc).__name__}: {exc}); the "
-            "remaining tiles are post-processed in the analysing thread, with the same results "
-            f"(set {POST_WORKERS_ENV}=0 to skip the workers)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        with _POST_POOLS_LOCK:
-            abandoned = _POST_POOLS.pop(workers, None)
-        if abandoned is not None:
-            abandoned.shutdown(wait=False, cancel_futures=True)
-        pool = False
-
-    def submit(job: _PostJob) -> Future[Relayed] | None:
-        nonlocal pool
-        if pool is False:
-            return None
-        try:
-            pool = pool or _post_pool(workers)
-            return pool.submit(_post_tile_relaying_warnings, job)  # type: ignore[no-any-return]
-        except (BrokenProcessPool, OSError, RuntimeError, AssertionError) as exc:
-            give_up(exc)
-            return None
-
-    def finish(job: _PostJob, future: Future[Relayed] | None) -> TileResult:
-        if future is not None:
-            try:
-                result, relayed = future.result()  # an error in the tile's analysis: here
-            except BrokenProcessPool as exc:
-                if pool is not False:
-                    give_up(exc)
-            else:
-                for message, category in relayed:
-                    warnings.warn(message, category, stacklevel=3)
-                return result
-        return _post_tile(job)
-
-    try:
-        for job in jobs:
-            pending.append((job, submit(job)))
-            while pending and (len(pending) >= 2 * workers or _done(pending[0][1])):
-                yield finish(*pending.popleft())
-        while pending:
-            yield finish(*pending.popleft())
-    finally:
-        for _, future in pending:
-            if future is not None:
-                future.cancel()
-        close = getattr(jobs, "close", None)
-        if close is not None:
-            close()  # the network's worker thread: drop what has not started
-
-
-def _done(future: Any) -> bool:
-    return future is None or bool(future.done())
 
 
 def _ahead(

@@ -16,14 +16,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from senpath import tile_engine  # noqa: E402
+from senpath import post_workers, tile_engine  # noqa: E402
+from senpath.post_workers import POST_WORKERS_ENV, post_workers_for  # noqa: E402
 from senpath.slide_plan import SlidePlan  # noqa: E402
 from senpath.testing import assert_same_tile_results  # noqa: E402
-from senpath.tile_engine import (  # noqa: E402
-    POST_WORKERS_ENV,
-    analyze_tiles,
-    post_workers_for,
-)
+from senpath.tile_engine import analyze_tiles  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,7 @@ def test_worker_processes_give_the_serial_results(
     plan, segmenter = cnn_tile_plan
     got = list(analyze_tiles(plan, range(plan.n_tiles), segmenter=segmenter, post_workers=2))
     assert_same_tile_results(serial, got)
-    pool = tile_engine._POST_POOLS[2]  # they did run in other processes
+    pool = post_workers._POOLS[2]  # they did run in other processes
     pids = {p.pid for p in pool._processes.values()}
     assert pids and os.getpid() not in pids
 
@@ -76,7 +73,7 @@ def test_failed_workers_leave_the_tiles_to_this_thread(
 ) -> None:
     plan, segmenter = cnn_tile_plan
     dead = pool() if pool is not None else None
-    monkeypatch.setattr(tile_engine, "_post_pool", (lambda workers: dead) if dead else _refuse)
+    monkeypatch.setattr(post_workers, "_pool", (lambda workers: dead) if dead else _refuse)
     with pytest.warns(RuntimeWarning, match="post-processing worker processes stopped") as caught:
         got = list(analyze_tiles(plan, range(plan.n_tiles), segmenter=segmenter, post_workers=3))
     assert_same_tile_results(serial, got)  # nothing lost
@@ -108,7 +105,7 @@ def test_the_automatic_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert post_workers_for(_on("cpu")) == 0  # the network's threads hold the cores
     assert post_workers_for(types.SimpleNamespace()) == 0  # classical: no network
-    assert post_workers_for(_on("cuda")) == tile_engine.MAX_AUTO_POST_WORKERS == 8
+    assert post_workers_for(_on("cuda")) == post_workers.MAX_AUTO_POST_WORKERS == 8
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert post_workers_for(_on("cuda")) == 2  # a core for the network's feeder, one for here
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
