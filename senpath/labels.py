@@ -192,11 +192,8 @@ class ChunkCache:
             slice(cx * hx, min((cx + 1) * hx, self.shape[1])),
         )
 
-    def _parts(
-        self, key: Any
-    ) -> Iterator[tuple[tuple[int, int], NDArray[Any], tuple[slice, slice], tuple[slice, slice]]]:
-        """(chunk index, the chunk held, its part, the same part of the request's block) for
-        each chunk the 2-D box ``key`` meets."""
+    def _bounds(self, key: Any) -> tuple[int, int, int, int]:
+        """``(y0, y1, x0, x1)`` of a 2-D box ``[y0:y1, x0:x1]`` (step 1), clipped to the array."""
         if not (
             isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)
         ):
@@ -204,6 +201,13 @@ class ChunkCache:
         (y0, y1, sy), (x0, x1, sx) = (k.indices(n) for k, n in zip(key, self.shape, strict=True))
         if (sy, sx) != (1, 1):
             raise TypeError(f"ChunkCache takes boxes with step 1, got {key!r}")
+        return y0, max(y0, y1), x0, max(x0, x1)
+
+    def _parts(
+        self, y0: int, y1: int, x0: int, x1: int
+    ) -> Iterator[tuple[tuple[int, int], NDArray[Any], tuple[slice, slice], tuple[slice, slice]]]:
+        """(chunk index, the chunk held, its part, the same part of the box's block) for each
+        chunk the box meets."""
         if y1 <= y0 or x1 <= x0:
             return
         hy, hx = self.chunks
@@ -221,17 +225,16 @@ class ChunkCache:
                 yield index, held, part, (slice(ay - y0, by - y0), slice(ax - x0, bx - x0))
 
     def __getitem__(self, key: Any) -> NDArray[Any]:
-        parts = list(self._parts(key))
-        (y0, y1, _), (x0, x1, _) = (k.indices(n) for k, n in zip(key, self.shape, strict=True))
-        out = np.zeros((max(0, y1 - y0), max(0, x1 - x0)), dtype=self.array.dtype)
-        for _, held, part, block in parts:
+        y0, y1, x0, x1 = self._bounds(key)
+        out = np.empty((y1 - y0, x1 - x0), dtype=self.array.dtype)  # the chunks tile the box
+        for _, held, part, block in self._parts(y0, y1, x0, x1):
             out[block] = held[part]
         self._trim()
         return out
 
     def __setitem__(self, key: Any, value: Any) -> None:
         value = np.asarray(value)
-        for index, held, part, block in self._parts(key):
+        for index, held, part, block in self._parts(*self._bounds(key)):
             held[part] = value if value.ndim == 0 else value[block]
             self._dirty.add(index)
         self._trim()

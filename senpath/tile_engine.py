@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -336,12 +336,11 @@ def analyze_tiles(
         def jobs() -> Iterator[_PostJob]:
             for group, done in _ahead(read_and_infer, groups, depth=prefetch):
                 for (_, i), (rgb, maps) in zip(group, done, strict=True):
-                    if maps is None:  # pragma: no cover (split: the network gave maps)
-                        raise RuntimeError(f"tile {i}: the network returned no maps")
                     yield _PostJob(
-                        rgb=rgb, maps=maps, tile=plan.tiles[i], index=i, mpp=amp, post=post,
-                        stains=plan.stain_estimate.stains, i0=plan.i0, config=plan.config,
-                        image_shape=plan.shape_px, objects=plan.assay.objects,
+                        rgb=rgb, maps=cast("NDArray[np.float32]", maps),  # split: never None
+                        tile=plan.tiles[i], index=i, post=post, stains=plan.stain_estimate.stains,
+                        i0=plan.i0, config=plan.config, image_shape=plan.shape_px,
+                        objects=plan.assay.objects,
                     )  # fmt: skip
 
         yield from in_order(_post_tile, jobs(), workers)
@@ -378,7 +377,6 @@ class _PostJob:
     maps: NDArray[np.float32]
     tile: Tile
     index: int
-    mpp: float
     post: Any  # senpath.segment.predict.MapsToLabels
     stains: StainSet
     i0: Any
@@ -389,9 +387,10 @@ class _PostJob:
 
 def _post_tile(job: _PostJob) -> TileResult:
     """Labels from the maps, then :func:`analyze_tile` (in a worker process, or here)."""
-    labels = job.post.on_grid(job.maps, job.rgb.shape[:2], mpp=job.mpp)
+    mpp = job.config.analysis_mpp
+    labels = job.post.on_grid(job.maps, job.rgb.shape[:2], mpp=mpp)
     result, _ = analyze_tile(
-        job.rgb, job.tile, segmenter=None, stains=job.stains, i0=job.i0, mpp=job.mpp,
+        job.rgb, job.tile, segmenter=None, stains=job.stains, i0=job.i0, mpp=mpp,
         config=job.config, image_shape=job.image_shape, index=job.index, labels=labels,
         objects=job.objects,
     )  # fmt: skip
