@@ -6,13 +6,13 @@
 #     .venv/bin/python -m senpath.segment.datapack --out .gpu_pack/pack.npz
 # Then one device call with carry [".gpu_pack"] and timeout_s 590, e.g. v5 fine-tuned:
 #     MINUTES=7 bash models/gpu_train.sh --init models --lr 3.5e-4 --batch-size 64 ...
-# or a new network from scratch (--widths ..., --pool maxblur). Every argument goes on to
+# or a new network from scratch (--widths ..., --stem 8, --pool maxblur). Every argument goes on to
 # `python -m senpath.segment.train`; this script adds the pack, --device cuda (bf16 autocast),
 # the machine's cores drawing the batches (--loader-workers), no validation (stardist is not
 # installed there; evaluate here) and a checkpoint every 2 minutes. A run cut by the time limit
 # stops cleanly at its last step. $OUT receives log.jsonl, run.json and model.pt (the final
-# weights with their net_config, step and arguments, without the optimizer state, so under the
-# 16 MB a returned file may have); here:
+# weights in float16 with their net_config, step and arguments, without the optimizer state, so
+# under the 16 MB a returned file may have); here:
 #     python -m senpath.segment.export --checkpoint model.pt --out DIR --thresholds-from models
 # DEVICE=cpu runs the same on a CPU (a smoke test of this script).
 set -euo pipefail
@@ -52,6 +52,8 @@ import torch
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 ckpt = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
 ckpt.pop("optimizer", None)
+# float16, as export writes them anyway: a 5.5 M-parameter network is 11 MB, not 22
+ckpt["model"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
 torch.save(ckpt, out / "model.pt")
 for name in ("log.jsonl", "run.json"):
     if (run / name).exists():

@@ -87,3 +87,29 @@ def test_maxblur_network_keeps_the_output_shape(shape):
     with torch.no_grad():
         y = model(torch.rand(shape))
     assert y.shape == (shape[0], len(OUTPUT_CHANNELS), shape[2], shape[3])
+
+
+def test_stem_network_works_at_half_resolution_behind_a_full_resolution_stem():
+    """With a stem the U-Net's levels run at half resolution: one more factor of 2 in the stride,
+    the same output grid, the head fed by the full-resolution stem."""
+    cfg = NetConfig(widths=(8, 16, 32), pool="maxblur", stem=4)
+    assert cfg.stride == 8 and NetConfig(widths=(8, 16, 32)).stride == 4
+    model = build_model(cfg).eval()
+    assert model.head.in_channels == 4
+    with torch.no_grad():
+        y = model(torch.rand(2, 3, 32, 48))
+    assert y.shape == (2, len(OUTPUT_CHANNELS), 32, 48) and torch.isfinite(y).all()
+    # the first level's convolutions see the stem's pooled output, not the RGB
+    assert model.encoders[0][0].in_channels == 4 and model.stem_in[0].in_channels == 3
+    model(torch.rand(1, 3, 16, 16)).sum().backward()
+    assert float(model.stem_in[0].weight.grad.abs().sum()) > 0
+
+
+def test_stem_setting_round_trips_and_is_left_out_of_descriptions_without_one():
+    stem = NetConfig(widths=(8, 16), stem=6)
+    assert stem.to_dict()["stem"] == 6
+    assert NetConfig.from_dict(stem.to_dict()) == stem
+    assert build_model(stem.to_dict()).config == stem
+    assert "stem" not in NetConfig().to_dict()  # v1-v5 descriptions read the same
+    with pytest.raises(ValueError, match="stem must be 0"):
+        NetConfig(stem=-1)

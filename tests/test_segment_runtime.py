@@ -217,15 +217,17 @@ def test_onnx_runtime_gives_the_maps_and_nuclei_of_fp32(shipped_model):
     assert runtime.matched_f1(labels32, predict_instances(region.rgb, mpp=0.5, model=onnx)) >= 0.99
 
 
-def test_onnx_runtime_runs_the_anti_aliased_pooling_like_torch():
+@pytest.mark.parametrize("stem", [0, 4])
+def test_onnx_runtime_runs_the_anti_aliased_pooling_like_torch(stem):
     """ONNX Runtime may be the precision ``auto`` picks: a ``pool = "maxblur"`` network (edge
-    padding, stride-1 max and average pooling) must export and give torch's maps."""
+    padding, stride-1 max and average pooling), with or without a full-resolution stem, must
+    export and give torch's maps."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from senpath.segment.net import NetConfig, build_model
 
     torch.manual_seed(0)
-    model = build_model(NetConfig(widths=(8, 16, 32), pool="maxblur")).eval()
+    model = build_model(NetConfig(widths=(8, 16, 32), pool="maxblur", stem=stem)).eval()
     rgb = np.random.default_rng(1).integers(0, 256, (72, 88, 3), dtype=np.uint8)
     fp32 = NucleusSegmenter(model, device="cpu", precision="fp32").predict_image_maps(rgb)
     onnx = NucleusSegmenter(model, device="cpu", precision="onnx-fp32").predict_image_maps(rgb)

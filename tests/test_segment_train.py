@@ -160,3 +160,37 @@ def test_batches_drawn_by_worker_processes_are_the_same_and_train(tmp_path):
     events = [json.loads(line).get("event") for line in open(tmp_path / "b" / "log.jsonl")]
     assert "validation" not in events and events[-1] == "finished"
     assert b["args"]["data_pack"] == str(pack)
+
+
+def test_a_stem_network_trains_records_its_stem_and_is_not_resumed_as_another(tmp_path):
+    torch = pytest.importorskip("torch")
+    from senpath.segment.datapack import write_pack
+    from senpath.segment.net import NetConfig
+
+    pack = tmp_path / "p.npz"
+    write_pack(pack, {"monuseg": _tiny_images(2, 0)}, {"monuseg": _tiny_images(1, 1)})
+    common = ["--data-pack", str(pack), "--steps", "2", "--seed", "2", *TINY]
+    common += ["--validate-minutes", "0", "--widths", "8,8,16,16", "--stem", "4"]
+    T.main(["--out", str(tmp_path / "a"), *common])
+    ckpt = torch.load(tmp_path / "a" / "step_000002.pt", weights_only=True)
+    assert NetConfig.from_dict(ckpt["net_config"]) == NetConfig(widths=(8, 8, 16, 16), stem=4)
+    assert ckpt["model"]["stem_in.0.weight"].shape[:2] == (4, 3)
+    resume = ["--resume", str(tmp_path / "a" / "last.pt")]
+    with pytest.raises(SystemExit, match="--stem 6: .* has stem 4"):
+        T.main(["--out", str(tmp_path / "a"), *common[:-2], "--stem", "6", *resume])
+
+
+def test_a_run_gives_back_the_callers_signal_handlers(tmp_path):
+    """``train`` stops cleanly on TERM / INT while it runs; afterwards the process must answer
+    them as before (it swallowed TERM for good: a test run under ``timeout`` never ended)."""
+    pytest.importorskip("torch")
+    import signal
+
+    from senpath.segment.datapack import write_pack
+
+    pack = tmp_path / "p.npz"
+    write_pack(pack, {"monuseg": _tiny_images(2, 0)}, {"monuseg": _tiny_images(1, 1)})
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    T.main(["--out", str(tmp_path / "a"), "--data-pack", str(pack), "--steps", "1", *TINY,
+            "--validate-minutes", "0"])  # fmt: skip
+    assert {s: signal.getsignal(s) for s in before} == before

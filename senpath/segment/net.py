@@ -44,29 +44,40 @@ class NetConfig:
         2×2 max pooling at stride 1, then a [1, 2, 1] binomial low-pass at stride 2 (the
         anti-aliased "MaxBlurPool" of Zhang, *Making convolutional networks shift-invariant
         again*, ICML 2019): a nucleus's maps then depend far less on where the tile grid falls.
+    stem : int
+        0 (v1-v5): the U-Net's first level works at full resolution. ``k > 0``: a thin stem of
+        ``k`` channels works at full resolution (one block in, one block out before the head) and
+        the whole U-Net, ``widths[0]`` included, at half resolution. The full-resolution layers
+        cost most of a thin network's time, so a stem buys wider, deeper levels and twice the
+        context for the same work per pixel.
     """
 
     widths: tuple[int, ...] = (16, 32, 64, 128, 160)
     in_channels: int = 3
     out_channels: int = 2
     pool: str = "max"
+    stem: int = 0
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
             raise ValueError(f"unknown pool {self.pool!r}: use one of {', '.join(POOLS)}")
+        if self.stem < 0:
+            raise ValueError(f"stem must be 0 (none) or a channel count, got {self.stem}")
 
     @property
     def stride(self) -> int:
         """Factor the input height and width must be divisible by."""
-        return 2 ** (len(self.widths) - 1)
+        return 2 ** (len(self.widths) - 1 + (1 if self.stem else 0))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dictionary (``pool`` left out when it is the default, ``"max"``, so the
-        descriptions of earlier models read the same)."""
+        """JSON-friendly dictionary (``pool`` and ``stem`` left out at their defaults, ``"max"``
+        and 0, so the descriptions of earlier models read the same)."""
         d = asdict(self)
         d["widths"] = list(self.widths)
         if d["pool"] == "max":
             del d["pool"]
+        if d["stem"] == 0:
+            del d["stem"]
         return d
 
     @classmethod
@@ -140,21 +151,30 @@ class NucleusUNet(nn.Module):
         super().__init__()
         self.config = config or NetConfig()
         w = self.config.widths
+        stem = self.config.stem
         self.encoders = nn.ModuleList()
         cin = self.config.in_channels
+        if stem:
+            self.stem_in = _block(cin, stem)
+            self.stem_out = _block(w[0] + stem, stem)
+            cin = stem
         for cout in w:
             self.encoders.append(_block(cin, cout))
             cin = cout
         self.decoders = nn.ModuleList()
         for level in range(len(w) - 2, -1, -1):
             self.decoders.append(_block(w[level + 1] + w[level], w[level]))
-        self.head = nn.Conv2d(w[0], self.config.out_channels, 1)
+        self.head = nn.Conv2d(stem or w[0], self.config.out_channels, 1)
         self.pool = _pool(self.config.pool)
         self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, out_channels, H, W)`` for RGB input ``(B, 3, H, W)`` in [0, 1]."""
         x = x * 2.0 - 1.0
+        stem = None
+        if self.config.stem:
+            stem = self.stem_in(x)
+            x = self.pool(stem)
         skips: list[torch.Tensor] = []
         for i, enc in enumerate(self.encoders):
             if i > 0:
@@ -164,6 +184,8 @@ class NucleusUNet(nn.Module):
         x = skips.pop()
         for dec in self.decoders:
             x = dec(torch.cat([self.up(x), skips.pop()], dim=1))
+        if stem is not None:
+            x = self.stem_out(torch.cat([self.up(x), stem], dim=1))
         return self.head(x)
 
 

@@ -299,6 +299,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--widths", type=str, default="16,32,64,128,160", help="U-Net widths")
     p.add_argument(
+        "--stem",
+        type=int,
+        default=None,
+        help="channels of a thin full-resolution stem, the U-Net then at half resolution (default "
+        "0, none, as v1-v5); for a new network only",
+    )
+    p.add_argument(
         "--pool",
         choices=("max", "maxblur"),  # senpath.segment.net.POOLS (torch not imported here)
         default=None,
@@ -309,6 +316,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validate-minutes", type=float, default=10.0)
     p.add_argument("--consep-validation", type=int, default=24, help="CoNSeP test patches used")
     return p.parse_args(argv)
+
+
+def _same_stem(asked: int | None, trained: int, source: Path) -> None:
+    """A stem changes the weights' shapes: only a new network takes ``--stem``."""
+    if asked is not None and asked != trained:
+        raise SystemExit(
+            f"--stem {asked}: {source} has stem {trained}; a stem is chosen for a new network "
+            "(leave out --init and --resume)"
+        )
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -335,6 +351,7 @@ def train(args: argparse.Namespace) -> Path:
             raise SystemExit(
                 f"--pool {args.pool}: {args.resume} was trained with pool {config.pool!r}"
             )
+        _same_stem(args.stem, config.stem, args.resume)
     elif args.init is not None:
         from senpath.segment.weights import load_weights
 
@@ -342,9 +359,12 @@ def train(args: argparse.Namespace) -> Path:
         config = NetConfig.from_dict(init_spec["net_config"])
         if args.pool is not None:  # same weights: pooling has none
             config = dataclasses.replace(config, pool=args.pool)
+        _same_stem(args.stem, config.stem, args.init)
     else:
         config = NetConfig(
-            widths=tuple(int(w) for w in args.widths.split(",")), pool=args.pool or "max"
+            widths=tuple(int(w) for w in args.widths.split(",")),
+            pool=args.pool or "max",
+            stem=args.stem or 0,
         )
     model = build_model(config)
     if state is None and args.init is not None:
@@ -437,72 +457,77 @@ def train(args: argparse.Namespace) -> Path:
     def on_signal(signum, frame):  # noqa: ARG001
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-
-    model.train()
-    t_start = time.perf_counter() - elapsed
-    last_ckpt = last_val = time.perf_counter()
-    calibrate_until = step + 20
-    running: dict[str, float] = {}
-    while total_steps is None or step < total_steps:
-        if stop["now"] or (args.stop_at is not None and step >= args.stop_at):
-            break
-        lr = learning_rate(step, total_steps or 10**9, peak=args.lr)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y = batches.get(step, total_steps)
-        xb = torch.from_numpy(x).to(device, non_blocking=True)
-        yb = torch.from_numpy(y).to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(xb)
-        loss, parts = segmentation_loss(logits.float(), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        elapsed = time.perf_counter() - t_start
-        for k, v in {"loss": float(loss.detach()), **parts}.items():
-            running[k] = running.get(k, 0.0) + v
-        if total_steps is None and step >= calibrate_until:
-            # Leave ~8 % of the budget for validation passes and checkpoints.
-            per_step = elapsed / step
-            total_steps = max(step + 1, int(args.minutes * 60 * 0.92 / per_step))
-            run_info["total_steps"] = total_steps
-            (out / "run.json").write_text(json.dumps(run_info, indent=2))
-            _log(
-                log,
-                {
-                    "event": "calibrated",
-                    "s_per_step": round(per_step, 3),
-                    "total_steps": total_steps,
-                },
-            )
-        if step % 25 == 0:
-            n = 25
-            _log(
-                log,
-                {"step": step, "lr": round(lr, 6), "elapsed_s": round(elapsed, 1)}
-                | {k: round(v / n, 4) for k, v in running.items()},
-            )
-            running = {}
-        now = time.perf_counter()
-        if now - last_ckpt > args.checkpoint_minutes * 60:
-            checkpoint(out / "last.pt")
-            last_ckpt = now
-        if val_sets and now - last_val > args.validate_minutes * 60:
-            scores = validate(model, val_sets)
-            _log(log, {"event": "validation", "step": step} | scores)
+    # a run stops cleanly on TERM / INT; the caller's handlers come back when it ends (train() is
+    # called in-process by tests and notebooks, which must stay stoppable)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        model.train()
+        t_start = time.perf_counter() - elapsed
+        last_ckpt = last_val = time.perf_counter()
+        calibrate_until = step + 20
+        running: dict[str, float] = {}
+        while total_steps is None or step < total_steps:
+            if stop["now"] or (args.stop_at is not None and step >= args.stop_at):
+                break
+            lr = learning_rate(step, total_steps or 10**9, peak=args.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = batches.get(step, total_steps)
+            xb = torch.from_numpy(x).to(device, non_blocking=True)
+            yb = torch.from_numpy(y).to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(xb)
+            loss, parts = segmentation_loss(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            elapsed = time.perf_counter() - t_start
+            for k, v in {"loss": float(loss.detach()), **parts}.items():
+                running[k] = running.get(k, 0.0) + v
+            if total_steps is None and step >= calibrate_until:
+                # Leave ~8 % of the budget for validation passes and checkpoints.
+                per_step = elapsed / step
+                total_steps = max(step + 1, int(args.minutes * 60 * 0.92 / per_step))
+                run_info["total_steps"] = total_steps
+                (out / "run.json").write_text(json.dumps(run_info, indent=2))
+                _log(
+                    log,
+                    {
+                        "event": "calibrated",
+                        "s_per_step": round(per_step, 3),
+                        "total_steps": total_steps,
+                    },
+                )
+            if step % 25 == 0:
+                n = 25
+                _log(
+                    log,
+                    {"step": step, "lr": round(lr, 6), "elapsed_s": round(elapsed, 1)}
+                    | {k: round(v / n, 4) for k, v in running.items()},
+                )
+                running = {}
+            now = time.perf_counter()
+            if now - last_ckpt > args.checkpoint_minutes * 60:
+                checkpoint(out / "last.pt")
+                last_ckpt = now
+            if val_sets and now - last_val > args.validate_minutes * 60:
+                scores = validate(model, val_sets)
+                _log(log, {"event": "validation", "step": step} | scores)
+                checkpoint(out / f"step_{step:06d}.pt")
+                last_val = time.perf_counter()
+        batches.close()
+        checkpoint(out / "last.pt")
+        finished = total_steps is not None and step >= total_steps
+        if finished or (args.stop_at is not None and step == args.stop_at):
+            if val_sets:
+                scores = validate(model, val_sets)
+                _log(log, {"event": "validation", "step": step, "final": finished} | scores)
             checkpoint(out / f"step_{step:06d}.pt")
-            last_val = time.perf_counter()
-    batches.close()
-    checkpoint(out / "last.pt")
-    finished = total_steps is not None and step >= total_steps
-    if finished or (args.stop_at is not None and step == args.stop_at):
-        if val_sets:
-            scores = validate(model, val_sets)
-            _log(log, {"event": "validation", "step": step, "final": finished} | scores)
-        checkpoint(out / f"step_{step:06d}.pt")
+    finally:
+        batches.close()  # also when the run fails: no loader processes left behind
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     _log(log, {"event": "finished" if finished else "stopped", "step": step})
     return out / "last.pt"
 
