@@ -1,15 +1,18 @@
-"""Flip test-time augmentation of the nucleus CNN on the held-out sets: measured, not adopted.
+"""Test-time changes to the nucleus CNN's input on the held-out sets: measured, not adopted.
 
-The network's maps are averaged over the image and its three flips (left-right, up-down, both;
-each flipped back) and post-processed as usual, with the model's own thresholds; every held-out
-set of ``python -m senpath.segment.export`` (real images at their native resolution, and the
-held-out H&E images re-rendered in each stain combination) is scored both ways in one run::
+``flip4``: the network's maps averaged over the image and its three flips (left-right, up-down,
+both; each flipped back). ``odG`` (e.g. ``od1.4``): every image's optical density multiplied by
+``G`` before the network (stains darkened, faint counterstain made stronger; glass stays white).
+Each way is post-processed as usual, with the model's own thresholds, on every held-out set of
+``python -m senpath.segment.export`` (real images at their native resolution, and the held-out
+H&E images re-rendered in each stain combination), all in one run::
 
-    python benchmarks/segment_tta.py                  # the shipped model, fp32, one thread
-    python benchmarks/segment_tta.py --model DIR --consep-limit 50
+    python benchmarks/segment_tta.py                  # plain and flip4, shipped model, fp32
+    python benchmarks/segment_tta.py --ways plain,od1.2,od1.4,od1.7 --consep-limit 40
 
-Prints pooled F1 / AJI (per-image mean) / PQ per set, the stained-vs-unstained recall gaps at IoU
-0.1, and the seconds each way (model card, "flip test-time augmentation"). Needs ``../shared``.
+Prints pooled F1 / AJI (per-image mean) / PQ per set and way, the stained-vs-unstained recall
+gaps at IoU 0.1, and the seconds each way (model card, "flip test-time augmentation" and
+"darker input"). Needs ``../shared``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,22 @@ def flip_averaged(predict_maps: Any) -> Any:
     return maps
 
 
+def od_scaled(predict_maps: Any, gain: float) -> Any:
+    """``predict_maps`` of (B, H, W, 3) uint8 batches with each image's optical density (against
+    its own glass intensity) multiplied by ``gain``."""
+    from senpath.stain import estimate_background
+
+    def maps(batch: np.ndarray) -> np.ndarray:
+        out = np.empty_like(batch)
+        for i, rgb in enumerate(batch):
+            i0 = estimate_background(rgb).astype(np.float32) + 1.0
+            od = np.clip(-np.log((rgb.astype(np.float32) + 1.0) / i0), 0.0, None)
+            out[i] = np.clip(np.rint(i0 * np.exp(-gain * od) - 1.0), 0, 255)
+        return predict_maps(out)
+
+    return maps
+
+
 def gaps(report: dict[str, Any]) -> str:
     by = report.get("recall_by_stain", {}).get("iou_0.1", {})
     return ", ".join(f"{k[4:]} {v['points']:+.1f}" for k, v in by.items() if k.startswith("gap_"))
@@ -52,33 +71,49 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     p.add_argument("--consep-limit", type=int, default=None, help="CoNSeP test patches (all)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--ways", default="plain,flip4", help="comma-separated: plain, flip4, odG (e.g. od1.4)"
+    )
     args = p.parse_args(argv)
+    ways = args.ways.split(",")
+    for way in ways:
+        if way not in ("plain", "flip4") and not (way.startswith("od") and _is_float(way[2:])):
+            p.error(f"unknown way {way!r}: use plain, flip4 or odG with G a number, e.g. od1.4")
     torch.set_num_threads(args.threads)
     sets = validation_sets(args.data_root, consep_limit=args.consep_limit)
     reports, seconds = {}, {}
-    for way in ("plain", "4-flip TTA"):
+    for way in ways:
         seg = NucleusSegmenter.from_pretrained(args.model, "cpu", precision="fp32")
-        if way != "plain":
+        if way == "flip4":
             seg.predict_maps = flip_averaged(seg.predict_maps)  # type: ignore[method-assign]
+        elif way.startswith("od"):
+            seg.predict_maps = od_scaled(seg.predict_maps, float(way[2:]))  # type: ignore[method-assign]
         t = time.perf_counter()
         reports[way] = evaluate_sets(seg, sets)
         seconds[way] = time.perf_counter() - t
-    print(
-        "| held out | plain F1 / AJI / PQ | 4-flip TTA F1 / AJI / PQ | gaps IoU 0.1, plain | TTA |"
-    )
-    print("|---|---|---|---|---|")
+    print("| held out | " + " | ".join(f"{w} F1 / AJI / PQ" for w in ways) + " | "
+          + " | ".join(f"gaps IoU 0.1, {w}" for w in ways) + " |")  # fmt: skip
+    print("|---" * (1 + 2 * len(ways)) + "|")
     for name in sets:
         cells = []
-        for way in reports:
+        for way in ways:
             r = reports[way][name]
             cells.append(
                 f"{r['pooled']['f1']:.3f} / {r['mean']['aji']:.3f} / {r['pooled']['pq']:.3f}"
             )
-        print(f"| {name} | {cells[0]} | {cells[1]} | {gaps(reports['plain'][name])} | "
-              f"{gaps(reports['4-flip TTA'][name])} |")  # fmt: skip
-    print(f"\nseconds (network, post-processing, scoring): plain {seconds['plain']:.0f}, "
-          f"4-flip TTA {seconds['4-flip TTA']:.0f}")  # fmt: skip
+        cells += [gaps(reports[way][name]) for way in ways]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\nseconds (network, post-processing, scoring): "
+          + ", ".join(f"{w} {seconds[w]:.0f}" for w in ways))  # fmt: skip
     return 0
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 if __name__ == "__main__":
