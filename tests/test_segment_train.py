@@ -194,3 +194,29 @@ def test_a_run_gives_back_the_callers_signal_handlers(tmp_path):
     T.main(["--out", str(tmp_path / "a"), "--data-pack", str(pack), "--steps", "1", *TINY,
             "--validate-minutes", "0"])  # fmt: skip
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+class _StuckAfterFirstBatch:
+    """A crop sampler whose loader process hangs on every step after the first (as one that was
+    killed mid-batch leaves its batch: never delivered)."""
+
+    def batch(self, step: int, batch_size: int):
+        import time
+
+        import numpy as np
+
+        if step > 0:
+            time.sleep(3600)
+        return np.zeros((batch_size, 3, 8, 8), np.float32), np.zeros((batch_size, 2, 8, 8))
+
+
+@pytest.mark.slow
+def test_a_batch_the_loader_processes_never_deliver_is_an_error_not_a_hang():
+    ahead = T._Batches(_StuckAfterFirstBatch(), 2, workers=1, timeout_s=3)
+    try:
+        x, _ = ahead.get(0, 4)
+        assert x.shape == (2, 3, 8, 8)
+        with pytest.raises(RuntimeError, match="no batch for step 1 .* in 3 s"):
+            ahead.get(1, 4)
+    finally:
+        ahead.close()

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -154,6 +155,10 @@ def _worker_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
     return sampler.batch(step, batch_size)
 
 
+#: Longest wait for one batch from the loader processes (a batch takes well under a second).
+BATCH_TIMEOUT_S = 600.0
+
+
 class _Batches:
     """The batches of steps ``step, step + 1, ...``; with ``workers`` > 0 drawn ahead, at most
     ``2 * workers`` steps, in worker processes. A batch depends only on ``(seed, step)``, so the
@@ -162,16 +167,22 @@ class _Batches:
     are spawned, not forked: a process forked from one whose torch (OpenMP) threads have run can
     hang on a lock they held."""
 
-    def __init__(self, sampler: D.CropSampler, batch_size: int, *, workers: int) -> None:
+    def __init__(
+        self,
+        sampler: D.CropSampler,
+        batch_size: int,
+        *,
+        workers: int,
+        timeout_s: float = BATCH_TIMEOUT_S,
+    ) -> None:
         if workers < 0:
             raise ValueError(f"loader workers must be >= 0, got {workers}")
         self.sampler, self.batch_size = sampler, batch_size
+        self.timeout_s = timeout_s
         self.pending: dict[int, Any] = {}
         self.pool = None
         self.ahead = 2 * workers
         if workers:
-            import multiprocessing
-
             context = multiprocessing.get_context("spawn")
             self.pool = context.Pool(workers, _init_worker, (sampler, batch_size))
 
@@ -182,7 +193,14 @@ class _Batches:
         for s in range(step, max(end, step + 1)):
             if s not in self.pending:
                 self.pending[s] = self.pool.apply_async(_worker_batch, (s,))
-        return self.pending.pop(step).get()
+        try:
+            return self.pending.pop(step).get(self.timeout_s)
+        except multiprocessing.TimeoutError:
+            # a pool replaces a worker that died, but the batch it was drawing never comes
+            raise RuntimeError(
+                f"no batch for step {step} from the loader processes in {self.timeout_s:g} s (one "
+                "was killed or hangs): resume from last.pt, with --loader-workers 0 if it recurs"
+            ) from None
 
     def close(self) -> None:
         if self.pool is not None:
