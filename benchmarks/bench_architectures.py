@@ -2,8 +2,9 @@
 
 Times the forward pass of candidate nucleus U-Nets (random weights: the cost does not depend on
 them) on one analysis-tile-sized input, for each CPU runtime the library can choose (fp32 eager,
-bf16 autocast + channels_last, ONNX Runtime fp32), at 1 and 2 threads, all in one run, and one
-training step (batch 16 of 128² crops, one thread)::
+bf16 autocast + channels_last, ONNX Runtime fp32), at 1 and 2 threads, and one training step
+(batch 16 of 128² crops, one thread), all in one run, the networks timed in turns
+(:func:`senpath.segment.runtime.time_in_turns`)::
 
     python benchmarks/bench_architectures.py              # the shipped net and the stem nets
     python benchmarks/bench_architectures.py --side 512 --repeats 2
@@ -16,7 +17,7 @@ get slower).
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
 from functools import partial
 
 import numpy as np
@@ -28,17 +29,8 @@ CANDIDATES: dict[str, dict] = {
 }
 
 
-def _seconds(fn, repeats: int) -> float:
-    fn()  # warm-up (ONNX session, oneDNN kernels)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def _train_step_seconds(model, repeats: int) -> float:
+def _train_step(model) -> Callable[[], None]:
+    """One training step of ``model`` (batch 16 of 128² crops) as a call to time."""
     import torch
 
     model.train()
@@ -51,8 +43,17 @@ def _train_step_seconds(model, repeats: int) -> float:
         opt.step()
         opt.zero_grad()
 
-    torch.set_num_threads(1)
-    return _seconds(step, repeats)
+    return step
+
+
+def _best_seconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Best wall seconds of each call, timed in turns after one warm-up pass each (ONNX
+    session, oneDNN kernels)."""
+    from senpath.segment.runtime import time_in_turns
+
+    for call in calls.values():
+        call()
+    return time_in_turns(calls, repeats=repeats)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,18 +79,27 @@ def main(argv: list[str] | None = None) -> int:
     rgb = np.random.default_rng(0).integers(0, 256, (1, args.side, args.side, 3), np.uint8)
     mp = args.side**2 / 1e6
 
-    seconds: dict[tuple[str, str, int], float] = {}
-    params, train = {}, {}
+    models = {}
     for name, cfg in configs.items():
         torch.manual_seed(0)
-        model = build_model(cfg).eval()
-        params[name] = count_parameters(model)
-        for runtime in runtimes:
-            for n in threads:
-                torch.set_num_threads(n)  # before the segmenter: ONNX Runtime takes it then
-                seg = NucleusSegmenter(model, device="cpu", precision=runtime)
-                seconds[name, runtime, n] = _seconds(partial(seg.predict_maps, rgb), args.repeats)
-        train[name] = _train_step_seconds(build_model(cfg), args.repeats)
+        models[name] = build_model(cfg).eval()
+    params = {name: count_parameters(model) for name, model in models.items()}
+    seconds: dict[tuple[str, str, int], float] = {}
+    for runtime in runtimes:
+        for n in threads:
+            torch.set_num_threads(n)  # before the segmenters: ONNX Runtime takes it then
+            calls = {
+                name: partial(
+                    NucleusSegmenter(m, device="cpu", precision=runtime).predict_maps, rgb
+                )
+                for name, m in models.items()
+            }
+            for name, s in _best_seconds(calls, args.repeats).items():
+                seconds[name, runtime, n] = s
+    torch.set_num_threads(1)
+    train = _best_seconds(
+        {k: _train_step(build_model(c)) for k, c in configs.items()}, args.repeats
+    )
 
     print(f"\n{args.side}² input ({mp:.2f} MP), best of {args.repeats}; seconds per MP "
           "(ratio to the shipped net in the same runtime and threads)\n")  # fmt: skip
