@@ -22,6 +22,9 @@ another, so the rows add up, and what no wrapper covers is the "other" row):
 - tissue mask: ``tissue.tissue_mask`` and ``slide_plan._estimate_i0`` (glass intensity);
 - stain estimation: ``slide_plan._slide_stains`` (its own tile reads included);
 - deconvolution: ``tile_engine.deconvolve``;
+- counterstain normalisation: ``CounterstainBoost.__call__`` (the CNN's input of a faintly
+  counterstained slide, :mod:`senpath.segment.counterstain`; none for the Ki67 preset,
+  ``--counterstain-od 0.2 --counterstain-reference 0.6`` makes a slide that gets it);
 - network: ``NucleusSegmenter.predict_maps`` (the CNN forward passes alone);
 - post-processing: ``segment.predict.maps_to_instances`` (watershed);
 - segmenter overhead: the rest of ``CnnSegmenter.segment`` or of its halves
@@ -82,6 +85,7 @@ STAGES: list[tuple[str, list[str]]] = [
     ("tissue mask (+ glass intensity)", ["senpath.tissue.tissue_mask", "senpath.slide_plan._estimate_i0"]),
     ("stain estimation", ["senpath.slide_plan._slide_stains"]),
     ("deconvolution", ["senpath.tile_engine.deconvolve"]),
+    ("counterstain normalisation", ["senpath.segment.counterstain.CounterstainBoost.__call__"]),
     ("network (CNN forward)", ["senpath.segment.predict.NucleusSegmenter.predict_maps"]),
     ("post-processing (watershed)", ["senpath.segment.predict.maps_to_instances"]),
     ("measurement", ["senpath.tile_engine.measure_cells"]),
@@ -181,12 +185,15 @@ class StageTimer:
 
 
 # ----------------------------------------------------------------------------- table 1
-def write_synthetic_slide(path: Path, size: int) -> float:
-    from senpath.synth import write_slide
+def write_synthetic_slide(path: Path, size: int, counterstain_od: float | None = None) -> float:
+    from senpath.synth import SynthParams, write_slide
 
+    params = SynthParams() if counterstain_od is None else SynthParams(
+        nucleus_counterstain_od=counterstain_od
+    )  # fmt: skip
     t = time.perf_counter()
     write_slide(path, assay="ki67", shape=(size, size), mpp=MPP, seed=0, tile_size=256,
-                compression="jpeg", write_labels=False)  # fmt: skip
+                compression="jpeg", write_labels=False, params=params)  # fmt: skip
     return time.perf_counter() - t
 
 
@@ -219,15 +226,24 @@ def plain_segmenter_factory(precision: str) -> Callable[..., Any]:
 
 
 def stage_breakdown(
-    path: Path, out: Path, *, precision: str, pieces: bool = False, prefetch: int = 2
+    path: Path,
+    out: Path,
+    *,
+    precision: str,
+    pieces: bool = False,
+    prefetch: int = 2,
+    counterstain_reference: float | None = None,
 ) -> dict[str, Any]:
     """One timed ``analyze_slide``; ``pieces``: the network on 256² pieces (the path before issue
-    18, by lowering ``MAX_PASS_SIDE``); ``prefetch``: tiles the pipeline runs ahead (0: serial)."""
+    18, by lowering ``MAX_PASS_SIDE``); ``prefetch``: tiles the pipeline runs ahead (0: serial);
+    ``counterstain_reference``: the Ki67 assay given that counterstain reference level (the preset
+    has none)."""
+    import dataclasses
     import functools
 
     import senpath
     from senpath import tile_engine
-    from senpath.config import AnalysisConfig
+    from senpath.config import AnalysisConfig, get_assay
     from senpath.results import read_results
     from senpath.segment import predict
 
@@ -243,6 +259,7 @@ def stage_breakdown(
         return plan
 
     config = AnalysisConfig(segmenter="cnn", device="cpu")
+    assay = dataclasses.replace(get_assay("ki67"), counterstain_reference_od=counterstain_reference)
     pass_side = 256 if pieces else predict.MAX_PASS_SIDE
     with (
         mock.patch("senpath.slide_analysis.plan_slide", plan_and_keep),
@@ -255,7 +272,7 @@ def stage_breakdown(
         timer.patched(),
     ):
         t = time.perf_counter()
-        store = senpath.analyze_slide(path, out=out, assay="ki67", config=config)
+        store = senpath.analyze_slide(path, out=out, assay=assay, config=config)
         wall = time.perf_counter() - t
     cores = sum((tl.core.y1 - tl.core.y0) * (tl.core.x1 - tl.core.x0) for tl in tiles)
     n_cells = len(read_results(store).cells)
@@ -290,8 +307,13 @@ def print_breakdown(result: dict[str, Any], *, size: int, threads: int, precisio
     wall = result["wall"]
     s = timer.seconds
     rows = [(label, s[label]) for label, _ in STAGES]
-    overhead = s["segment (whole)"] - s["network (CNN forward)"] - s["post-processing (watershed)"]
-    rows.insert(6, ("segmenter overhead (cut / stitch maps)", overhead))
+    overhead = (
+        s["segment (whole)"]
+        - s["network (CNN forward)"]
+        - s["post-processing (watershed)"]
+        - s["counterstain normalisation"]
+    )
+    rows.insert(7, ("segmenter overhead (cut / stitch maps)", overhead))
     rows.append(("other (scoring, provenance, loop)", wall - sum(v for _, v in rows)))
     overlapped = result.get("prefetch", 0) > 0
     analysed_mp = result["analysed_px"] / 1e6
@@ -450,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="folder for the slide (default: temp)"
     )
     p.add_argument("--skip-network", action="store_true", help="table 1 only")
+    p.add_argument("--counterstain-od", type=float, default=None,
+                   help="the synthetic nuclei's hematoxylin OD (default the generator's, 0.45; "
+                   "0.2: a faint slide)")  # fmt: skip
+    p.add_argument("--counterstain-reference", type=float, default=None,
+                   help="analyse as Ki67 with this counterstain_reference_od (the preset has "
+                   "none), so a faint slide's CNN input is normalised")  # fmt: skip
     p.add_argument(
         "--prefetch", type=int, default=2, help="tiles the pipeline runs ahead (0: serial)"
     )
@@ -462,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="senpath-stages-", dir=args.workdir) as tmp:
         path = Path(tmp) / f"synth_ki67_{args.size}.tif"
-        write_s = write_synthetic_slide(path, args.size)
+        write_s = write_synthetic_slide(path, args.size, args.counterstain_od)
         print(f"wrote {path.name} ({path.stat().st_size / 1e6:.0f} MB) in {write_s:.1f} s",
               file=sys.stderr)  # fmt: skip
         alone = print_calibration()
@@ -490,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
                                 precision=result["precision"])  # fmt: skip
         else:
             result = stage_breakdown(path, Path(tmp) / "out", precision=args.precision,
-                                     pieces=args.pieces, prefetch=args.prefetch)  # fmt: skip
+                                     pieces=args.pieces, prefetch=args.prefetch,
+                                     counterstain_reference=args.counterstain_reference)  # fmt: skip
             result["prefetch"] = args.prefetch
             result["alone_s_per_mp"] = alone.get(result["precision"])
             print_breakdown(result, size=args.size, threads=args.threads,

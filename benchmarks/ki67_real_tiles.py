@@ -13,6 +13,7 @@ error) for comparison. Prints a Markdown table::
 
     python benchmarks/ki67_real_tiles.py [--segmenter cnn|classical] [--device cpu] [--model DIR]
     python benchmarks/ki67_real_tiles.py --shifts 8     # + the LI over 8 phases of the grid
+    python benchmarks/ki67_real_tiles.py --shifts 8 --no-counterstain   # the CNN input as it is
 
 A 512² tile holds 40-190 annotated nuclei, so one nucleus moves its LI by 0.5-2.5 points, and the
 network (a max-pool U-Net, stride 16 px at 0.5 µm/px) is not shift-invariant: the same tile moved
@@ -129,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also run each tile shifted by 1..N-1 px of the network's grid and print the LI's "
         "mean and range over the N phases (small tiles: one phase is a noisy figure)",
     )
+    p.add_argument(
+        "--no-counterstain",
+        action="store_true",
+        help="normalise_counterstain = false: the CNN sees the tiles as they are",
+    )
     args = p.parse_args(argv)
     if not SHARED.is_dir():
         print(f"needs {SHARED} (the project's real data); not found")
@@ -137,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     from senpath.config import AnalysisConfig
     from senpath.segment.datasets import KI67_VALIDATION
 
-    config = AnalysisConfig(segmenter=args.segmenter, device=args.device, model=args.model)
+    config = AnalysisConfig(
+        segmenter=args.segmenter,
+        device=args.device,
+        model=args.model,
+        normalise_counterstain=not args.no_counterstain,
+    )
     stems = sorted(Path(str(q)[: -len("_ihc.png")]) for q in SHARED.glob("*_ihc.png"))
     rows = []
     pooled: dict = {"pred": [], "truth": [], "all_pred": [], "all_truth": [], "found": [],

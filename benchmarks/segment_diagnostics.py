@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/segment_diagnostics.py [--model models/] [--consep 60] [--threads 2]
+    python benchmarks/segment_diagnostics.py --stained-only --draws 4 --counterstain
 
 Prints three Markdown tables, all on held-out images only (MoNuSeg 3, CoNSeP test, Ki67 2):
 
@@ -17,6 +18,9 @@ Prints three Markdown tables, all on held-out images only (MoNuSeg 3, CoNSeP tes
    Ki67-positive nuclei) and on the held-out MoNuSeg, CPM-15 and DSB-2018 images re-rendered with
    DAB, Fast Red or X-gal in a known subset of nuclei. The gap is recall(unstained) minus
    recall(stained), in points. ``--stained-only`` prints this table alone.
+   ``--counterstain``: each image first normalised as ``senpath run`` does for a slide of its
+   set's assay (``senpath.segment.export.SET_ASSAYS``; :func:`senpath.segment.counterstain.
+   assay_boost`, the assay's ``counterstain_reference_od``), tables 4 and 5 only.
 5. With ``--draws N`` (N > 1): the re-rendered gaps at IoU 0.1 over N renderings of the same
    held-out images (the validation set's seed, then N - 1 others): mean and range. One rendering
    draws each image's counterstain strength and stained share once, so a gap measured on one
@@ -58,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--draws", type=int, default=1, help="renderings of the re-rendered sets (table 5 if > 1)"
     )
+    p.add_argument(
+        "--counterstain",
+        action="store_true",
+        help="tables 4-5 with each assay's counterstain normalisation, as senpath run",
+    )
     args = p.parse_args(argv)
     if not SHARED.is_dir():
         print(f"{SHARED} is absent: this diagnostic needs the project's real data", file=sys.stderr)
@@ -75,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.draws < 1:
         p.error("--draws must be at least 1")
     if args.stained_only:
-        _stained_table(model)
-        _draws_table(model, args.draws)
+        _stained_table(model, args.counterstain)
+        _draws_table(model, args.draws, args.counterstain)
         return 0
     sets = _held_out(args.consep)
 
@@ -125,12 +134,30 @@ def main(argv: list[str] | None = None) -> int:
         r = np.asarray(ratios)
         q = np.percentile(r, [50, 25, 75]) if len(r) else [np.nan] * 3
         print(f"| {name} | {len(r)} | {q[0]:.2f} | {q[1]:.2f} | {q[2]:.2f} |")
-    _stained_table(model)
-    _draws_table(model, args.draws)
+    _stained_table(model, args.counterstain)
+    _draws_table(model, args.draws, args.counterstain)
     return 0
 
 
-def _draws_table(model, draws: int) -> None:
+def _normalised(name: str, images: list, counterstain: bool) -> list:
+    """``images`` of set ``name`` as the CNN sees them in ``senpath run`` (``counterstain``)."""
+    if not counterstain:
+        return images
+    import dataclasses
+
+    from senpath.config import get_assay
+    from senpath.segment.counterstain import assay_boost
+    from senpath.segment.export import SET_ASSAYS
+
+    assay = get_assay(SET_ASSAYS[name])
+    out = []
+    for im in images:
+        boost = assay_boost(im.rgb, assay)
+        out.append(im if boost is None else dataclasses.replace(im, rgb=boost(im.rgb)))
+    return out
+
+
+def _draws_table(model, draws: int, counterstain: bool = False) -> None:
     """Table 5: the re-rendered sets' gaps at IoU 0.1 over ``draws`` renderings."""
     if draws < 2:
         return
@@ -144,7 +171,8 @@ def _draws_table(model, draws: int) -> None:
         *D.load_cpm15(SHARED, split="validation", native=True),
         *D.load_dsb2018(SHARED, split="validation", native=True),
     ]
-    print(f"\n## Re-rendered gaps at IoU 0.1 over {draws} renderings (held-out images)\n")
+    shown = ", counterstain normalised as senpath run" if counterstain else ""
+    print(f"\n## Re-rendered gaps at IoU 0.1 over {draws} renderings (held-out images{shown})\n")
     print("| set | chromogen | gap per rendering (points) | mean | unstained recall (mean) |")
     print("|---|---|---|---|---|")
     for k, recipe in enumerate(VALIDATION_RECIPES):
@@ -153,6 +181,7 @@ def _draws_table(model, draws: int) -> None:
         for j in range(draws):
             # j = 0 is the rendering of export.validation_sets (seed 1000 + k)
             images = D.rerendered(he, recipe, np.random.default_rng(1000 + k + 100 * j))
+            images = _normalised(f"rerendered_{recipe}", images, counterstain)
             preds = [predict_instances(im.rgb, mpp=im.mpp, model=model) for im in images]
             r = recall_by_stain(
                 [im.labels for im in images], preds, [im.stained for im in images], thresh=0.1
@@ -169,12 +198,17 @@ def _draws_table(model, draws: int) -> None:
             )
 
 
-def _stained_table(model) -> None:
+def _stained_table(model, counterstain: bool = False) -> None:
     from senpath.segment.export import evaluate_sets, validation_sets
 
-    sets = {k: v for k, v in validation_sets(SHARED).items() if k == "ki67" or "rerendered" in k}
+    sets = {
+        k: _normalised(k, v, counterstain)
+        for k, v in validation_sets(SHARED).items()
+        if k == "ki67" or "rerendered" in k
+    }
     results = evaluate_sets(model, sets)
-    print("\n## Detection recall, stained vs unstained nuclei (held-out images)\n")
+    shown = ", counterstain normalised as senpath run" if counterstain else ""
+    print(f"\n## Detection recall, stained vs unstained nuclei (held-out images{shown})\n")
     print("| set | chromogen | stained n | recall@0.5 stained | unstained | gap (points) "
           "| recall@0.1 stained | unstained | gap (points) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")

@@ -67,15 +67,10 @@ def od_scaled(predict_maps: Any, gain: float, *, reference: float | None = None)
     return maps
 
 
-def gaps(report: dict[str, Any]) -> str:
-    by = report.get("recall_by_stain", {}).get("iou_0.1", {})
-    return ", ".join(f"{k[4:]} {v['points']:+.1f}" for k, v in by.items() if k.startswith("gap_"))
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from senpath.segment.export import evaluate_sets, validation_sets
+    from senpath.segment.export import evaluate_sets, validation_sets, ways_table
     from senpath.segment.predict import NucleusSegmenter
     from senpath.segment.train import DEFAULT_DATA_ROOT
 
@@ -112,18 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         reports[way] = evaluate_sets(seg, sets)
         seconds[way] = time.perf_counter() - t
-    print("| held out | " + " | ".join(f"{w} F1 / AJI / PQ" for w in ways) + " | "
-          + " | ".join(f"gaps IoU 0.1, {w}" for w in ways) + " |")  # fmt: skip
-    print("|---" * (1 + 2 * len(ways)) + "|")
-    for name in sets:
-        cells = []
-        for way in ways:
-            r = reports[way][name]
-            cells.append(
-                f"{r['pooled']['f1']:.3f} / {r['mean']['aji']:.3f} / {r['pooled']['pq']:.3f}"
-            )
-        cells += [gaps(reports[way][name]) for way in ways]
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    print("\n".join(ways_table(reports)))
     print("\nseconds (network, post-processing, scoring): "
           + ", ".join(f"{w} {seconds[w]:.0f}" for w in ways))  # fmt: skip
     return 0

@@ -602,6 +602,7 @@ def _segmenter_for(method: str, assay: str, device: str, model: Path | None = No
             method=method,
             device=device,
             model=model_path,
+            counterstain_reference_od=assay_obj.counterstain_reference_od,
         )
 
     return run

@@ -91,6 +91,10 @@ class Assay:
     #: nuclear counterstain: whole cells, see senpath.segment.whole_cell). Out of the repr (a run's
     #: identity) unless set: senpath.slide_analysis.run_identity adds it then.
     objects: str = field(default="nuclei", repr=False)
+    #: counterstain level (log10 OD) a faintly counterstained slide is brought up to for the CNN
+    #: (senpath.segment.counterstain; the counterstain is the first of nuclear_stains), or None:
+    #: never. Out of the repr unless set, as objects.
+    counterstain_reference_od: float | None = field(default=None, repr=False)
 
     def marker(self, name: str) -> MarkerRule:
         """The rule for marker ``name``."""
@@ -105,7 +109,7 @@ SECTIONS = ("analysis", "assay")
 #: Keys of an ``[assay.NAME]`` table.
 ASSAY_KEYS = (
     "description", "stains", "nuclear_stains", "stain_vectors", "stain_tolerance_deg", "phenotype",
-    "marker", "objects",
+    "marker", "objects", "counterstain_reference_od",
 )  # fmt: skip
 #: What an assay's objects may be (``objects`` of an ``[assay.NAME]`` table).
 _OBJECTS = Setting("choice", choices=("nuclei", "cells"))
@@ -133,6 +137,7 @@ ANALYSIS_SETTINGS: dict[str, Setting] = {
     ),
     "tissue_mpp": Setting("number", "µm/px", 0, 100, low_open=True, example="8"),
     "stain_vectors": Setting("choice", choices=("estimate", "preset")),
+    "normalise_counterstain": Setting("bool"),
     "auto_threshold": Setting("bool"),
     "auto_threshold_bounds_od": Setting(
         "numbers", "OD", 0, OD_MAX, length=2, increasing=True, example="[0.08, 0.5]"
@@ -166,6 +171,7 @@ MARKER_SETTINGS: dict[str, Setting] = {
 }
 _STAIN_VECTOR = Setting("numbers", "OD", 0, None, length=3, example="[0.27, 0.57, 0.78]")
 _TOLERANCE = Setting("number", "degrees", 0, 90, low_open=True, example="15")
+_COUNTERSTAIN_LEVEL = Setting("number", "OD", 0, OD_MAX, low_open=True, example="0.6")
 
 
 def _is_text_list(value: Any) -> bool:
@@ -348,6 +354,9 @@ def _parse_assay(name: str, raw: Any, problems: Problems) -> Assay | None:
             phenotypes[str(pheno)] = tuple(calls)
     objects = raw.get("objects", "nuclei")
     problems.check(dotted(*at, "objects"), objects, _OBJECTS)
+    reference = raw.get("counterstain_reference_od")
+    if reference is not None:
+        problems.check(dotted(*at, "counterstain_reference_od"), reference, _COUNTERSTAIN_LEVEL)
     if len(problems.lines) > n_before:
         return None
     return Assay(
@@ -360,6 +369,7 @@ def _parse_assay(name: str, raw: Any, problems: Problems) -> Assay | None:
         stain_vectors=vectors,
         stain_tolerance_deg=tolerance,
         objects=str(objects),
+        counterstain_reference_od=None if reference is None else float(reference),
     )
 
 
@@ -577,6 +587,11 @@ class AnalysisConfig:
     tissue_mpp : resolution of the tissue mask.
     stain_vectors : ``estimate`` (per slide, Macenko with the assay's vectors as the prior and guard
         rails; see :func:`senpath.stain.estimate_stains`) or ``preset`` (the assay's vectors as given).
+    normalise_counterstain : for an assay with a ``counterstain_reference_od``, the CNN sees a
+        slide whose counterstain (the assay's first nuclear stain) is fainter than that level with
+        that stain strengthened, so unstained nuclei are found as often as stained ones
+        (:mod:`senpath.segment.counterstain`); stains are measured on the original pixels either
+        way. False: never (as before it existed).
     auto_threshold : when true, each marker's threshold is set per slide from its OD distribution
         (Otsu, bounded to ``auto_threshold_bounds_od``); off by default: fixed thresholds compare slides.
     auto_threshold_bounds_od : (low, high) OD bounds of an automatic threshold.
@@ -600,6 +615,7 @@ class AnalysisConfig:
     precision: str = "auto"
     tissue_mpp: float = 8.0
     stain_vectors: str = "estimate"
+    normalise_counterstain: bool = True
     auto_threshold: bool = False
     auto_threshold_bounds_od: tuple[float, float] = (0.08, 0.5)
     control_percentile: float = 99.0
@@ -649,6 +665,8 @@ class AnalysisConfig:
             del settings[
                 "precision"
             ]  # the default leaves the digests of earlier stores as they were
+        if settings["normalise_counterstain"]:  # as above; what it does is the assay's reference
+            del settings["normalise_counterstain"]
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -742,6 +760,11 @@ def stain_profile_toml(
         f"stains = {_toml_value(list(assay.stains))}",
         f"nuclear_stains = {_toml_value(list(assay.nuclear_stains))}",
         *([f"objects = {_toml_value(assay.objects)}"] if assay.objects != "nuclei" else []),
+        *(
+            [f"counterstain_reference_od = {_toml_value(assay.counterstain_reference_od)}"]
+            if assay.counterstain_reference_od is not None
+            else []
+        ),
         "",
         f"[assay.{key}.stain_vectors]",
     ]

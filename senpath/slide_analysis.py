@@ -337,7 +337,11 @@ def _commit_slide(
                 "model_sha256": None,
             }
             if assay_obj.objects == "cells"
-            else _model_identity(config.segmenter, config.model)
+            else {
+                **_model_identity(config.segmenter, config.model),
+                # what the CNN saw: the slide's counterstain strengthened (or not) before it
+                "counterstain": plan.counterstain,
+            }
         ),
         "device": config.device,
         # config.precision may say "auto": what it resolved to on this machine (issue 18)
@@ -515,6 +519,8 @@ def run_identity(
         identity["cutoff"] = cutoff.identity()
     if assay.objects != "nuclei":  # out of the assay's repr, so earlier stores keep their identity
         identity["objects"] = assay.objects
+    if assay.counterstain_reference_od is not None:  # the same
+        identity["counterstain_reference_od"] = assay.counterstain_reference_od
     if nuclear_image is not None:
         identity["nuclear_image"] = {
             "input": input_identity(Path(nuclear_image).resolve()),

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from senpath.config import AnalysisConfig, Assay, load_assays
 from senpath.segment import resolve_method
+from senpath.segment.counterstain import CounterstainBoost, counterstain_gain, counterstain_level
 from senpath.stain import (
     DEFAULT_I0,
     StainEstimate,
@@ -82,6 +83,25 @@ class SlidePlan:
     #: whether another assay's stains describe the slide much better (the wrong-assay check,
     #: :func:`senpath.stain_match.better_fitting_assays`), or ``None`` (a plan made without it)
     stain_match: dict[str, Any] | None = None
+    #: the CNN's counterstain normalisation (:mod:`senpath.segment.counterstain`): ``stain``,
+    #: ``level`` (log10 OD), ``reference`` and ``gain``; ``None`` when the slide gets none (the
+    #: assay has no ``counterstain_reference_od``, the setting is off, or the nuclei do not come
+    #: from the CNN)
+    counterstain: dict[str, Any] | None = None
+
+    @property
+    def counterstain_gain(self) -> float:
+        """Factor on the counterstain's amount in the images the CNN sees (1: none)."""
+        return 1.0 if self.counterstain is None else float(self.counterstain["gain"])
+
+    @property
+    def counterstain_boost(self) -> CounterstainBoost | None:
+        """What the CNN's images get before it (``None`` when the gain is 1)."""
+        if self.counterstain_gain == 1.0:
+            return None
+        stains = self.stain_estimate.stains
+        index = stains.index(str(self.counterstain["stain"]))  # type: ignore[index]
+        return CounterstainBoost(stains, self.i0, self.counterstain_gain, index)
 
     @property
     def n_tiles(self) -> int:
@@ -166,7 +186,14 @@ def plan_slide(
         timings["register_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    stain_estimate, stain_match = _slide_stains(
+    normalise = (
+        config.normalise_counterstain
+        and assay.counterstain_reference_od is not None
+        and config.segmenter == "cnn"
+        and assay.objects == "nuclei"
+        and nuclear is None
+    )
+    stain_estimate, stain_match, counterstain = _slide_stains(
         slide,
         tiles,
         prior=prior,
@@ -174,6 +201,8 @@ def plan_slide(
         mpp=amp,
         mode=config.stain_vectors,
         assay=assay,
+        counterstain=assay.nuclear_stains[0] if normalise else None,
+        reference=assay.counterstain_reference_od,
     )
     timings["stains_s"] = time.perf_counter() - t
     return SlidePlan(
@@ -193,6 +222,7 @@ def plan_slide(
         timings=timings,
         nuclear=nuclear,
         stain_match=stain_match,
+        counterstain=counterstain,
     )
 
 
@@ -246,10 +276,14 @@ def _slide_stains(
     mpp: float,
     mode: str,
     assay: Assay,
-) -> tuple[StainEstimate, dict[str, Any]]:
-    """The slide's stain vectors (estimated from a sample of its tissue tiles, or the prior), and
-    the wrong-assay check on the same sample against the shipped assay presets (so a run gives the
-    same answer on every machine, whatever settings file it read).
+    counterstain: str | None = None,
+    reference: float | None = None,
+) -> tuple[StainEstimate, dict[str, Any], dict[str, Any] | None]:
+    """The slide's stain vectors (estimated from a sample of its tissue tiles, or the prior), the
+    wrong-assay check on the same sample against the shipped assay presets (so a run gives the
+    same answer on every machine, whatever settings file it read), and, when ``counterstain``
+    names a stain, the CNN's counterstain normalisation to the ``reference`` level from the same
+    sample (see :attr:`SlidePlan.counterstain`).
 
     Pixels are sampled at the analysis resolution (at a coarse resolution, nuclei and cytoplasm mix and
     the extreme stain directions that Macenko's method looks for are lost).
@@ -269,7 +303,17 @@ def _slide_stains(
         od, prior, estimate=mode == "estimate", max_angle_deg=assay.stain_tolerance_deg
     )
     match = better_fitting_assays(od, assay=assay, assays=load_assays(), estimate=estimate)
-    return estimate, match
+    if counterstain is None or reference is None:
+        return estimate, match, None
+    stains = estimate.stains
+    level = counterstain_level(od, stains, counterstain=stains.index(counterstain))
+    record = {
+        "stain": counterstain,
+        "level": round(level, 4) if np.isfinite(level) else None,
+        "reference": reference,
+        "gain": round(counterstain_gain(level, reference=reference), 4),
+    }
+    return estimate, match, record
 
 
 def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:

@@ -111,6 +111,7 @@ def plan_segmenter(plan: SlidePlan) -> Segmenter:
         i0=plan.i0,
         min_area_um2=config.min_nucleus_area_um2,
         precision=config.precision,
+        boost=plan.counterstain_boost,
     )
 
 

@@ -2,6 +2,9 @@ import pytest
 
 from senpath.config import AnalysisConfig, ConfigError, get_assay, load_assays, load_config
 
+#: ``AnalysisConfig().digest()`` before ``normalise_counterstain`` existed (commit 24a12db)
+DIGEST_BEFORE_COUNTERSTAIN = "9939c83b52d53186"
+
 ASSAYS = ("ki67", "p16", "sabgal", "sabgal-eosin", "sabgal+ki67", "p16+ki67")
 
 
@@ -54,3 +57,21 @@ def test_config_digest_changes_with_settings():
     a = AnalysisConfig()
     assert a.digest() == AnalysisConfig().digest()
     assert a.digest() != a.replace(cytoplasm_um=3.0).digest()
+
+
+def test_counterstain_reference_is_per_assay_and_checked(tmp_path):
+    f = tmp_path / "lab.toml"
+    f.write_text(
+        '[assay.faint]\nstains = ["hematoxylin", "dab"]\ncounterstain_reference_od = 0.5\n'
+    )
+    assert load_assays(f)["faint"].counterstain_reference_od == 0.5
+    assert get_assay("ki67").counterstain_reference_od is None  # an assay without one: never
+    f.write_text('[assay.bad]\nstains = ["hematoxylin", "dab"]\ncounterstain_reference_od = -1\n')
+    with pytest.raises(ConfigError, match="`assay.bad.counterstain_reference_od` = -1"):
+        load_assays(f)
+
+
+def test_normalise_counterstain_on_leaves_the_digest_of_earlier_stores():
+    # the defaults' digest before the setting existed (AnalysisConfig().digest() at 24a12db)
+    assert AnalysisConfig().digest() == DIGEST_BEFORE_COUNTERSTAIN
+    assert AnalysisConfig(normalise_counterstain=False).digest() != DIGEST_BEFORE_COUNTERSTAIN

@@ -260,6 +260,7 @@ def test_profile_round_trip(tmp_path, assay):
     assert [m.labelling_index for m in back.markers] == [m.labelling_index for m in preset.markers]
     assert back.phenotypes == preset.phenotypes
     assert back.stain_tolerance_deg == preset.stain_tolerance_deg
+    assert back.counterstain_reference_od == preset.counterstain_reference_od
 
 
 def test_cli_profile_output_reads_back(tmp_path, batch_results):

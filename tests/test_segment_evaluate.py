@@ -88,3 +88,30 @@ def test_recall_by_stain_counts_found_nuclei_per_class_by_hand():
     assert out["gap_dab"]["points"] == 0.0
     loose = recall_by_stain([true], [pred], [{"dab": np.array([1, 2])}], thresh=0.3)
     assert loose["dab"]["recall"] == 1.0 and loose["gap_dab"]["points"] == -50.0
+
+
+def test_ways_table_compares_scores_and_gaps_per_set() -> None:
+    from senpath.segment.export import gap_summary, ways_table
+
+    def report(f1: float, gap: float | None) -> dict:
+        r: dict = {"pooled": {"f1": f1, "pq": 0.5}, "mean": {"aji": 0.6}}
+        if gap is not None:
+            r["recall_by_stain"] = {"iou_0.1": {"dab": {"recall": 0.9}, "gap_dab": {"points": gap}}}
+        return r
+
+    reports = {
+        "plain": {"he": report(0.7, None), "h_dab": report(0.8, -8.64)},
+        "R 0.6": {"he": report(0.7, None), "h_dab": report(0.79, -4.2)},
+    }
+    rows = ways_table(reports, extra=("gain", {"he": "1.00", "h_dab": "2.00"}))
+
+    assert gap_summary(reports["plain"]["h_dab"]) == "dab -8.6"
+    assert gap_summary(reports["plain"]["he"]) == ""
+    assert rows[0] == (
+        "| set | plain F1 / AJI / PQ | R 0.6 F1 / AJI / PQ | gaps IoU 0.1, plain "
+        "| gaps IoU 0.1, R 0.6 | gain |"
+    )
+    assert rows[1] == "|---|---|---|---|---|---|"
+    assert rows[3] == (
+        "| h_dab | 0.800 / 0.600 / 0.500 | 0.790 / 0.600 / 0.500 | dab -8.6 | dab -4.2 | 2.00 |"
+    )

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from senpath.segment.classical import ClassicalSegmenter, segment_classical
+from senpath.segment.counterstain import CounterstainBoost, image_boost
 from senpath.stain import DEFAULT_I0, StainSet
 
 __all__ = [
@@ -76,18 +77,30 @@ class CnnSegmenter:
     device : torch device (``auto`` picks CUDA, then MPS, then CPU).
     precision : ``auto`` (measured per machine on a CPU, see :mod:`senpath.segment.runtime`),
         ``fp32``, ``bf16``, ``fp16`` (CUDA), ``onnx-fp32`` or ``onnx-int8`` (CPU).
+    boost : the slide's counterstain normalisation
+        (:class:`~senpath.segment.counterstain.CounterstainBoost`), applied to every image before
+        the network; ``None``: the images as they are.
     """
 
     method = "cnn"
 
     def __init__(
-        self, model: str | None = None, device: str = "auto", precision: str = "auto"
+        self,
+        model: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        *,
+        boost: CounterstainBoost | None = None,
     ) -> None:
         from senpath.segment.predict import cached_segmenter
 
         self.model = model
         self.device = device
+        self.boost = boost
         self.network: Any = cached_segmenter(model, device, precision)
+
+    def _seen(self, rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        return rgb if self.boost is None else self.boost(rgb)
 
     def segment(
         self,
@@ -99,7 +112,7 @@ class CnnSegmenter:
         """(Y, X) int32 nucleus labels of ``rgb`` at ``mpp`` µm/px (``concentrations`` unused)."""
         from senpath.segment.predict import predict_instances
 
-        return predict_instances(rgb, mpp=mpp, model=self.network)
+        return predict_instances(self._seen(rgb), mpp=mpp, model=self.network)
 
     # the two halves of :meth:`segment`, for the tile engine's pipeline: the network on a batch of
     # tiles in one thread, the watershed of the previous tiles in another
@@ -124,7 +137,7 @@ class CnnSegmenter:
         from senpath.segment.predict import NETWORK_HALO_UM, NETWORK_MPP, at_network_mpp
         from senpath.tiling import halo_px
 
-        work = [at_network_mpp(self.network, rgb, mpp=mpp) for rgb in images]
+        work = [at_network_mpp(self.network, self._seen(rgb), mpp=mpp) for rgb in images]
         if context is None:
             return list(self.network.predict_batch_maps(work))
         margin = halo_px(NETWORK_HALO_UM, NETWORK_MPP)
@@ -191,6 +204,7 @@ def load_segmenter(
     i0: float | Sequence[float] | NDArray[np.floating] = DEFAULT_I0,
     min_area_um2: float = 10.0,
     precision: str = "auto",
+    boost: CounterstainBoost | None = None,
 ) -> Segmenter:
     """Resolve ``method`` and load it: the one segmenter of a slide.
 
@@ -203,13 +217,15 @@ def load_segmenter(
     i0 : glass intensity (classical method).
     min_area_um2 : smallest nucleus kept by the classical method (µm²).
     precision : CNN precision/runtime (see :class:`CnnSegmenter`).
+    boost : the slide's counterstain normalisation, applied before the CNN
+        (:mod:`senpath.segment.counterstain`); ``None``: none.
 
     Returns
     -------
     Segmenter
     """
     if resolve_method(method, model=model) == "cnn":
-        return CnnSegmenter(model, device, precision)
+        return CnnSegmenter(model, device, precision, boost=boost)
     return ClassicalSegmenter(
         stains=stains, nuclear_stains=tuple(nuclear_stains), i0=i0, min_area_um2=min_area_um2
     )
@@ -226,6 +242,7 @@ def segment_nuclei(
     i0: float | Sequence[float] = DEFAULT_I0,
     min_area_um2: float = 10.0,
     model: str | None = None,
+    counterstain_reference_od: float | None = None,
 ) -> NDArray[np.int32]:
     """Segment nuclei in one in-memory brightfield image (``senpath segment``).
 
@@ -239,11 +256,17 @@ def segment_nuclei(
     method : ``auto``, ``cnn`` or ``classical``.
     device : torch device for the CNN (``auto`` picks CUDA, then MPS, then CPU).
     model : model JSON (or folder) of a CNN of your own; the shipped one when ``None``.
+    counterstain_reference_od : the assay's counterstain reference level: for the CNN, a fainter
+        counterstain (the first of ``nuclear_stains``) strengthened first, measured on this image
+        as on a slide (:func:`senpath.segment.counterstain.image_boost`); ``None``: never.
 
     Returns
     -------
     (Y, X) int32 instance labels on the input pixel grid.
     """
+    boost = None
+    if counterstain_reference_od is not None and resolve_method(method, model=model) == "cnn":
+        boost = image_boost(rgb, stains, nuclear_stains[0], reference=counterstain_reference_od)
     segmenter = load_segmenter(
         method,
         stains=stains,
@@ -252,5 +275,6 @@ def segment_nuclei(
         device=device,
         i0=i0,
         min_area_um2=min_area_um2,
+        boost=boost,
     )
     return segmenter.segment(rgb, mpp=mpp)

@@ -34,6 +34,19 @@ from senpath.segment.postprocess import PostprocessConfig
 
 #: Stain recipes the held-out H&E images are re-rendered in for validation.
 VALIDATION_RECIPES = ("h_dab", "h_dab_fast_red", "xgal_nfr", "xgal_h_dab", "xgal_eosin")
+#: The assay preset each validation set is stained as (``rerendered_<recipe>``, real sets).
+SET_ASSAYS = {
+    "monuseg": "he",
+    "consep_test": "he",
+    "cpm15": "he",
+    "dsb2018": "he",
+    "ki67": "ki67",
+    "rerendered_h_dab": "p16",
+    "rerendered_h_dab_fast_red": "p16+ki67",
+    "rerendered_xgal_nfr": "sabgal",
+    "rerendered_xgal_h_dab": "sabgal+ki67",
+    "rerendered_xgal_eosin": "sabgal-eosin",
+}
 #: IoU thresholds of the stained-vs-unstained detection recall (0.1: found at all).
 RECALL_IOUS = (0.5, 0.1)
 
@@ -50,11 +63,51 @@ def validation_sets(
         "dsb2018": D.load_dsb2018(root, split="validation", native=True),
         "ki67": D.load_ki67(root, split="validation", native=True),
     }
-    he = sets["monuseg"] + sets["cpm15"] + sets["dsb2018"]
+    return with_rerendered(sets, seed=1000)
+
+
+def with_rerendered(
+    sets: dict[str, list[D.AnnotatedImage]], *, seed: int
+) -> dict[str, list[D.AnnotatedImage]]:
+    """``sets`` and, as ``rerendered_<recipe>``, their MoNuSeg, CPM-15 and DSB-2018 images
+    re-rendered in every :data:`VALIDATION_RECIPES` (recipe ``k`` drawn with seed ``seed + k``)."""
+    he = sets.get("monuseg", []) + sets.get("cpm15", []) + sets.get("dsb2018", [])
     for k, recipe in enumerate(VALIDATION_RECIPES):
-        rng = np.random.default_rng(1000 + k)
-        sets[f"rerendered_{recipe}"] = D.rerendered(he, recipe, rng)
+        sets[f"rerendered_{recipe}"] = D.rerendered(he, recipe, np.random.default_rng(seed + k))
     return sets
+
+
+def ways_table(
+    reports: dict[str, dict[str, dict[str, Any]]],
+    *,
+    extra: tuple[str, dict[str, str]] | None = None,
+) -> list[str]:
+    """Markdown rows comparing ways of running the same sets (way -> :func:`evaluate_sets`
+    result): pooled F1 / AJI (per-image mean) / PQ per way, then each way's gaps at IoU 0.1
+    (:func:`gap_summary`), then ``extra``'s column (header, set -> text) if given."""
+    ways = list(reports)
+    names = list(reports[ways[0]])
+    header = [f"{w} F1 / AJI / PQ" for w in ways] + [f"gaps IoU 0.1, {w}" for w in ways]
+    header += [extra[0]] if extra else []
+    rows = ["| set | " + " | ".join(header) + " |", "|---" * (1 + len(header)) + "|"]
+    for name in names:
+        cells = []
+        for way in ways:
+            r = reports[way][name]
+            cells.append(
+                f"{r['pooled']['f1']:.3f} / {r['mean']['aji']:.3f} / {r['pooled']['pq']:.3f}"
+            )
+        cells += [gap_summary(reports[way][name]) for way in ways]
+        cells += [extra[1][name]] if extra else []
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def gap_summary(report: dict[str, Any], iou: str = "0.1") -> str:
+    """One set's stained-vs-unstained recall gaps at ``iou`` (an :func:`evaluate_sets` entry),
+    e.g. ``"dab -8.6, xgal -7.2"``."""
+    by = report.get("recall_by_stain", {}).get(f"iou_{iou}", {})
+    return ", ".join(f"{k[4:]} {v['points']:+.1f}" for k, v in by.items() if k.startswith("gap_"))
 
 
 def tuning_set(root: Path) -> list[D.AnnotatedImage]:

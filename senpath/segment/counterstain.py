@@ -1,0 +1,188 @@
+"""Counterstain normalisation before the nucleus CNN: a faint counterstain brought up to a reference.
+
+A nucleus under no chromogen is seen only through its counterstain (hematoxylin, nuclear fast red,
+eosin). Where that counterstain is faint (an X-gal section counterstained lightly so the blue-green
+precipitate shows, a pale hematoxylin next to DAB), the CNN finds unstained nuclei less often than
+stained ones, and every ratio of counts (Ki67 index, % p16+, senescence index) is biased. The
+slide's counterstain level is measured once, on the tissue sample its stain vectors are estimated
+from (:func:`counterstain_level`); a slide below the reference has the counterstain's amount
+multiplied by a gain in every tile before the network (:func:`boost_counterstain`), as stain
+normalisation does for one stain (Macenko et al., ISBI 2009). The chromogens are left as they are,
+and so is a slide at or above the reference (the gain is never below 1). Only the image the CNN
+sees changes: stains are measured on the original pixels.
+
+The reference is the assay's (``counterstain_reference_od`` of an ``[assay.NAME]`` table; the
+presets' values were chosen on training images re-rendered in their stains, see the model card,
+"Counterstain normalisation"); an assay without one is never normalised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from senpath.stain import StainSet, rgb_to_od
+
+if TYPE_CHECKING:
+    from senpath.config import Assay
+
+#: Largest gain applied: a slide with almost no counterstain is not made up from noise.
+MAX_GAIN = 2.0
+#: Pixels with a smaller OD magnitude (glass, faint stroma) are not tissue for the level.
+MIN_TISSUE_OD = 0.15
+#: Percentile of the counterstain amount over the tissue taken as the slide's level: nuclei are a
+#: minority of the tissue, and the top decile is where they are in every stain combination measured.
+LEVEL_PERCENTILE = 90.0
+
+
+def counterstain_level(
+    od: NDArray[np.floating], stains: StainSet, *, counterstain: int = 0
+) -> float:
+    """A slide's counterstain level: the 90th percentile of its amount over the tissue.
+
+    Parameters
+    ----------
+    od : (N, 3) or (Y, X, 3) float
+        Optical densities (log10, :func:`senpath.stain.rgb_to_od`) sampled from the slide's tissue.
+    stains : the slide's stain vectors.
+    counterstain : position of the counterstain in ``stains`` (the assay's first stain).
+
+    Returns
+    -------
+    float
+        Level in log10 OD units along the counterstain's vector; ``nan`` when the sample holds no
+        tissue (fewer than 100 pixels above :data:`MIN_TISSUE_OD`).
+    """
+    flat = np.asarray(od, dtype=np.float32).reshape(-1, 3)
+    tissue = flat[np.linalg.norm(flat, axis=1) >= MIN_TISSUE_OD]
+    if len(tissue) < 100:
+        return float("nan")
+    amount = _amount(tissue, stains, counterstain)
+    return float(np.percentile(amount, LEVEL_PERCENTILE))
+
+
+def counterstain_gain(level: float, *, reference: float, max_gain: float = MAX_GAIN) -> float:
+    """Gain that brings a slide's counterstain ``level`` up to ``reference``: ``reference / level``
+    bounded to [1, ``max_gain``]; 1 when the level is unknown (``nan``) or not positive."""
+    if not np.isfinite(level) or level <= 0.0:
+        return 1.0
+    return float(np.clip(reference / level, 1.0, max_gain))
+
+
+def boost_counterstain(
+    rgb: NDArray[np.uint8],
+    stains: StainSet,
+    i0: float | Sequence[float] | NDArray[np.floating],
+    gain: float,
+    *,
+    counterstain: int = 0,
+) -> NDArray[np.uint8]:
+    """``rgb`` with the counterstain's amount multiplied by ``gain`` (the chromogens unchanged).
+
+    Parameters
+    ----------
+    rgb : (Y, X, 3) uint8
+    stains : the slide's stain vectors.
+    i0 : glass intensity (per RGB channel).
+    gain : factor on the counterstain's amount (:func:`counterstain_gain`); 1 returns ``rgb`` itself.
+    counterstain : position of the counterstain in ``stains``.
+
+    Returns
+    -------
+    (Y, X, 3) uint8
+    """
+    if gain == 1.0:
+        return rgb
+    if gain < 1.0:
+        raise ValueError(f"gain {gain} < 1: the counterstain is only ever strengthened")
+    glass = [float(v) for v in np.atleast_1d(i0)]
+    od = rgb_to_od(rgb, glass)
+    amount = _amount(od.reshape(-1, 3), stains, counterstain).reshape(od.shape[:-1])
+    # OD + (gain - 1) * amount * vector, as intensities: one factor per pixel and channel (3x
+    # faster than back through od_to_rgb, and pixels without counterstain keep their exact value)
+    per_amount = np.float32(-np.log(10.0) * (gain - 1.0)) * stains.vectors[counterstain]
+    factor = np.exp(amount[..., None] * per_amount.astype(np.float32))
+    return np.clip(np.rint(rgb * factor), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class CounterstainBoost:
+    """One slide's counterstain normalisation, applied to each tile before the CNN.
+
+    Attributes
+    ----------
+    stains : the slide's stain vectors.
+    i0 : (3,) glass intensity per RGB channel.
+    gain : factor on the counterstain's amount (> 1; a slide at the reference gets no boost).
+    counterstain : position of the counterstain in ``stains``.
+    """
+
+    stains: StainSet
+    i0: Any
+    gain: float
+    counterstain: int = 0
+
+    def __call__(self, rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
+        """``rgb`` as the CNN should see it (:func:`boost_counterstain`)."""
+        return boost_counterstain(
+            rgb, self.stains, self.i0, self.gain, counterstain=self.counterstain
+        )
+
+
+def image_boost(
+    rgb: NDArray[np.uint8],
+    prior: StainSet,
+    counterstain: str,
+    *,
+    reference: float,
+    max_angle_deg: float | Mapping[str, float] | None = None,
+) -> CounterstainBoost | None:
+    """The counterstain normalisation of one image taken as a whole slide: its glass intensity,
+    stain vectors (:func:`senpath.stain.estimate_stains`, ``prior`` the assay's) and counterstain
+    level from its own pixels, as a slide's plan has them from its tissue sample.
+
+    Returns
+    -------
+    CounterstainBoost or None
+        ``None`` when the image needs none (its level is at or above ``reference``, or it holds no
+        tissue).
+    """
+    from senpath.stain import estimate_background, estimate_stains
+
+    i0 = estimate_background(rgb)
+    od = rgb_to_od(rgb, i0.tolist()).reshape(-1, 3)
+    stains = estimate_stains(od, prior, max_angle_deg=max_angle_deg).stains
+    index = stains.index(counterstain)
+    gain = counterstain_gain(
+        counterstain_level(od, stains, counterstain=index), reference=reference
+    )
+    return None if gain == 1.0 else CounterstainBoost(stains, i0, gain, index)
+
+
+def assay_boost(
+    rgb: NDArray[np.uint8], assay: Assay, *, reference: float | None = None
+) -> CounterstainBoost | None:
+    """:func:`image_boost` of one image stained as ``assay`` (its stains, vectors, tolerances and
+    first nuclear stain), to the assay's ``counterstain_reference_od`` or ``reference``; ``None``
+    when it needs none or the assay has no reference."""
+    level = assay.counterstain_reference_od if reference is None else reference
+    if level is None:
+        return None
+    prior = StainSet.from_names(assay.stains, overrides=assay.stain_vectors)
+    return image_boost(
+        rgb,
+        prior,
+        assay.nuclear_stains[0],
+        reference=level,
+        max_angle_deg=assay.stain_tolerance_deg,
+    )
+
+
+def _amount(flat_od: NDArray[np.floating], stains: StainSet, counterstain: int) -> NDArray:
+    """Least-squares amount of one stain per pixel (:func:`senpath.stain.deconvolve`'s), clipped at 0."""
+    column = np.linalg.pinv(stains.vectors)[:, counterstain].astype(np.float32)
+    return np.maximum(np.asarray(flat_od, dtype=np.float32) @ column, 0.0)

@@ -1,0 +1,194 @@
+"""Counterstain normalisation before the nucleus CNN (senpath.segment.counterstain)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from senpath.segment.counterstain import (
+    assay_boost,
+    boost_counterstain,
+    counterstain_gain,
+    counterstain_level,
+    image_boost,
+)
+from senpath.stain import StainSet, deconvolve, od_to_rgb
+
+I0 = np.array([240.0, 245.0, 250.0])
+
+
+def _image(hematoxylin: np.ndarray, dab: np.ndarray, stains: StainSet) -> np.ndarray:
+    od = hematoxylin[..., None] * stains.vectors[0] + dab[..., None] * stains.vectors[1]
+    return od_to_rgb(od, I0)
+
+
+def test_boost_multiplies_the_counterstain_and_leaves_the_chromogen() -> None:
+    stains = StainSet.from_names(["hematoxylin", "dab"])
+    hematoxylin = np.array([[0.0, 0.2, 0.4], [0.3, 0.1, 0.0]], np.float32)
+    dab = np.array([[0.5, 0.0, 0.3], [0.2, 0.0, 0.6]], np.float32)
+    rgb = _image(hematoxylin, dab, stains)
+
+    boosted = boost_counterstain(rgb, stains, I0, 1.5)
+
+    before = deconvolve(rgb, stains, I0)
+    after = deconvolve(boosted, stains, I0)
+    # uint8 rounding: a level of a bright channel is ~0.002 OD
+    np.testing.assert_allclose(after[..., 0], 1.5 * before[..., 0], atol=0.02)
+    np.testing.assert_allclose(after[..., 1], before[..., 1], atol=0.02)
+    assert boosted.dtype == np.uint8 and boosted.shape == rgb.shape
+
+
+def test_boost_leaves_glass_white_and_a_gain_of_one_returns_the_image() -> None:
+    stains = StainSet.from_names(["hematoxylin", "eosin"])
+    rgb = _image(np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32), stains)
+    np.testing.assert_array_equal(boost_counterstain(rgb, stains, I0, 2.0), rgb)
+    assert boost_counterstain(rgb, stains, I0, 1.0) is rgb
+    with pytest.raises(ValueError, match="only ever strengthened"):
+        boost_counterstain(rgb, stains, I0, 0.8)
+
+
+def test_boost_takes_the_named_counterstain() -> None:
+    stains = StainSet.from_names(["xgal", "eosin"])
+    xgal = np.full((1, 4), 0.3, np.float32)
+    eosin = np.array([[0.1, 0.2, 0.3, 0.4]], np.float32)
+    rgb = _image(xgal, eosin, stains)
+
+    after = deconvolve(boost_counterstain(rgb, stains, I0, 2.0, counterstain=1), stains, I0)
+
+    np.testing.assert_allclose(after[..., 1], 2 * eosin, atol=0.02)
+    np.testing.assert_allclose(after[..., 0], xgal, atol=0.02)
+
+
+def test_level_is_the_90th_percentile_over_tissue_only() -> None:
+    stains = StainSet.from_names(["hematoxylin", "dab"])
+    # 1000 tissue pixels with hematoxylin 0.01 ... 1.00, and as many glass pixels (OD 0)
+    amounts = np.arange(1, 1001, dtype=np.float64) / 1000
+    tissue = np.outer(np.maximum(amounts, 0.2), stains.vectors[0])
+    od = np.concatenate([tissue, np.zeros((1000, 3))])
+
+    level = counterstain_level(od, stains)
+
+    assert level == pytest.approx(np.percentile(np.maximum(amounts, 0.2), 90), abs=1e-4)
+    assert np.isnan(counterstain_level(np.zeros((500, 3)), stains))
+
+
+@pytest.mark.parametrize(
+    ("level", "gain"),
+    [(0.9, 1.0), (0.45, 1.0), (0.3, 1.5), (0.2, 2.0), (0.05, 2.0), (float("nan"), 1.0), (0.0, 1.0)],
+)
+def test_gain_brings_the_level_to_the_reference_within_bounds(level: float, gain: float) -> None:
+    assert counterstain_gain(level, reference=0.45) == pytest.approx(gain)
+
+
+def test_an_image_is_measured_as_a_slide() -> None:  # senpath segment: one image, no plan
+    stains = StainSet.from_names(["hematoxylin", "dab"])
+    rng = np.random.default_rng(0)
+    nuclei = rng.random((64, 64)) < 0.3  # a third of the pixels nuclear, the rest stroma
+    dab = np.where(rng.random((64, 64)) < 0.2, 0.4, 0.05).astype(np.float32)
+    for nuclear_od, needed in ((0.2, True), (0.9, False)):
+        hematoxylin = np.where(nuclei, nuclear_od, 0.12).astype(np.float32)
+        rgb = _image(hematoxylin, dab, stains)
+        rgb[:4] = I0.astype(np.uint8)  # some glass
+        boost = image_boost(rgb, stains, "hematoxylin", reference=0.45)
+        if needed:
+            assert boost is not None and boost.counterstain == 0
+            assert boost.gain == pytest.approx(2.0)  # 0.45 / 0.2, at most 2
+        else:
+            assert boost is None
+
+
+def test_an_image_of_an_assay_gets_that_assays_reference_or_none() -> None:
+    from senpath.config import get_assay
+
+    stains = StainSet.from_names(["hematoxylin", "dab"])
+    hematoxylin = np.where(np.random.default_rng(1).random((64, 64)) < 0.3, 0.2, 0.12)
+    rgb = _image(hematoxylin.astype(np.float32), np.full((64, 64), 0.05, np.float32), stains)
+    rgb[:4] = I0.astype(np.uint8)
+
+    p16 = get_assay("p16")
+    assert p16.counterstain_reference_od is not None
+    boost = assay_boost(rgb, p16)
+    assert boost is not None and boost.gain == pytest.approx(2.0)
+    assert assay_boost(rgb, get_assay("ki67")) is None  # the preset has no reference
+    assert assay_boost(rgb, get_assay("ki67"), reference=0.3) is not None
+
+
+# --------------------------------------------------------------------------- in the pipeline
+
+
+def _ki67_slide(tmp_path: Path, counterstain_od: float) -> Path:
+    from senpath import synth
+
+    return synth.write_slide(
+        tmp_path / f"k{counterstain_od}.tif", assay="ki67", shape=(384, 384), mpp=0.5, seed=3,
+        params=synth.SynthParams(tissue_fraction=0.95, nucleus_counterstain_od=counterstain_od),
+    ).path  # fmt: skip
+
+
+def test_a_faintly_counterstained_slide_is_planned_with_a_gain_a_well_stained_one_without(
+    tmp_path: Path,
+) -> None:
+    from senpath.config import AnalysisConfig, get_assay
+    from senpath.slide_plan import plan_slide
+
+    cnn = AnalysisConfig(segmenter="cnn", tile_size_um=64)
+    assay = dataclasses.replace(get_assay("ki67"), counterstain_reference_od=0.45)
+    faint = plan_slide(_ki67_slide(tmp_path, 0.15), assay=assay, config=cnn)
+    strong = plan_slide(_ki67_slide(tmp_path, 0.8), assay=assay, config=cnn)
+
+    assert faint.counterstain is not None and strong.counterstain is not None
+    assert faint.counterstain["stain"] == "hematoxylin"
+    assert faint.counterstain["level"] < strong.counterstain["level"]
+    assert faint.counterstain_gain > 1.3
+    assert strong.counterstain_gain == 1.0
+    assert faint.counterstain["reference"] == 0.45
+    # off, not the CNN, or an assay without a reference: nothing planned, nothing applied
+    off = cnn.replace(normalise_counterstain=False)
+    classical = cnn.replace(segmenter="classical")
+    for config, with_assay in ((off, assay), (classical, assay), (cnn, get_assay("ki67"))):
+        plan = plan_slide(_ki67_slide(tmp_path, 0.15), assay=with_assay, config=config)
+        assert plan.counterstain is None and plan.counterstain_gain == 1.0
+        assert plan.counterstain_boost is None
+
+
+def test_the_cnn_sees_the_boosted_tile_and_the_stains_are_measured_on_the_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    from senpath.config import AnalysisConfig, get_assay
+    from senpath.io import open_slide
+    from senpath.segment import predict
+    from senpath.slide_plan import plan_slide, read_grid_box
+    from senpath.tile_engine import analyze_tile, plan_segmenter
+
+    config = AnalysisConfig(segmenter="cnn", device="cpu", tile_size_um=64)
+    assay = dataclasses.replace(get_assay("ki67"), counterstain_reference_od=0.45)
+    plan = plan_slide(_ki67_slide(tmp_path, 0.15), assay=assay, config=config)
+    assert plan.counterstain_gain > 1.0
+    tile = plan.tiles[4]  # the middle one of 3 x 3
+    rgb = read_grid_box(open_slide(plan.path), tile.box, 0.5)
+    labels = np.zeros(rgb.shape[:2], np.int32)
+    labels[60:80, 60:80], labels[100:115, 90:110] = 1, 2  # in the tile's core, 100 and 75 µm²
+    seen = []
+
+    def network(image: np.ndarray, *, mpp: float, model: object) -> np.ndarray:
+        seen.append(image.copy())
+        return labels
+
+    monkeypatch.setattr(predict, "predict_instances", network)
+    kwargs = {"stains": plan.stain_estimate.stains, "i0": plan.i0, "mpp": 0.5, "config": config,
+              "image_shape": plan.shape_px}  # fmt: skip
+    boosted, _ = analyze_tile(rgb, tile, segmenter=plan_segmenter(plan), **kwargs)
+    unboosted = dataclasses.replace(plan, counterstain=None)
+    plain, _ = analyze_tile(rgb, tile, segmenter=plan_segmenter(unboosted), **kwargs)
+
+    expected = boost_counterstain(rgb, plan.stain_estimate.stains, plan.i0, plan.counterstain_gain)
+    np.testing.assert_array_equal(seen[0], expected)
+    np.testing.assert_array_equal(seen[1], rgb)
+    assert (seen[0].astype(int) - rgb).min() < -5  # darker nuclei: it did change
+    assert len(boosted.cells) == 2
+    pd.testing.assert_frame_equal(boosted.cells, plain.cells)
