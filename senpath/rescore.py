@@ -87,6 +87,7 @@ from senpath.score import (
     slide_thresholds,
     summarize_markers,
 )
+from senpath.slide_plan import counterstain_reference
 from senpath.stain import StainSet
 from senpath.store_lock import default_user, hold_store
 
@@ -213,6 +214,13 @@ def _plan(res: SlideResults, settings: Any | None) -> _Plan:
     if settings is not None:
         changed = _measured_changes(stored_cfg, settings.analysis) + changed
         config = stored_cfg.replace(**{k: getattr(settings.analysis, k) for k in SCORING_SETTINGS})
+    # the CNN's input: a fresh run normalises the counterstain to the assay's reference now
+    identity = res.manifest.get("identity") or {}
+    before = identity.get("counterstain_reference_od")
+    method = res.provenance.segmenter_method or config.segmenter
+    after = counterstain_reference(assay, config, method=method, paired="nuclear_image" in identity)
+    if before != after:
+        changed.append(f"counterstain_reference_od {before} -> {after}")
     if changed:
         what = "the settings change" if settings is not None else "the assay now defines"
         raise ValueError(
@@ -432,6 +440,13 @@ def _identity(
         identity["cutoff"] = cutoff.identity()
     else:
         identity.pop("cutoff", None)
+    reference = counterstain_reference(
+        assay, plan.config, method=method, paired="nuclear_image" in identity
+    )
+    if reference is not None:
+        identity["counterstain_reference_od"] = reference
+    else:
+        identity.pop("counterstain_reference_od", None)
     return identity
 
 

@@ -52,7 +52,7 @@ from senpath.results import (
 )
 from senpath.score import ControlCutoff, score_cells, slide_thresholds, summarize_markers
 from senpath.segment import resolve_method
-from senpath.slide_plan import SlidePlan, plan_slide
+from senpath.slide_plan import SlidePlan, counterstain_reference, plan_slide
 from senpath.stain import stain_qc
 from senpath.store_lock import hold_store
 from senpath.tile_engine import (
@@ -519,8 +519,13 @@ def run_identity(
         identity["cutoff"] = cutoff.identity()
     if assay.objects != "nuclei":  # out of the assay's repr, so earlier stores keep their identity
         identity["objects"] = assay.objects
-    if assay.counterstain_reference_od is not None:  # the same
-        identity["counterstain_reference_od"] = assay.counterstain_reference_od
+    # what the CNN's input was normalised to (out of the assay's repr, as objects: an assay
+    # without one, or a run that does not normalise, keeps the identity it had before)
+    reference = counterstain_reference(
+        assay, config, method=method, paired=nuclear_image is not None
+    )
+    if reference is not None:
+        identity["counterstain_reference_od"] = reference
     if nuclear_image is not None:
         identity["nuclear_image"] = {
             "input": input_identity(Path(nuclear_image).resolve()),

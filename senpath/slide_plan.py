@@ -186,12 +186,8 @@ def plan_slide(
         timings["register_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    normalise = (
-        config.normalise_counterstain
-        and assay.counterstain_reference_od is not None
-        and config.segmenter == "cnn"
-        and assay.objects == "nuclei"
-        and nuclear is None
+    reference = counterstain_reference(
+        assay, config, method=config.segmenter, paired=nuclear is not None
     )
     stain_estimate, stain_match, counterstain = _slide_stains(
         slide,
@@ -201,8 +197,8 @@ def plan_slide(
         mpp=amp,
         mode=config.stain_vectors,
         assay=assay,
-        counterstain=assay.nuclear_stains[0] if normalise else None,
-        reference=assay.counterstain_reference_od,
+        counterstain=assay.nuclear_stains[0] if reference is not None else None,
+        reference=reference,
     )
     timings["stains_s"] = time.perf_counter() - t
     return SlidePlan(
@@ -224,6 +220,20 @@ def plan_slide(
         stain_match=stain_match,
         counterstain=counterstain,
     )
+
+
+def counterstain_reference(
+    assay: Assay, config: AnalysisConfig, *, method: str, paired: bool = False
+) -> float | None:
+    """The counterstain level a slide's CNN input is normalised to
+    (:mod:`senpath.segment.counterstain`), or ``None`` when it is not: the assay has no
+    ``counterstain_reference_od``, ``normalise_counterstain`` is off, the nuclei do not come from
+    the CNN (``method``, resolved), or they come from a paired nuclear image (``paired``)."""
+    if not config.normalise_counterstain or method != "cnn" or paired:
+        return None
+    if assay.objects != "nuclei":
+        return None
+    return assay.counterstain_reference_od
 
 
 def _pair_nuclear(

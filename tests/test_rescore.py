@@ -24,7 +24,7 @@ from senpath.config import AnalysisConfig, load_settings
 from senpath.corrections import CorrectionSession, read_log
 from senpath.pipeline import run_batch
 from senpath.rescore import parse_thresholds, rescore_results
-from senpath.results import CELLS, SUMMARY, is_complete
+from senpath.results import CELLS, SUMMARY, is_complete, sha256_file
 from senpath.samplesheet import read_sample_sheet
 from senpath.stain import unit
 
@@ -254,3 +254,30 @@ def test_bad_requests_are_one_line(batch, tmp_path):
     got = CliRunner().invoke(app, ["rescore", str(out), "--threshold", "sabgal=0.11"])
     assert got.exit_code == 0, got.output
     assert senpath.load_results(out / "w2").provenance.thresholds == {"sabgal": 0.11}
+
+
+def test_a_cnn_store_whose_counterstain_reference_changed_is_refused(batch, tmp_path):
+    """A store whose CNN saw its counterstain normalised to one level cannot be re-scored into a
+    fresh run that normalises to another (or not at all): its nuclei would differ."""
+    out = _copy(batch["tmp"] / "rule", tmp_path / "cnn")
+    manifest_path, provenance_path = out / "w1" / "manifest.json", out / "w1" / "provenance.json"
+    manifest = json.loads(manifest_path.read_text())
+    provenance = json.loads(provenance_path.read_text())
+    # w1 as the CNN would have stored it, its input normalised at the sabgal preset's level
+    manifest["identity"]["counterstain_reference_od"] = 0.8
+    provenance["config"]["segmenter"] = "cnn"
+    provenance["segmenter"] = {"method": "cnn", "model_sha256": "x", "counterstain": None}
+    provenance_path.write_text(json.dumps(provenance))
+    manifest["files"]["provenance.json"] = sha256_file(provenance_path)
+    manifest_path.write_text(json.dumps(manifest))
+    assert ASSAYS["sabgal"].counterstain_reference_od == 0.8
+
+    same = rescore_results(out, thresholds=["sabgal=0.10"])  # the preset: the same level
+    assert [(r.slide_id, r.status) for r in same] == [("w1", "ok"), ("w2", "ok")]
+    assert json.loads(manifest_path.read_text())["identity"]["counterstain_reference_od"] == 0.8
+
+    other = _sabgal_settings(0.10, segmenter="cnn")  # its sabgal has no level
+    reports = rescore_results(out / "w1", settings=other)
+    assert [r.status for r in reports] == ["failed"]
+    assert "counterstain_reference_od 0.8 -> None" in reports[0].message
+    assert "senpath run --force" in reports[0].message
