@@ -178,6 +178,14 @@ def test_a_stem_network_trains_records_its_stem_and_is_not_resumed_as_another(tm
     resume = ["--resume", str(tmp_path / "a" / "last.pt")]
     with pytest.raises(SystemExit, match="--stem 6: .* has stem 4"):
         T.main(["--out", str(tmp_path / "a"), *common[:-2], "--stem", "6", *resume])
+    # resumed without naming the network, and longer: the checkpoint still says how the run began
+    from senpath.segment.export import reproduce_command
+
+    longer = ["--data-pack", str(pack), "--steps", "3", "--seed", "2", *TINY]
+    T.main(["--out", str(tmp_path / "a"), *longer, "--validate-minutes", "0", *resume])
+    resumed = torch.load(tmp_path / "a" / "step_000003.pt", weights_only=True)
+    command = reproduce_command(resumed)
+    assert "--steps 3" in command and "--widths 8,8,16,16 --stem 4" in command
 
 
 def test_a_run_gives_back_the_callers_signal_handlers(tmp_path):

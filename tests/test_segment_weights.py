@@ -205,6 +205,9 @@ def test_the_reproduce_command_carries_every_data_option():
     # a run without the option (the default, 0) does not name it: older commands stay as they were
     command = reproduce_command({**ckpt, "args": {**args, "pale_share": "0.0"}})
     assert "--pale-share" not in command and "--stop-at" not in command
+    # a stem network names its stem (v1-v5, stem 0, do not)
+    assert "--stem 8" in reproduce_command({**ckpt, "args": {**args, "stem": "8"}})
+    assert "--stem" not in reproduce_command({**ckpt, "args": {**args, "stem": "0"}})
 
 
 def test_the_reproduce_command_carries_recipe_and_stained_weights():

@@ -198,6 +198,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "data_pack",
         "device",
         "widths",
+        "stem",
         "pool",
         "batch_size",
         "crop_size",
@@ -210,6 +211,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "stained_weight": ("1", "1.0"),
         "ignore_padding": ("False",),
         "device": ("cpu",),
+        "stem": ("0",),
     }
     for key in (*keys, "threads"):
         value = args.get(key)

@@ -455,6 +455,12 @@ def train(args: argparse.Namespace) -> Path:
         "torch": torch.__version__,
     }
 
+    recorded_args = {k: str(v) for k, v in vars(args).items()}
+    if state is not None and state.get("args"):
+        # a resumed run is the run it continues: its recipe (--init, network, data) is the one
+        # it was started with; the resuming call may only change the step count (total_steps)
+        recorded_args = {**state["args"], "resume": str(args.resume)}
+
     def checkpoint(path: Path) -> None:
         _atomic_save(
             {
@@ -465,7 +471,7 @@ def train(args: argparse.Namespace) -> Path:
                 "elapsed_s": elapsed,
                 "net_config": config.to_dict(),
                 "seed": args.seed,
-                "args": {k: str(v) for k, v in vars(args).items()},
+                "args": recorded_args,
             },
             path,
         )
