@@ -35,7 +35,8 @@ MAX_GAIN = 2.0
 #: Pixels with a smaller OD magnitude (glass, faint stroma) are not tissue for the level.
 MIN_TISSUE_OD = 0.15
 #: Percentile of the counterstain amount over the tissue taken as the slide's level: nuclei are a
-#: minority of the tissue, and the top decile is where they are in every stain combination measured.
+#: minority of the tissue and hold most of the counterstain, so its top decile follows them (the
+#: percentile of the per-image gain first measured, model card "darker input").
 LEVEL_PERCENTILE = 90.0
 
 
@@ -49,7 +50,7 @@ def counterstain_level(
     od : (N, 3) or (Y, X, 3) float
         Optical densities (log10, :func:`senpath.stain.rgb_to_od`) sampled from the slide's tissue.
     stains : the slide's stain vectors.
-    counterstain : position of the counterstain in ``stains`` (the assay's first stain).
+    counterstain : position of the counterstain in ``stains`` (the assay's first nuclear stain).
 
     Returns
     -------
