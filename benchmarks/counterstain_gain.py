@@ -21,7 +21,6 @@ set and reference. Needs ``../shared``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -48,22 +47,14 @@ def boosted_sets(
     sets: dict[str, list[Any]], reference: float | None
 ) -> tuple[dict[str, list[Any]], dict[str, float]]:
     """The sets with every image's counterstain brought up to ``reference`` (``None``: each assay's
-    preset ``counterstain_reference_od``, as ``senpath run`` does; none where it has none) as the
-    pipeline does for a slide (:func:`senpath.segment.counterstain.assay_boost`), and the median
-    gain per set."""
-    from senpath.config import load_assays
-    from senpath.segment.counterstain import assay_boost
-    from senpath.segment.export import SET_ASSAYS
+    preset ``counterstain_reference_od``, as ``senpath run`` does; none where it has none), and
+    the median gain per set (:func:`senpath.segment.export.normalised_images`)."""
+    from senpath.segment.export import normalised_images
 
-    assays = load_assays()
     out, gains = {}, {}
     for name, images in sets.items():
-        rows, g = [], []
-        for im in images:
-            boost = assay_boost(im.rgb, assays[SET_ASSAYS[name]], reference=reference)
-            g.append(1.0 if boost is None else boost.gain)
-            rows.append(im if boost is None else dataclasses.replace(im, rgb=boost(im.rgb)))
-        out[name], gains[name] = rows, float(np.median(g))
+        out[name], g = normalised_images(name, images, reference=reference)
+        gains[name] = float(np.median(g))
     return out, gains
 
 

@@ -141,20 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _normalised(name: str, images: list, counterstain: bool) -> list:
     """``images`` of set ``name`` as the CNN sees them in ``senpath run`` (``counterstain``)."""
-    if not counterstain:
-        return images
-    import dataclasses
+    from senpath.segment.export import normalised_images
 
-    from senpath.config import get_assay
-    from senpath.segment.counterstain import assay_boost
-    from senpath.segment.export import SET_ASSAYS
-
-    assay = get_assay(SET_ASSAYS[name])
-    out = []
-    for im in images:
-        boost = assay_boost(im.rgb, assay)
-        out.append(im if boost is None else dataclasses.replace(im, rgb=boost(im.rgb)))
-    return out
+    return normalised_images(name, images)[0] if counterstain else images
 
 
 def _draws_table(model, draws: int, counterstain: bool = False) -> None:

@@ -199,6 +199,8 @@ class _Plan:
     res: SlideResults
     config: AnalysisConfig
     assay: Assay
+    #: the counterstain level a fresh run normalises the CNN's input to (the store's: checked)
+    counterstain_reference: float | None = None
 
 
 def _plan(res: SlideResults, settings: Any | None) -> _Plan:
@@ -227,7 +229,7 @@ def _plan(res: SlideResults, settings: Any | None) -> _Plan:
             f"{what} what was measured ({'; '.join(changed)}), not only the scoring: run "
             "`senpath run --force` instead"
         )
-    return _Plan(res, config, assay)
+    return _Plan(res, config, assay, after)
 
 
 def _measurements(cells: pd.DataFrame, assay: Assay, stored: Assay) -> pd.DataFrame:
@@ -440,11 +442,8 @@ def _identity(
         identity["cutoff"] = cutoff.identity()
     else:
         identity.pop("cutoff", None)
-    reference = counterstain_reference(
-        assay, plan.config, method=method, paired="nuclear_image" in identity
-    )
-    if reference is not None:
-        identity["counterstain_reference_od"] = reference
+    if plan.counterstain_reference is not None:
+        identity["counterstain_reference_od"] = plan.counterstain_reference
     else:
         identity.pop("counterstain_reference_od", None)
     return identity

@@ -66,6 +66,26 @@ def validation_sets(
     return with_rerendered(sets, seed=1000)
 
 
+def normalised_images(
+    name: str, images: list[D.AnnotatedImage], *, reference: float | None = None
+) -> tuple[list[D.AnnotatedImage], list[float]]:
+    """``images`` of validation set ``name`` as the CNN sees them in ``senpath run``: each one's
+    counterstain normalised to its set's assay (:data:`SET_ASSAYS`) reference, or to
+    ``reference`` (:func:`senpath.segment.counterstain.assay_boost`); and each one's gain."""
+    import dataclasses
+
+    from senpath.config import get_assay
+    from senpath.segment.counterstain import assay_boost
+
+    assay = get_assay(SET_ASSAYS[name])
+    out, gains = [], []
+    for im in images:
+        boost = assay_boost(im.rgb, assay, reference=reference)
+        gains.append(1.0 if boost is None else boost.gain)
+        out.append(im if boost is None else dataclasses.replace(im, rgb=boost(im.rgb)))
+    return out, gains
+
+
 def with_rerendered(
     sets: dict[str, list[D.AnnotatedImage]], *, seed: int
 ) -> dict[str, list[D.AnnotatedImage]]:
