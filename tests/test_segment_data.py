@@ -333,3 +333,58 @@ def test_ignore_padding_gives_the_padding_of_a_small_image_weight_zero():
     big = {"a": [_image(0, shape=(120, 140))]}
     y_big = D.CropSampler(big, {"a": 1.0}, crop_size=48, seed=2, ignore_padding=True).batch(0, 4)[1]
     assert (y_big[:, 2] == 1.0).all()
+
+
+def test_crop_assay_names_the_assay_a_crop_is_stained_as():
+    im = _image(0)
+    assert D.crop_assay(im, "xgal_h_dab") == "sabgal+ki67"
+    assert D.crop_assay(im, "he") == "he"
+    assert D.crop_assay(im, None) is None
+    ihc = D.AnnotatedImage("ki67/Lung1", "ihc", im.rgb, im.labels, 0.5)
+    assert D.crop_assay(ihc, None) == "ki67"
+    for assay in ("sabgal-eosin", "p16+ki67"):
+        synth = D.AnnotatedImage(f"synth/{assay}-1300@400,250", "synth", im.rgb, im.labels, 0.5)
+        assert D.crop_assay(synth, None) == assay
+    assert set(D.RECIPE_ASSAYS) == set(D.RECIPES)
+
+
+def _faint_image(seed=0, shape=(120, 140)):
+    """Pale hematoxylin-only nuclei on glass: a faint counterstain (level well below 0.6)."""
+    im = _image(seed, shape)
+    rgb = np.full(shape + (3,), 238, np.uint8)
+    rgb[im.labels > 0] = (200, 190, 220)
+    return D.AnnotatedImage("faint", "hematoxylin", rgb, im.labels, 0.5)
+
+
+def test_counterstain_references_show_crops_as_senpath_run_shows_their_assay():
+    from senpath.config import get_assay
+    from senpath.segment.counterstain import counterstain_level
+    from senpath.stain import StainSet, estimate_background, estimate_stains, rgb_to_od
+
+    sources = {"a": [_faint_image(0)]}
+    only_h_dab = {name: 0.0 for name in D.RECIPES} | {"h_dab": 1.0}
+    kwargs = dict(crop_size=64, seed=3, recipe_weights=only_h_dab)
+    # with references the sampler draws each crop's recipe itself (its assay decides), so the
+    # same crops come from any references: an assay the crops are not stained as leaves them
+    boosted = D.CropSampler(sources, {"a": 1.0}, counterstain_references={"p16": 0.6}, **kwargs)
+    other = D.CropSampler(sources, {"a": 1.0}, counterstain_references={"sabgal": 0.8}, **kwargs)
+    assay = get_assay("p16")
+    prior = StainSet.from_names(assay.stains)
+
+    def levels(sampler):
+        out = []
+        for crop in sampler.batch(1, 6)[0]:
+            rgb = np.rint(crop.transpose(1, 2, 0) * 255).astype(np.uint8)
+            od = rgb_to_od(rgb, estimate_background(rgb).tolist()).reshape(-1, 3)
+            stains = estimate_stains(od, prior, max_angle_deg=assay.stain_tolerance_deg).stains
+            out.append(counterstain_level(od, stains, counterstain=stains.index("hematoxylin")))
+        return np.array(out)
+
+    before, after = levels(other), levels(boosted)
+    # the same crops with their hematoxylin brought up (never past the reference)
+    assert (after >= before - 1e-3).all() and (after > 1.5 * before).any()
+    assert np.nanmax(after) <= 0.6
+    # without references the batches are those of earlier runs (v1-v5 are reproduced)
+    plain = D.CropSampler(sources, {"a": 1.0}, **kwargs).batch(1, 6)
+    same = D.CropSampler(sources, {"a": 1.0}, counterstain_references=None, **kwargs).batch(1, 6)
+    np.testing.assert_array_equal(plain[0], same[0])

@@ -269,3 +269,38 @@ def test_the_reproduce_command_carries_the_pooling_and_init_switches_it(tmp_path
 
     with pytest.raises(SystemExit, match="trained with pool 'max'"):
         T.main(["--out", str(tmp_path / "r"), "--resume", str(checkpoint), "--pool", "maxblur"])
+
+
+def test_the_reproduce_command_carries_the_counterstain_references():
+    from senpath.segment.export import reproduce_command
+    from senpath.segment.train import parse_args
+
+    ckpt = {"seed": 1, "step": 10, "total_steps": 10}
+    references = {"p16": 0.6, "sabgal-eosin": 0.7}
+    command = reproduce_command({**ckpt, "args": {"counterstain_references": str(references)}})
+    assert "--counterstain-references p16=0.6,sabgal-eosin=0.7" in command
+    assert parse_args(command.split()[3:]).counterstain_references == references
+    # asked for with no assay: "none", which parses back to no assay (not to the default, None)
+    command = reproduce_command({**ckpt, "args": {"counterstain_references": "{}"}})
+    assert "--counterstain-references none" in command
+    assert parse_args(command.split()[3:]).counterstain_references == {}
+    plain = reproduce_command({**ckpt, "args": {"counterstain_references": "None"}})
+    assert "--counterstain-references" not in plain
+
+
+def test_counterstain_references_take_the_presets_and_named_assays():
+    from senpath.config import get_assay
+    from senpath.segment.train import parse_args
+
+    def parsed(text):
+        return parse_args(["--out", "x", "--counterstain-references", text])
+
+    presets = parsed("preset").counterstain_references
+    assert presets["p16"] == get_assay("p16").counterstain_reference_od
+    assert "he" not in presets and "ki67" not in presets  # assays without a reference
+    both = parsed("preset,sabgal-eosin=0.7,p16=0.5").counterstain_references
+    assert both == {**presets, "sabgal-eosin": 0.7, "p16": 0.5}
+    assert parse_args(["--out", "x"]).counterstain_references is None
+    for bad in ("sabgal-blue=0.7", "p16=-1", "p16=dark"):
+        with pytest.raises(SystemExit):
+            parsed(bad)

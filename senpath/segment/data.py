@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from senpath.segment.counterstain import assay_boost
+
 # Re-exported (redundant aliases): callers use ``data.X`` for the loaders and the renderer.
 from senpath.segment.datasets import CONSEP_MPP as CONSEP_MPP
 from senpath.segment.datasets import CPM15_VALIDATION as CPM15_VALIDATION
@@ -48,8 +50,10 @@ from senpath.segment.datasets import resample_labels as resample_labels
 from senpath.segment.datasets import resample_rgb as resample_rgb
 from senpath.segment.datasets import shape_at_mpp as shape_at_mpp
 from senpath.segment.rerender import PALE_FLOOR as PALE_FLOOR
+from senpath.segment.rerender import RECIPE_ASSAYS as RECIPE_ASSAYS
 from senpath.segment.rerender import RECIPES as RECIPES
 from senpath.segment.rerender import degrade as degrade
+from senpath.segment.rerender import draw_recipe as draw_recipe
 from senpath.segment.rerender import pale_nuclei as pale_nuclei
 from senpath.segment.rerender import recipe_probabilities as recipe_probabilities
 from senpath.segment.rerender import render_crop as render_crop
@@ -88,6 +92,12 @@ class CropSampler:
         nuclei carry no annotation. Off (v1-v5's recipe): the padding is taught as background,
         mirrored nuclei included. On: the targets get a weight channel that is 0 there, so the
         padding does not count in the loss (:func:`senpath.segment.train.segmentation_loss`).
+    counterstain_references : dict of str to float, optional
+        Assay name to counterstain reference (log10 OD): each crop is shown to the network as
+        ``senpath run`` shows a slide of its assay (:func:`crop_assay`) to the CNN, its
+        counterstain brought up to the reference (:func:`senpath.segment.counterstain.assay_boost`,
+        the crop standing for the slide); crops of other assays unchanged. ``None`` (v1-v5): no
+        crop normalised, and the batches are those of earlier runs.
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class CropSampler:
         pale_floor: float = PALE_FLOOR,
         pale_blur: float = 0.0,
         ignore_padding: bool = False,
+        counterstain_references: dict[str, float] | None = None,
     ) -> None:
         if not 0.0 <= pale_share <= 1.0:
             raise ValueError(f"pale_share must be in [0, 1], got {pale_share}")
@@ -121,6 +132,16 @@ class CropSampler:
         self.recipe_weights = dict(recipe_weights) if recipe_weights else None
         self.stained_weight = float(stained_weight)
         self.ignore_padding = bool(ignore_padding)
+        self.counterstain_assays: dict[str, Any] | None = None
+        if counterstain_references is not None:
+            import dataclasses
+
+            from senpath.config import get_assay
+
+            self.counterstain_assays = {
+                name: dataclasses.replace(get_assay(name), counterstain_reference_od=float(ref))
+                for name, ref in counterstain_references.items()
+            }
         self.sources: dict[str, list[_Prepared]] = {}
         for name, images in sources.items():
             prepared = []
@@ -192,6 +213,9 @@ class CropSampler:
             arrays.append(np.ascontiguousarray(a))
         rgb, labels, cells, dist, valid = arrays
         stained: list[NDArray] = [np.asarray(v) for v in item.image.stained.values()]
+        recipe = None
+        if self.counterstain_assays is not None and item.image.kind in ("he", "hematoxylin"):
+            recipe = draw_recipe(rng, self.recipe_weights)  # its assay decides the normalisation
         if item.image.kind != "synth":  # synthetic slides are already in their assay's stains
             rgb, added = render_with_truth(
                 rgb,
@@ -199,6 +223,7 @@ class CropSampler:
                 cells,
                 kind=item.image.kind,
                 rng=rng,
+                recipe=recipe,
                 recipe_weights=self.recipe_weights,
             )
             stained += list(added.values())
@@ -209,6 +234,11 @@ class CropSampler:
                 rgb, labels, keep, rng, floor=self.pale_floor, blur_share=self.pale_blur
             )
         rgb = degrade(rgb, rng)
+        if self.counterstain_assays is not None:
+            assay = self.counterstain_assays.get(crop_assay(item.image, recipe) or "")
+            boost = None if assay is None else assay_boost(rgb, assay)
+            if boost is not None:
+                rgb = boost(rgb)
         return rgb, labels, dist, keep, valid.astype(bool)
 
     def batch(self, step: int, batch_size: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
@@ -233,6 +263,17 @@ class CropSampler:
                 target.append(weight)
             ys.append(np.stack(target))
         return np.stack(xs), np.stack(ys)
+
+
+def crop_assay(image: AnnotatedImage, recipe: str | None) -> str | None:
+    """The assay preset a training crop of ``image`` re-rendered in ``recipe`` is stained as: the
+    recipe's (:data:`RECIPE_ASSAYS`) for H&E and hematoxylin sources, ``"ki67"`` for the Ki67
+    IHC tiles, the generated slide's own (``synth/<assay>-<seed>@...``); ``None`` if not known."""
+    if image.kind == "ihc":
+        return "ki67"
+    if image.kind == "synth":
+        return image.name.removeprefix("synth/").rsplit("-", 1)[0]
+    return None if recipe is None else RECIPE_ASSAYS[recipe]
 
 
 def load_synthetic(

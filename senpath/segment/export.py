@@ -41,11 +41,7 @@ SET_ASSAYS = {
     "cpm15": "he",
     "dsb2018": "he",
     "ki67": "ki67",
-    "rerendered_h_dab": "p16",
-    "rerendered_h_dab_fast_red": "p16+ki67",
-    "rerendered_xgal_nfr": "sabgal",
-    "rerendered_xgal_h_dab": "sabgal+ki67",
-    "rerendered_xgal_eosin": "sabgal-eosin",
+    **{f"rerendered_{r}": D.RECIPE_ASSAYS[r] for r in VALIDATION_RECIPES},
 }
 #: IoU thresholds of the stained-vs-unstained detection recall (0.1: found at all).
 RECALL_IOUS = (0.5, 0.1)
@@ -213,6 +209,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "pale_floor",
         "pale_blur",
         "recipe_weights",
+        "counterstain_references",
         "stained_weight",
         "ignore_padding",
         "data_pack",
@@ -237,10 +234,10 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         value = args.get(key)
         if value in defaults.get(key, ()):
             continue
-        if key == "recipe_weights" and value not in (None, "None", ""):
-            # Stored as the dict's repr in the checkpoint; written back as NAME=W,...
+        if key in ("recipe_weights", "counterstain_references") and value not in (None, "None", ""):
+            # Stored as the dict's repr in the checkpoint; written back as NAME=W,... ("none": {})
             weights = ast.literal_eval(value)
-            value = ",".join(f"{k}={v}" for k, v in weights.items())
+            value = ",".join(f"{k}={v}" for k, v in weights.items()) or "none"
         if key == "ignore_padding" and value == "True":  # a switch: no value
             parts.append("--ignore-padding")
         elif value not in (None, "None", ""):

@@ -43,6 +43,17 @@ RECIPES: dict[str, float] = {
     "xgal_h_dab": 0.2,
 }
 
+#: The assay preset (``senpath.config``) whose stains each recipe renders: a crop re-rendered in a
+#: recipe is analysed by ``senpath run`` as that assay (its counterstain normalisation included).
+RECIPE_ASSAYS: dict[str, str] = {
+    "he": "he",
+    "h_dab": "p16",
+    "xgal_nfr": "sabgal",
+    "h_dab_fast_red": "p16+ki67",
+    "xgal_eosin": "sabgal-eosin",
+    "xgal_h_dab": "sabgal+ki67",
+}
+
 _RESIDUAL_NAME = "residual"
 
 
@@ -155,6 +166,14 @@ def recipe_probabilities(recipe_weights: dict[str, float] | None = None) -> dict
     return {**RECIPES, **(recipe_weights or {})}
 
 
+def draw_recipe(rng: np.random.Generator, recipe_weights: dict[str, float] | None = None) -> str:
+    """One recipe drawn with :func:`recipe_probabilities`' weights."""
+    names = list(RECIPES)
+    weights = recipe_probabilities(recipe_weights)
+    p = np.array([weights[n] for n in names])
+    return str(rng.choice(names, p=p / p.sum()))
+
+
 def render_crop(
     rgb: NDArray[np.uint8],
     labels: NDArray[np.int32],
@@ -247,10 +266,7 @@ def render_with_truth(
 
     h, e, res = _deconvolve3(od, "hematoxylin", "eosin")
     if recipe is None:
-        names = list(RECIPES)
-        weights = recipe_probabilities(recipe_weights)
-        p = np.array([weights[n] for n in names])
-        recipe = str(rng.choice(names, p=p / p.sum()))
+        recipe = draw_recipe(rng, recipe_weights)
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}: use one of {', '.join(RECIPES)}")
 

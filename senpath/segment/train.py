@@ -225,6 +225,41 @@ def _recipe_weights(text: str) -> dict[str, float]:
     return out
 
 
+def _counterstain_references(text: str) -> dict[str, float]:
+    """``"preset"`` → every assay preset's ``counterstain_reference_od`` (those that have one);
+    ``"preset,sabgal-eosin=0.7"`` adds or replaces assays; ``"none"`` → ``{}``."""
+    from senpath.config import load_assays
+
+    out: dict[str, float] = {}
+    assays = load_assays()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part in ("preset", "none"):
+            if part == "preset":
+                out.update(
+                    {
+                        name: float(a.counterstain_reference_od)
+                        for name, a in assays.items()
+                        if a.counterstain_reference_od is not None
+                    }
+                )
+            continue
+        name, _, value = part.partition("=")
+        name = name.strip()
+        try:
+            reference = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected preset, none or ASSAY=OD (a number)"
+            ) from None
+        if name not in assays:
+            known = ", ".join(sorted(assays))
+            raise argparse.ArgumentTypeError(f"unknown assay {name!r}; known assays: {known}")
+        if not reference > 0:
+            raise argparse.ArgumentTypeError(f"{part!r}: the reference must be > 0")
+        out[name] = reference
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the training entry point."""
     p = argparse.ArgumentParser(prog="senpath-train", description=__doc__.splitlines()[0])
@@ -310,6 +345,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="leave out of the loss the reflected padding of images smaller than the crop (their "
         "mirrored nuclei are unannotated; v1-v5 taught them as background)",
+    )
+    p.add_argument(
+        "--counterstain-references",
+        type=_counterstain_references,
+        default=None,
+        metavar="preset[,ASSAY=OD,...]",
+        help="show every crop to the network as senpath run shows its assay's slides: the "
+        "counterstain brought up to the assay's reference (preset: the assays' own; ASSAY=OD adds "
+        "or replaces one). Default: no crop normalised (v1-v5)",
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crop-size", type=int, default=128, help="crop side in px at 0.5 µm/px")
@@ -418,6 +462,7 @@ def train(args: argparse.Namespace) -> Path:
         recipe_weights=args.recipe_weights,
         stained_weight=args.stained_weight,
         ignore_padding=args.ignore_padding,
+        counterstain_references=args.counterstain_references,
     )
     val_sets: dict[str, list[D.AnnotatedImage]] = {}
     if args.validate_minutes > 0:
@@ -445,6 +490,7 @@ def train(args: argparse.Namespace) -> Path:
         "recipe_weights": args.recipe_weights,
         "stained_weight": args.stained_weight,
         "ignore_padding": args.ignore_padding,
+        "counterstain_references": args.counterstain_references,
         "threads": args.threads,
         "device": args.device,
         "loader_workers": args.loader_workers,
