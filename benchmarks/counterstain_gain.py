@@ -11,6 +11,7 @@ post-processing and scoring (:func:`senpath.segment.export.evaluate_sets`)::
     python benchmarks/counterstain_gain.py --split train --references 0.3,0.4,0.5,0.6
     python benchmarks/counterstain_gain.py --split train --references 0.6,0.7,0.8,1.0 --sets ki67,...
     python benchmarks/counterstain_gain.py --references preset --consep-limit 40   # held out
+    python benchmarks/counterstain_gain.py --model DIR --preset-overrides sabgal-eosin=0.7
 
 ``--split train`` scores training images (a subsample of each source, re-rendered with other
 seeds than the held-out sets): that is where the reference is chosen. Prints pooled F1 / AJI
@@ -44,16 +45,22 @@ def training_sets(root: Path) -> dict[str, list[Any]]:
 
 
 def boosted_sets(
-    sets: dict[str, list[Any]], reference: float | None
+    sets: dict[str, list[Any]],
+    reference: float | None,
+    overrides: dict[str, float] | None = None,
 ) -> tuple[dict[str, list[Any]], dict[str, float]]:
     """The sets with every image's counterstain brought up to ``reference`` (``None``: each assay's
-    preset ``counterstain_reference_od``, as ``senpath run`` does; none where it has none), and
-    the median gain per set (:func:`senpath.segment.export.normalised_images`)."""
-    from senpath.segment.export import normalised_images
+    preset ``counterstain_reference_od``, as ``senpath run`` does, or its value in ``overrides``;
+    none where it has none), and the median gain per set
+    (:func:`senpath.segment.export.normalised_images`)."""
+    from senpath.segment.export import SET_ASSAYS, normalised_images
 
     out, gains = {}, {}
     for name, images in sets.items():
-        out[name], g = normalised_images(name, images, reference=reference)
+        level = reference
+        if level is None and overrides:
+            level = overrides.get(SET_ASSAYS[name])
+        out[name], g = normalised_images(name, images, reference=level)
         gains[name] = float(np.median(g))
     return out, gains
 
@@ -77,7 +84,20 @@ def main(argv: list[str] | None = None) -> int:
         default="preset",
         help="comma-separated reference levels (log10 OD), or preset: each assay's own",
     )
+    p.add_argument(
+        "--preset-overrides",
+        default="",
+        metavar="ASSAY=OD,...",
+        help="with preset: these assays' references replaced or added (e.g. sabgal-eosin=0.7, "
+        "for a network trained with train --counterstain-references preset,sabgal-eosin=0.7)",
+    )
     args = p.parse_args(argv)
+    overrides = {
+        name: float(value)
+        for name, _, value in (
+            part.partition("=") for part in args.preset_overrides.split(",") if part
+        )
+    }
     references = [None if r == "preset" else float(r) for r in args.references.split(",")]
     torch.set_num_threads(args.threads)
     if args.split == "train":
@@ -94,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if way == "plain":
             boosted, gains[way] = sets, {name: 1.0 for name in sets}
         else:
-            boosted, gains[way] = boosted_sets(sets, reference)
+            boosted, gains[way] = boosted_sets(sets, reference, overrides)
         reports[way] = evaluate_sets(seg, boosted)
         seconds[way] = time.perf_counter() - t
     print(f"{args.split} images: " + ", ".join(f"{n} {len(v)}" for n, v in sets.items()) + "\n")

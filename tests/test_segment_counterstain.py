@@ -117,6 +117,24 @@ def test_an_image_of_an_assay_gets_that_assays_reference_or_none() -> None:
     assert assay_boost(rgb, get_assay("ki67"), reference=0.3) is not None
 
 
+def test_the_benchmark_normalises_each_set_as_its_assay_or_as_overridden(benchmark_script) -> None:
+    from senpath.segment.data import AnnotatedImage
+
+    stains = StainSet.from_names(["hematoxylin", "dab"])
+    nuclei = np.random.default_rng(1).random((64, 64)) < 0.3
+    hematoxylin = np.where(nuclei, 0.2, 0.12).astype(np.float32)
+    rgb = _image(hematoxylin, np.full((64, 64), 0.05, np.float32), stains)
+    rgb[:4] = I0.astype(np.uint8)
+    image = AnnotatedImage("faint", "he", rgb, nuclei.astype(np.int32), 0.5)
+    sets = {"rerendered_h_dab": [image], "ki67": [image]}
+    boosted_sets = benchmark_script("counterstain_gain").boosted_sets
+
+    _, gains = boosted_sets(sets, None)  # the presets: p16 has a reference, ki67 none
+    assert gains["rerendered_h_dab"] > 1.0 and gains["ki67"] == 1.0
+    _, gains = boosted_sets(sets, None, {"ki67": 0.3})
+    assert gains["ki67"] > 1.0
+
+
 # --------------------------------------------------------------------------- in the pipeline
 
 
