@@ -45,22 +45,17 @@ def training_sets(root: Path) -> dict[str, list[Any]]:
 
 
 def boosted_sets(
-    sets: dict[str, list[Any]],
-    reference: float | None,
-    overrides: dict[str, float] | None = None,
+    sets: dict[str, list[Any]], reference: float | dict[str, float] | None
 ) -> tuple[dict[str, list[Any]], dict[str, float]]:
     """The sets with every image's counterstain brought up to ``reference`` (``None``: each assay's
-    preset ``counterstain_reference_od``, as ``senpath run`` does, or its value in ``overrides``;
-    none where it has none), and the median gain per set
+    preset ``counterstain_reference_od``, as ``senpath run`` does, none where it has none; a dict:
+    those assays' references replaced), and the median gain per set
     (:func:`senpath.segment.export.normalised_images`)."""
-    from senpath.segment.export import SET_ASSAYS, normalised_images
+    from senpath.segment.export import normalised_images
 
     out, gains = {}, {}
     for name, images in sets.items():
-        level = reference
-        if level is None and overrides:
-            level = overrides.get(SET_ASSAYS[name])
-        out[name], g = normalised_images(name, images, reference=level)
+        out[name], g = normalised_images(name, images, reference=reference)
         gains[name] = float(np.median(g))
     return out, gains
 
@@ -68,6 +63,7 @@ def boosted_sets(
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    from senpath.segment.counterstain import parse_references
     from senpath.segment.export import evaluate_sets, validation_sets, ways_table
     from senpath.segment.predict import NucleusSegmenter
     from senpath.segment.train import DEFAULT_DATA_ROOT
@@ -92,12 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         "for a network trained with train --counterstain-references preset,sabgal-eosin=0.7)",
     )
     args = p.parse_args(argv)
-    overrides = {
-        name: float(value)
-        for name, _, value in (
-            part.partition("=") for part in args.preset_overrides.split(",") if part
-        )
-    }
+    try:
+        overrides = parse_references(args.preset_overrides)
+    except ValueError as exc:
+        p.error(f"--preset-overrides: {exc}")
     references = [None if r == "preset" else float(r) for r in args.references.split(",")]
     torch.set_num_threads(args.threads)
     if args.split == "train":
@@ -114,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if way == "plain":
             boosted, gains[way] = sets, {name: 1.0 for name in sets}
         else:
-            boosted, gains[way] = boosted_sets(sets, reference, overrides)
+            boosted, gains[way] = boosted_sets(
+                sets, overrides or None if reference is None else reference
+            )
         reports[way] = evaluate_sets(seg, boosted)
         seconds[way] = time.perf_counter() - t
     print(f"{args.split} images: " + ", ".join(f"{n} {len(v)}" for n, v in sets.items()) + "\n")

@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/segment_diagnostics.py [--model models/] [--consep 60] [--threads 2]
     python benchmarks/segment_diagnostics.py --stained-only --draws 4 --counterstain
+    python benchmarks/segment_diagnostics.py --stained-only --draws 4 --counterstain preset,sabgal-eosin=0.7
 
 Prints three Markdown tables, all on held-out images only (MoNuSeg 3, CoNSeP test, Ki67 2):
 
@@ -20,7 +21,9 @@ Prints three Markdown tables, all on held-out images only (MoNuSeg 3, CoNSeP tes
    recall(stained), in points. ``--stained-only`` prints this table alone.
    ``--counterstain``: each image first normalised as ``senpath run`` does for a slide of its
    set's assay (``senpath.segment.export.SET_ASSAYS``; :func:`senpath.segment.counterstain.
-   assay_boost`, the assay's ``counterstain_reference_od``), tables 4 and 5 only.
+   assay_boost`, the assay's ``counterstain_reference_od``), tables 4 and 5 only;
+   ``--counterstain preset,sabgal-eosin=0.7`` replaces or adds an assay's reference (a network
+   trained with ``train --counterstain-references`` of its own).
 5. With ``--draws N`` (N > 1): the re-rendered gaps at IoU 0.1 over N renderings of the same
    held-out images (the validation set's seed, then N - 1 others): mean and range. One rendering
    draws each image's counterstain strength and stained share once, so a gap measured on one
@@ -64,10 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--counterstain",
-        action="store_true",
-        help="tables 4-5 with each assay's counterstain normalisation, as senpath run",
+        nargs="?",
+        const="preset",
+        default=None,
+        metavar="preset[,ASSAY=OD]",
+        help="tables 4-5 with each assay's counterstain normalisation, as senpath run (ASSAY=OD: "
+        "that assay's reference replaced or added, e.g. sabgal-eosin=0.7)",
     )
     args = p.parse_args(argv)
+    references = None
+    if args.counterstain is not None:
+        from senpath.segment.counterstain import parse_references
+
+        try:
+            references = parse_references(args.counterstain)
+        except ValueError as exc:
+            p.error(f"--counterstain: {exc}")
     if not SHARED.is_dir():
         print(f"{SHARED} is absent: this diagnostic needs the project's real data", file=sys.stderr)
         return 2
@@ -84,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.draws < 1:
         p.error("--draws must be at least 1")
     if args.stained_only:
-        _stained_table(model, args.counterstain)
-        _draws_table(model, args.draws, args.counterstain)
+        _stained_table(model, references)
+        _draws_table(model, args.draws, references)
         return 0
     sets = _held_out(args.consep)
 
@@ -134,19 +149,22 @@ def main(argv: list[str] | None = None) -> int:
         r = np.asarray(ratios)
         q = np.percentile(r, [50, 25, 75]) if len(r) else [np.nan] * 3
         print(f"| {name} | {len(r)} | {q[0]:.2f} | {q[1]:.2f} | {q[2]:.2f} |")
-    _stained_table(model, args.counterstain)
-    _draws_table(model, args.draws, args.counterstain)
+    _stained_table(model, references)
+    _draws_table(model, args.draws, references)
     return 0
 
 
-def _normalised(name: str, images: list, counterstain: bool) -> list:
-    """``images`` of set ``name`` as the CNN sees them in ``senpath run`` (``counterstain``)."""
+def _normalised(name: str, images: list, references: dict[str, float] | None) -> list:
+    """``images`` of set ``name`` as the CNN sees them in ``senpath run`` with these counterstain
+    references per assay (``None``: as they are)."""
     from senpath.segment.export import normalised_images
 
-    return normalised_images(name, images)[0] if counterstain else images
+    return (
+        images if references is None else normalised_images(name, images, reference=references)[0]
+    )
 
 
-def _draws_table(model, draws: int, counterstain: bool = False) -> None:
+def _draws_table(model, draws: int, references: dict[str, float] | None = None) -> None:
     """Table 5: the re-rendered sets' gaps at IoU 0.1 over ``draws`` renderings."""
     if draws < 2:
         return
@@ -160,7 +178,7 @@ def _draws_table(model, draws: int, counterstain: bool = False) -> None:
         *D.load_cpm15(SHARED, split="validation", native=True),
         *D.load_dsb2018(SHARED, split="validation", native=True),
     ]
-    shown = ", counterstain normalised as senpath run" if counterstain else ""
+    shown = "" if references is None else ", counterstain normalised as senpath run"
     print(f"\n## Re-rendered gaps at IoU 0.1 over {draws} renderings (held-out images{shown})\n")
     print("| set | chromogen | gap per rendering (points) | mean | unstained recall (mean) |")
     print("|---|---|---|---|---|")
@@ -170,7 +188,7 @@ def _draws_table(model, draws: int, counterstain: bool = False) -> None:
         for j in range(draws):
             # j = 0 is the rendering of export.validation_sets (seed 1000 + k)
             images = D.rerendered(he, recipe, np.random.default_rng(1000 + k + 100 * j))
-            images = _normalised(f"rerendered_{recipe}", images, counterstain)
+            images = _normalised(f"rerendered_{recipe}", images, references)
             preds = [predict_instances(im.rgb, mpp=im.mpp, model=model) for im in images]
             r = recall_by_stain(
                 [im.labels for im in images], preds, [im.stained for im in images], thresh=0.1
@@ -187,16 +205,16 @@ def _draws_table(model, draws: int, counterstain: bool = False) -> None:
             )
 
 
-def _stained_table(model, counterstain: bool = False) -> None:
+def _stained_table(model, references: dict[str, float] | None = None) -> None:
     from senpath.segment.export import evaluate_sets, validation_sets
 
     sets = {
-        k: _normalised(k, v, counterstain)
+        k: _normalised(k, v, references)
         for k, v in validation_sets(SHARED).items()
         if k == "ki67" or "rerendered" in k
     }
     results = evaluate_sets(model, sets)
-    shown = ", counterstain normalised as senpath run" if counterstain else ""
+    shown = "" if references is None else ", counterstain normalised as senpath run"
     print(f"\n## Detection recall, stained vs unstained nuclei (held-out images{shown})\n")
     print("| set | chromogen | stained n | recall@0.5 stained | unstained | gap (points) "
           "| recall@0.1 stained | unstained | gap (points) |")  # fmt: skip

@@ -131,8 +131,8 @@ def test_the_benchmark_normalises_each_set_as_its_assay_or_as_overridden(benchma
 
     _, gains = boosted_sets(sets, None)  # the presets: p16 has a reference, ki67 none
     assert gains["rerendered_h_dab"] > 1.0 and gains["ki67"] == 1.0
-    _, gains = boosted_sets(sets, None, {"ki67": 0.3})
-    assert gains["ki67"] > 1.0
+    _, gains = boosted_sets(sets, {"ki67": 0.3})  # p16 keeps its preset
+    assert gains["ki67"] > 1.0 and gains["rerendered_h_dab"] > 1.0
 
 
 # --------------------------------------------------------------------------- in the pipeline

@@ -183,6 +183,41 @@ def assay_boost(
     )
 
 
+def parse_references(text: str) -> dict[str, float]:
+    """Counterstain references per assay from ``"preset,sabgal-eosin=0.7"``: ``preset`` stands
+    for every assay preset that has a ``counterstain_reference_od``, ``ASSAY=OD`` adds or replaces
+    one (later parts win), ``none`` for none. Raises ``ValueError`` for an unknown assay or a
+    reference that is not a positive number."""
+    from senpath.config import load_assays
+
+    assays = load_assays()
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part == "none":
+            continue
+        if part == "preset":
+            out.update(
+                {
+                    name: float(a.counterstain_reference_od)
+                    for name, a in assays.items()
+                    if a.counterstain_reference_od is not None
+                }
+            )
+            continue
+        name, _, value = (x.strip() for x in part.partition("="))
+        if name not in assays:
+            known = ", ".join(sorted(assays))
+            raise ValueError(f"{part!r}: unknown assay {name!r}; known assays: {known}")
+        try:
+            reference = float(value)
+        except ValueError:
+            raise ValueError(f"{part!r}: expected preset, none or ASSAY=OD (a number)") from None
+        if not 0.0 < reference <= 3.0:  # OD_MAX, as an assay table's counterstain_reference_od
+            raise ValueError(f"{part!r}: the reference must be in (0, 3] (log10 OD)")
+        out[name] = reference
+    return out
+
+
 def _amount(flat_od: NDArray[np.floating], stains: StainSet, counterstain: int) -> NDArray:
     """Least-squares amount of one stain per pixel (:func:`senpath.stain.deconvolve`'s), clipped at 0."""
     column = np.linalg.pinv(stains.vectors)[:, counterstain].astype(np.float32)

@@ -24,6 +24,7 @@ import ast
 import itertools
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,17 +64,23 @@ def validation_sets(
 
 
 def normalised_images(
-    name: str, images: list[D.AnnotatedImage], *, reference: float | None = None
+    name: str,
+    images: list[D.AnnotatedImage],
+    *,
+    reference: float | Mapping[str, float] | None = None,
 ) -> tuple[list[D.AnnotatedImage], list[float]]:
     """``images`` of validation set ``name`` as the CNN sees them in ``senpath run``: each one's
     counterstain normalised to its set's assay (:data:`SET_ASSAYS`) reference, or to
-    ``reference`` (:func:`senpath.segment.counterstain.assay_boost`); and each one's gain."""
+    ``reference`` (a level, or levels per assay that replace the presets' for the assays they
+    name: :func:`senpath.segment.counterstain.assay_boost`); and each one's gain."""
     import dataclasses
 
     from senpath.config import get_assay
     from senpath.segment.counterstain import assay_boost
 
     assay = get_assay(SET_ASSAYS[name])
+    if isinstance(reference, Mapping):
+        reference = reference.get(assay.name)
     out, gains = [], []
     for im in images:
         boost = assay_boost(im.rgb, assay, reference=reference)

@@ -226,38 +226,13 @@ def _recipe_weights(text: str) -> dict[str, float]:
 
 
 def _counterstain_references(text: str) -> dict[str, float]:
-    """``"preset"`` → every assay preset's ``counterstain_reference_od`` (those that have one);
-    ``"preset,sabgal-eosin=0.7"`` adds or replaces assays; ``"none"`` → ``{}``."""
-    from senpath.config import load_assays
+    """``--counterstain-references``: :func:`senpath.segment.counterstain.parse_references`."""
+    from senpath.segment.counterstain import parse_references
 
-    out: dict[str, float] = {}
-    assays = load_assays()
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if part in ("preset", "none"):
-            if part == "preset":
-                out.update(
-                    {
-                        name: float(a.counterstain_reference_od)
-                        for name, a in assays.items()
-                        if a.counterstain_reference_od is not None
-                    }
-                )
-            continue
-        name, _, value = part.partition("=")
-        name = name.strip()
-        try:
-            reference = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{part!r}: expected preset, none or ASSAY=OD (a number)"
-            ) from None
-        if name not in assays:
-            known = ", ".join(sorted(assays))
-            raise argparse.ArgumentTypeError(f"unknown assay {name!r}; known assays: {known}")
-        if not reference > 0:
-            raise argparse.ArgumentTypeError(f"{part!r}: the reference must be > 0")
-        out[name] = reference
-    return out
+    try:
+        return parse_references(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
