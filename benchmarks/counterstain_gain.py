@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         if way == "plain":
             boosted, gains[way] = sets, {name: 1.0 for name in sets}
         else:
-            boosted, gains[way] = boosted_sets(
-                sets, overrides or None if reference is None else reference
-            )
+            # the presets (with --preset-overrides' assays replaced), or one level for every set
+            levels = (overrides or None) if reference is None else reference
+            boosted, gains[way] = boosted_sets(sets, levels)
         reports[way] = evaluate_sets(seg, boosted)
         seconds[way] = time.perf_counter() - t
     print(f"{args.split} images: " + ", ".join(f"{n} {len(v)}" for n, v in sets.items()) + "\n")

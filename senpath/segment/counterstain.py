@@ -187,7 +187,7 @@ def parse_references(text: str) -> dict[str, float]:
     """Counterstain references per assay from ``"preset,sabgal-eosin=0.7"``: ``preset`` stands
     for every assay preset that has a ``counterstain_reference_od``, ``ASSAY=OD`` adds or replaces
     one (later parts win), ``none`` for none. Raises ``ValueError`` for an unknown assay or a
-    reference that is not a positive number."""
+    reference outside (0, 3] log10 OD (an assay table's bounds for the key)."""
     from senpath.config import load_assays
 
     assays = load_assays()

@@ -22,12 +22,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from senpath.segment.counterstain import assay_boost
+
+if TYPE_CHECKING:
+    from senpath.config import Assay
 
 # Re-exported (redundant aliases): callers use ``data.X`` for the loaders and the renderer.
 from senpath.segment.datasets import CONSEP_MPP as CONSEP_MPP
@@ -132,7 +135,7 @@ class CropSampler:
         self.recipe_weights = dict(recipe_weights) if recipe_weights else None
         self.stained_weight = float(stained_weight)
         self.ignore_padding = bool(ignore_padding)
-        self.counterstain_assays: dict[str, Any] | None = None
+        self.counterstain_assays: dict[str, Assay] | None = None
         if counterstain_references is not None:
             import dataclasses
 
