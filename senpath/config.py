@@ -171,7 +171,8 @@ MARKER_SETTINGS: dict[str, Setting] = {
 }
 _STAIN_VECTOR = Setting("numbers", "OD", 0, None, length=3, example="[0.27, 0.57, 0.78]")
 _TOLERANCE = Setting("number", "degrees", 0, 90, low_open=True, example="15")
-_COUNTERSTAIN_LEVEL = Setting("number", "OD", 0, OD_MAX, low_open=True, example="0.6")
+#: An assay's ``counterstain_reference_od`` (also checks ``train --counterstain-references``).
+COUNTERSTAIN_REFERENCE = Setting("number", "OD", 0, OD_MAX, low_open=True, example="0.6")
 
 
 def _is_text_list(value: Any) -> bool:
@@ -356,7 +357,7 @@ def _parse_assay(name: str, raw: Any, problems: Problems) -> Assay | None:
     problems.check(dotted(*at, "objects"), objects, _OBJECTS)
     reference = raw.get("counterstain_reference_od")
     if reference is not None:
-        problems.check(dotted(*at, "counterstain_reference_od"), reference, _COUNTERSTAIN_LEVEL)
+        problems.check(dotted(*at, "counterstain_reference_od"), reference, COUNTERSTAIN_REFERENCE)
     if len(problems.lines) > n_before:
         return None
     return Assay(

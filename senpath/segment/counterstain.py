@@ -187,8 +187,8 @@ def parse_references(text: str) -> dict[str, float]:
     """Counterstain references per assay from ``"preset,sabgal-eosin=0.7"``: ``preset`` stands
     for every assay preset that has a ``counterstain_reference_od``, ``ASSAY=OD`` adds or replaces
     one (later parts win), ``none`` for none. Raises ``ValueError`` for an unknown assay or a
-    reference outside (0, 3] log10 OD (an assay table's bounds for the key)."""
-    from senpath.config import load_assays
+    reference an assay table's ``counterstain_reference_od`` would refuse."""
+    from senpath.config import COUNTERSTAIN_REFERENCE, load_assays
 
     assays = load_assays()
     out: dict[str, float] = {}
@@ -212,8 +212,9 @@ def parse_references(text: str) -> dict[str, float]:
             reference = float(value)
         except ValueError:
             raise ValueError(f"{part!r}: expected preset, none or ASSAY=OD (a number)") from None
-        if not 0.0 < reference <= 3.0:  # OD_MAX, as an assay table's counterstain_reference_od
-            raise ValueError(f"{part!r}: the reference must be in (0, 3] (log10 OD)")
+        problem = COUNTERSTAIN_REFERENCE.check(reference)
+        if problem is not None:
+            raise ValueError(f"{part!r}: the reference {problem}")
         out[name] = reference
     return out
 
