@@ -592,6 +592,14 @@ def _segmenter_for(method: str, assay: str, device: str, model: Path | None = No
     method = resolve_method(method, model=model_path)
     assay_obj = get_assay(assay)
     stains = StainSet.from_names(assay_obj.stains)
+    if method == "cnn":  # the assay's reference is what the image is normalised to here
+        from senpath.config import AnalysisConfig
+        from senpath.slide_plan import reference_warnings
+
+        for line in reference_warnings(
+            AnalysisConfig(segmenter=method, model=model_path), [(assay_obj, False)]
+        ):
+            warnings.warn(line, stacklevel=2)
 
     def run(rgb: object, mpp: float) -> object:
         return segment_nuclei(

@@ -11,6 +11,7 @@ file, settings, assay and model is skipped (resume) unless forced. One slide's a
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from senpath.results import prepare_results_root, store_folder
 from senpath.samplesheet import SlideJob, jobs_for_input
 from senpath.score import ControlCutoff
 from senpath.slide_analysis import TileProgress, analyze_slide, commit_slide, run_identity
-from senpath.slide_plan import SlidePlan, plan_slide
+from senpath.slide_plan import SlidePlan, plan_slide, reference_warnings
 from senpath.store_lock import hold_store
 from senpath.tile_engine import TileResult, analyze_tiles, segment_tiles
 
@@ -111,6 +112,10 @@ def run_batch(
     )  # a file, or a folder this user cannot write: one line, not a traceback
     jobs = list(jobs)
     record_layout(out, (j.placement for j in jobs))  # conditions and wells, for the exports
+    # a network trained on normalised slides shown them otherwise: once per assay, up front
+    uses = [(assays[j.assay], j.nuclear_image is not None) for j in jobs if j.assay in assays]
+    for line in reference_warnings(config, uses):
+        warnings.warn(line, stacklevel=2)
     if any(modes):  # controls too: the cluster holds a group's slides until its control is done
         from senpath.distributed import cluster_client, run_batch_distributed
 

@@ -12,7 +12,7 @@ commit stages from it in this process and :mod:`senpath.distributed` ships it to
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +234,53 @@ def counterstain_reference(
     if assay.objects != "nuclei":
         return None
     return assay.counterstain_reference_od
+
+
+def reference_warnings(config: AnalysisConfig, uses: Iterable[tuple[Assay, bool]]) -> list[str]:
+    """One line per assay whose slides this run shows the CNN otherwise than its network was
+    trained to see them: a network trained with ``train --counterstain-references`` (recorded in
+    its JSON, :func:`senpath.segment.weights.trained_counterstain_references`) expects an assay's
+    counterstain brought up to that level, and its measured accuracy holds for that input.
+
+    ``uses``: the batch's ``(assay, paired)`` pairs (``paired``: the nuclei come from a paired
+    nuclear image, not the CNN). Nothing for the classical path, a model trained on crops as
+    rendered (v1-v5: the normalisation is then the run's choice) or a model that cannot be read
+    (its slides say why)."""
+    from senpath.segment.weights import load_spec, trained_counterstain_references
+
+    method = resolve_method(config.segmenter, model=config.model)
+    if method != "cnn":
+        return []
+    try:
+        trained = trained_counterstain_references(load_spec(config.model))
+    except (OSError, ValueError):
+        return []
+    lines: list[str] = []
+    seen: set[str] = set()
+    for assay, paired in uses:
+        wanted = trained.get(assay.name)
+        if wanted is None or paired or assay.objects != "nuclei" or assay.name in seen:
+            continue
+        seen.add(assay.name)
+        used = counterstain_reference(assay, config, method=method)
+        if used is not None and abs(used - wanted) < 1e-9:
+            continue
+        if not config.normalise_counterstain:
+            how, fix = (
+                "does not normalise it (normalise_counterstain = false)",
+                (" and normalise_counterstain = true in [analysis]"),
+            )
+        elif used is None:
+            how, fix = "does not normalise it (the assay has no counterstain_reference_od)", ""
+        else:
+            how, fix = f"brings it up to {used:g} OD", ""
+        lines.append(
+            f"the nucleus model {config.model or 'shipped with senpath'} was trained on "
+            f"{assay.name} slides with the counterstain brought up to {wanted:g} OD; this run "
+            f"{how}: set counterstain_reference_od = {wanted:g} in [assay.{assay.name}]{fix}, "
+            "or its detection is not what was measured for it"
+        )
+    return lines
 
 
 def _pair_nuclear(

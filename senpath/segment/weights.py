@@ -8,6 +8,7 @@ the JSON's.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -215,6 +216,9 @@ def export_checkpoint(
         "output_channels": list(OUTPUT_CHANNELS),
         "net_config": ckpt["net_config"],
         "postprocess": dict(postprocess),
+        # what the network was trained to see (train --counterstain-references): a run that shows
+        # it those assays' slides otherwise is warned (senpath.slide_plan.reference_warnings)
+        "counterstain_references": _references_arg(ckpt.get("args", {})),
         "checkpoint_step": int(ckpt["step"]),
         "metrics": dict(metrics or {}),
         "training": dict(training or {}),
@@ -232,6 +236,27 @@ def export_checkpoint(
         spec["int8"] = previous["int8"]  # made from these very weights: still theirs
     _write_spec(js, spec)
     return js
+
+
+def _references_arg(args: Mapping[str, Any]) -> dict[str, float]:
+    """``--counterstain-references`` of a training checkpoint's arguments (stored as the resolved
+    dict's repr, or ``None``) as ``{assay: OD}``."""
+    value = args.get("counterstain_references")
+    if value in (None, "None", ""):
+        return {}
+    references = ast.literal_eval(value) if isinstance(value, str) else value
+    return {str(k): float(v) for k, v in references.items()}
+
+
+def trained_counterstain_references(spec: Mapping[str, Any]) -> dict[str, float]:
+    """The counterstain level (log10 OD) per assay the network's training crops were brought up
+    to (``train --counterstain-references``), ``{}`` for a network trained on crops as rendered
+    (v1-v5). Read from the model JSON's ``counterstain_references``, or, for an export written
+    before that field, from its training record's arguments. Only the last training stage's: a
+    network fine-tuned from one trained so, without the option, records none."""
+    if "counterstain_references" in spec:
+        return {str(k): float(v) for k, v in spec["counterstain_references"].items()}
+    return _references_arg((spec.get("training") or {}).get("args") or {})
 
 
 def _write_spec(js: Path, spec: Mapping[str, Any]) -> None:
@@ -335,7 +360,9 @@ def shipped_weights_info(path: str | os.PathLike[str] | None = None) -> dict[str
         ``model_name``, ``model_sha256``, ``model_mpp`` (µm/px), ``model_file`` (file name only),
         ``model_checkpoint_step``, ``model_postprocess`` (thresholds) and ``model_spec_sha256``
         (of what besides the weights decides the nuclei: architecture, thresholds, resolution);
-        ``model_int8_sha256`` when the model has an int8 network (:mod:`senpath.segment.quant`).
+        ``model_int8_sha256`` when the model has an int8 network (:mod:`senpath.segment.quant`);
+        ``model_counterstain_references`` when its network was trained on normalised crops
+        (:func:`trained_counterstain_references`).
     """
     spec = load_spec(path)
     digest = verify_weights(spec)
@@ -350,6 +377,12 @@ def shipped_weights_info(path: str | os.PathLike[str] | None = None) -> dict[str
         "model_file": spec["weights_file"],
         "model_checkpoint_step": spec.get("checkpoint_step"),
         "model_postprocess": spec.get("postprocess", {}),
+        # a network trained on normalised crops: what it expects (omitted when none)
+        **(
+            {"model_counterstain_references": references}
+            if (references := trained_counterstain_references(spec))
+            else {}
+        ),
         **(
             {"model_int8_sha256": spec["int8"].get("sha256")}  # what precision onnx-int8 runs
             if spec.get("int8")
