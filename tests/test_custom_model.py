@@ -208,6 +208,7 @@ def test_a_model_trained_on_slides_as_rendered_or_the_classical_path_says_nothin
         assert not [w for w in caught if "trained" in str(w.message)]
 
 
+@pytest.mark.slow  # a fresh interpreter: the line as the console script prints it
 def test_segment_on_the_command_line_says_so_in_one_line(tmp_path):
     import subprocess
     import sys
