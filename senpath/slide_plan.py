@@ -266,10 +266,8 @@ def reference_warnings(config: AnalysisConfig, uses: Iterable[tuple[Assay, bool]
         if used is not None and abs(used - wanted) < 1e-9:
             continue
         if not config.normalise_counterstain:
-            how, fix = (
-                "does not normalise it (normalise_counterstain = false)",
-                (" and normalise_counterstain = true in [analysis]"),
-            )
+            how = "does not normalise it (normalise_counterstain = false)"
+            fix = " and normalise_counterstain = true in [analysis]"
         elif used is None:
             how, fix = "does not normalise it (the assay has no counterstain_reference_od)", ""
         else:
