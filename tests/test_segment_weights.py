@@ -304,3 +304,17 @@ def test_counterstain_references_take_the_presets_and_named_assays():
     for bad in ("sabgal-blue=0.7", "p16=-1", "p16=dark"):
         with pytest.raises(SystemExit):
             parsed(bad)
+
+
+def test_a_fine_tune_reproduce_command_gives_no_widths_its_network_does_not_have():
+    """With ``--init`` the network is the init model's and ``--widths`` is not read; the
+    continued stem run's export said ``--widths 16,32,64,128,160`` (the option's default) for a
+    24-48-96-192-256 network."""
+    from senpath.segment.export import reproduce_command
+
+    ckpt = {"seed": 1, "step": 10, "total_steps": 10}
+    args = {"init": "models/candidates/stem8_b", "widths": "16,32,64,128,160", "stem": "None"}
+    command = reproduce_command({**ckpt, "args": args})
+    assert "--init models/candidates/stem8_b" in command and "--widths" not in command
+    fresh = reproduce_command({**ckpt, "args": {**args, "init": "None", "stem": "8"}})
+    assert "--widths 16,32,64,128,160" in fresh and "--stem 8" in fresh

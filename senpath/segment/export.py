@@ -241,9 +241,12 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "device": ("cpu",),
         "stem": ("0",),
     }
+    fine_tune = args.get("init") not in (None, "None", "")
     for key in (*keys, "threads"):
         value = args.get(key)
         if value in defaults.get(key, ()):
+            continue
+        if fine_tune and key == "widths":  # the network is the --init model's; not read
             continue
         if key in ("recipe_weights", "counterstain_references") and value not in (None, "None", ""):
             # Stored as the dict's repr in the checkpoint; written back as NAME=W,... ("none": {})
