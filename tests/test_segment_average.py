@@ -93,3 +93,15 @@ def test_bad_sources_are_refused_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x.pt"), str(a), f"{a}=-1"])
     assert not (tmp_path / "avg.pt").exists() and not (tmp_path / "x.pt").exists()
+
+
+def test_a_model_source_gives_the_references_its_json_records(tmp_path):
+    a = _checkpoint(tmp_path, "a", 1)
+    b = _checkpoint(tmp_path, "b", 2, references="{'p16': 0.6}")
+    folder = export_checkpoint(b, tmp_path / "m", postprocess=PostprocessConfig().to_dict()).parent
+    spec = json.loads((folder / "nucleus_unet.json").read_text())
+    spec["training"] = {}  # only the model's own field says it
+    (folder / "nucleus_unet.json").write_text(json.dumps(spec))
+    out = average_checkpoints([(a, 1.0), (folder, 1.0)], tmp_path / "avg.pt")
+    js = export_checkpoint(out, tmp_path / "m2", postprocess=PostprocessConfig().to_dict())
+    assert json.loads(js.read_text())["counterstain_references"] == {"p16": 0.6}

@@ -19,6 +19,7 @@ fine-tuned network interpolated with the one it started from (WiSE-FT, Wortsman 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,16 +37,21 @@ def _parse_source(text: str) -> tuple[Path, float]:
         value = float(weight)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected PATH or PATH=WEIGHT") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the weight must be > 0")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: the weight must be a number > 0")
     return Path(path), value
 
 
 def _load_source(path: Path) -> dict[str, Any]:
-    """A source as ``model`` (state dict), ``net_config``, ``file`` (what was hashed) and its
-    training ``args`` / ``reproduce`` command where known."""
+    """A source as ``model`` (state dict), ``net_config``, ``file`` (what was hashed), the
+    counterstain ``references`` its network was trained with and its ``reproduce`` command where
+    known."""
     from senpath.segment.export import reproduce_command
-    from senpath.segment.weights import load_checkpoint, load_weights
+    from senpath.segment.weights import (
+        load_checkpoint,
+        load_weights,
+        trained_counterstain_references,
+    )
 
     if path.suffix == ".pt" and path.is_file() and not path.with_suffix(".json").is_file():
         ckpt = load_checkpoint(path)
@@ -53,7 +59,9 @@ def _load_source(path: Path) -> dict[str, Any]:
             "model": ckpt["model"],
             "net_config": ckpt["net_config"],
             "file": path,
-            "args": ckpt.get("args", {}),
+            "references": trained_counterstain_references(
+                {"training": {"args": ckpt.get("args") or {}}}
+            ),
             "reproduce": reproduce_command(ckpt) if "total_steps" in ckpt else None,
             "step": int(ckpt["step"]),
             "total_steps": ckpt.get("total_steps"),
@@ -64,7 +72,7 @@ def _load_source(path: Path) -> dict[str, Any]:
         "model": state,
         "net_config": spec["net_config"],
         "file": Path(spec["weights_path"]),
-        "args": training.get("args", {}),
+        "references": trained_counterstain_references(spec),
         "reproduce": training.get("reproduce"),
         "step": int(spec.get("checkpoint_step") or 0),
         "total_steps": training.get("total_steps"),
@@ -92,8 +100,8 @@ def average_checkpoints(
     if len(sources) < 2:
         raise ValueError("average needs two sources or more")
     loaded = [(_load_source(Path(p)), float(w)) for p, w in sources]
-    if any(not w > 0 for _, w in loaded):
-        raise ValueError("every source's weight must be > 0")
+    if not all(math.isfinite(w) and w > 0 for _, w in loaded):
+        raise ValueError("every source's weight must be a number > 0")
     total = sum(w for _, w in loaded)
     first = loaded[0][0]
     for src, _ in loaded[1:]:
@@ -151,13 +159,9 @@ def _common_references(sources: Sequence[dict[str, Any]]) -> dict[str, float]:
     """The counterstain references the averaged network was trained with: those of the sources
     trained with any (a source trained on crops as rendered adds none); sources that disagree
     on an assay are refused."""
-    from senpath.segment.weights import trained_counterstain_references
-
     out: dict[str, float] = {}
     for src in sources:
-        for assay, od in trained_counterstain_references(
-            {"training": {"args": src["args"]}}
-        ).items():
+        for assay, od in src["references"].items():
             if assay in out and abs(out[assay] - od) > 1e-9:
                 raise ValueError(
                     f"{src['file']}: trained with {assay} at {od:g} OD, another source at "
