@@ -582,24 +582,27 @@ def info(
     Console().print(open_slide(slide, mpp=mpp).describe())
 
 
-def _segmenter_for(method: str, assay: str, device: str, model: Path | None = None) -> object:
-    """A callable rgb, mpp -> labels for ``segment`` and ``evaluate``."""
-    from senpath.config import get_assay
+def _segmenter_for(
+    method: str, assay: str, device: str, model: Path | None = None, config: Path | None = None
+) -> object:
+    """A callable rgb, mpp -> labels for ``segment`` and ``evaluate``: the assay's stains and,
+    for the CNN, its counterstain normalisation as ``senpath run`` does it (``config``: a settings
+    TOML whose ``[assay.*]`` tables and ``[analysis]`` settings apply; ``--model`` wins over its
+    ``model``)."""
+    from senpath.config import get_assay, load_settings
     from senpath.segment import resolve_method, segment_nuclei
+    from senpath.slide_plan import counterstain_reference, reference_warnings
     from senpath.stain import StainSet
 
-    model_path = str(model) if model else None
+    settings = load_settings(config)  # the presets and defaults when None
+    model_path = str(model) if model else settings.analysis.model
     method = resolve_method(method, model=model_path)
-    assay_obj = get_assay(assay)
+    assay_obj = get_assay(assay, settings.assays)
     stains = StainSet.from_names(assay_obj.stains)
-    if method == "cnn":  # the assay's reference is what the image is normalised to here
-        from senpath.config import AnalysisConfig
-        from senpath.slide_plan import reference_warnings
-
-        for line in reference_warnings(
-            AnalysisConfig(segmenter=method, model=model_path), [(assay_obj, False)]
-        ):
-            warnings.warn(line, stacklevel=2)
+    analysis = settings.analysis.replace(segmenter=method, model=model_path)
+    reference = counterstain_reference(assay_obj, analysis, method=method)
+    for line in reference_warnings(analysis, [(assay_obj, False)]):
+        warnings.warn(line, stacklevel=2)
 
     def run(rgb: object, mpp: float) -> object:
         return segment_nuclei(
@@ -610,7 +613,7 @@ def _segmenter_for(method: str, assay: str, device: str, model: Path | None = No
             method=method,
             device=device,
             model=model_path,
-            counterstain_reference_od=assay_obj.counterstain_reference_od,
+            counterstain_reference_od=reference,
         )
 
     return run
@@ -631,6 +634,12 @@ def segment(
         str | None,
         typer.Option(
             "--region", help="x,y,width,height in µm (level 0); default: the whole image."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML with [analysis] settings and [assay.*] tables (as for run)."
         ),
     ] = None,
 ) -> None:
@@ -658,7 +667,7 @@ def segment(
             "the region is over 400 megapixels: choose a --region, or use `senpath run` for whole slides"
         )
     rgb = slide.read_region(x, y, w, h, mpp=level_mpp)
-    labels = _segmenter_for(segmenter, assay, device or "auto", model)(rgb, level_mpp)  # type: ignore[operator]
+    labels = _segmenter_for(segmenter, assay, device or "auto", model, config)(rgb, level_mpp)  # type: ignore[operator]
     out.parent.mkdir(parents=True, exist_ok=True)
     res = 1e4 / level_mpp
     tifffile.imwrite(
@@ -687,6 +696,12 @@ def evaluate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write scores as JSON.")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", help="TOML with [analysis] settings and [assay.*] tables (as for run)."
+        ),
+    ] = None,
 ) -> None:
     """Score segmentation against annotations: F1 at IoU 0.5, AJI and PQ.
 
@@ -702,7 +717,7 @@ def evaluate(
 
     from senpath.segment.evaluate import evaluate_folder
 
-    seg = _segmenter_for(segmenter, assay, device or "auto", model)
+    seg = _segmenter_for(segmenter, assay, device or "auto", model, config)
     result = evaluate_folder(
         images,
         labels,

@@ -275,7 +275,8 @@ def reference_warnings(config: AnalysisConfig, uses: Iterable[tuple[Assay, bool]
         lines.append(
             f"the nucleus model {config.model or 'shipped with senpath'} was trained on "
             f"{assay.name} slides with the counterstain brought up to {wanted:g} OD; this run "
-            f"{how}: set counterstain_reference_od = {wanted:g} in [assay.{assay.name}]{fix}, "
+            f"{how}: set counterstain_reference_od = {wanted:g} in [assay.{assay.name}]{fix} "
+            "of the --config file, "
             "or its detection is not what was measured for it"
         )
     return lines

@@ -225,4 +225,18 @@ def test_segment_on_the_command_line_says_so_in_one_line(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [line for line in r.stderr.splitlines() if "was trained on" in line]
     assert len(lines) == 1 and lines[0].startswith("warning: the nucleus model"), r.stderr
-    assert "counterstain_reference_od = 0.7 in [assay.sabgal-eosin]" in lines[0]
+    assert "counterstain_reference_od = 0.7 in [assay.sabgal-eosin] of the --config" in lines[0]
+    # as it says: a settings file whose sabgal-eosin table has the model's reference
+    toml = tmp_path / "lab.toml"
+    toml.write_text(
+        '[assay.sabgal-eosin]\nstains = ["eosin", "xgal"]\nnuclear_stains = ["eosin"]\n'
+        "counterstain_reference_od = 0.7\n[assay.sabgal-eosin.phenotype]\n"
+        'senescent = ["sabgal+"]\n[[assay.sabgal-eosin.marker]]\nname = "sabgal"\n'
+        'stain = "xgal"\ncompartment = "perinuclear"\nstatistic = "p75"\nthreshold_od = 0.15\n'
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", "from senpath.cli import main; main()", *args,
+         "--assay", "sabgal-eosin", "--config", str(toml)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0 and "was trained on" not in r.stderr, r.stderr

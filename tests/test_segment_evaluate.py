@@ -70,6 +70,28 @@ def test_evaluate_folder_reads_pairs(tmp_path):
         evaluate_folder(tmp_path / "img", tmp_path / "lab", mpp=0.5, pattern="*.jpg")
 
 
+def test_images_and_labels_in_one_folder_are_not_their_own_labels(tmp_path):
+    """The DeepLIIF layout (``6_2_ihc.png`` beside ``6_2_labels.tif``), as ``senpath evaluate``'s
+    own example runs it: the image matched itself as its label image first and the run stopped
+    with "label images differ in shape"."""
+    import cv2
+    import tifffile
+
+    true = _two_squares()
+    rgb = np.full(true.shape + (3,), 230, np.uint8)
+    rgb[true > 0] = 50
+    cv2.imwrite(str(tmp_path / "a_ihc.png"), rgb)
+    tifffile.imwrite(tmp_path / "a_labels.tif", true)
+
+    def threshold(image):
+        from skimage.measure import label
+
+        return label(image.mean(axis=2) < 128)
+
+    ev = evaluate_folder(tmp_path, tmp_path, mpp=0.5, pattern="*_ihc.png", predict=threshold)
+    assert ev.pooled["f1"] == pytest.approx(1.0)
+
+
 def test_recall_by_stain_counts_found_nuclei_per_class_by_hand():
     from senpath.segment.evaluate import recall_by_stain
 

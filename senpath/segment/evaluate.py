@@ -212,7 +212,7 @@ def _match_label_file(image: Path, labels_dir: Path) -> Path:
     for candidate_stem in (stem, f"{stem}_labels", stem.removesuffix("_ihc") + "_labels"):
         for suffix in (".tif", ".tiff", ".png", ".npy"):
             p = labels_dir / f"{candidate_stem}{suffix}"
-            if p.is_file():
+            if p.is_file() and not p.samefile(image):  # one folder for both: not the image itself
                 return p
     raise FileNotFoundError(
         f"no label image for {image.name} in {labels_dir}: expected {stem}.tif/.png/.npy "
