@@ -69,6 +69,10 @@ ModelOpt = Annotated[
         "`python -m senpath.segment.export`. Default: the shipped model.",
     ),
 ]
+SettingsOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML with [analysis] settings and extra [assay.*] tables."),
+]
 DeviceOpt = Annotated[
     str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (CNN segmenter).")
 ]
@@ -88,10 +92,7 @@ def run(
         Path, typer.Argument(help="A sample sheet CSV, a folder of slides, or one slide.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Results folder (one store per slide).")],
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="TOML with [analysis] settings and extra [assay.*]."),
-    ] = None,
+    config: SettingsOpt = None,
     assay: Annotated[
         str | None, typer.Option("--assay", help="Assay for all slides (ki67, p16, sabgal, ...).")
     ] = None,
@@ -636,12 +637,7 @@ def segment(
             "--region", help="x,y,width,height in µm (level 0); default: the whole image."
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="TOML with [analysis] settings and [assay.*] tables (as for run)."
-        ),
-    ] = None,
+    config: SettingsOpt = None,
 ) -> None:
     """Segment nuclei and write an instance label image on the input's pixel grid.
 
@@ -696,12 +692,7 @@ def evaluate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write scores as JSON.")
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", help="TOML with [analysis] settings and [assay.*] tables (as for run)."
-        ),
-    ] = None,
+    config: SettingsOpt = None,
 ) -> None:
     """Score segmentation against annotations: F1 at IoU 0.5, AJI and PQ.
 
