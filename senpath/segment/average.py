@@ -43,13 +43,14 @@ def _parse_source(text: str) -> tuple[Path, float]:
 
 
 def _load_source(path: Path) -> dict[str, Any]:
-    """A source as ``model`` (state dict), ``net_config``, ``file`` (what was hashed), the
+    """A source as ``model`` (state dict), ``net_config``, ``file`` and its ``sha256``, the
     counterstain ``references`` its network was trained with and its ``reproduce`` command where
     known."""
     from senpath.segment.export import reproduce_command
     from senpath.segment.weights import (
         load_checkpoint,
         load_weights,
+        references_from_args,
         trained_counterstain_references,
     )
 
@@ -59,9 +60,8 @@ def _load_source(path: Path) -> dict[str, Any]:
             "model": ckpt["model"],
             "net_config": ckpt["net_config"],
             "file": path,
-            "references": trained_counterstain_references(
-                {"training": {"args": ckpt.get("args") or {}}}
-            ),
+            "sha256": sha256_file(path),
+            "references": references_from_args(ckpt.get("args") or {}),
             "reproduce": reproduce_command(ckpt) if "total_steps" in ckpt else None,
             "step": int(ckpt["step"]),
             "total_steps": ckpt.get("total_steps"),
@@ -72,6 +72,7 @@ def _load_source(path: Path) -> dict[str, Any]:
         "model": state,
         "net_config": spec["net_config"],
         "file": Path(spec["weights_path"]),
+        "sha256": spec["sha256"],  # load_weights verified the file against it
         "references": trained_counterstain_references(spec),
         "reproduce": training.get("reproduce"),
         "step": int(spec.get("checkpoint_step") or 0),
@@ -129,7 +130,7 @@ def average_checkpoints(
     record = [
         {
             "source": str(src["file"]),
-            "sha256": sha256_file(src["file"]),
+            "sha256": src["sha256"],
             "weight": round(w / total, 6),
             "step": src["step"],
             "reproduce": src["reproduce"],

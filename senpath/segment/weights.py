@@ -218,7 +218,7 @@ def export_checkpoint(
         "postprocess": dict(postprocess),
         # what the network was trained to see (train --counterstain-references): a run that shows
         # it those assays' slides otherwise is warned (senpath.slide_plan.reference_warnings)
-        "counterstain_references": _references_arg(ckpt.get("args", {})),
+        "counterstain_references": references_from_args(ckpt.get("args", {})),
         "checkpoint_step": int(ckpt["step"]),
         "metrics": dict(metrics or {}),
         "training": dict(training or {}),
@@ -238,9 +238,9 @@ def export_checkpoint(
     return js
 
 
-def _references_arg(args: Mapping[str, Any]) -> dict[str, float]:
-    """``--counterstain-references`` of a training checkpoint's arguments (stored as the resolved
-    dict's repr, or ``None``) as ``{assay: OD}``."""
+def references_from_args(args: Mapping[str, Any]) -> dict[str, float]:
+    """``--counterstain-references`` of a training checkpoint's arguments (``ckpt["args"]``,
+    stored as the resolved dict's repr, or ``None``) as ``{assay: OD}``."""
     value = args.get("counterstain_references")
     if value in (None, "None", ""):
         return {}
@@ -256,7 +256,7 @@ def trained_counterstain_references(spec: Mapping[str, Any]) -> dict[str, float]
     network fine-tuned from one trained so, without the option, records none."""
     if "counterstain_references" in spec:
         return {str(k): float(v) for k, v in spec["counterstain_references"].items()}
-    return _references_arg((spec.get("training") or {}).get("args") or {})
+    return references_from_args((spec.get("training") or {}).get("args") or {})
 
 
 def _write_spec(js: Path, spec: Mapping[str, Any]) -> None:
