@@ -236,14 +236,20 @@ def counterstain_reference(
     return assay.counterstain_reference_od
 
 
-def reference_warnings(config: AnalysisConfig, uses: Iterable[tuple[Assay, bool]]) -> list[str]:
+def reference_warnings(
+    config: AnalysisConfig,
+    uses: Iterable[tuple[Assay, bool]],
+    *,
+    settings: str = "the --config file",
+) -> list[str]:
     """One line per assay whose slides this run shows the CNN otherwise than its network was
     trained to see them: a network trained with ``train --counterstain-references`` (recorded in
     its JSON, :func:`senpath.segment.weights.trained_counterstain_references`) expects an assay's
     counterstain brought up to that level, and its measured accuracy holds for that input.
 
     ``uses``: the batch's ``(assay, paired)`` pairs (``paired``: the nuclei come from a paired
-    nuclear image, not the CNN). Nothing for the classical path, a model trained on crops as
+    nuclear image, not the CNN); ``settings``: where the user sets the assay tables (the napari
+    widget: its settings file). Nothing for the classical path, a model trained on crops as
     rendered (v1-v5: the normalisation is then the run's choice) or a model that cannot be read
     (its slides say why)."""
     from senpath.segment.weights import load_spec, trained_counterstain_references
@@ -276,8 +282,7 @@ def reference_warnings(config: AnalysisConfig, uses: Iterable[tuple[Assay, bool]
             f"the nucleus model {config.model or 'shipped with senpath'} was trained on "
             f"{assay.name} slides with the counterstain brought up to {wanted:g} OD; this run "
             f"{how}: set counterstain_reference_od = {wanted:g} in [assay.{assay.name}]{fix} "
-            "of the --config file, "
-            "or its detection is not what was measured for it"
+            f"of {settings}, or its detection is not what was measured for it"
         )
     return lines
 

@@ -206,9 +206,11 @@ def evaluate_sets(seg, sets: dict[str, list[D.AnnotatedImage]]) -> dict[str, dic
 def reproduce_command(ckpt: dict[str, Any]) -> str:
     """The ``senpath.segment.train`` command line that reproduces a checkpoint (for one made
     by :mod:`senpath.segment.average`, the averaging command; its sources' own are recorded
-    beside it)."""
+    beside it; for one trained by :mod:`senpath.segment.localsgd`, its command)."""
     if "averaged" in ckpt:
         return str(ckpt["averaged"]["command"])
+    if "local_sgd" in ckpt:
+        return str(ckpt["local_sgd"]["command"])
     args = ckpt.get("args", {})
     parts = ["python -m senpath.segment.train --out RUN"]
     parts.append(f"--seed {ckpt.get('seed', 0)} --steps {ckpt['total_steps']}")
@@ -351,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 "total_steps": ckpt["total_steps"],
                 "args": ckpt.get("args", {}),
                 **({"averaged": ckpt["averaged"]["sources"]} if "averaged" in ckpt else {}),
+                **({"local_sgd": ckpt["local_sgd"]} if "local_sgd" in ckpt else {}),
             },
         )
         print(f"exported {js}")

@@ -140,3 +140,51 @@ def test_a_one_tile_analysis_shows_work_then_a_full_bar(
     assert maximum == 0, f"while the only tile runs the bar is busy, not at 0 %: {shown}"
     bar = widget.progress
     assert bar.maximum() == 1 and bar.value() == 1 and bar.text() == "100%", shown
+
+
+def test_a_model_trained_on_normalised_slides_run_without_it_is_named(
+    make_napari_viewer, qtbot, analysed, tmp_path, monkeypatch
+) -> None:
+    """The widget runs ``analyze_slide`` itself, not ``senpath run``: the warning ``senpath run``
+    prints at its start (a network trained with the assay's counterstain brought up to a level
+    this run does not use) is shown here too, once per run, with the setting that mends it."""
+    import napari.utils.notifications as notifications
+    import torch
+    from senpath.segment.net import NetConfig, build_model
+    from senpath.segment.postprocess import PostprocessConfig
+    from senpath.segment.weights import export_checkpoint
+
+    cfg = NetConfig(widths=(4, 8))
+    torch.save(
+        {
+            "model": build_model(cfg).state_dict(),
+            "net_config": cfg.to_dict(),
+            "step": 1,
+            "args": {"counterstain_references": "{'sabgal-eosin': 0.7}"},
+        },
+        tmp_path / "ckpt.pt",
+    )
+    export_checkpoint(
+        tmp_path / "ckpt.pt", tmp_path / "mine", postprocess=PostprocessConfig().to_dict()
+    )
+    shown: list[str] = []
+    monkeypatch.setattr(notifications, "show_warning", shown.append)
+    slide, _ = analysed
+    viewer, widget = _widget(make_napari_viewer, slide)
+    settings = tmp_path / "mine.toml"
+    settings.write_text(f'[analysis]\nsegmenter = "cnn"\nmodel = "{tmp_path / "mine"}"\n')
+    widget.settings_edit.setText(str(settings))
+    for assay, expected in (("sabgal-eosin", 1), ("ki67", 0)):  # ki67: not trained normalised
+        shown.clear()
+        widget.assay_combo.setCurrentText(assay)
+        widget.last_result = None
+        widget.run(scope="current view", box_um=(0.0, 0.0, 40.0, 40.0))
+        qtbot.waitUntil(lambda: widget.last_result is not None, timeout=60000)
+        qtbot.waitUntil(widget.run_button.isEnabled, timeout=10000)
+        assert len(shown) == expected, shown
+    widget.assay_combo.setCurrentText("sabgal-eosin")
+    widget.run(scope="current view", box_um=(0.0, 0.0, 40.0, 40.0))
+    qtbot.waitUntil(widget.run_button.isEnabled, timeout=60000)
+    line = shown[-1]
+    assert "sabgal-eosin" in line and "counterstain_reference_od = 0.7" in line
+    assert "the settings file" in line and "--config" not in line

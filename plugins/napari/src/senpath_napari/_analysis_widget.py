@@ -251,6 +251,7 @@ class AnalysisWidget(QWidget):
         assay = self._assays[self.assay_combo.currentText()]
         config = self._analysis.replace(segmenter=self.segmenter_combo.currentText())
         self._run_config = config  # the region's labels are at this config's analysis_mpp
+        self._warn_references(assay, config)
         scope = scope or self.scope_combo.currentText()
         self._stop = threading.Event()
         self._stoppable = scope == "whole slide"
@@ -282,6 +283,17 @@ class AnalysisWidget(QWidget):
         self.result_label.setText(f"analysing {scope} of {slide.slide_id} ({assay.name})…")
         worker.start()
         return worker
+
+    @staticmethod
+    def _warn_references(assay: Any, config: Any) -> None:
+        """As ``senpath run`` does at its start: a nucleus model trained with the counterstain
+        brought up to a level this run does not use for the assay is named, with the setting."""
+        from napari.utils.notifications import show_warning
+        from senpath.slide_plan import reference_warnings
+
+        settings = "the settings file (the widget's settings field)"
+        for line in reference_warnings(config, [(assay, False)], settings=settings):
+            show_warning(line)
 
     def cancel(self) -> None:
         """Stop the running analysis at its next tile; says "cancelling…" until it has stopped.

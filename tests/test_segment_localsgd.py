@@ -1,0 +1,139 @@
+"""Local SGD: single-thread training runs averaged every few steps train one network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_segment_train import TINY, _tiny_images
+
+from senpath.segment import localsgd as L
+
+
+def _fake_ckpt(value: float, step: int = 4) -> dict:
+    import torch
+
+    return {
+        "model": {"w": torch.full((2,), value), "n": torch.tensor(step)},
+        "optimizer": {
+            "state": {
+                0: {"step": torch.tensor(float(step)), "exp_avg": torch.full((2,), value),
+                    "exp_avg_sq": torch.full((2,), value * value)},
+            },
+            "param_groups": [{"lr": 1e-3, "params": [0]}],
+        },
+        "net_config": {"widths": [8]},
+        "step": step,
+    }  # fmt: skip
+
+
+def test_weights_statistics_and_adam_moments_are_averaged_counters_kept():
+    torch = pytest.importorskip("torch")
+    model, opt = L.average_states([_fake_ckpt(1.0), _fake_ckpt(3.0)])
+    assert torch.equal(model["w"], torch.full((2,), 2.0))
+    assert int(model["n"]) == 4  # an integer buffer: the first worker's
+    state = opt["state"][0]
+    assert torch.equal(state["exp_avg"], torch.full((2,), 2.0))
+    assert torch.equal(state["exp_avg_sq"], torch.full((2,), 5.0))  # mean of 1 and 9
+    assert float(state["step"]) == 4.0 and opt["param_groups"][0]["lr"] == 1e-3
+    with pytest.raises(ValueError, match=r"steps \[4, 6\]"):
+        L.average_states([_fake_ckpt(1.0), _fake_ckpt(1.0, step=6)])
+
+
+def _pack(tmp_path):
+    from senpath.segment.datapack import write_pack
+
+    pack = tmp_path / "p.npz"
+    write_pack(pack, {"monuseg": _tiny_images(3, 0)}, {"monuseg": _tiny_images(1, 1)})
+    return ["--data-pack", str(pack), *TINY, "--validate-minutes", "0"]
+
+
+@pytest.mark.slow
+def test_one_worker_synchronised_is_the_plain_run_and_two_end_averaged(tmp_path):
+    """One worker stopped and resumed at every synchronisation trains the weights of one
+    uninterrupted run (the averaging and rewriting lose nothing); two workers end on one
+    network, the mean of their last steps, exported with the command that made it."""
+    torch = pytest.importorskip("torch")
+    from senpath.segment import train as T
+    from senpath.segment.export import reproduce_command
+
+    train_args = _pack(tmp_path)
+    T.main(["--out", str(tmp_path / "plain"), *train_args, "--steps", "4", "--seed", "5"])
+    one = tmp_path / "one"
+    assert L.main(["--out", str(one), "--seeds", "5", "--steps", "4", "--sync-steps", "2", "--",
+                   *train_args]) == 0  # fmt: skip
+    plain = torch.load(tmp_path / "plain" / "step_000004.pt", weights_only=True)
+    synced = torch.load(one / "step_000004.pt", weights_only=True)
+    for key, value in plain["model"].items():
+        torch.testing.assert_close(synced["model"][key], value, rtol=0, atol=1e-6)
+
+    two = tmp_path / "two"
+    argv = ["--out", str(two), "--seeds", "5,6", "--steps", "4", "--sync-steps", "2", "--"]
+    assert L.main([*argv, *train_args]) == 0
+    final = torch.load(two / "step_000004.pt", weights_only=True)
+    assert (two / "step_000002.pt").is_file() and final["step"] == 4
+    for seed in (5, 6):
+        worker = torch.load(two / f"seed_{seed}" / "last.pt", weights_only=True)
+        assert worker["seed"] == seed and worker["step"] == 4
+        for key, value in final["model"].items():
+            assert torch.equal(worker["model"][key], value), key
+        assert not (two / f"seed_{seed}" / "step_000002.pt").exists()  # pre-average: dropped
+    five = torch.load(one / "step_000004.pt", weights_only=True)["model"]
+    assert any(not torch.equal(final["model"][k], five[k]) for k in five)  # seed 6 counted
+    events = [json.loads(line) for line in open(two / "log.jsonl")]
+    assert [e["step"] for e in events if e["event"] == "sync"] == [2, 4]
+    assert reproduce_command(final).startswith("python -m senpath.segment.localsgd --out")
+    # finished: the same command again changes nothing
+    assert L.main([*argv, *train_args]) == 0
+    again = torch.load(two / "step_000004.pt", weights_only=True)
+    assert all(torch.equal(again["model"][k], v) for k, v in final["model"].items())
+
+
+@pytest.mark.slow
+def test_a_worker_cut_short_is_brought_to_the_others_step_first(tmp_path):
+    torch = pytest.importorskip("torch")
+    from senpath.segment import train as T
+
+    train_args = _pack(tmp_path)
+    run = tmp_path / "run"
+    # as if the run was killed during its first round: seed 5 at step 2, seed 6 at step 1
+    for seed, stop in ((5, 2), (6, 1)):
+        T.main(["--out", str(run / f"seed_{seed}"), *train_args, "--steps", "4",
+                "--seed", str(seed), "--stop-at", str(stop)])  # fmt: skip
+    argv = ["--out", str(run), "--seeds", "5,6", "--steps", "4", "--sync-steps", "2", "--"]
+    assert L.main([*argv, *train_args]) == 0
+    events = [json.loads(line) for line in open(run / "log.jsonl")]
+    assert events[0] == {**events[0], "event": "round", "from": [2, 1], "to": 2}
+    assert [e["step"] for e in events if e["event"] == "sync"] == [2, 4]
+    assert torch.load(run / "step_000004.pt", weights_only=True)["step"] == 4
+
+
+def test_a_failing_worker_is_named_with_its_log(tmp_path, capsys):
+    argv = ["--out", str(tmp_path / "run"), "--seeds", "1,2", "--steps", "4", "--sync-steps", "2"]
+    assert L.main([*argv, "--", "--data-pack", str(tmp_path / "missing.npz"), *TINY]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: worker ")
+    assert "train.out" in err[0] and "missing.npz" in err[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--", "--seed", "3"], "--seed: set by localsgd"),
+        (["--", "--steps=9"], "--steps=9: set by localsgd"),
+    ],
+)
+def test_options_localsgd_sets_are_refused_in_the_training_options(
+    tmp_path, capsys, extra, message
+):
+    argv = ["--out", str(tmp_path), "--seeds", "1,2", "--steps", "4", "--sync-steps", "2"]
+    assert L.main([*argv, *extra]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_seeds_and_sync_steps_are_checked(tmp_path, capsys):
+    base = ["--out", str(tmp_path), "--steps", "4"]
+    assert L.main([*base, "--seeds", "1,1", "--sync-steps", "2"]) == 1
+    assert "one distinct seed per worker" in capsys.readouterr().err
+    assert L.main([*base, "--seeds", "1,2", "--sync-steps", "5"]) == 1
+    assert "--sync-steps 5: between 1 and --steps (4)" in capsys.readouterr().err
