@@ -137,3 +137,41 @@ def test_seeds_and_sync_steps_are_checked(tmp_path, capsys):
     assert "one distinct seed per worker" in capsys.readouterr().err
     assert L.main([*base, "--seeds", "1,2", "--sync-steps", "5"]) == 1
     assert "--sync-steps 5: between 1 and --steps (4)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_stopped_run_says_so_and_the_same_command_finishes_it(tmp_path):
+    """TERM reaches the workers, which checkpoint; the command exits 130 with one line, and run
+    again it continues to the end instead of starting over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    torch = pytest.importorskip("torch")
+    run = tmp_path / "run"
+    argv = ["--out", str(run), "--seeds", "5,6", "--steps", "600", "--sync-steps", "300", "--"]
+    argv += _pack(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "senpath.segment.localsgd", *argv],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    log = run / "seed_6" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and '"step": 25' not in (
+        log.read_text() if log.is_file() else ""
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "stopped: the same command continues the run"
+    steps = [torch.load(run / f"seed_{s}" / "last.pt", weights_only=True)["step"] for s in (5, 6)]
+    assert 0 < min(steps) and max(steps) < 600, steps
+    assert L.main(argv) == 0
+    events = [json.loads(line) for line in open(run / "log.jsonl")]
+    rounds = [e for e in events if e["event"] == "round"]
+    assert rounds[1]["from"] == steps, "the second call continued from where the workers stopped"
+    assert torch.load(run / "step_000600.pt", weights_only=True)["step"] == 600

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -75,15 +74,8 @@ def average_states(ckpts: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dic
     return model, {"state": state, "param_groups": opt["param_groups"]}
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _log(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` to the run's log (the workers print theirs; this one does not)."""
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S")} | record
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -93,6 +85,7 @@ def synchronise(workers: Sequence[Path], out: Path, *, command: str, seeds: Sequ
     """Average the workers' ``last.pt`` (all at one step N) into ``out/step_N.pt``, then write
     it into each worker's ``last.pt``; returns N. Where ``out/step_N.pt`` exists (a
     synchronisation cut short after it was written) it is written into the workers as it is."""
+    from senpath.segment.train import _atomic_save
     from senpath.segment.weights import load_checkpoint
 
     ckpts = [load_checkpoint(w / "last.pt") for w in workers]
