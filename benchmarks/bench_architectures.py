@@ -26,6 +26,8 @@ import numpy as np
 CANDIDATES: dict[str, dict] = {
     "stem 8, 32-64-128-256-320": {"widths": (32, 64, 128, 256, 320), "stem": 8},
     "stem 8, 24-48-96-192-256": {"widths": (24, 48, 96, 192, 256), "stem": 8},
+    # a wider full-resolution path: the stem networks miss faint nuclei (missed_by_darkness.py)
+    "stem 16, 24-48-96-192-256": {"widths": (24, 48, 96, 192, 256), "stem": 16},
 }
 
 
