@@ -4,9 +4,9 @@
 ``shipped`` names it in a list). A nucleus is *missed* when less than 20 % of its annotated pixels
 fall in any predicted nucleus (so a nucleus merged with a neighbour is not missed), *merged* when
 the predicted nucleus covering most of it (at least half) covers most of another annotated
-nucleus too. Darkness is the annotated nucleus' mean optical density (summed over R, G, B against
-white); its thirds are those of all annotated nuclei, the same for every model. Prints one table:
-per model, the share of nuclei missed per third of darkness and per size, and the merged share.
+nucleus too. Darkness is the annotated nucleus' mean optical density
+(``senpath.stain.rgb_to_od``, summed over R, G, B); its thirds are those of all annotated nuclei,
+the same for every model. Prints one table: per model, the share of nuclei missed per third of darkness and per size, and the merged share.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from senpath.segment import datasets as DS  # noqa: E402
 from senpath.segment.evaluate import segment_image  # noqa: E402
 from senpath.segment.predict import NucleusSegmenter  # noqa: E402
+from senpath.stain import rgb_to_od  # noqa: E402
 
 SIZES_UM2 = ((0.0, 20.0), (20.0, 40.0), (40.0, np.inf))
 
@@ -33,7 +34,7 @@ def nucleus_rows(seg: NucleusSegmenter, images: list) -> np.ndarray:
     rows = []
     for im in images:
         pred = segment_image(im.rgb, mpp=im.mpp, device="cpu", model=seg)
-        od = -np.log(np.clip(im.rgb.astype(float) / 255.0, 1 / 255.0, 1.0)).sum(-1)
+        od = rgb_to_od(im.rgb).sum(-1)
         owners: dict[int, list[int]] = {}
         for g in np.unique(im.labels):
             if not g:

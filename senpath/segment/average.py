@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,25 @@ def _load_source(path: Path) -> dict[str, Any]:
     }
 
 
+def mean_state(
+    states: Sequence[Mapping[str, Any]], weights: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Weighted mean of tensor dicts with the same keys and shapes (state dicts, AdamW's
+    per-parameter state): floating-point tensors averaged in float64 and returned as float32;
+    anything else (batch norm's ``num_batches_tracked``) copied from the first. ``weights``
+    (default equal) are normalised to sum to 1."""
+    weights = [1.0] * len(states) if weights is None else list(weights)
+    total = sum(weights)
+    out: dict[str, Any] = {}
+    for key, value in states[0].items():
+        if value.is_floating_point():
+            mean = sum(s[key].double() * (w / total) for s, w in zip(states, weights, strict=True))
+            out[key] = mean.float()
+        else:
+            out[key] = value.clone()
+    return out
+
+
 def average_checkpoints(
     sources: Sequence[tuple[str | Path, float]], out: str | Path, *, command: str | None = None
 ) -> Path:
@@ -113,7 +132,6 @@ def average_checkpoints(
             )
         if set(src["model"]) != set(first["model"]):
             raise ValueError(f"{src['file']}: its tensors differ from those of {first['file']}")
-    model: dict[str, torch.Tensor] = {}
     for key, tensor in first["model"].items():
         for src, _ in loaded[1:]:
             if src["model"][key].shape != tensor.shape:
@@ -121,11 +139,7 @@ def average_checkpoints(
                     f"{src['file']}: {key} has shape {tuple(src['model'][key].shape)}, "
                     f"{first['file']} {tuple(tensor.shape)}"
                 )
-        if tensor.is_floating_point():
-            mean = sum(src["model"][key].double() * (w / total) for src, w in loaded)
-            model[key] = mean.float()  # type: ignore[union-attr]
-        else:  # counters (batch norm's num_batches_tracked): the first source's
-            model[key] = tensor.clone()
+    model = mean_state([src["model"] for src, _ in loaded], [w for _, w in loaded])
     references = _common_references([src for src, _ in loaded])
     record = [
         {

@@ -38,12 +38,6 @@ from typing import Any
 _OWNED = ("--out", "--seed", "--steps", "--stop-at", "--resume", "--minutes")
 
 
-def _mean(tensors: Sequence[Any]) -> Any:
-    """Mean of same-shaped tensors in float64, back in the first one's dtype."""
-    total = sum(t.double() for t in tensors)
-    return (total / len(tensors)).to(tensors[0].dtype)
-
-
 def average_states(ckpts: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The mean model state dict and AdamW state of training checkpoints at one step.
 
@@ -58,27 +52,20 @@ def average_states(ckpts: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dic
             raise ValueError("the workers' checkpoints are of different networks")
         if int(ck["step"]) != int(first["step"]):
             raise ValueError(f"the workers are at steps {[int(c['step']) for c in ckpts]}")
-    model = {
-        key: _mean([ck["model"][key] for ck in ckpts]) if value.is_floating_point() else value
-        for key, value in first["model"].items()
-    }
+    from senpath.segment.average import mean_state
+
+    model = mean_state([ck["model"] for ck in ckpts])
     opt = first["optimizer"]
     state = {}
     for idx, entry in opt["state"].items():
-        state[idx] = {
-            name: _mean([ck["optimizer"]["state"][idx][name] for ck in ckpts])
-            if name in ("exp_avg", "exp_avg_sq")
-            else value
-            for name, value in entry.items()
-        }
+        moments = mean_state(
+            [
+                {k: ck["optimizer"]["state"][idx][k] for k in ("exp_avg", "exp_avg_sq")}
+                for ck in ckpts
+            ]
+        )
+        state[idx] = {**entry, **moments}  # the step count: equal at one step, the first's
     return model, {"state": state, "param_groups": opt["param_groups"]}
-
-
-def _log(path: Path, record: dict[str, Any]) -> None:
-    """Append ``record`` to the run's log (the workers print theirs; this one does not)."""
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S")} | record
-    with open(path, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
 
 
 def synchronise(workers: Sequence[Path], out: Path, *, command: str, seeds: Sequence[int]) -> int:
@@ -127,18 +114,23 @@ def _worker_step(worker: Path) -> int:
 
 
 def _run_round(
-    workers: Sequence[Path], seeds: Sequence[int], target: int, total: int, train_args: list[str]
+    workers: Sequence[Path],
+    seeds: Sequence[int],
+    at: Sequence[int],
+    target: int,
+    total: int,
+    train_args: list[str],
 ) -> None:
-    """Bring every worker to step ``target`` (in parallel); raises ``RuntimeError`` naming a
-    worker that fails (the others are stopped)."""
+    """Bring every worker from its step (``at``) to step ``target`` (in parallel); raises
+    ``RuntimeError`` naming a worker that fails (the others are stopped)."""
     procs: list[tuple[Path, subprocess.Popen[bytes]]] = []
-    for worker, seed in zip(workers, seeds, strict=True):
-        if _worker_step(worker) >= target:
+    for worker, seed, step in zip(workers, seeds, at, strict=True):
+        if step >= target:
             continue
         argv = [sys.executable, "-m", "senpath.segment.train", *train_args]
         argv += ["--out", str(worker), "--seed", str(seed), "--steps", str(total)]
         argv += ["--stop-at", str(target)]
-        if (worker / "last.pt").is_file():
+        if step > 0:
             argv += ["--resume", str(worker / "last.pt")]
         worker.mkdir(parents=True, exist_ok=True)
         with open(worker / "train.out", "ab") as log:
@@ -192,6 +184,8 @@ def run(
         raise ValueError(f"--seeds {','.join(map(str, seeds))}: one distinct seed per worker")
     if not 0 < sync_steps <= steps:
         raise ValueError(f"--sync-steps {sync_steps}: between 1 and --steps ({steps})")
+    from senpath.segment.train import _log
+
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.jsonl"
     workers = [out / f"seed_{s}" for s in seeds]
@@ -205,10 +199,14 @@ def run(
         if low == high and low > 0 and (low % sync_steps == 0 or low == steps):
             t = time.perf_counter()
             synchronise(workers, out, command=command, seeds=seeds)
-            _log(log, {"event": "sync", "step": low, "s": round(time.perf_counter() - t, 1)})
+            _log(
+                log,
+                {"event": "sync", "step": low, "s": round(time.perf_counter() - t, 1)},
+                echo=False,
+            )
             print(f"step {low}/{steps}: {len(workers)} workers averaged", flush=True)
             if low == steps:
-                _log(log, {"event": "finished", "step": steps})
+                _log(log, {"event": "finished", "step": steps}, echo=False)
                 return out / f"step_{steps:06d}.pt"
             target = min(steps, low + sync_steps)
         else:  # a round cut short: every worker to its end first
@@ -218,8 +216,8 @@ def run(
                     f"workers at steps {at}, past a synchronisation at {target}: "
                     "not a run of these --sync-steps"
                 )
-        _log(log, {"event": "round", "from": at, "to": target})
-        _run_round(workers, seeds, target, steps, train_args)
+        _log(log, {"event": "round", "from": at, "to": target}, echo=False)
+        _run_round(workers, seeds, at, target, steps, train_args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,11 +31,13 @@ from senpath.segment import data as D
 DEFAULT_DATA_ROOT = D.DEFAULT_DATA_ROOT
 
 
-def _log(path: Path, record: dict[str, Any]) -> None:
+def _log(path: Path, record: dict[str, Any], *, echo: bool = True) -> None:
+    """Append ``record`` (with the time) to a JSON-lines log, and print it when ``echo``."""
     record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **record}
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
-    print(json.dumps(record), flush=True)
+    if echo:
+        print(json.dumps(record), flush=True)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
