@@ -90,6 +90,28 @@ def test_one_worker_synchronised_is_the_plain_run_and_two_end_averaged(tmp_path)
 
 
 @pytest.mark.slow
+def test_the_workers_of_a_new_network_start_from_one_network(tmp_path):
+    """Without --init each worker would draw its own initial weights from its seed, and the mean
+    of two unrelated networks is no network: all start from the first seed's (at learning rate
+    0 the average is then the first seed's plain run)."""
+    torch = pytest.importorskip("torch")
+    from senpath.segment import train as T
+
+    train_args = [*_pack(tmp_path), "--lr", "0"]
+    T.main(["--out", str(tmp_path / "plain"), *train_args, "--steps", "1", "--seed", "5"])
+    run = tmp_path / "run"
+    assert L.main(["--out", str(run), "--seeds", "5,6", "--steps", "1", "--sync-steps", "1",
+                   "--", *train_args]) == 0  # fmt: skip
+    plain = torch.load(tmp_path / "plain" / "step_000001.pt", weights_only=True)["model"]
+    averaged = torch.load(run / "step_000001.pt", weights_only=True)["model"]
+    weights = [k for k in plain if not k.endswith(("running_mean", "running_var", "tracked"))]
+    assert len(weights) > 10
+    for key in weights:
+        assert torch.equal(averaged[key], plain[key]), key
+    assert json.loads((run / "run.json").read_text())["train_args"][-2:] == ["--init-seed", "5"]
+
+
+@pytest.mark.slow
 def test_a_worker_cut_short_is_brought_to_the_others_step_first(tmp_path):
     torch = pytest.importorskip("torch")
     from senpath.segment import train as T

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from senpath.segment import train as T
 
 TINY = ["--widths", "8,8,16,16,16", "--batch-size", "2", "--crop-size", "32", "--lr", "1e-3"]
 TINY += ["--consep-validation", "1", "--validate-minutes", "1000", "--threads", "1"]
+SHIPPED = Path(__file__).resolve().parents[1] / "models"  # the shipped weights' folder
 
 
 @pytest.mark.slow
@@ -186,6 +188,32 @@ def test_a_stem_network_trains_records_its_stem_and_is_not_resumed_as_another(tm
     resumed = torch.load(tmp_path / "a" / "step_000003.pt", weights_only=True)
     command = reproduce_command(resumed)
     assert "--steps 3" in command and "--widths 8,8,16,16 --stem 4" in command
+
+
+def test_init_seed_draws_a_new_networks_weights_and_is_reproduced(tmp_path):
+    """``--init-seed`` (local SGD's workers start from one network) sets the initial weights
+    apart from the run's seed, is in the reproduce command, and is refused with ``--init``."""
+    torch = pytest.importorskip("torch")
+    from senpath.segment.datapack import write_pack
+    from senpath.segment.export import reproduce_command
+
+    pack = tmp_path / "p.npz"
+    write_pack(pack, {"monuseg": _tiny_images(2, 0)}, {"monuseg": _tiny_images(1, 1)})
+    common = ["--data-pack", str(pack), "--steps", "2", "--stop-at", "0", *TINY]
+    common += ["--validate-minutes", "0"]
+    for name, seeds in (
+        ("a", ["--seed", "1", "--init-seed", "9"]),
+        ("b", ["--seed", "2", "--init-seed", "9"]),
+        ("c", ["--seed", "2"]),
+    ):
+        T.main(["--out", str(tmp_path / name), *common, *seeds])  # fmt: skip
+    a, b, c = (torch.load(tmp_path / n / "step_000000.pt", weights_only=True) for n in ("abc"))
+    assert all(torch.equal(a["model"][k], v) for k, v in b["model"].items())
+    assert not all(torch.equal(c["model"][k], v) for k, v in b["model"].items())
+    assert "--seed 2 --steps 2 --init-seed 9 " in reproduce_command(b)
+    assert "--init-seed" not in reproduce_command(c)
+    with pytest.raises(SystemExit, match="--init-seed 9: the weights come from --init"):
+        T.main(["--out", str(tmp_path / "d"), *common, "--init", str(SHIPPED), "--init-seed", "9"])
 
 
 def test_a_run_gives_back_the_callers_signal_handlers(tmp_path):

@@ -216,6 +216,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
     parts.append(f"--seed {ckpt.get('seed', 0)} --steps {ckpt['total_steps']}")
     keys = (
         "init",
+        "init_seed",
         "lr",
         "synthetic_share",
         "pale_share",

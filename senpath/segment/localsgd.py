@@ -10,7 +10,8 @@ two). Local SGD (Stich, *Local SGD converges fast and communicates little*, ICLR
 al., *Don't use large mini-batches, use local SGD*, ICLR 2020) averages them often instead:
 
 * every worker is a ``senpath.segment.train`` process (``RUN/seed_S``) with its own seed, so its
-  own batches, on one learning-rate schedule spanning ``--steps``;
+  own batches, on one learning-rate schedule spanning ``--steps``; all start from one network
+  (``--init``, or for a new network ``--init-seed``, the first seed unless given);
 * every ``--sync-steps`` steps all workers stop (``--stop-at``), their weights, batch-norm
   statistics and AdamW moments are averaged, written back into each worker's ``last.pt``, and
   the workers resume from there; the average is also kept as ``RUN/step_N.pt``, a training
@@ -184,6 +185,10 @@ def run(
         raise ValueError(f"--seeds {','.join(map(str, seeds))}: one distinct seed per worker")
     if not 0 < sync_steps <= steps:
         raise ValueError(f"--sync-steps {sync_steps}: between 1 and --steps ({steps})")
+    if not any(a.split("=")[0] in ("--init", "--init-seed") for a in train_args):
+        # a new network: each worker's seed would draw its own initial weights, and the mean of
+        # two unrelated networks is no network; they all start from the first seed's
+        train_args = [*train_args, "--init-seed", str(seeds[0])]
     from senpath.segment.train import _log
 
     out.mkdir(parents=True, exist_ok=True)

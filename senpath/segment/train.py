@@ -251,6 +251,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "reproduces a checkpoint taken part-way through a run",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=None,
+        help="seed of a new network's initial weights (default: --seed); runs that are averaged "
+        "(python -m senpath.segment.localsgd) start from one. Not with --init",
+    )
     p.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
     p.add_argument(
         "--init",
@@ -399,13 +406,20 @@ def train(args: argparse.Namespace) -> Path:
         if args.pool is not None:  # same weights: pooling has none
             config = dataclasses.replace(config, pool=args.pool)
         _same_stem(args.stem, config.stem, args.init)
+        if args.init_seed is not None:
+            raise SystemExit(f"--init-seed {args.init_seed}: the weights come from --init")
     else:
         config = NetConfig(
             widths=tuple(int(w) for w in args.widths.split(",")),
             pool=args.pool or "max",
             stem=args.stem or 0,
         )
-    model = build_model(config)
+    if state is None and args.init is None and args.init_seed is not None:
+        torch.manual_seed(args.init_seed)  # the initial weights; the run's own seed after
+        model = build_model(config)
+        torch.manual_seed(args.seed)
+    else:
+        model = build_model(config)
     if state is None and args.init is not None:
         model.load_state_dict(init_state)
         _log(log, {"event": "init", "from": str(args.init), "sha256": init_spec["sha256"]})
@@ -457,6 +471,7 @@ def train(args: argparse.Namespace) -> Path:
         "net_config": config.to_dict(),
         "parameters": count_parameters(model),
         "seed": args.seed,
+        "init_seed": args.init_seed,
         "batch_size": args.batch_size,
         "crop_size": args.crop_size,
         "lr": args.lr,
