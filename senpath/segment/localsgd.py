@@ -1,7 +1,7 @@
 """Train one nucleus network on several CPU cores: single-thread runs, averaged every few steps.
 
 ``python -m senpath.segment.localsgd --out RUN --seeds 46,47 --steps 7600 --sync-steps 800 --
---init models/candidates/stem8_b --data-pack PACK --lr 1e-3 --threads 1``
+--init models/candidates/stem16 --data-pack PACK --lr 1e-3 --threads 1``
 
 On this project's machines two single-thread training runs use two cores better than one run at
 two threads (torch's intra-op parallelism gains little on the U-Net's small convolutions), but two
