@@ -414,7 +414,7 @@ def train(args: argparse.Namespace) -> Path:
             pool=args.pool or "max",
             stem=args.stem or 0,
         )
-    if state is None and args.init is None and args.init_seed is not None:
+    if state is None and args.init_seed is not None:  # (refused with --init above)
         torch.manual_seed(args.init_seed)  # the initial weights; the run's own seed after
         model = build_model(config)
         torch.manual_seed(args.seed)
