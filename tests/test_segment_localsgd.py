@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from test_segment_train import TINY, _tiny_images
 
 from senpath.segment import localsgd as L
+from senpath.segment.data import DEFAULT_DATA_ROOT
 
 
 def _fake_ckpt(value: float, step: int = 4) -> dict:
@@ -108,7 +110,8 @@ def test_the_workers_of_a_new_network_start_from_one_network(tmp_path):
     assert len(weights) > 10
     for key in weights:
         assert torch.equal(averaged[key], plain[key]), key
-    assert json.loads((run / "run.json").read_text())["train_args"][-2:] == ["--init-seed", "5"]
+    recorded = json.loads((run / "run.json").read_text())["train_args"]
+    assert recorded[recorded.index("--init-seed") + 1] == "5"
 
 
 @pytest.mark.slow
@@ -128,6 +131,28 @@ def test_a_worker_cut_short_is_brought_to_the_others_step_first(tmp_path):
     assert events[0] == {**events[0], "event": "round", "from": [2, 1], "to": 2}
     assert [e["step"] for e in events if e["event"] == "sync"] == [2, 4]
     assert torch.load(run / "step_000004.pt", weights_only=True)["step"] == 4
+
+
+def test_the_workers_import_the_runs_own_copy_of_the_code(tmp_path, capsys):
+    """Edits to the checkout during a run must not reach its later rounds: the first call copies
+    the package into RUN/code, the workers import that copy, later calls keep it."""
+    import senpath
+
+    run = tmp_path / "run"
+    code = L.pin_code(run)
+    source = Path(senpath.__file__).resolve().parent
+    copied = code / "senpath" / "segment" / "train.py"
+    assert copied.read_text() == (source / "segment" / "train.py").read_text()
+    assert not list(code.rglob("__pycache__"))
+    # the copy is the code the workers run: a copy that refuses to train stops them
+    copied.write_text('raise SystemExit("the pinned copy ran")\n')
+    assert L.pin_code(run) == code and "pinned copy" in copied.read_text()  # kept as it is
+    argv = ["--out", str(run), "--seeds", "1,2", "--steps", "4", "--sync-steps", "2"]
+    assert L.main([*argv, "--", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "the pinned copy ran" in err, err
+    recorded = json.loads((run / "run.json").read_text())["train_args"]
+    assert recorded[recorded.index("--data-root") + 1] == str(DEFAULT_DATA_ROOT)
 
 
 def test_a_failing_worker_is_named_with_its_log(tmp_path, capsys):

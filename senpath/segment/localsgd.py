@@ -21,12 +21,19 @@ It is resumable as a training run is: stopped (TERM/INT, passed on to the worker
 checkpoint) or killed, the same command continues from the workers' checkpoints, first bringing
 a worker that lags to the others' step. Each worker's output goes to ``RUN/seed_S/train.out``; a
 worker that fails stops the others and is named with its log.
+
+The workers start afresh every round, so they would import whatever senpath is at that moment:
+edits to the checkout during a run of hours would reach its later rounds. The run pins its code
+instead: the first call copies the ``senpath`` package it runs from into ``RUN/code`` and every
+worker of every round imports that copy (first on its ``sys.path``); the real data's default
+folder is passed on as ``--data-root``. To continue a run with other code, delete ``RUN/code``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +121,25 @@ def _worker_step(worker: Path) -> int:
     return int(load_checkpoint(worker / "last.pt")["step"])
 
 
+def pin_code(out: Path) -> Path:
+    """``out/code``, holding a copy of the ``senpath`` package this process runs (made on the
+    first call, atomically; kept as it is after that), for the workers to import."""
+    import senpath
+
+    code = out / "code"
+    if not (code / "senpath").is_dir():
+        partial = out / "code.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(
+            Path(senpath.__file__).resolve().parent,
+            partial / "senpath",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        shutil.rmtree(code, ignore_errors=True)
+        partial.rename(code)
+    return code
+
+
 def _run_round(
     workers: Sequence[Path],
     seeds: Sequence[int],
@@ -121,14 +147,21 @@ def _run_round(
     target: int,
     total: int,
     train_args: list[str],
+    code: Path,
 ) -> None:
-    """Bring every worker from its step (``at``) to step ``target`` (in parallel); raises
-    ``RuntimeError`` naming a worker that fails (the others are stopped)."""
+    """Bring every worker from its step (``at``) to step ``target`` (in parallel), importing
+    senpath from ``code``; raises ``RuntimeError`` naming a worker that fails (the others are
+    stopped)."""
+    # python -m would put the working directory (perhaps the checkout) first on sys.path
+    boot = (
+        f"import runpy, sys; sys.path[0] = {str(code.resolve())!r}; "
+        "runpy.run_module('senpath.segment.train', run_name='__main__', alter_sys=True)"
+    )
     procs: list[tuple[Path, subprocess.Popen[bytes]]] = []
     for worker, seed, step in zip(workers, seeds, at, strict=True):
         if step >= target:
             continue
-        argv = [sys.executable, "-m", "senpath.segment.train", *train_args]
+        argv = [sys.executable, "-c", boot, *train_args]
         argv += ["--out", str(worker), "--seed", str(seed), "--steps", str(total)]
         argv += ["--stop-at", str(target)]
         if step > 0:
@@ -189,9 +222,13 @@ def run(
         # a new network: each worker's seed would draw its own initial weights, and the mean of
         # two unrelated networks is no network; they all start from the first seed's
         train_args = [*train_args, "--init-seed", str(seeds[0])]
-    from senpath.segment.train import _log
+    from senpath.segment.train import DEFAULT_DATA_ROOT, _log
 
+    if not any(a.split("=")[0] == "--data-root" for a in train_args):
+        # the default is found beside the package, which the workers import from RUN/code
+        train_args = [*train_args, "--data-root", str(DEFAULT_DATA_ROOT)]
     out.mkdir(parents=True, exist_ok=True)
+    code = pin_code(out)
     log = out / "log.jsonl"
     workers = [out / f"seed_{s}" for s in seeds]
     (out / "run.json").write_text(
@@ -222,7 +259,7 @@ def run(
                     "not a run of these --sync-steps"
                 )
         _log(log, {"event": "round", "from": at, "to": target}, echo=False)
-        _run_round(workers, seeds, at, target, steps, train_args)
+        _run_round(workers, seeds, at, target, steps, train_args, code)
 
 
 def main(argv: list[str] | None = None) -> int:
