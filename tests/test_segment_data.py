@@ -238,6 +238,37 @@ def test_recipe_weights_and_stained_weight_keep_default_batches_and_change_the_r
         D.CropSampler(sources, {"a": 1.0}, stained_weight=0.0)
 
 
+def test_contact_pixels_are_where_two_nuclei_meet_or_nearly_do():
+    labels = np.zeros((8, 9), np.int32)
+    labels[1:4, 1:4], labels[1:4, 4:7] = 1, 2  # touching
+    labels[6:8, 1:3] = 3  # two rows below nucleus 1: a gap of 2 px
+    contact = D.contact_pixels(labels, radius=1)
+    expected = np.zeros_like(contact)
+    expected[0:5, 3:5] = True  # either side of the 1|2 border, and the rows just outside it
+    np.testing.assert_array_equal(contact, expected)
+    wide = D.contact_pixels(labels, radius=2)
+    assert wide[4:6, 1:3].any() and not wide[:, 8].any()  # the 1-3 gap within 2 px; far: not
+    assert not D.contact_pixels(np.where(labels == 3, 0, labels == 1).astype(np.int32)).any()
+
+
+def test_contact_weight_weighs_up_the_contacts_and_keeps_the_default_batches():
+    sources = {"a": [_image(0)]}
+    plain_x, plain_y = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3).batch(2, 4)
+    one = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3, contact_weight=1.0)
+    np.testing.assert_array_equal(one.batch(2, 4)[1], plain_y)
+    sampler = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3, contact_weight=5.0)
+    x, y = sampler.batch(2, 4)
+    np.testing.assert_array_equal(x, plain_x)  # the same crops, weighed
+    assert y.shape[1] == 3
+    rng = np.random.default_rng([3, 2])  # the batch's crops, drawn again: (seed, step)
+    for target in y:
+        labels = sampler.crop_with_stained(rng)[1]
+        np.testing.assert_array_equal(target[2], np.where(D.contact_pixels(labels), 5.0, 1.0))
+    assert (y[:, 2] == 5.0).any()
+    with pytest.raises(ValueError, match="contact_weight"):
+        D.CropSampler(sources, {"a": 1.0}, contact_weight=0.0)
+
+
 def test_recipe_weights_choose_the_recipe():
     im = _image(0)
     cells = D.cell_regions(im.labels, mpp=0.5)

@@ -218,6 +218,7 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     args = {
         "recipe_weights": str({"xgal_eosin": 0.2, "xgal_h_dab": 0.3}),
         "stained_weight": "2.0",
+        "contact_weight": "3.0",
         "pale_share": "0.3",
         "pale_floor": "0.1",
         "pale_blur": "0.5",
@@ -226,20 +227,22 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     command = reproduce_command({**ckpt, "args": args})
     assert command.endswith(" --ignore-padding")
     assert "--recipe-weights xgal_eosin=0.2,xgal_h_dab=0.3" in command
-    assert "--stained-weight 2.0" in command
+    assert "--stained-weight 2.0 --contact-weight 3.0" in command
     assert "--pale-floor 0.1 --pale-blur 0.5" in command
     # the command parses back to the same options
     parsed = parse_args(command.split()[3:])
     assert parsed.recipe_weights == {"xgal_eosin": 0.2, "xgal_h_dab": 0.3}
-    assert parsed.stained_weight == 2.0
+    assert (parsed.stained_weight, parsed.contact_weight) == (2.0, 3.0)
     assert (parsed.pale_share, parsed.pale_floor, parsed.pale_blur) == (0.3, 0.1, 0.5)
     assert parsed.ignore_padding
-    defaults = {"recipe_weights": "None", "stained_weight": "1.0", "pale_floor": "0.25"}
+    defaults = {"recipe_weights": "None", "stained_weight": "1.0", "contact_weight": "1.0"}
+    defaults["pale_floor"] = "0.25"
     plain = reproduce_command(
         {**ckpt, "args": {**defaults, "pale_blur": "0.0", "ignore_padding": "False"}}
     )
     assert "--ignore-padding" not in plain
     assert "--recipe-weights" not in plain and "--stained-weight" not in plain
+    assert "--contact-weight" not in plain
     assert "--pale-floor" not in plain and "--pale-blur" not in plain
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--recipe-weights", "xgal_blue=1"])

@@ -64,7 +64,8 @@ def segmentation_loss(logits, target):
     logits : (B, 2, H, W) tensor
     target : (B, 2, H, W) or (B, 3, H, W) tensor
         Foreground (0/1) and normalised distance in [0, 1]; an optional third channel weighs each
-        pixel's BCE and distance error (stained nuclei weighed up, ``--stained-weight``). The
+        pixel's BCE and distance error (stained nuclei weighed up, ``--stained-weight``; where
+        nuclei touch, ``--contact-weight``). The
         weighted terms are divided by the mean weight, so the loss scale stays that of weight 1.
         A pixel of weight 0 (a crop's padding, ``--ignore-padding``) counts in no term, Dice
         included.
@@ -325,6 +326,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="loss weight of the pixels of nuclei that carry a chromogen (1: as any nucleus)",
     )
     p.add_argument(
+        "--contact-weight",
+        type=float,
+        default=1.0,
+        help="loss weight of the pixels where two nuclei touch or nearly do (within 1 µm), so "
+        "that touching nuclei come out parted (1: as any pixel)",
+    )
+    p.add_argument(
         "--ignore-padding",
         action="store_true",
         help="leave out of the loss the reflected padding of images smaller than the crop (their "
@@ -454,6 +462,7 @@ def train(args: argparse.Namespace) -> Path:
         stained_weight=args.stained_weight,
         ignore_padding=args.ignore_padding,
         counterstain_references=args.counterstain_references,
+        contact_weight=args.contact_weight,
     )
     val_sets: dict[str, list[D.AnnotatedImage]] = {}
     if args.validate_minutes > 0:
@@ -482,6 +491,7 @@ def train(args: argparse.Namespace) -> Path:
         "recipe_weights": args.recipe_weights,
         "stained_weight": args.stained_weight,
         "ignore_padding": args.ignore_padding,
+        "contact_weight": args.contact_weight,
         "counterstain_references": args.counterstain_references,
         "threads": args.threads,
         "device": args.device,
