@@ -31,22 +31,25 @@ SIZES_UM2 = ((0.0, 20.0), (20.0, 40.0), (40.0, np.inf))
 def nucleus_rows(seg: NucleusSegmenter, images: list) -> np.ndarray:
     """(N, 4): area µm², mean OD, share of the nucleus predicted, merged (0/1) per annotated
     nucleus."""
+    from scipy import ndimage as ndi
+
     rows = []
     for im in images:
         pred = segment_image(im.rgb, mpp=im.mpp, device="cpu", model=seg)
         od = rgb_to_od(im.rgb).sum(-1)
         owners: dict[int, list[int]] = {}
-        for g in np.unique(im.labels):
-            if not g:
+        for g, box in enumerate(ndi.find_objects(im.labels), start=1):
+            if box is None:
                 continue
-            m = im.labels == g
-            ids, counts = np.unique(pred[m], return_counts=True)
+            m = im.labels[box] == g
+            inside = pred[box][m]
+            ids, counts = np.unique(inside, return_counts=True)
             counts = np.where(ids > 0, counts, 0)
             k = int(np.argmax(counts))
             share = counts[k] / m.sum()
             if share >= 0.5:
                 owners.setdefault(int(ids[k]), []).append(len(rows))
-            rows.append([m.sum() * im.mpp**2, od[m].mean(), (pred[m] > 0).mean(), 0.0])
+            rows.append([m.sum() * im.mpp**2, od[box][m].mean(), (inside > 0).mean(), 0.0])
         for members in owners.values():
             if len(members) > 1:
                 for i in members:
