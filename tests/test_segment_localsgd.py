@@ -115,8 +115,9 @@ def test_the_workers_of_a_new_network_start_from_one_network(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_worker_cut_short_is_brought_to_the_others_step_first(tmp_path):
+def test_a_worker_cut_short_is_brought_to_the_others_step_first(tmp_path, monkeypatch, capsys):
     torch = pytest.importorskip("torch")
+    monkeypatch.setattr(L, "PROGRESS_S", 0.0)  # a progress line at every look
     from senpath.segment import train as T
 
     train_args = _pack(tmp_path)
@@ -131,6 +132,8 @@ def test_a_worker_cut_short_is_brought_to_the_others_step_first(tmp_path):
     assert events[0] == {**events[0], "event": "round", "from": [2, 1], "to": 2}
     assert [e["step"] for e in events if e["event"] == "sync"] == [2, 4]
     assert torch.load(run / "step_000004.pt", weights_only=True)["step"] == 4
+    printed = capsys.readouterr().out
+    assert "/4 (workers at " in printed, printed
 
 
 def test_the_workers_import_the_runs_own_copy_of_the_code(tmp_path, capsys):
@@ -153,6 +156,21 @@ def test_the_workers_import_the_runs_own_copy_of_the_code(tmp_path, capsys):
     assert "the pinned copy ran" in err, err
     recorded = json.loads((run / "run.json").read_text())["train_args"]
     assert recorded[recorded.index("--data-root") + 1] == str(DEFAULT_DATA_ROOT)
+
+
+def test_progress_reads_the_workers_logs(tmp_path, monkeypatch):
+    a, b = tmp_path / "seed_1", tmp_path / "seed_2"
+    assert L._progress([a, b], 100, (0.0, 0)) == "workers starting"
+    a.mkdir()
+    (a / "log.jsonl").write_text(
+        '{"event": "init"}\n{"step": 50, "loss": 1}\n{"step": 75, "loss": 1}\n{"step": 8'
+    )  # the last line still being written
+    monkeypatch.setattr(L.time, "monotonic", lambda: 150.0)
+    line = L._progress([a, b], 100, (0.0, 0))
+    assert line == "step 75/100 (workers at 75, None), 2.00 s/step, ~1 min left"
+    b.mkdir()
+    (b / "log.jsonl").write_text('{"step": 25}\n')
+    assert L._progress([a, b], 100, (100.0, 25)).startswith("step 25/100 (workers at 75, 25)")
 
 
 def test_a_failing_worker_is_named_with_its_log(tmp_path, capsys):

@@ -20,7 +20,8 @@ al., *Don't use large mini-batches, use local SGD*, ICLR 2020) averages them oft
 It is resumable as a training run is: stopped (TERM/INT, passed on to the workers, which
 checkpoint) or killed, the same command continues from the workers' checkpoints, first bringing
 a worker that lags to the others' step. Each worker's output goes to ``RUN/seed_S/train.out``; a
-worker that fails stops the others and is named with its log.
+worker that fails stops the others and is named with its log. Every minute a line shows the
+workers' steps (from their ``log.jsonl``), the pace and the time left.
 
 The workers start afresh every round, so they would import whatever senpath is at that moment:
 edits to the checkout during a run of hours would reach its later rounds. The run pins its code
@@ -44,6 +45,8 @@ from typing import Any
 
 # train options this command sets for each worker
 _OWNED = ("--out", "--seed", "--steps", "--stop-at", "--resume", "--minutes")
+#: seconds between progress lines while the workers train
+PROGRESS_S = 60.0
 
 
 def average_states(ckpts: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -113,6 +116,40 @@ def synchronise(workers: Sequence[Path], out: Path, *, command: str, seeds: Sequ
     return step
 
 
+def _logged_step(worker: Path) -> int | None:
+    """The last step a worker's ``log.jsonl`` reports (read from its end), or None."""
+    try:
+        with open(worker / "log.jsonl", "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the first, cut line, or one being written
+        if "step" in record:
+            return int(record["step"])
+    return None
+
+
+def _progress(workers: Sequence[Path], total: int, start: tuple[float, int]) -> str:
+    """One progress line: the slowest worker's step, its pace since ``start`` (time, step),
+    and the time left at that pace."""
+    steps = [_logged_step(w) for w in workers]
+    known = [s for s in steps if s is not None]
+    if not known:
+        return "workers starting"
+    low = min(known)
+    line = f"step {low}/{total} (workers at {', '.join(str(s) for s in steps)})"
+    t0, s0 = start
+    if low > s0:
+        pace = (time.monotonic() - t0) / (low - s0)
+        line += f", {pace:.2f} s/step, ~{pace * (total - low) / 60:.0f} min left"
+    return line
+
+
 def _worker_step(worker: Path) -> int:
     if not (worker / "last.pt").is_file():
         return 0
@@ -179,9 +216,13 @@ def _run_round(
                 p.send_signal(signal.SIGTERM)  # a worker checkpoints and stops
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    start, shown = (time.monotonic(), min(at)), time.monotonic()
     try:
         failed = None
         while any(p.poll() is None for _, p in procs):
+            if time.monotonic() - shown >= PROGRESS_S:
+                print(_progress(workers, total, start), flush=True)
+                shown = time.monotonic()
             for worker, p in procs:
                 if p.poll() not in (None, 0) and failed is None:
                     failed = worker
