@@ -280,9 +280,23 @@ class CropSampler:
 
 
 def contact_pixels(labels: NDArray[np.integer], radius: int = 2) -> NDArray[np.bool_]:
-    """Pixels within ``radius`` px (Chebyshev) of two different nuclei: where touching nuclei
-    meet, and the narrow gaps between near ones (Ronneberger et al., *U-Net*, MICCAI 2015, weigh
-    these up for the same reason: they decide whether two nuclei come out as one)."""
+    """Pixels within ``radius`` px of two different nuclei: where touching nuclei meet, and the
+    narrow gaps between near ones (U-Net's weight map, Ronneberger et al., MICCAI 2015, weighs
+    these up for the same reason: they decide whether two nuclei come out as one).
+
+    Parameters
+    ----------
+    labels : (Y, X) int
+        Nucleus instances, 0 = background.
+    radius : int
+        In pixels, Chebyshev distance (a ``2 * radius + 1`` square); 2 px is 1 µm at
+        :data:`NETWORK_MPP`.
+
+    Returns
+    -------
+    (Y, X) bool
+        True where the square around the pixel holds two or more different nuclei.
+    """
     from scipy import ndimage as ndi
 
     size = 2 * radius + 1
