@@ -188,3 +188,30 @@ def test_a_model_trained_on_normalised_slides_run_without_it_is_named(
     line = shown[-1]
     assert "sabgal-eosin" in line and "counterstain_reference_od = 0.7" in line
     assert "the settings file" in line and "--config" not in line
+
+
+def test_a_run_that_ends_after_its_widget_is_gone_touches_nothing(
+    make_napari_viewer, qtbot, analysed
+) -> None:
+    """Closing the viewer (or the dock) while an analysis runs deletes the widget's Qt objects; the
+    worker's end must not reach them (it did: a deleted QLabel raised in Qt's event loop, in
+    whatever test ran next)."""
+    slide, _ = analysed
+    viewer, widget = _widget(make_napari_viewer, slide)
+    label = widget.result_label
+    ended: list[str] = []
+    worker = widget.run(scope="current view", box_um=(0.0, 0.0, 200.0, 300.0))
+    worker.finished.connect(lambda: ended.append("finished"))
+    widget.setParent(None)
+    widget.deleteLater()
+    qtbot.waitUntil(lambda: _deleted(label), timeout=10000)
+    qtbot.waitUntil(lambda: bool(ended), timeout=60000)
+    qtbot.wait(200)  # the worker's last signals delivered (pytest-qt fails on any exception)
+
+
+def _deleted(widget) -> bool:
+    try:
+        widget.objectName()
+    except RuntimeError:
+        return True
+    return False

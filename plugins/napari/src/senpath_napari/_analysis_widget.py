@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -270,11 +270,11 @@ class AnalysisWidget(QWidget):
             return (yield from gen)
 
         worker = create_worker(job, _start_thread=False)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._on_done(result, assay))
-        worker.errored.connect(self._on_error)
-        worker.aborted.connect(lambda: self._finish("cancelled"))
-        worker.finished.connect(self._on_finished)
+        worker.yielded.connect(self._while_shown(self._on_progress))
+        worker.returned.connect(self._while_shown(lambda result: self._on_done(result, assay)))
+        worker.errored.connect(self._while_shown(self._on_error))
+        worker.aborted.connect(self._while_shown(lambda: self._finish("cancelled")))
+        worker.finished.connect(self._while_shown(self._on_finished))
         self.worker = worker
         self._buttons(running=True)
         # busy until the first tile is done: planning the slide and a region's only tile give no
@@ -283,6 +283,19 @@ class AnalysisWidget(QWidget):
         self.result_label.setText(f"analysing {scope} of {slide.slide_id} ({assay.name})…")
         worker.start()
         return worker
+
+    def _while_shown(self, handler: Callable[..., None]) -> Callable[..., None]:
+        """``handler``, called only while this widget's Qt objects exist: closing the viewer or
+        the dock deletes them while a run may still be going, and its end must not reach them."""
+
+        def call(*args: Any) -> None:
+            try:
+                self.result_label.objectName()
+            except RuntimeError:  # deleted: the run's result has nowhere to go
+                return
+            handler(*args)
+
+        return call
 
     @staticmethod
     def _warn_references(assay: Any, config: Any) -> None:
