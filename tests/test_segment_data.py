@@ -85,6 +85,30 @@ def test_source_weights_with_a_synthetic_share():
         D.source_weights(1.0)
 
 
+def test_source_weights_overrides_replace_some_and_keep_the_sum():
+    w = D.source_weights(0.0, {"consep": 0.4})
+    assert sum(w.values()) == pytest.approx(1.0)
+    assert w["consep"] / w["monuseg"] == pytest.approx(0.4 / D.SOURCE_WEIGHTS["monuseg"])
+    assert w["cpm15"] / w["dsb2018"] == pytest.approx(1.0)  # the others keep their ratios
+    w = D.source_weights(0.1, {"dsb2018": 0.0})
+    assert w["dsb2018"] == 0.0 and w["synth"] == 0.1 and sum(w.values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="unknown source"):
+        D.source_weights(0.0, {"monusegg": 0.3})
+    with pytest.raises(ValueError, match=">= 0"):
+        D.source_weights(0.0, {"consep": -0.1})
+    with pytest.raises(ValueError, match="sum to 0"):
+        D.source_weights(0.0, dict.fromkeys(D.SOURCE_WEIGHTS, 0.0))
+
+
+def test_source_weights_choose_the_source():
+    sources = {"monuseg": [_image(1)], "consep": [_image(2)]}
+    default = D.CropSampler(sources, D.source_weights(0.0), crop_size=32)
+    assert default.source_names == ["monuseg", "consep"]
+    assert default.source_p.tolist() == pytest.approx([0.36 / 0.56, 0.2 / 0.56])
+    only_consep = D.CropSampler(sources, D.source_weights(0.0, {"monuseg": 0.0}), crop_size=32)
+    assert only_consep.source_p.tolist() == [0.0, 1.0]
+
+
 def test_synthetic_regions_are_annotated_and_kept_in_their_stains():
     images = D.load_synthetic(per_assay=1, shape=(128, 128))
     assert len(images) == 6 and all(im.kind == "synth" for im in images)

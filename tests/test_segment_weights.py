@@ -217,6 +217,7 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     ckpt = {"seed": 1, "step": 10, "total_steps": 10}
     args = {
         "recipe_weights": str({"xgal_eosin": 0.2, "xgal_h_dab": 0.3}),
+        "source_weights": str({"consep": 0.3, "cpm15": 0.16}),
         "stained_weight": "2.0",
         "contact_weight": "3.0",
         "pale_share": "0.3",
@@ -227,11 +228,13 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     command = reproduce_command({**ckpt, "args": args})
     assert command.endswith(" --ignore-padding")
     assert "--recipe-weights xgal_eosin=0.2,xgal_h_dab=0.3" in command
+    assert "--source-weights consep=0.3,cpm15=0.16" in command
     assert "--stained-weight 2.0 --contact-weight 3.0" in command
     assert "--pale-floor 0.1 --pale-blur 0.5" in command
     # the command parses back to the same options
     parsed = parse_args(command.split()[3:])
     assert parsed.recipe_weights == {"xgal_eosin": 0.2, "xgal_h_dab": 0.3}
+    assert parsed.source_weights == {"consep": 0.3, "cpm15": 0.16}
     assert (parsed.stained_weight, parsed.contact_weight) == (2.0, 3.0)
     assert (parsed.pale_share, parsed.pale_floor, parsed.pale_blur) == (0.3, 0.1, 0.5)
     assert parsed.ignore_padding
@@ -242,10 +245,13 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     )
     assert "--ignore-padding" not in plain
     assert "--recipe-weights" not in plain and "--stained-weight" not in plain
+    assert "--source-weights" not in plain
     assert "--contact-weight" not in plain
     assert "--pale-floor" not in plain and "--pale-blur" not in plain
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--recipe-weights", "xgal_blue=1"])
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--source-weights", "monusegg=1"])
 
 
 def test_the_reproduce_command_carries_the_pooling_and_init_switches_it(tmp_path):

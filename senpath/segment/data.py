@@ -399,11 +399,29 @@ SOURCE_WEIGHTS: dict[str, float] = {
 }
 
 
-def source_weights(synthetic_share: float = 0.0) -> dict[str, float]:
-    """:data:`SOURCE_WEIGHTS` with a share of synthetic crops (the real sources scaled down)."""
+def source_weights(
+    synthetic_share: float = 0.0, overrides: dict[str, float] | None = None
+) -> dict[str, float]:
+    """:data:`SOURCE_WEIGHTS` with a share of synthetic crops (the real sources scaled down).
+
+    ``overrides`` replace some real sources' weights (relative, like ``SOURCE_WEIGHTS``'); the
+    real sources are then brought back to a sum of 1 before the synthetic share is taken out.
+    """
     if not 0.0 <= synthetic_share < 1.0:
         raise ValueError(f"synthetic_share must be in [0, 1), got {synthetic_share}")
-    weights = {k: v * (1.0 - synthetic_share) for k, v in SOURCE_WEIGHTS.items()}
+    real = dict(SOURCE_WEIGHTS)
+    if overrides:
+        unknown = sorted(set(overrides) - set(real))
+        if unknown:
+            raise ValueError(f"unknown source(s) {unknown}: the sources are {sorted(real)}")
+        if any(not w >= 0 for w in overrides.values()):  # not >=: NaN fails too
+            raise ValueError(f"source weights must be >= 0, got {overrides}")
+        real.update(overrides)
+        total = sum(real.values())
+        if total <= 0:
+            raise ValueError("the source weights sum to 0: no crop could be drawn")
+        real = {k: v / total for k, v in real.items()}
+    weights = {k: v * (1.0 - synthetic_share) for k, v in real.items()}
     if synthetic_share > 0:
         weights["synth"] = synthetic_share
     return weights

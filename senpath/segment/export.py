@@ -223,6 +223,7 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "pale_floor",
         "pale_blur",
         "recipe_weights",
+        "source_weights",
         "counterstain_references",
         "stained_weight",
         "contact_weight",
@@ -253,7 +254,8 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
             continue
         if fine_tune and key == "widths":  # the network is the --init model's; not read
             continue
-        if key in ("recipe_weights", "counterstain_references") and value not in (None, "None", ""):
+        weight_dicts = ("recipe_weights", "source_weights", "counterstain_references")
+        if key in weight_dicts and value not in (None, "None", ""):
             # Stored as the dict's repr in the checkpoint; written back as NAME=W,... ("none": {})
             weights = ast.literal_eval(value)
             value = ",".join(f"{k}={v}" for k, v in weights.items()) or "none"

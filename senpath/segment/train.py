@@ -228,6 +228,23 @@ def _recipe_weights(text: str) -> dict[str, float]:
     return out
 
 
+def _source_weights(text: str) -> dict[str, float]:
+    """``"consep=0.3,cpm15=0.16"`` → ``{"consep": 0.3, "cpm15": 0.16}``, names and values checked
+    by :func:`senpath.segment.data.source_weights`."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r}: expected NAME=WEIGHT (a number)") from None
+    try:
+        D.source_weights(0.0, out)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return out
+
+
 def _counterstain_references(text: str) -> dict[str, float]:
     """``--counterstain-references``: :func:`senpath.segment.counterstain.parse_references`."""
     from senpath.segment.counterstain import parse_references
@@ -318,6 +335,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=W,...",
         help="re-weigh the stain recipes of re-rendered crops, e.g. xgal_eosin=0.2,xgal_h_dab=0.3 "
         "(the others keep their weights, see senpath.segment.rerender.RECIPES)",
+    )
+    p.add_argument(
+        "--source-weights",
+        type=_source_weights,
+        default=None,
+        metavar="NAME=W,...",
+        help="re-weigh the real training sources crops are drawn from, e.g. consep=0.3,cpm15=0.16 "
+        "(the others keep their weights, all then scaled to sum 1; see "
+        "senpath.segment.data.SOURCE_WEIGHTS)",
     )
     p.add_argument(
         "--stained-weight",
@@ -452,7 +478,7 @@ def train(args: argparse.Namespace) -> Path:
         held_out = None
     sampler = D.CropSampler(
         sources,
-        D.source_weights(args.synthetic_share),
+        D.source_weights(args.synthetic_share, args.source_weights),
         crop_size=args.crop_size,
         seed=args.seed,
         pale_share=args.pale_share,
@@ -489,6 +515,7 @@ def train(args: argparse.Namespace) -> Path:
         "pale_floor": args.pale_floor,
         "pale_blur": args.pale_blur,
         "recipe_weights": args.recipe_weights,
+        "source_weights": D.source_weights(args.synthetic_share, args.source_weights),
         "stained_weight": args.stained_weight,
         "ignore_padding": args.ignore_padding,
         "contact_weight": args.contact_weight,
