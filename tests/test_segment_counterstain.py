@@ -135,6 +135,21 @@ def test_the_benchmark_normalises_each_set_as_its_assay_or_as_overridden(benchma
     assert gains["ki67"] > 1.0 and gains["rerendered_h_dab"] > 1.0
 
 
+def test_the_hide_chromogen_benchmark_takes_the_xgal_out(benchmark_script) -> None:
+    stains = StainSet.from_names(["nuclear_fast_red", "xgal"])
+    rng = np.random.default_rng(3)
+    nfr = np.where(rng.random((64, 64)) < 0.3, 1.2, 0.2).astype(np.float32)  # no gain needed
+    xgal = np.where(rng.random((64, 64)) < 0.3, 0.5, 0.0).astype(np.float32)
+    rgb = _image(nfr, xgal, stains)
+    rgb[:4] = I0.astype(np.uint8)
+    hidden = benchmark_script("hide_chromogen").hidden
+
+    np.testing.assert_array_equal(hidden(rgb, "sabgal", 1.0), rgb)  # level above the reference
+    after = deconvolve(hidden(rgb, "sabgal", 0.0), stains, I0)
+    assert np.abs(after[4:, :, 1]).max() < 0.03
+    np.testing.assert_allclose(after[4:, :, 0], nfr[4:], atol=0.03)
+
+
 # --------------------------------------------------------------------------- in the pipeline
 
 
