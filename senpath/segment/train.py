@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -212,8 +213,9 @@ class _Batches:
             self.pool = None
 
 
-def _recipe_weights(text: str) -> dict[str, float]:
-    """``"xgal_eosin=0.2,xgal_h_dab=0.3"`` → ``{"xgal_eosin": 0.2, "xgal_h_dab": 0.3}``."""
+def _name_weights(text: str, check: Callable[[dict[str, float]], object]) -> dict[str, float]:
+    """``"a=0.2,b=0.3"`` → ``{"a": 0.2, "b": 0.3}``, then ``check``-ed (a ``ValueError`` from it
+    becomes the option's error)."""
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, value = part.partition("=")
@@ -222,27 +224,22 @@ def _recipe_weights(text: str) -> dict[str, float]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"{part!r}: expected NAME=WEIGHT (a number)") from None
     try:
-        D.recipe_probabilities(out)  # names are recipes, weights not negative
+        check(out)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return out
+
+
+def _recipe_weights(text: str) -> dict[str, float]:
+    """``"xgal_eosin=0.2,xgal_h_dab=0.3"`` → ``{"xgal_eosin": 0.2, "xgal_h_dab": 0.3}``; names are
+    recipes, weights not negative."""
+    return _name_weights(text, D.recipe_probabilities)
 
 
 def _source_weights(text: str) -> dict[str, float]:
     """``"consep=0.3,cpm15=0.16"`` → ``{"consep": 0.3, "cpm15": 0.16}``, names and values checked
     by :func:`senpath.segment.data.source_weights`."""
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r}: expected NAME=WEIGHT (a number)") from None
-    try:
-        D.source_weights(0.0, out)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return out
+    return _name_weights(text, lambda weights: D.source_weights(0.0, weights))
 
 
 def _counterstain_references(text: str) -> dict[str, float]:
