@@ -1,8 +1,9 @@
 """X-gal taken out of the image the nucleus CNN sees: measured, not adopted (issue 13).
 
-X-gal's blue-green granules lie over nuclei; a nucleus under them is found less often than one
-without (the re-rendered stained-vs-unstained gap). This takes the X-gal out before the network: per
-image, glass intensity and stain vectors are estimated as a slide's plan does
+X-gal's blue-green granules lie over some nuclei; on the re-rendered sets a nucleus under them is
+found more often than one without (the uncovered ones, seen only through a faint counterstain, are
+missed more). A stain-invariant input would show both alike. This takes the X-gal out before the
+network: per image, glass intensity and stain vectors are estimated as a slide's plan does
 (:func:`senpath.stain.estimate_background`, :func:`senpath.stain.estimate_stains` with the assay's
 prior), the X-gal amount (least squares on those vectors) is multiplied by ``f`` (0: removed), and
 the assay's preset counterstain normalisation (:mod:`senpath.segment.counterstain`) is applied as
@@ -17,8 +18,10 @@ the assay's preset counterstain normalisation (:mod:`senpath.segment.counterstai
 ``--split train`` scores training images re-rendered with other seeds (where ``f`` is chosen);
 held out, rendering ``j`` of recipe ``k`` uses seed ``1000 + k + 100 j`` (``j = 0`` is the
 validation set's, as ``segment_diagnostics.py --draws``). ``--synthetic``: the 1024² sabgal slide of
-``tests/test_scoring_accuracy.py`` (seed 3), scored against its label image. Prints F1 / AJI / PQ
-and the gaps at IoU 0.1 (points) per set and factor. Needs ``../shared`` (not ``--synthetic``).
+``tests/test_scoring_accuracy.py`` (seed 3), scored against its label image. Prints F1 / AJI / PQ,
+each class's recall at IoU 0.1 (unstained, each chromogen) and the gaps (points, unstained minus
+stained recall, as ``segment_diagnostics.py``) per set and factor. Needs ``../shared`` (not
+``--synthetic``).
 """
 
 from __future__ import annotations
@@ -131,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         sets["synthetic_sabgal"] = _synthetic(Path(tmp.name))
     seg = NucleusSegmenter.from_pretrained(args.model, "cpu", precision="fp32")
     print(f"{args.split} images: " + ", ".join(f"{n} {len(v)}" for n, v in sets.items()))
-    print("\n| set | X-gal x | F1 / AJI / PQ | precision / recall | gaps at IoU 0.1 (points) |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| set | X-gal x | F1 / AJI / PQ | precision / recall | recall at IoU 0.1 per class "
+        "| gaps at IoU 0.1 (points: unstained minus stained; negative, the unstained missed "
+        "more) |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, images in sets.items():
         assay = "sabgal" if name == "synthetic_sabgal" else SET_ASSAYS[name.split("#")[0]]
         for f in factors:
@@ -142,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
             pooled, mean = r["pooled"], r["mean"]
             at1 = r.get("recall_by_stain", {}).get("iou_0.1", {})
             gaps = ", ".join(f"{k[4:]} {v['points']:+.1f}" for k, v in at1.items() if "gap_" in k)
+            recalls = ", ".join(f"{k} {v['recall']:.3f}" for k, v in at1.items() if "gap_" not in k)
             print(
                 f"| {name} | {f:g} | {pooled['f1']:.3f} / {mean['aji']:.3f} / {pooled['pq']:.3f} "
-                f"| {pooled['precision']:.3f} / {pooled['recall']:.3f} | {gaps or '—'} |",
+                f"| {pooled['precision']:.3f} / {pooled['recall']:.3f} | {recalls or '—'} "
+                f"| {gaps or '—'} |",
                 flush=True,
             )
             print(f"  ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
