@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,6 +162,9 @@ def _worker_batch(step: int) -> tuple[np.ndarray, np.ndarray]:
 
 #: Longest wait for one batch from the loader processes (a batch takes well under a second).
 BATCH_TIMEOUT_S = 600.0
+#: Longest wait for the loader processes to stop when a run ends (they finish at most two batches
+#: each), then again for them to be terminated.
+CLOSE_TIMEOUT_S = 60.0
 
 
 class _Batches:
@@ -207,10 +211,27 @@ class _Batches:
             ) from None
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-            self.pool = None
+        """Stop the loader processes: they finish the few batches drawn ahead and exit. Not
+        ``Pool.terminate`` first: terminating while the pool's task thread still hands steps to
+        the workers can deadlock that thread (CPython's ``multiprocessing.Pool``; it hung the test
+        suite about once in 30 closes). A pool that has not stopped in
+        :data:`CLOSE_TIMEOUT_S` (a worker that hangs, or died with a batch) is terminated, and
+        given up on if that does not return either."""
+        if self.pool is None:
+            return
+        pool, self.pool = self.pool, None
+        self.pending.clear()
+        pool.close()
+        for stop in (pool.join, pool.terminate):
+            waiter = threading.Thread(target=stop, daemon=True)
+            waiter.start()
+            waiter.join(CLOSE_TIMEOUT_S)
+            if not waiter.is_alive():
+                return
+        print(
+            f"the loader processes did not stop in {2 * CLOSE_TIMEOUT_S:g} s: left behind",
+            file=sys.stderr,
+        )
 
 
 def _name_weights(text: str, check: Callable[[dict[str, float]], object]) -> dict[str, float]:
