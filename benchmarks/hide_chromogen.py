@@ -53,6 +53,8 @@ def hidden(rgb: np.ndarray, assay_name: str, factor: float) -> np.ndarray:
     flat = rgb_to_od(rgb, i0.tolist()).reshape(-1, 3)
     stains = estimate_stains(flat, prior, max_angle_deg=assay.stain_tolerance_deg).stains
     amounts = np.maximum(flat @ np.linalg.pinv(stains.vectors).astype(np.float32), 0.0)
+    # boost_counterstain's arithmetic, done here once for both stains: it only strengthens (gain
+    # >= 1), and both changes come from the same original amounts
     changes = []  # (stain index, factor - 1)
     if assay.counterstain_reference_od is not None:
         c = stains.index(assay.nuclear_stains[0])
@@ -76,7 +78,8 @@ def _sets(split: str, recipes: list[str], draws: int) -> dict[str, list[Any]]:
         sys.path.insert(0, str(Path(__file__).parent))
         from counterstain_gain import training_sets
 
-        return {k: v for k, v in training_sets(SHARED).items() if k[11:] in recipes}
+        sets = training_sets(SHARED)
+        return {k: v for k, v in sets.items() if k.removeprefix("rerendered_") in recipes}
     he = [
         *D.load_monuseg(SHARED, split="validation", native=True),
         *D.load_cpm15(SHARED, split="validation", native=True),
@@ -91,20 +94,21 @@ def _sets(split: str, recipes: list[str], draws: int) -> dict[str, list[Any]]:
     return sets
 
 
-def _synthetic(folder: Path) -> list[Any]:
-    """The sabgal slide of test_scoring_accuracy.py as one annotated image."""
+def _synthetic() -> list[Any]:
+    """The sabgal slide of test_scoring_accuracy.py as one annotated image (in memory)."""
     import tifffile
 
     from senpath import synth
     from senpath.segment.data import AnnotatedImage
 
-    s = synth.write_slide(
-        folder / "sabgal.tif", assay="sabgal", shape=(1024, 1024), mpp=0.5, seed=3,
-        params=synth.SynthParams(tissue_fraction=0.95),
-    )  # fmt: skip
-    rgb = tifffile.imread(s.path)[..., :3]
-    assert s.labels_path is not None
-    labels = tifffile.imread(s.labels_path).astype(np.int32)
+    with tempfile.TemporaryDirectory() as folder:
+        s = synth.write_slide(
+            Path(folder) / "sabgal.tif", assay="sabgal", shape=(1024, 1024), mpp=0.5, seed=3,
+            params=synth.SynthParams(tissue_fraction=0.95),
+        )  # fmt: skip
+        rgb = tifffile.imread(s.path)[..., :3]
+        assert s.labels_path is not None
+        labels = tifffile.imread(s.labels_path).astype(np.int32)
     return [AnnotatedImage("synthetic/sabgal", "synth", rgb, labels, 0.5)]
 
 
@@ -129,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--recipes: {unknown} are not X-gal recipes ({', '.join(RECIPES)})")
     torch.set_num_threads(args.threads)
     sets = _sets(args.split, recipes, args.draws)
-    tmp = tempfile.TemporaryDirectory()
     if args.synthetic:
-        sets["synthetic_sabgal"] = _synthetic(Path(tmp.name))
+        sets["synthetic_sabgal"] = _synthetic()
     seg = NucleusSegmenter.from_pretrained(args.model, "cpu", precision="fp32")
     print(f"{args.split} images: " + ", ".join(f"{n} {len(v)}" for n, v in sets.items()))
     print(
@@ -157,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             print(f"  ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
-    tmp.cleanup()
     return 0
 
 

@@ -248,13 +248,13 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "stem": ("0",),
     }
     fine_tune = args.get("init") not in (None, "None", "")
+    weight_dicts = ("recipe_weights", "source_weights", "counterstain_references")
     for key in (*keys, "threads"):
         value = args.get(key)
         if value in defaults.get(key, ()):
             continue
         if fine_tune and key == "widths":  # the network is the --init model's; not read
             continue
-        weight_dicts = ("recipe_weights", "source_weights", "counterstain_references")
         if key in weight_dicts and value not in (None, "None", ""):
             # Stored as the dict's repr in the checkpoint; written back as NAME=W,... ("none": {})
             weights = ast.literal_eval(value)

@@ -494,9 +494,10 @@ def train(args: argparse.Namespace) -> Path:
     else:
         sources = D.training_sources(args.data_root, synthetic=args.synthetic_share > 0)
         held_out = None
+    weights = D.source_weights(args.synthetic_share, args.source_weights)
     sampler = D.CropSampler(
         sources,
-        D.source_weights(args.synthetic_share, args.source_weights),
+        weights,
         crop_size=args.crop_size,
         seed=args.seed,
         pale_share=args.pale_share,
@@ -533,7 +534,7 @@ def train(args: argparse.Namespace) -> Path:
         "pale_floor": args.pale_floor,
         "pale_blur": args.pale_blur,
         "recipe_weights": args.recipe_weights,
-        "source_weights": D.source_weights(args.synthetic_share, args.source_weights),
+        "source_weights": weights,
         "stained_weight": args.stained_weight,
         "ignore_padding": args.ignore_padding,
         "contact_weight": args.contact_weight,
