@@ -83,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         label = {"fp32": "eager fp32", "bf16": "bf16 autocast + channels_last"}[precision]
         rows.append(("cpu", f"network, {label}", _time_network(seg, tiles, args.repeats)))
 
+    flips = NucleusSegmenter(
+        load_pretrained()[0], spec=spec, device="cpu", precision="bf16", flips=True
+    )
+    rows.append(
+        ("cpu", "network, bf16, test-time flips", _time_network(flips, tiles, args.repeats))
+    )
+
     seg = cpu_segs["bf16"]
     maps = seg.predict_image_maps(work, tile_size=s, halo=32)
     t = time.perf_counter()
@@ -94,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     cpu_labels = predict_instances(rgb, mpp=mpp, model=seg, batch_size=args.batch_size, tile_size=s)
     e2e = work.shape[0] * work.shape[1] / (time.perf_counter() - t) / 1e6
     rows.append(("cpu", "end to end, predict_instances (bf16)", e2e))
+    t = time.perf_counter()
+    predict_instances(rgb, mpp=mpp, model=flips, batch_size=args.batch_size, tile_size=s)
+    e2e_flips = work.shape[0] * work.shape[1] / (time.perf_counter() - t) / 1e6
+    rows.append(("cpu", "end to end, predict_instances (bf16, test-time flips)", e2e_flips))
     ref = predict_instances(rgb, mpp=mpp, model=cpu_segs["fp32"], tile_size=s)
     parity = [("cpu bf16 vs cpu fp32", matching(ref, cpu_labels, thresh=0.5).f1)]
 
@@ -106,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 ("cuda", f"network, {precision}", _time_network(gseg, gtiles, args.repeats))
             )
+            if precision == "fp16":
+                gseg.flips = True
+                rows.append(("cuda", "network, fp16, test-time flips",
+                             _time_network(gseg, gtiles, args.repeats)))  # fmt: skip
+                gseg.flips = False
             gpu_labels = predict_instances(rgb, mpp=mpp, model=gseg, tile_size=s)
             parity.append(
                 (f"cuda {precision} vs cpu fp32", matching(ref, gpu_labels, thresh=0.5).f1)
@@ -119,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     print("| device | stage | MP/s |\n|---|---|---|")
     for dev, stage, mps in rows:
         print(f"| {dev} | {stage} | {mps:.2f} |")
+    mps = {(dev, stage): v for dev, stage, v in rows}
+    print("\n| test-time flips (cpu) | time per MP, flips / without |\n|---|---|")
+    print(
+        f"| network, bf16 | {mps['cpu', 'network, bf16 autocast + channels_last'] / mps['cpu', 'network, bf16, test-time flips']:.2f} |"
+    )  # noqa: E501
+    print(f"| end to end, predict_instances | {e2e / e2e_flips:.2f} |")
     print(f"\nparity on {image_name} ({rgb.shape[1]}x{rgb.shape[0]} at {mpp} µm/px): ")
     print("| comparison | F1 of matched instances at IoU 0.5 |\n|---|---|")
     for name, f1 in parity:

@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="normalise_counterstain = false: the CNN sees the tiles as they are",
     )
+    p.add_argument(
+        "--test-time-flips",
+        action="store_true",
+        help="test_time_flips = true: the CNN's maps averaged over each tile's four flips",
+    )
     args = p.parse_args(argv)
     if not SHARED.is_dir():
         print(f"needs {SHARED} (the project's real data); not found")
@@ -148,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         model=args.model,
         normalise_counterstain=not args.no_counterstain,
+        test_time_flips=args.test_time_flips,
     )
     stems = sorted(Path(str(q)[: -len("_ihc.png")]) for q in SHARED.glob("*_ihc.png"))
     rows = []

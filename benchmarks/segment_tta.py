@@ -1,8 +1,10 @@
-"""Test-time changes to the nucleus CNN's input on the held-out sets: measured, not adopted.
+"""Test-time changes to the nucleus CNN's input on the held-out sets.
 
 ``flip4``: the network's maps averaged over the image and its three flips (left-right, up-down,
-both; each flipped back). ``odG`` (e.g. ``od1.4``): every image's optical density multiplied by
-``G`` before the network (stains darkened, faint counterstain made stronger; glass stays white).
+both; each flipped back), as ``[analysis] test_time_flips = true`` runs it
+(``NucleusSegmenter(flips=True)``; an option, off by default). Measured, not adopted: ``odG``
+(e.g. ``od1.4``): every image's optical density multiplied by ``G`` before the network (stains
+darkened, faint counterstain made stronger; glass stays white).
 ``hautoR`` (e.g. ``hauto1.0``): the same per image, with ``G = R / q`` bounded to [1, 2], ``q``
 the 90th percentile of the OD projected on the reference hematoxylin vector over the tissue
 (OD sum > 0.15): only faintly counterstained images are darkened.
@@ -27,19 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def flip_averaged(predict_maps: Any) -> Any:
-    """``predict_maps`` of (B, H, W, 3) batches averaged over the 4 flips of each image."""
-
-    def maps(batch: np.ndarray) -> np.ndarray:
-        out = predict_maps(batch).astype(np.float64)
-        out += predict_maps(np.ascontiguousarray(batch[:, :, ::-1]))[:, :, :, ::-1]
-        out += predict_maps(np.ascontiguousarray(batch[:, ::-1]))[:, :, ::-1]
-        out += predict_maps(np.ascontiguousarray(batch[:, ::-1, ::-1]))[:, :, ::-1, ::-1]
-        return (out / 4).astype(np.float32)
-
-    return maps
 
 
 def od_scaled(predict_maps: Any, gain: float, *, reference: float | None = None) -> Any:
@@ -96,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     sets = validation_sets(args.data_root, consep_limit=args.consep_limit)
     reports, seconds = {}, {}
     for way in ways:
-        seg = NucleusSegmenter.from_pretrained(args.model, "cpu", precision="fp32")
-        if way == "flip4":
-            seg.predict_maps = flip_averaged(seg.predict_maps)  # type: ignore[method-assign]
-        elif way.startswith("od"):
+        seg = NucleusSegmenter.from_pretrained(
+            args.model, "cpu", precision="fp32", flips=way == "flip4"
+        )
+        if way.startswith("od"):
             seg.predict_maps = od_scaled(seg.predict_maps, float(way[2:]))  # type: ignore[method-assign]
         elif way.startswith("hauto"):
             scaled = od_scaled(seg.predict_maps, 1.0, reference=float(way[5:]))

@@ -138,6 +138,7 @@ ANALYSIS_SETTINGS: dict[str, Setting] = {
     "tissue_mpp": Setting("number", "µm/px", 0, 100, low_open=True, example="8"),
     "stain_vectors": Setting("choice", choices=("estimate", "preset")),
     "normalise_counterstain": Setting("bool"),
+    "test_time_flips": Setting("bool"),
     "auto_threshold": Setting("bool"),
     "auto_threshold_bounds_od": Setting(
         "numbers", "OD", 0, OD_MAX, length=2, increasing=True, example="[0.08, 0.5]"
@@ -593,6 +594,10 @@ class AnalysisConfig:
         that stain strengthened, so unstained nuclei are found as often as stained ones
         (:mod:`senpath.segment.counterstain`); stains are measured on the original pixels either
         way. False: never (as before it existed).
+    test_time_flips : the CNN's maps averaged over each tile and its three flips (left-right,
+        up-down, both): better outlines (about +0.01 F1 on held-out H&E and most stains), not
+        more even detection, for 4x the network's work (on a CPU about 3x the segmentation's
+        time). Off by default. CNN only.
     auto_threshold : when true, each marker's threshold is set per slide from its OD distribution
         (Otsu, bounded to ``auto_threshold_bounds_od``); off by default: fixed thresholds compare slides.
     auto_threshold_bounds_od : (low, high) OD bounds of an automatic threshold.
@@ -617,6 +622,7 @@ class AnalysisConfig:
     tissue_mpp: float = 8.0
     stain_vectors: str = "estimate"
     normalise_counterstain: bool = True
+    test_time_flips: bool = False
     auto_threshold: bool = False
     auto_threshold_bounds_od: tuple[float, float] = (0.08, 0.5)
     control_percentile: float = 99.0
@@ -628,6 +634,10 @@ class AnalysisConfig:
             raise ConfigError(*problems)
         if self.model is not None and self.segmenter == "classical":
             raise ConfigError("model is for the CNN segmenter: drop it or use segmenter 'cnn'")
+        if self.test_time_flips and self.segmenter == "classical":
+            raise ConfigError(
+                "test_time_flips is for the CNN segmenter: drop it or use segmenter 'cnn'"
+            )
         lo, hi = (float(x) for x in self.auto_threshold_bounds_od)
         if not 0 <= lo < hi:
             raise ConfigError(
@@ -652,6 +662,13 @@ class AnalysisConfig:
         """A copy with some fields changed (``None`` values are ignored)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+    def with_segmenter(self, method: str) -> AnalysisConfig:
+        """A copy with ``segmenter`` resolved to ``method`` (``auto`` turned into ``cnn`` or
+        ``classical``); the CNN-only ``test_time_flips`` is dropped when that is ``classical``."""
+        return self.replace(
+            segmenter=method, test_time_flips=self.test_time_flips and method == "cnn"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -668,6 +685,8 @@ class AnalysisConfig:
             ]  # the default leaves the digests of earlier stores as they were
         if settings["normalise_counterstain"]:  # as above; what it does is the assay's reference
             del settings["normalise_counterstain"]
+        if not settings["test_time_flips"]:  # off, the default: earlier stores keep their digest
+            del settings["test_time_flips"]
         blob = json.dumps(settings, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

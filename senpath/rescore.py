@@ -436,7 +436,7 @@ def _identity(
     """The store's run identity after re-scoring: that of a run with the new scoring settings."""
     identity = dict(res.manifest.get("identity") or {})
     method = res.provenance.segmenter_method or plan.config.segmenter
-    identity["config_sha"] = plan.config.replace(segmenter=method).digest()
+    identity["config_sha"] = plan.config.with_segmenter(method).digest()
     identity["assay"] = repr(assay)
     if cutoff is not None:
         identity["cutoff"] = cutoff.identity()

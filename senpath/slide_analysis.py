@@ -341,6 +341,9 @@ def _commit_slide(
                 **_model_identity(config.segmenter, config.model),
                 # what the CNN saw: the slide's counterstain strengthened (or not) before it
                 "counterstain": plan.counterstain,
+                # its maps averaged over each tile's flips, or not (config is resolved: False
+                # when the classical method ran)
+                "test_time_flips": config.test_time_flips,
             }
         ),
         "device": config.device,
@@ -507,7 +510,7 @@ def run_identity(
     model = _model_identity(method, config.model)
     identity = {
         "input": input_identity(path),
-        "config_sha": config.replace(segmenter=method).digest(),
+        "config_sha": config.with_segmenter(method).digest(),
         "assay": repr(assay),
         "mpp": mpp,
         "model_sha256": model.get("model_sha256"),

@@ -153,7 +153,7 @@ def plan_slide(
 
     slide = slide if slide is not None else open_slide(path, mpp=mpp)
     slide_id = slide_id or slide.slide_id
-    config = config.replace(segmenter=resolve_method(config.segmenter, model=config.model))
+    config = config.with_segmenter(resolve_method(config.segmenter, model=config.model))
     prior = StainSet.from_names(assay.stains, overrides=assay.stain_vectors)
 
     timings: dict[str, float] = {}

@@ -112,6 +112,7 @@ def plan_segmenter(plan: SlidePlan) -> Segmenter:
         min_area_um2=config.min_nucleus_area_um2,
         precision=config.precision,
         boost=plan.counterstain_boost,
+        flips=config.test_time_flips,
     )
 
 

@@ -75,3 +75,16 @@ def test_normalise_counterstain_on_leaves_the_digest_of_earlier_stores():
     # the defaults' digest before the setting existed (AnalysisConfig().digest() at 24a12db)
     assert AnalysisConfig().digest() == DIGEST_BEFORE_COUNTERSTAIN
     assert AnalysisConfig(normalise_counterstain=False).digest() != DIGEST_BEFORE_COUNTERSTAIN
+
+
+def test_test_time_flips_are_for_the_cnn_and_change_the_digest_only_when_on():
+    assert AnalysisConfig(test_time_flips=False).digest() == DIGEST_BEFORE_COUNTERSTAIN
+    on = AnalysisConfig(test_time_flips=True)
+    assert on.digest() != DIGEST_BEFORE_COUNTERSTAIN
+    with pytest.raises(ConfigError, match="test_time_flips is for the CNN"):
+        AnalysisConfig(segmenter="classical", test_time_flips=True)
+    with pytest.raises(ConfigError, match='`test_time_flips` = "yes" is not a boolean'):
+        AnalysisConfig(test_time_flips="yes")  # type: ignore[arg-type]
+    # "auto" resolved to the classical method (no CNN here) drops them; to the CNN keeps them
+    assert on.with_segmenter("classical").test_time_flips is False
+    assert on.with_segmenter("cnn").test_time_flips is True

@@ -240,3 +240,34 @@ def test_segment_on_the_command_line_says_so_in_one_line(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert r.returncode == 0 and "was trained on" not in r.stderr, r.stderr
+
+
+def test_test_time_flips_run_the_network_on_four_flips_and_are_recorded(tmp_path, own_model):
+    from senpath.segment import predict
+
+    s = synth.write_slide(tmp_path / "k.tif", assay="ki67", shape=(256, 256), mpp=0.5, seed=1,
+                          params=synth.SynthParams(tissue_fraction=0.95))  # fmt: skip
+    calls = {}
+    for flips in (False, True):
+        config = AnalysisConfig(model=str(own_model.parent), precision="fp32",
+                                test_time_flips=flips)  # fmt: skip
+        network = predict.cached_segmenter(str(own_model.parent), "auto", "fp32", flips)
+        assert network.flips is flips
+        forward = network.model.forward
+        seen = []
+
+        def counted(x, forward=forward, seen=seen):
+            seen.append(x.shape[0])
+            return forward(x)
+
+        network.model.forward = counted
+        try:
+            store = senpath.analyze_slide(
+                s.path, out=tmp_path / f"res{flips}", assay="ki67", config=config
+            )
+        finally:
+            del network.model.forward
+        calls[flips] = sum(seen)
+        seg = senpath.load_results(store).provenance.segmenter
+        assert seg["test_time_flips"] is flips
+    assert calls[True] == 4 * calls[False] > 0

@@ -255,3 +255,31 @@ def test_shipped_model_finds_stained_nuclei_as_often_as_unstained(
     )
     assert recall[chromogen]["total"] > 200
     assert recall[f"gap_{chromogen}"]["points"] <= STAINED_GAP_POINTS, recall
+
+
+def test_test_time_flips_average_the_four_flips_and_follow_a_flipped_image():
+    import torch
+
+    from senpath.segment.net import build_model
+
+    torch.manual_seed(3)
+    model = build_model(NetConfig(widths=(4, 8, 16)))
+    plain = NucleusSegmenter(model, device="cpu", precision="fp32")
+    flips = NucleusSegmenter(model, device="cpu", precision="fp32", flips=True)
+    batch = np.random.default_rng(0).integers(0, 256, (2, 32, 48, 3), dtype=np.uint8)
+
+    flipped_back = [
+        plain.predict_maps(batch),
+        plain.predict_maps(batch[:, :, ::-1])[:, :, :, ::-1],
+        plain.predict_maps(batch[:, ::-1])[:, :, ::-1],
+        plain.predict_maps(batch[:, ::-1, ::-1])[:, :, ::-1, ::-1],
+    ]
+    maps = flips.predict_maps(batch)
+    np.testing.assert_allclose(maps, np.mean(flipped_back, axis=0), atol=1e-6)
+    # averaged over the flips, the maps of a flipped tile are the flipped maps; not so without
+    np.testing.assert_allclose(
+        flips.predict_maps(batch[:, :, ::-1])[:, :, :, ::-1], maps, atol=1e-6
+    )
+    assert np.abs(flipped_back[1] - flipped_back[0]).max() > 1e-3
+    # a tile that is not a multiple of the stride keeps its shape
+    assert flips.predict_maps(batch[:, :30, :22]).shape == (2, 2, 30, 22)

@@ -80,6 +80,8 @@ class CnnSegmenter:
     boost : the slide's counterstain normalisation
         (:class:`~senpath.segment.counterstain.CounterstainBoost`), applied to every image before
         the network; ``None``: the images as they are.
+    flips : test-time flips (``[analysis] test_time_flips``): the network's maps averaged over each
+        tile and its three flips, 4x the network's work.
     """
 
     method = "cnn"
@@ -91,13 +93,14 @@ class CnnSegmenter:
         precision: str = "auto",
         *,
         boost: CounterstainBoost | None = None,
+        flips: bool = False,
     ) -> None:
         from senpath.segment.predict import cached_segmenter
 
         self.model = model
         self.device = device
         self.boost = boost
-        self.network: Any = cached_segmenter(model, device, precision)
+        self.network: Any = cached_segmenter(model, device, precision, flips)
 
     def _seen(self, rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
         return rgb if self.boost is None else self.boost(rgb)
@@ -205,6 +208,7 @@ def load_segmenter(
     min_area_um2: float = 10.0,
     precision: str = "auto",
     boost: CounterstainBoost | None = None,
+    flips: bool = False,
 ) -> Segmenter:
     """Resolve ``method`` and load it: the one segmenter of a slide.
 
@@ -219,13 +223,14 @@ def load_segmenter(
     precision : CNN precision/runtime (see :class:`CnnSegmenter`).
     boost : the slide's counterstain normalisation, applied before the CNN
         (:mod:`senpath.segment.counterstain`); ``None``: none.
+    flips : test-time flips for the CNN (see :class:`CnnSegmenter`); the classical method has none.
 
     Returns
     -------
     Segmenter
     """
     if resolve_method(method, model=model) == "cnn":
-        return CnnSegmenter(model, device, precision, boost=boost)
+        return CnnSegmenter(model, device, precision, boost=boost, flips=flips)
     return ClassicalSegmenter(
         stains=stains, nuclear_stains=tuple(nuclear_stains), i0=i0, min_area_um2=min_area_um2
     )

@@ -83,6 +83,9 @@ class NucleusSegmenter:
         keeps the nuclei of fp32, measured once per machine and cached
         (:func:`senpath.segment.runtime.choose_cpu_precision`). ``"onnx-int8"``: the model's
         int8 network (:mod:`senpath.segment.quant`), in ONNX Runtime.
+    flips : test-time flips: every batch is run as it is and flipped left-right, up-down and both,
+        and the four maps (each flipped back) averaged: better outlines for 4x the network's work
+        (model card, "Test-time flips"); the precision ``auto`` chooses is measured without them.
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class NucleusSegmenter:
         spec: dict[str, Any] | None = None,
         device: str | torch.device = "auto",
         precision: str = "auto",
+        flips: bool = False,
     ) -> None:
         import torch
 
@@ -118,6 +122,7 @@ class NucleusSegmenter:
         if precision.startswith("onnx-") and self.device.type != "cpu":
             raise ValueError(f"{precision} runs on the CPU, not {self.device.type}: use 'auto'")
         self.precision = precision
+        self.flips = bool(flips)
         self.mpp = float(self.spec.get("mpp", NETWORK_MPP))
         post = self.spec.get("postprocess") or {}
         self.postprocess = PostprocessConfig(**post)
@@ -143,13 +148,14 @@ class NucleusSegmenter:
         device: str | torch.device = "auto",
         *,
         precision: str = "auto",
+        flips: bool = False,
         verify: bool = True,
     ) -> NucleusSegmenter:
         """Load the shipped weights (or the model JSON/weights at ``path``), sha256-verified."""
         from senpath.segment.weights import load_pretrained
 
         model, spec = load_pretrained(path, verify=verify)
-        return cls(model, spec=spec, device=device, precision=precision)
+        return cls(model, spec=spec, device=device, precision=precision, flips=flips)
 
     # ------------------------------------------------------------------ network
 
@@ -166,6 +172,7 @@ class NucleusSegmenter:
         -------
         (B, 2, H, W) float32
             Channel 0: foreground probability; channel 1: normalised distance to the nucleus edge.
+            With :attr:`flips`, the mean of the maps of the (padded) batch and its three flips.
         """
         import torch
         import torch.nn.functional as F
@@ -190,19 +197,32 @@ class NucleusSegmenter:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         x = x.to(self.device)
+        with torch.inference_mode():
+            if not self.flips:
+                maps = self._network(x)
+            else:
+                # one flip at a time: the memory of a plain batch; each flipped back, then averaged
+                maps = self._network(x)
+                for dims in ((-1,), (-2,), (-2, -1)):
+                    maps += torch.flip(self._network(torch.flip(x, dims)), dims)
+                maps /= 4
+        return maps[:, :, :h, :w].cpu().numpy().astype(np.float32, copy=False)
+
+    def _network(self, x: torch.Tensor) -> torch.Tensor:
+        """Sigmoid maps ``(B, 2, H, W)`` float32 of a padded ``(B, 3, H, W)`` batch on the device."""
+        import torch
+
         if self.device.type == "cpu" and self.precision == "bf16":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            if self._onnx is not None:
-                logits = self._onnx(x)
-            elif self.precision in ("bf16", "fp16"):
-                dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-                with torch.autocast(device_type=self.device.type, dtype=dtype):
-                    logits = self.model(x)
-            else:
+        if self._onnx is not None:
+            logits = self._onnx(x)
+        elif self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+            with torch.autocast(device_type=self.device.type, dtype=dtype):
                 logits = self.model(x)
-            maps = torch.sigmoid(logits.float())[:, :, :h, :w]
-        return maps.cpu().numpy().astype(np.float32, copy=False)
+        else:
+            logits = self.model(x)
+        return torch.sigmoid(logits.float())
 
     @property
     def maps_to_labels(self) -> MapsToLabels:
@@ -336,20 +356,23 @@ def _chunks(items: list, n: int) -> Iterator[list]:
         yield items[i : i + n]
 
 
-_CACHE: dict[tuple[str, str, str], NucleusSegmenter] = {}
+_CACHE: dict[tuple[str, str, str, bool], NucleusSegmenter] = {}
 
 
 def cached_segmenter(
     path: str | os.PathLike[str] | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
+    flips: bool = False,
 ) -> NucleusSegmenter:
-    """A segmenter loaded once per process (and per device and precision): the shipped model, or
-    the model JSON (or folder) at ``path``. Tasks on a dask worker share it, so weights load once
-    per worker."""
-    key = ("shipped" if path is None else str(Path(path).resolve()), str(device), precision)
+    """A segmenter loaded once per process (and per device, precision and test-time flips): the
+    shipped model, or the model JSON (or folder) at ``path``. Tasks on a dask worker share it, so
+    weights load once per worker."""
+    key = ("shipped" if path is None else str(Path(path).resolve()), str(device), precision, flips)
     if key not in _CACHE:
-        _CACHE[key] = NucleusSegmenter.from_pretrained(path, device=device, precision=precision)
+        _CACHE[key] = NucleusSegmenter.from_pretrained(
+            path, device=device, precision=precision, flips=flips
+        )
     return _CACHE[key]
 
 
