@@ -15,7 +15,7 @@ from typing import Any
 
 from senpath.config import AnalysisConfig, Assay, get_assay
 from senpath.provenance import Provenance
-from senpath.results import CELLS, PROVENANCE, is_complete, store_folder
+from senpath.results import CELLS, PROVENANCE, SUMMARY, is_complete, store_folder
 from senpath.samplesheet import SlideJob
 from senpath.score import ControlCutoff
 from senpath.slide_analysis import TileProgress, run_identity
@@ -133,7 +133,10 @@ def failure_line(job: SlideJob, exc: BaseException) -> str:
 
 def ok_message(folder: Path) -> str:
     """What a user must know about a slide that was analysed well: an explicit mpp that
-    contradicts the file's calibration, corrections set aside (``; `` between them)."""
+    contradicts the file's calibration, corrections set aside, a faint counterstain
+    (:func:`senpath.segment.counterstain.faint_counterstain_warning`; ``; `` between them)."""
+    from senpath.segment.counterstain import faint_counterstain_warning
+
     try:
         provenance = Provenance.from_dict(
             json.loads((Path(folder) / PROVENANCE).read_text(encoding="utf-8"))
@@ -143,6 +146,13 @@ def ok_message(folder: Path) -> str:
     notes = [provenance.mpp_warning or ""]
     if kept := provenance.corrections_set_aside:
         notes.append(f"re-analysed: earlier corrections kept in {kept}, not applied")
+    try:
+        summary = json.loads((Path(folder) / SUMMARY).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        summary = {}
+    qc = summary.get("counterstain_qc") if isinstance(summary, dict) else None
+    if isinstance(qc, dict) and summary.get("markers"):
+        notes.append(faint_counterstain_warning(qc))
     return "; ".join(n for n in notes if n)
 
 

@@ -394,7 +394,7 @@ def _summary(
         summary["markers"][m]["threshold"] = dict(info)
     kept = ("slide_id", "patient_id", "tissue_fraction", "tissue_area_mm2", "n_tiles")
     summary.update({k: res.summary[k] for k in kept if k in res.summary})
-    for k in ("warning", "stain_qc"):
+    for k in ("warning", "stain_qc", "counterstain_qc"):
         if k in res.summary:
             summary[k] = res.summary[k]
     return summary

@@ -52,6 +52,7 @@ from senpath.results import (
 )
 from senpath.score import ControlCutoff, score_cells, slide_thresholds, summarize_markers
 from senpath.segment import resolve_method
+from senpath.segment.counterstain import faint_counterstain_warning
 from senpath.slide_plan import SlidePlan, counterstain_reference, plan_slide
 from senpath.stain import stain_qc
 from senpath.store_lock import hold_store
@@ -303,6 +304,11 @@ def _commit_slide(
     summary["stain_qc"] = qc
     if qc["status"] == "warning":
         summary["warning"] = str(qc["warning"])
+    if plan.counterstain_qc is not None:
+        summary["counterstain_qc"] = plan.counterstain_qc
+        faint = faint_counterstain_warning(plan.counterstain_qc) if assay_obj.markers else ""
+        if faint:  # a caution, not a mismatch: the slide stays reliable
+            summary["warning"] = "; ".join(filter(None, (summary.get("warning"), faint)))
     timings["total_s"] = time.perf_counter() - t_start
     provenance = {
         "senpath_version": senpath.__version__,

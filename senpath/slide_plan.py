@@ -22,7 +22,12 @@ from numpy.typing import NDArray
 
 from senpath.config import AnalysisConfig, Assay, load_assays
 from senpath.segment import resolve_method
-from senpath.segment.counterstain import CounterstainBoost, counterstain_gain, counterstain_level
+from senpath.segment.counterstain import (
+    CounterstainBoost,
+    counterstain_gain,
+    counterstain_level,
+    faint_counterstain_qc,
+)
 from senpath.stain import (
     DEFAULT_I0,
     StainEstimate,
@@ -88,6 +93,10 @@ class SlidePlan:
     #: assay has no ``counterstain_reference_od``, the setting is off, or the nuclei do not come
     #: from the CNN)
     counterstain: dict[str, Any] | None = None
+    #: the faint-counterstain flag (:func:`senpath.segment.counterstain.faint_counterstain_qc`):
+    #: the counterstain's level as the CNN sees it against its floor; ``None`` when the nuclei do
+    #: not come from the CNN
+    counterstain_qc: dict[str, Any] | None = None
 
     @property
     def counterstain_gain(self) -> float:
@@ -189,7 +198,8 @@ def plan_slide(
     reference = counterstain_reference(
         assay, config, method=config.segmenter, paired=nuclear is not None
     )
-    stain_estimate, stain_match, counterstain = _slide_stains(
+    cnn_nuclei = config.segmenter == "cnn" and nuclear is None and assay.objects == "nuclei"
+    stain_estimate, stain_match, counterstain, counterstain_qc = _slide_stains(
         slide,
         tiles,
         prior=prior,
@@ -197,7 +207,7 @@ def plan_slide(
         mpp=amp,
         mode=config.stain_vectors,
         assay=assay,
-        counterstain=assay.nuclear_stains[0] if reference is not None else None,
+        counterstain=assay.nuclear_stains[0] if cnn_nuclei else None,
         reference=reference,
     )
     timings["stains_s"] = time.perf_counter() - t
@@ -219,6 +229,7 @@ def plan_slide(
         nuclear=nuclear,
         stain_match=stain_match,
         counterstain=counterstain,
+        counterstain_qc=counterstain_qc,
     )
 
 
@@ -339,12 +350,13 @@ def _slide_stains(
     assay: Assay,
     counterstain: str | None = None,
     reference: float | None = None,
-) -> tuple[StainEstimate, dict[str, Any], dict[str, Any] | None]:
+) -> tuple[StainEstimate, dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
     """The slide's stain vectors (estimated from a sample of its tissue tiles, or the prior), the
     wrong-assay check on the same sample against the shipped assay presets (so a run gives the
     same answer on every machine, whatever settings file it read), and, when ``counterstain``
-    names a stain, the CNN's counterstain normalisation to the ``reference`` level from the same
-    sample (see :attr:`SlidePlan.counterstain`).
+    names a stain (the CNN's nuclei), its level from the same sample: the CNN's counterstain
+    normalisation to ``reference`` when there is one (see :attr:`SlidePlan.counterstain`) and the
+    faint-counterstain flag (:attr:`SlidePlan.counterstain_qc`).
 
     Pixels are sampled at the analysis resolution (at a coarse resolution, nuclei and cytoplasm mix and
     the extreme stain directions that Macenko's method looks for are lost).
@@ -364,17 +376,20 @@ def _slide_stains(
         od, prior, estimate=mode == "estimate", max_angle_deg=assay.stain_tolerance_deg
     )
     match = better_fitting_assays(od, assay=assay, assays=load_assays(), estimate=estimate)
-    if counterstain is None or reference is None:
-        return estimate, match, None
+    if counterstain is None:
+        return estimate, match, None, None
     stains = estimate.stains
     level = counterstain_level(od, stains, counterstain=stains.index(counterstain))
+    if reference is None:
+        return estimate, match, None, faint_counterstain_qc(counterstain, level)
+    gain = round(counterstain_gain(level, reference=reference), 4)
     record = {
         "stain": counterstain,
         "level": round(level, 4) if np.isfinite(level) else None,
         "reference": reference,
-        "gain": round(counterstain_gain(level, reference=reference), 4),
+        "gain": gain,
     }
-    return estimate, match, record
+    return estimate, match, record, faint_counterstain_qc(counterstain, level, gain)
 
 
 def _estimate_i0(slide: Any, tissue: Any) -> NDArray[np.float64]:

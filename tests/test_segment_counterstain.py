@@ -225,3 +225,54 @@ def test_the_cnn_sees_the_boosted_tile_and_the_stains_are_measured_on_the_origin
     assert (seen[0].astype(int) - rgb).min() < -5  # darker nuclei: it did change
     assert len(boosted.cells) == 2
     pd.testing.assert_frame_equal(boosted.cells, plain.cells)
+
+
+@pytest.mark.parametrize(
+    ("stain", "level", "gain", "status"),
+    [
+        ("hematoxylin", 0.25, 1.0, "faint"),
+        ("hematoxylin", 0.35, 1.0, "ok"),
+        ("eosin", 0.35, 1.0, "faint"),  # eosin, a weak nuclear stain, has a higher floor
+        ("eosin", 0.35, 1.2, "ok"),  # judged as the CNN sees it, after normalisation
+        ("nuclear_fast_red", float("nan"), 1.0, "unknown"),
+    ],
+)
+def test_the_faint_counterstain_flag_judges_the_level_the_cnn_sees(
+    stain: str, level: float, gain: float, status: str
+) -> None:
+    from senpath.segment.counterstain import faint_counterstain_qc, faint_counterstain_warning
+
+    qc = faint_counterstain_qc(stain, level, gain)
+    assert qc["status"] == status and qc["stain"] == stain
+    line = faint_counterstain_warning(qc)
+    assert (status == "faint") == bool(line)
+    if line:
+        assert f"{stain} at {level * gain:.2f} OD" in line and "% positive may read high" in line
+
+
+def test_a_faintly_counterstained_slide_is_flagged_in_its_summary_and_batch_line(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("torch")
+    import senpath
+    from senpath.batch_jobs import ok_message
+    from senpath.config import AnalysisConfig
+    from senpath.export import is_reliable
+
+    cnn = AnalysisConfig(segmenter="cnn")
+    for od, status in ((0.15, "faint"), (0.8, "ok")):
+        store = senpath.analyze_slide(
+            _ki67_slide(tmp_path, od), out=tmp_path / "res", assay="ki67", config=cnn
+        )
+        res = senpath.load_results(store)
+        qc = res.summary["counterstain_qc"]
+        assert qc["status"] == status and qc["stain"] == "hematoxylin" and qc["gain"] == 1.0
+        faint = "faint counterstain: hematoxylin" in res.summary.get("warning", "")
+        assert faint == (status == "faint") == ("faint counterstain" in ok_message(store))
+        assert is_reliable(res)  # a caution: the figures are still pooled
+    # the classical method, no CNN: no flag
+    store = senpath.analyze_slide(
+        _ki67_slide(tmp_path, 0.15), out=tmp_path / "cl", assay="ki67",
+        config=AnalysisConfig(segmenter="classical"),
+    )  # fmt: skip
+    assert "counterstain_qc" not in senpath.load_results(store).summary

@@ -38,6 +38,15 @@ MIN_TISSUE_OD = 0.15
 #: minority of the tissue and hold most of the counterstain, so its top decile follows them (the
 #: percentile of the per-image gain first measured, model card "darker input").
 LEVEL_PERCENTILE = 90.0
+#: Counterstain level (log10 OD, in the images the CNN sees: after any normalisation) below which a
+#: slide's unstained nuclei are flagged as likely missed more often than stained ones. Measured
+#: with v5 on the held-out images re-rendered four times in every stain combination (model card,
+#: "Faint counterstain flag"), the stained-vs-unstained recall gap below 0.3 / 0.3-0.4 / above 0.4
+#: OD: hematoxylin 8.0 / 5.1 / 3.2 points, nuclear fast red 10.2 (3 images) / 4.3 / 1.2, eosin
+#: 20.0 / 16.0 / 3.0: eosin, a weak nuclear stain, needs more.
+FAINT_COUNTERSTAIN_OD: Mapping[str, float] = {"eosin": 0.4}
+#: The floor of every other counterstain (see :data:`FAINT_COUNTERSTAIN_OD`).
+FAINT_COUNTERSTAIN_DEFAULT_OD = 0.3
 
 
 def counterstain_level(
@@ -72,6 +81,45 @@ def counterstain_gain(level: float, *, reference: float, max_gain: float = MAX_G
     if not np.isfinite(level) or level <= 0.0:
         return 1.0
     return float(np.clip(reference / level, 1.0, max_gain))
+
+
+def faint_counterstain_qc(stain: str, level: float, gain: float = 1.0) -> dict[str, Any]:
+    """A slide's faint-counterstain flag: its counterstain ``stain`` at ``level`` (log10 OD,
+    :func:`counterstain_level`) times ``gain`` (the normalisation the CNN's images get) against the
+    stain's floor (:data:`FAINT_COUNTERSTAIN_OD`).
+
+    Returns
+    -------
+    dict
+        ``stain``, ``level_od``, ``gain``, ``seen_od`` (what the CNN sees), ``floor_od`` and
+        ``status``: ``faint`` (below the floor: unstained nuclei are likely missed more often than
+        stained ones, so a marker's % positive may read high), ``ok``, or ``unknown`` (no level:
+        no tissue in the sample).
+    """
+    floor = float(FAINT_COUNTERSTAIN_OD.get(stain, FAINT_COUNTERSTAIN_DEFAULT_OD))
+    known = bool(np.isfinite(level))
+    seen = float(level) * float(gain) if known else float("nan")
+    return {
+        "stain": stain,
+        "level_od": round(float(level), 4) if known else None,
+        "gain": round(float(gain), 4),
+        "seen_od": round(seen, 4) if known else None,
+        "floor_od": floor,
+        "status": "unknown" if not known else ("faint" if seen < floor else "ok"),
+    }
+
+
+def faint_counterstain_warning(qc: Mapping[str, Any]) -> str:
+    """The one-line warning of a ``faint`` :func:`faint_counterstain_qc` record (``""`` otherwise)."""
+    if qc.get("status") != "faint":
+        return ""
+    normalised = f", {qc['gain']:g}x normalised" if qc["gain"] != 1.0 else ""
+    return (
+        f"faint counterstain: {qc['stain']} at {qc['seen_od']:.2f} OD as the nucleus CNN sees it"
+        f"{normalised} (below {qc['floor_od']:g}): unstained nuclei are likely missed more often "
+        "than stained ones, so % positive may read high; check qc_overlay.png for unmarked pale "
+        "nuclei, counterstain more strongly, or give the assay a counterstain_reference_od"
+    )
 
 
 def boost_counterstain(
