@@ -134,9 +134,7 @@ def failure_line(job: SlideJob, exc: BaseException) -> str:
 def ok_message(folder: Path) -> str:
     """What a user must know about a slide that was analysed well: an explicit mpp that
     contradicts the file's calibration, corrections set aside, a faint counterstain
-    (:func:`senpath.segment.counterstain.faint_counterstain_warning`; ``; `` between them)."""
-    from senpath.segment.counterstain import faint_counterstain_warning
-
+    (``summary.json`` ``counterstain_qc``; ``; `` between them)."""
     try:
         provenance = Provenance.from_dict(
             json.loads((Path(folder) / PROVENANCE).read_text(encoding="utf-8"))
@@ -151,8 +149,8 @@ def ok_message(folder: Path) -> str:
     except (OSError, ValueError):
         summary = {}
     qc = summary.get("counterstain_qc") if isinstance(summary, dict) else None
-    if isinstance(qc, dict) and summary.get("markers"):
-        notes.append(faint_counterstain_warning(qc))
+    if isinstance(qc, dict):
+        notes.append(str(qc.get("warning") or ""))
     return "; ".join(n for n in notes if n)
 
 

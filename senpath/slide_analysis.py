@@ -305,10 +305,15 @@ def _commit_slide(
     if qc["status"] == "warning":
         summary["warning"] = str(qc["warning"])
     if plan.counterstain_qc is not None:
-        summary["counterstain_qc"] = plan.counterstain_qc
-        faint = faint_counterstain_warning(plan.counterstain_qc) if assay_obj.markers else ""
-        if faint:  # a caution, not a mismatch: the slide stays reliable
-            summary["warning"] = "; ".join(filter(None, (summary.get("warning"), faint)))
+        # as stain_qc: the record and its warning, said only where a marker's % positive can be
+        # biased by it; a caution, not a mismatch: the slide stays reliable
+        counter_qc = dict(plan.counterstain_qc)
+        counter_qc["warning"] = faint_counterstain_warning(counter_qc) if assay_obj.markers else ""
+        summary["counterstain_qc"] = counter_qc
+        if counter_qc["warning"]:
+            summary["warning"] = "; ".join(
+                filter(None, (summary.get("warning"), counter_qc["warning"]))
+            )
     timings["total_s"] = time.perf_counter() - t_start
     provenance = {
         "senpath_version": senpath.__version__,

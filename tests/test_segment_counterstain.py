@@ -256,7 +256,7 @@ def test_a_faintly_counterstained_slide_is_flagged_in_its_summary_and_batch_line
     pytest.importorskip("torch")
     import senpath
     from senpath.batch_jobs import ok_message
-    from senpath.config import AnalysisConfig
+    from senpath.config import AnalysisConfig, get_assay
     from senpath.export import is_reliable
 
     cnn = AnalysisConfig(segmenter="cnn")
@@ -267,9 +267,19 @@ def test_a_faintly_counterstained_slide_is_flagged_in_its_summary_and_batch_line
         res = senpath.load_results(store)
         qc = res.summary["counterstain_qc"]
         assert qc["status"] == status and qc["stain"] == "hematoxylin" and qc["gain"] == 1.0
+        assert bool(qc["warning"]) == (status == "faint")
         faint = "faint counterstain: hematoxylin" in res.summary.get("warning", "")
         assert faint == (status == "faint") == ("faint counterstain" in ok_message(store))
         assert is_reliable(res)  # a caution: the figures are still pooled
+    # no marker whose % positive it could bias (as H&E): measured, not said
+    unmarked = dataclasses.replace(get_assay("ki67"), name="nuclei-only", markers=())
+    store = senpath.analyze_slide(
+        _ki67_slide(tmp_path, 0.15), out=tmp_path / "he", assay=unmarked, config=cnn
+    )
+    summary = senpath.load_results(store).summary
+    assert summary["counterstain_qc"]["status"] == "faint"
+    assert not summary["counterstain_qc"]["warning"]
+    assert "faint counterstain" not in summary.get("warning", "")
     # the classical method, no CNN: no flag
     store = senpath.analyze_slide(
         _ki67_slide(tmp_path, 0.15), out=tmp_path / "cl", assay="ki67",

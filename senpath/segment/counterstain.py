@@ -110,7 +110,8 @@ def faint_counterstain_qc(stain: str, level: float, gain: float = 1.0) -> dict[s
 
 
 def faint_counterstain_warning(qc: Mapping[str, Any]) -> str:
-    """The one-line warning of a ``faint`` :func:`faint_counterstain_qc` record (``""`` otherwise)."""
+    """The one-line warning of a ``faint`` :func:`faint_counterstain_qc` record (``""`` otherwise);
+    a slide's ``summary.json`` keeps it as the record's ``warning`` where the assay has a marker."""
     if qc.get("status") != "faint":
         return ""
     normalised = f", {qc['gain']:g}x normalised" if qc["gain"] != 1.0 else ""
