@@ -6,9 +6,10 @@ estimation, measurement, calls). Predicted cells are paired with the annotated n
 (``senpath.validation.match_cells``, 4 µm), then per tile and pooled it prints: detection F1,
 Ki67 positivity F1 on the paired cells, the share of annotated Ki67-positive and Ki67-negative nuclei
 that got a cell (detection recall per class: a detector that misses stained nuclei biases the LI), and
-the Ki67 labelling index (LI) of all predicted cells against the annotated LI. Tiles the shipped CNN
-was trained on are marked; only the held-out ones (``senpath.segment.datasets.KI67_VALIDATION``)
-judge it. A second block scores the annotated nuclei themselves (scoring without segmentation
+the Ki67 labelling index (LI) of all predicted cells against the annotated LI, and the tile's
+hematoxylin level as the CNN saw it with its faint-counterstain flag (``summary.json``). Tiles
+the shipped CNN was trained on are marked; only the held-out ones
+(``senpath.segment.datasets.KI67_VALIDATION``) judge it. A second block scores the annotated nuclei themselves (scoring without segmentation
 error) for comparison. Prints a Markdown table::
 
     python benchmarks/ki67_real_tiles.py [--segmenter cnn|classical] [--device cpu] [--model DIR]
@@ -86,11 +87,19 @@ def _cells(stem: Path, shift: int, tmp: Path, config: Any) -> pd.DataFrame:
     store = senpath.analyze_slide(
         image, out=tmp / f"shift{shift}", assay="ki67", config=config, mpp=MPP, slide_id=stem.name
     )
-    cells = senpath.load_results(store).cells
+    res = senpath.load_results(store)
+    cells = res.cells
+    cells.attrs["counterstain_qc"] = res.summary.get("counterstain_qc") or {}
     if shift:
         cells = cells.assign(x_um=cells["x_um"] - shift * MPP, y_um=cells["y_um"] - shift * MPP)
         cells = cells[(cells["x_um"] >= 0) & (cells["y_um"] >= 0)].reset_index(drop=True)
     return cells
+
+
+def _counterstain_text(qc: dict) -> str:
+    """``0.36 (ok)``: the slide's counterstain level as the CNN saw it and its flag."""
+    seen = qc.get("seen_od")
+    return "-" if seen is None else f"{seen:.2f} ({qc.get('status', '')})"
 
 
 def _score(
@@ -178,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cells": len(cells),
                     "annotated": len(truth),
                     "label offset px": f"{offset[0]},{offset[1]}",
+                    # the faint-counterstain flag: hematoxylin as the CNN sees it
+                    "counterstain OD": _counterstain_text(cells.attrs["counterstain_qc"]),
                     **row,
                 }
                 rows.append(row)

@@ -286,3 +286,23 @@ def test_a_faintly_counterstained_slide_is_flagged_in_its_summary_and_batch_line
         config=AnalysisConfig(segmenter="classical"),
     )  # fmt: skip
     assert "counterstain_qc" not in senpath.load_results(store).summary
+
+
+def test_the_level_gap_benchmark_pools_per_band_and_floor(benchmark_script) -> None:
+    gaps = benchmark_script("counterstain_level_gaps")
+    row = gaps.ImageCounts
+    rows = [
+        # eosin: faint images miss unstained nuclei, the others do not
+        row("eosin", 0.35, 6, 10, 9, 10), row("eosin", 0.25, 5, 10, 9, 10),
+        row("eosin", 0.6, 9, 10, 9, 10),
+        row("hematoxylin", 0.35, 8, 10, 9, 10),
+    ]  # fmt: skip
+    lines = gaps.tables(rows)
+    eosin = next(line for line in lines if line.startswith("| eosin |"))
+    # bands < 0.3, 0.3-0.4, >= 0.4: one image each; recall unstained / stained; gap in points
+    assert eosin == (
+        "| eosin | 1; 0.500 / 0.900; -40.0 | 1; 0.600 / 0.900; -30.0 | 1; 0.900 / 0.900; +0.0 |"
+    )
+    # eosin's floor is 0.4: both faint images below it, pooled; hematoxylin's 0.3: none below
+    assert "| eosin | 0.4 | 2; 0.550 / 0.900; -35.0 | 1; 0.900 / 0.900; +0.0 |" in lines
+    assert "| hematoxylin | 0.3 | - | 1; 0.800 / 0.900; -10.0 |" in lines
