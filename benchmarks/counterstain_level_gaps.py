@@ -48,14 +48,13 @@ class ImageCounts(NamedTuple):
 def seen_level(rgb: np.ndarray, assay: Any) -> tuple[str, float]:
     """``assay``'s counterstain (its first nuclear stain) and its level in ``rgb``, from the
     image's own glass intensity and estimated stain vectors, as a slide's plan measures it."""
-    from senpath.segment.counterstain import counterstain_level
-    from senpath.stain import StainSet, estimate_background, estimate_stains, rgb_to_od
+    from senpath.segment.counterstain import image_counterstain
+    from senpath.stain import StainSet
 
     prior = StainSet.from_names(assay.stains, overrides=assay.stain_vectors)
-    od = rgb_to_od(rgb, estimate_background(rgb).tolist()).reshape(-1, 3)
-    stains = estimate_stains(od, prior, max_angle_deg=assay.stain_tolerance_deg).stains
     stain = assay.nuclear_stains[0]
-    return stain, counterstain_level(od, stains, counterstain=stains.index(stain))
+    _, _, level = image_counterstain(rgb, prior, stain, max_angle_deg=assay.stain_tolerance_deg)
+    return stain, level
 
 
 def image_counts(name: str, images: Sequence[Any], model: Any) -> list[ImageCounts]:

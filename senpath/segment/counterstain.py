@@ -201,16 +201,28 @@ def image_boost(
         ``None`` when the image needs none (its level is at or above ``reference``, or it holds no
         tissue).
     """
+    stains, i0, level = image_counterstain(rgb, prior, counterstain, max_angle_deg=max_angle_deg)
+    gain = counterstain_gain(level, reference=reference)
+    index = stains.index(counterstain)
+    return None if gain == 1.0 else CounterstainBoost(stains, i0, gain, index)
+
+
+def image_counterstain(
+    rgb: NDArray[np.uint8],
+    prior: StainSet,
+    counterstain: str,
+    *,
+    max_angle_deg: float | Mapping[str, float] | None = None,
+) -> tuple[StainSet, NDArray[np.floating], float]:
+    """One image taken as a whole slide: its stain vectors (:func:`senpath.stain.estimate_stains`,
+    ``prior`` the assay's), glass intensity (3,) and ``counterstain``'s level
+    (:func:`counterstain_level`), all from its own pixels."""
     from senpath.stain import estimate_background, estimate_stains
 
     i0 = estimate_background(rgb)
     od = rgb_to_od(rgb, i0.tolist()).reshape(-1, 3)
     stains = estimate_stains(od, prior, max_angle_deg=max_angle_deg).stains
-    index = stains.index(counterstain)
-    gain = counterstain_gain(
-        counterstain_level(od, stains, counterstain=index), reference=reference
-    )
-    return None if gain == 1.0 else CounterstainBoost(stains, i0, gain, index)
+    return stains, i0, counterstain_level(od, stains, counterstain=stains.index(counterstain))
 
 
 def assay_boost(
