@@ -69,8 +69,9 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) else float("nan")
 
 
-def _cells(stem: Path, shift: int, tmp: Path, config: Any) -> pd.DataFrame:
-    """The pipeline's cells of one tile, in the tile's own µm. With ``shift`` > 0 the tile is
+def _cells(stem: Path, shift: int, tmp: Path, config: Any) -> tuple[pd.DataFrame, dict]:
+    """The pipeline's cells of one tile, in the tile's own µm, and the tile's faint-counterstain
+    record (``summary.json`` ``counterstain_qc``, ``{}`` without one). With ``shift`` > 0 the tile is
     reflect-padded by ``shift`` px on the top and left first, so the same nuclei sit at another
     phase of the network's pooling grid (its stride is 16 px at 0.5 µm/px: a max-pool U-Net is not
     shift-invariant, and a marginal nucleus can be found at one phase and not at the next); cells
@@ -89,11 +90,10 @@ def _cells(stem: Path, shift: int, tmp: Path, config: Any) -> pd.DataFrame:
     )
     res = senpath.load_results(store)
     cells = res.cells
-    cells.attrs["counterstain_qc"] = res.summary.get("counterstain_qc") or {}
     if shift:
         cells = cells.assign(x_um=cells["x_um"] - shift * MPP, y_um=cells["y_um"] - shift * MPP)
         cells = cells[(cells["x_um"] >= 0) & (cells["y_um"] >= 0)].reset_index(drop=True)
-    return cells
+    return cells, res.summary.get("counterstain_qc") or {}
 
 
 def _counterstain_text(qc: dict) -> str:
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             true_pos = truth["ki67_positive"].to_numpy(dtype=bool)
             n_pos = int(true_pos.sum())
             for shift in shifts:
-                cells = _cells(stem, shift, Path(tmp), config)
+                cells, counterstain = _cells(stem, shift, Path(tmp), config)
                 row, found, pi, ti = _score(cells, truth)
                 phase.append({"tile": stem.name, "shift": shift // 2, "cells": len(cells),
                               "n_pos": n_pos, "n_neg": len(truth) - n_pos, **row})  # fmt: skip
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     "annotated": len(truth),
                     "label offset px": f"{offset[0]},{offset[1]}",
                     # the faint-counterstain flag: hematoxylin as the CNN sees it
-                    "counterstain OD": _counterstain_text(cells.attrs["counterstain_qc"]),
+                    "counterstain OD": _counterstain_text(counterstain),
                     **row,
                 }
                 rows.append(row)

@@ -198,7 +198,7 @@ def plan_slide(
     reference = counterstain_reference(
         assay, config, method=config.segmenter, paired=nuclear is not None
     )
-    cnn_nuclei = config.segmenter == "cnn" and nuclear is None and assay.objects == "nuclei"
+    cnn_nuclei = _cnn_nuclei(assay, method=config.segmenter, paired=nuclear is not None)
     stain_estimate, stain_match, counterstain, counterstain_qc = _slide_stains(
         slide,
         tiles,
@@ -240,11 +240,15 @@ def counterstain_reference(
     (:mod:`senpath.segment.counterstain`), or ``None`` when it is not: the assay has no
     ``counterstain_reference_od``, ``normalise_counterstain`` is off, the nuclei do not come from
     the CNN (``method``, resolved), or they come from a paired nuclear image (``paired``)."""
-    if not config.normalise_counterstain or method != "cnn" or paired:
-        return None
-    if assay.objects != "nuclei":
+    if not config.normalise_counterstain or not _cnn_nuclei(assay, method=method, paired=paired):
         return None
     return assay.counterstain_reference_od
+
+
+def _cnn_nuclei(assay: Assay, *, method: str, paired: bool) -> bool:
+    """Whether a slide's nuclei come from the CNN on its own pixels: ``method`` (resolved) is
+    ``cnn``, no paired nuclear image gives them, and the assay's objects are nuclei."""
+    return method == "cnn" and not paired and assay.objects == "nuclei"
 
 
 def reference_warnings(
