@@ -443,3 +443,70 @@ def test_counterstain_references_show_crops_as_senpath_run_shows_their_assay():
     plain = D.CropSampler(sources, {"a": 1.0}, **kwargs).batch(1, 6)
     same = D.CropSampler(sources, {"a": 1.0}, counterstain_references=None, **kwargs).batch(1, 6)
     np.testing.assert_array_equal(plain[0], same[0])
+
+
+#: The stains each recipe is deconvolved into to read its counterstain (listed first).
+_RECIPE_STAINS = {
+    "he": ("hematoxylin", "eosin"),
+    "h_dab": ("hematoxylin", "dab"),
+    "xgal_nfr": ("nuclear_fast_red", "xgal"),
+    "h_dab_fast_red": ("hematoxylin", "dab", "fast_red"),
+    "xgal_eosin": ("eosin", "xgal"),
+    "xgal_h_dab": ("hematoxylin", "dab", "xgal"),
+    "ihc": ("hematoxylin", "dab"),
+}
+
+
+@pytest.mark.parametrize("recipe", list(_RECIPE_STAINS))
+def test_counterstain_scale_weakens_only_the_counterstain(recipe):
+    """A faintly counterstained crop: the counterstain's amount scales, the nuclei chosen to carry
+    the chromogens do not change (the same draws)."""
+    from senpath.segment.rerender import estimate_background
+    from senpath.stain import StainSet, deconvolve
+
+    im = _image(4)
+    cells = D.cell_regions(im.labels, mpp=im.mpp)
+    kind, name = ("ihc", None) if recipe == "ihc" else ("he", recipe)
+
+    def render(scale):
+        return D.render_with_truth(
+            im.rgb,
+            im.labels,
+            cells,
+            kind=kind,
+            rng=np.random.default_rng(5),
+            recipe=name,
+            counterstain_scale=scale,
+        )
+
+    plain, plain_marks = render(1.0)
+    faint, faint_marks = render(0.3)
+    assert plain_marks.keys() == faint_marks.keys()
+    for chromogen, ids in plain_marks.items():
+        np.testing.assert_array_equal(ids, faint_marks[chromogen])
+    marked = np.concatenate([np.zeros(0, np.int64), *plain_marks.values()])
+    unstained = (im.labels > 0) & ~np.isin(im.labels, marked)
+    assert unstained.sum() > 100
+    stains = StainSet.from_names(_RECIPE_STAINS[recipe])
+
+    def counterstain(rgb):
+        return deconvolve(rgb, stains, estimate_background(rgb))[..., 0][unstained].mean()
+
+    assert 0.2 < counterstain(faint) / counterstain(plain) < 0.45
+    with pytest.raises(ValueError, match="counterstain_scale"):
+        render(0.0)
+
+
+def test_faint_share_zero_keeps_the_batches_and_a_share_lightens_the_crops():
+    sources = {"a": [_image(0)]}
+    plain = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3).batch(2, 32)[0]
+    zero = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3, faint_share=0.0).batch(2, 32)
+    faint = D.CropSampler(sources, {"a": 1.0}, crop_size=48, seed=3, faint_share=1.0).batch(2, 32)
+    np.testing.assert_array_equal(plain, zero[0])
+    # a weaker counterstain: brighter nuclei (the draw shifts the crops' other draws, so on average)
+    nuclei = faint[1][:, 0] > 0, zero[1][:, 0] > 0
+    assert faint[0].mean(axis=1)[nuclei[0]].mean() > zero[0].mean(axis=1)[nuclei[1]].mean() + 0.05
+    with pytest.raises(ValueError, match="faint_share"):
+        D.CropSampler(sources, {"a": 1.0}, crop_size=48, faint_share=1.5)
+    with pytest.raises(ValueError, match="faint_range"):
+        D.CropSampler(sources, {"a": 1.0}, crop_size=48, faint_share=0.5, faint_range=(0.6, 0.3))

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from senpath.segment import data as D
 from senpath.segment.net import NetConfig, build_model
 from senpath.segment.postprocess import PostprocessConfig
 from senpath.segment.weights import (
@@ -223,6 +224,8 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
         "pale_share": "0.3",
         "pale_floor": "0.1",
         "pale_blur": "0.5",
+        "faint_share": "0.3",
+        "faint_range": str((0.2, 0.5)),
         "ignore_padding": "True",
     }
     command = reproduce_command({**ckpt, "args": args})
@@ -230,16 +233,18 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     assert "--recipe-weights xgal_eosin=0.2,xgal_h_dab=0.3" in command
     assert "--source-weights consep=0.3,cpm15=0.16" in command
     assert "--stained-weight 2.0 --contact-weight 3.0" in command
-    assert "--pale-floor 0.1 --pale-blur 0.5" in command
+    assert "--pale-floor 0.1 --pale-blur 0.5 --faint-share 0.3 --faint-range 0.2,0.5" in command
     # the command parses back to the same options
     parsed = parse_args(command.split()[3:])
     assert parsed.recipe_weights == {"xgal_eosin": 0.2, "xgal_h_dab": 0.3}
     assert parsed.source_weights == {"consep": 0.3, "cpm15": 0.16}
     assert (parsed.stained_weight, parsed.contact_weight) == (2.0, 3.0)
     assert (parsed.pale_share, parsed.pale_floor, parsed.pale_blur) == (0.3, 0.1, 0.5)
+    assert (parsed.faint_share, parsed.faint_range) == (0.3, (0.2, 0.5))
     assert parsed.ignore_padding
     defaults = {"recipe_weights": "None", "stained_weight": "1.0", "contact_weight": "1.0"}
     defaults["pale_floor"] = "0.25"
+    defaults |= {"faint_share": "0.0", "faint_range": str(D.FAINT_RANGE)}
     plain = reproduce_command(
         {**ckpt, "args": {**defaults, "pale_blur": "0.0", "ignore_padding": "False"}}
     )
@@ -248,10 +253,14 @@ def test_the_reproduce_command_carries_recipe_and_stained_weights():
     assert "--source-weights" not in plain
     assert "--contact-weight" not in plain
     assert "--pale-floor" not in plain and "--pale-blur" not in plain
+    assert "--faint-share" not in plain and "--faint-range" not in plain
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--recipe-weights", "xgal_blue=1"])
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--source-weights", "monusegg=1"])
+    for bad in ("0.5", "0,0.5", "0.6,0.3", "a,b"):
+        with pytest.raises(SystemExit):
+            parse_args(["--out", "x", "--faint-range", bad])
 
 
 def test_the_reproduce_command_carries_the_pooling_and_init_switches_it(tmp_path):

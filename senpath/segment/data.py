@@ -65,6 +65,14 @@ from senpath.segment.rerender import render_with_truth as render_with_truth
 # --------------------------------------------------------------------------- sampler
 
 
+#: Factors a faintly counterstained crop's counterstain is weakened by (``CropSampler(faint_share=)``).
+#: The recipes' own draws put re-rendered MoNuSeg crops at a counterstain level (10th / 50th / 90th
+#: percentile) of 0.31 / 0.43 / 0.53 OD with hematoxylin + DAB and 0.40 / 0.49 / 0.56 with X-gal +
+#: eosin; 0.6x of that gives 0.29 and 0.33 (medians), 0.4x 0.21 and 0.25, below the
+#: faint-counterstain floors (0.3 and 0.4) where the unstained nuclei are missed most (model card,
+#: "Faint counterstain flag"). At 0.25x eosin is lost in the glass (no level).
+FAINT_RANGE = (0.3, 0.8)
+
 #: Default location of the real data (``../shared/data`` beside the repo in the project's setup).
 DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -105,6 +113,13 @@ class CropSampler:
         counterstain brought up to the reference (:func:`senpath.segment.counterstain.assay_boost`,
         the crop standing for the slide); crops of other assays unchanged. ``None`` (v1-v5): no
         crop normalised, and the batches are those of earlier runs.
+    faint_share : float
+        Share of the real crops whose whole counterstain is weakened by a factor drawn
+        log-uniformly from ``faint_range`` (:func:`render_with_truth`'s ``counterstain_scale``): a
+        faintly counterstained section, not single faded nuclei (``pale_share``). 0 (v1-v5): no
+        draw, and the batches are those of earlier runs.
+    faint_range : (float, float)
+        Lowest and highest factor of ``faint_share``.
     """
 
     def __init__(
@@ -122,7 +137,13 @@ class CropSampler:
         ignore_padding: bool = False,
         counterstain_references: dict[str, float] | None = None,
         contact_weight: float = 1.0,
+        faint_share: float = 0.0,
+        faint_range: tuple[float, float] = FAINT_RANGE,
     ) -> None:
+        if not 0.0 <= faint_share <= 1.0:
+            raise ValueError(f"faint_share must be in [0, 1], got {faint_share}")
+        if not 0.0 < faint_range[0] <= faint_range[1] <= 1.0:
+            raise ValueError(f"faint_range must be 0 < low <= high <= 1, got {faint_range}")
         if not 0.0 <= pale_share <= 1.0:
             raise ValueError(f"pale_share must be in [0, 1], got {pale_share}")
         if not 0.0 < pale_floor <= 0.8:
@@ -143,6 +164,8 @@ class CropSampler:
         self.stained_weight = float(stained_weight)
         self.ignore_padding = bool(ignore_padding)
         self.contact_weight = float(contact_weight)
+        self.faint_share = float(faint_share)
+        self.faint_range = (float(faint_range[0]), float(faint_range[1]))
         self.counterstain_assays: dict[str, Assay] | None = None
         if counterstain_references is not None:
             import dataclasses
@@ -228,6 +251,11 @@ class CropSampler:
         if self.counterstain_assays is not None and item.image.kind in ("he", "hematoxylin"):
             recipe = draw_recipe(rng, self.recipe_weights)  # its assay decides the normalisation
         if item.image.kind != "synth":  # synthetic slides are already in their assay's stains
+            scale = 1.0
+            # Drawn only when asked for, so runs without it keep their batches.
+            if self.faint_share > 0 and rng.random() < self.faint_share:
+                low, high = np.log(self.faint_range[0]), np.log(self.faint_range[1])
+                scale = float(np.exp(rng.uniform(low, high)))
             rgb, added = render_with_truth(
                 rgb,
                 labels,
@@ -236,6 +264,7 @@ class CropSampler:
                 rng=rng,
                 recipe=recipe,
                 recipe_weights=self.recipe_weights,
+                counterstain_scale=scale,
             )
             stained += list(added.values())
         keep = np.concatenate(stained).astype(np.int64) if stained else np.zeros(0, np.int64)

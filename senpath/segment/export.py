@@ -222,6 +222,8 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "pale_share",
         "pale_floor",
         "pale_blur",
+        "faint_share",
+        "faint_range",
         "recipe_weights",
         "source_weights",
         "counterstain_references",
@@ -241,6 +243,8 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
         "pale_share": ("0", "0.0"),
         "pale_floor": ("0.25",),
         "pale_blur": ("0", "0.0"),
+        "faint_share": ("0", "0.0"),
+        "faint_range": (str(D.FAINT_RANGE),),
         "stained_weight": ("1", "1.0"),
         "contact_weight": ("1", "1.0"),
         "ignore_padding": ("False",),
@@ -259,6 +263,8 @@ def reproduce_command(ckpt: dict[str, Any]) -> str:
             # Stored as the dict's repr in the checkpoint; written back as NAME=W,... ("none": {})
             weights = ast.literal_eval(value)
             value = ",".join(f"{k}={v}" for k, v in weights.items()) or "none"
+        if key == "faint_range" and value not in (None, "None", ""):
+            value = ",".join(str(v) for v in ast.literal_eval(value))  # stored as the tuple's repr
         if key == "ignore_padding" and value == "True":  # a switch: no value
             parts.append("--ignore-padding")
         elif value not in (None, "None", ""):

@@ -197,6 +197,7 @@ def render_with_truth(
     rng: np.random.Generator,
     recipe: str | None = None,
     recipe_weights: dict[str, float] | None = None,
+    counterstain_scale: float = 1.0,
 ) -> tuple[NDArray[np.uint8], dict[str, NDArray[np.int64]]]:
     """Re-render a crop in another stain combination and say which nuclei carry which chromogen.
 
@@ -214,6 +215,11 @@ def render_with_truth(
     recipe_weights : dict of str to float, optional
         Sampling weights that replace those of :data:`RECIPES` for the recipes named (the others
         keep theirs); used when ``recipe`` is omitted.
+    counterstain_scale : float
+        Multiplies the whole crop's counterstain (the nuclear stain every nucleus carries:
+        hematoxylin, nuclear fast red, or the eosin of X-gal + eosin) after the recipe's own draw,
+        chromogens untouched: below 1, a faintly counterstained section. Drawing nothing from
+        ``rng``, it leaves the rest of the rendering as it is at 1.
 
     Returns
     -------
@@ -223,6 +229,8 @@ def render_with_truth(
         over the cell, nucleus included), the nucleus labels that carry it. Real DAB already in an
         IHC source is not listed (only what the rendering added).
     """
+    if not 0.0 < counterstain_scale <= 2.0:
+        raise ValueError(f"counterstain_scale must be in (0, 2], got {counterstain_scale}")
     marks: dict[str, NDArray[np.bool_]] = {}
 
     def mark(chromogen: str, chosen: NDArray[np.bool_]) -> None:
@@ -258,7 +266,7 @@ def render_with_truth(
             dab = dab + extra
             h = _masked_hematoxylin(h, chosen[labels], rng)
         out = (
-            h[..., None] * rng.uniform(0.7, 1.3) * vh
+            h[..., None] * (rng.uniform(0.7, 1.3) * counterstain_scale) * vh
             + dab[..., None] * rng.uniform(0.7, 1.3) * vd
             + res[..., None] * _residual_vector(vh, vd) * rng.uniform(0.0, 1.0)
         )
@@ -340,8 +348,9 @@ def render_with_truth(
             (cytoplasmic(rng.uniform(0.3, 1.5), granular=True), _jitter_vector("xgal", rng))
         )
     out = np.zeros(od.shape, np.float32)
-    for amount, vector in layers:
-        out += amount[..., None] * vector.astype(np.float32)
+    for i, (amount, vector) in enumerate(layers):
+        scale = counterstain_scale if i == 0 else 1.0  # every recipe lists its counterstain first
+        out += amount[..., None] * (scale * vector.astype(np.float32))
     return result(out)
 
 

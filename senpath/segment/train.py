@@ -263,6 +263,17 @@ def _source_weights(text: str) -> dict[str, float]:
     return _name_weights(text, lambda weights: D.source_weights(0.0, weights))
 
 
+def _faint_range(text: str) -> tuple[float, float]:
+    """``--faint-range "0.25,0.6"`` → ``(0.25, 0.6)``: two factors, 0 < low <= high <= 1."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    if not 0.0 < low <= high <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 < LOW <= HIGH <= 1, got {text!r}")
+    return low, high
+
+
 def _counterstain_references(text: str) -> dict[str, float]:
     """``--counterstain-references``: :func:`senpath.segment.counterstain.parse_references`."""
     from senpath.segment.counterstain import parse_references
@@ -345,6 +356,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="share of pale crops whose faded nuclei are also out of focus (with --pale-share)",
+    )
+    p.add_argument(
+        "--faint-share",
+        type=float,
+        default=0.0,
+        help="share of real crops whose whole counterstain is weakened (a faintly counterstained "
+        "section), by a factor drawn from --faint-range",
+    )
+    p.add_argument(
+        "--faint-range",
+        type=_faint_range,
+        default=D.FAINT_RANGE,
+        metavar="LOW,HIGH",
+        help="lowest and highest factor of --faint-share (default %(default)s)",
     )
     p.add_argument(
         "--recipe-weights",
@@ -508,6 +533,8 @@ def train(args: argparse.Namespace) -> Path:
         ignore_padding=args.ignore_padding,
         counterstain_references=args.counterstain_references,
         contact_weight=args.contact_weight,
+        faint_share=args.faint_share,
+        faint_range=args.faint_range,
     )
     val_sets: dict[str, list[D.AnnotatedImage]] = {}
     if args.validate_minutes > 0:
@@ -533,6 +560,8 @@ def train(args: argparse.Namespace) -> Path:
         "pale_share": args.pale_share,
         "pale_floor": args.pale_floor,
         "pale_blur": args.pale_blur,
+        "faint_share": args.faint_share,
+        "faint_range": list(args.faint_range),
         "recipe_weights": args.recipe_weights,
         "source_weights": weights,
         "stained_weight": args.stained_weight,
