@@ -195,6 +195,40 @@ def test_thresholds_from_another_model_are_the_ones_exported(tmp_path, monkeypat
     ] == pytest.approx(0.5)
 
 
+def test_the_export_report_goes_into_the_new_out_folder_and_a_bad_path_fails_first(
+    tmp_path, monkeypatch
+):
+    """``--report OUT/report.json`` with ``OUT`` not yet made is written (it once failed after the
+    whole validation, losing it); a report path that cannot be written fails before validating."""
+    import json
+
+    torch = pytest.importorskip("torch")
+    from senpath.segment import export
+    from senpath.segment.net import NetConfig, build_model
+
+    config = NetConfig(widths=(8, 8, 16, 16, 16))
+    ckpt = tmp_path / "step_000001.pt"
+    torch.save(
+        {"model": build_model(config).state_dict(), "step": 1, "total_steps": 1,
+         "net_config": config.to_dict(), "seed": 0, "args": {}},
+        ckpt,
+    )  # fmt: skip
+    validated = []
+    monkeypatch.setattr(
+        export, "validation_sets", lambda root, consep_limit: validated.append(1) or {}
+    )
+    out = tmp_path / "new" / "model"
+    args = ["--checkpoint", str(ckpt), "--out", str(out), "--data-root", str(tmp_path)]
+    assert export.main([*args, "--report", str(out / "report.json")]) == 0
+    assert json.loads((out / "report.json").read_text())["step"] == 1
+    assert (out / "nucleus_unet.json").exists()
+    (tmp_path / "a_file").write_text("")
+    validated.clear()
+    with pytest.raises(SystemExit):
+        export.main([*args, "--report", str(tmp_path / "a_file" / "report.json")])
+    assert not validated
+
+
 def test_the_reproduce_command_carries_every_data_option():
     from senpath.segment.export import reproduce_command
 

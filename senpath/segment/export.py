@@ -312,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--report", type=Path, default=None, help="write the metrics JSON here")
     args = p.parse_args(argv)
+    if args.report is not None:  # checked before the validation's minutes, not after
+        try:
+            args.report.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            p.error(f"--report {args.report}: cannot make its folder ({exc.strerror})")
     torch.set_num_threads(args.threads)
     ckpt: dict[str, Any] | None = None
     if args.model is not None:
@@ -346,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(json.dumps(report, indent=2))
     if args.report:
-        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        from senpath.results import atomic_write_bytes
+
+        atomic_write_bytes(args.report, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     if args.out and ckpt is not None:  # --model refuses --out above
         js = export_checkpoint(
             args.checkpoint,
