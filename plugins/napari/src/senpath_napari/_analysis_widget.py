@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -120,6 +121,12 @@ class AnalysisWidget(QWidget):
         )
         self.segmenter_combo = QComboBox()
         self.segmenter_combo.addItems(["auto", "classical", "cnn"])
+        # [analysis] test_time_flips: the CNN's maps averaged over each tile and its three flips
+        self.flips_check = QCheckBox("test-time flips (CNN only, 4x its work)")
+        self.flips_check.setChecked(self._analysis.test_time_flips)
+        self.segmenter_combo.currentTextChanged.connect(
+            lambda method: self.flips_check.setEnabled(method != "classical")
+        )
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("results folder (whole slide); default: next to the slide")
         self.settings_edit = QLineEdit()
@@ -131,6 +138,7 @@ class AnalysisWidget(QWidget):
         form.addRow("assay", self.assay_combo)
         form.addRow("analyse", self.scope_combo)
         form.addRow("segmenter", self.segmenter_combo)
+        form.addRow("", self.flips_check)
         form.addRow("output", self.out_edit)
         form.addRow("settings", self.settings_edit)
         layout.addLayout(form)
@@ -157,7 +165,7 @@ class AnalysisWidget(QWidget):
         """Read a settings file with senpath's strict loader, as ``senpath run --config`` does.
 
         Its assays join the assay list and its ``[analysis]`` settings are used by the next run; a
-        newly loaded file also sets the segmenter choice. A bad file is refused with its problems,
+        newly loaded file also sets the segmenter choice and the test-time flips box. A bad file is refused with its problems,
         one line each naming the file and the key, in the result line.
 
         Parameters
@@ -185,9 +193,17 @@ class AnalysisWidget(QWidget):
             self.assay_combo.setCurrentText(current)
         if settings.source != self._settings_source:
             self.segmenter_combo.setCurrentText(settings.analysis.segmenter)
+            self.flips_check.setChecked(settings.analysis.test_time_flips)
             self._settings_source = settings.source
             self.result_label.setText(f"settings: {settings.source}" if settings.source else "")
         return True
+
+    def analysis_config(self) -> Any:
+        """The ``[analysis]`` settings the next run uses: the settings file's (or the defaults),
+        with the segmenter and test-time flips chosen here (no flips with ``classical``)."""
+        method = self.segmenter_combo.currentText()
+        flips = self.flips_check.isChecked() and method != "classical"
+        return self._analysis.replace(segmenter=method, test_time_flips=flips)
 
     def _slide_layers(self) -> list[Any]:
         return [lay for lay in self.viewer.layers if (lay.metadata or {}).get("senpath_slide")]
@@ -249,7 +265,7 @@ class AnalysisWidget(QWidget):
         slide_path = Path(layer.metadata["senpath_slide"])
         slide = open_slide(slide_path)
         assay = self._assays[self.assay_combo.currentText()]
-        config = self._analysis.replace(segmenter=self.segmenter_combo.currentText())
+        config = self.analysis_config()
         self._run_config = config  # the region's labels are at this config's analysis_mpp
         self._warn_references(assay, config)
         scope = scope or self.scope_combo.currentText()
