@@ -306,3 +306,29 @@ def test_the_level_gap_benchmark_pools_per_band_and_floor(benchmark_script) -> N
     # eosin's floor is 0.4: both faint images below it, pooled; hematoxylin's 0.3: none below
     assert "| eosin | 0.4 | 2; 0.550 / 0.900; -35.0 | 1; 0.900 / 0.900; +0.0 |" in lines
     assert "| hematoxylin | 0.3 | - | 1; 0.800 / 0.900; -10.0 |" in lines
+
+
+def test_the_threshold_benchmark_chooses_the_narrowest_gap_within_the_f1_tolerance(
+    benchmark_script,
+) -> None:
+    bench = benchmark_script("threshold_gaps")
+    sweep = {
+        "monuseg": {"0.5/0.5": {"f1": 0.70}, "0.4/0.5": {"f1": 0.698}, "0.3/0.5": {"f1": 0.68}},
+        "rerendered_h_dab": {
+            "0.5/0.5": {"f1": 0.80, "gap_dab": -6.0},
+            "0.4/0.5": {"f1": 0.797, "gap_dab": -4.0},
+            "0.3/0.5": {"f1": 0.80, "gap_dab": -1.0},
+        },
+        "rerendered_xgal_h_dab": {
+            "0.5/0.5": {"f1": 0.80, "gap_dab": -8.0, "gap_xgal": -4.0},
+            "0.4/0.5": {"f1": 0.80, "gap_dab": -6.0, "gap_xgal": +2.0},
+            "0.3/0.5": {"f1": 0.80, "gap_dab": -1.0, "gap_xgal": -1.0},
+        },
+    }
+    assert bench.mean_abs_gap(sweep, "0.5/0.5") == pytest.approx(6.0)  # (6 + 8 + 4) / 3
+    assert bench.mean_abs_gap(sweep, "0.4/0.5") == pytest.approx(4.0)  # |+2| counts as 2
+    # 0.3/0.5 has the narrowest gaps but loses 0.02 on MoNuSeg: out at a 0.005 tolerance
+    assert bench.choose(sweep, shipped="0.5/0.5", f1_tolerance=0.005) == "0.4/0.5"
+    assert bench.choose(sweep, shipped="0.5/0.5", f1_tolerance=0.03) == "0.3/0.5"
+    assert bench.choose(sweep, shipped="0.5/0.5", f1_tolerance=0.0) == "0.5/0.5"
+    assert "| 0.4/0.5 | 0.698 | 0.797 | 0.800 | 4.00 |" in bench.table(sweep, title="t")
