@@ -68,9 +68,9 @@ from senpath.segment.rerender import render_with_truth as render_with_truth
 #: Factors a faintly counterstained crop's counterstain is weakened by (``CropSampler(faint_share=)``).
 #: The recipes' own draws put re-rendered MoNuSeg crops at a counterstain level (10th / 50th / 90th
 #: percentile) of 0.31 / 0.43 / 0.53 OD with hematoxylin + DAB and 0.40 / 0.49 / 0.56 with X-gal +
-#: eosin; 0.6x of that gives 0.29 and 0.33 (medians), 0.4x 0.21 and 0.25, below the
-#: faint-counterstain floors (0.3 and 0.4) where the unstained nuclei are missed most (model card,
-#: "Faint counterstain flag"). At 0.25x eosin is lost in the glass (no level).
+#: eosin; 0.6x gives medians of 0.29 and 0.33, 0.4x 0.21 and 0.25: 0.3-0.8x spans the band below
+#: the faint-counterstain floors (0.3 and 0.4), where the unstained nuclei are missed most (model
+#: card, "Faint counterstain flag"). At 0.25x eosin is lost in the glass (no level).
 FAINT_RANGE = (0.3, 0.8)
 
 #: Default location of the real data (``../shared/data`` beside the repo in the project's setup).

@@ -215,7 +215,7 @@ def render_with_truth(
     recipe_weights : dict of str to float, optional
         Sampling weights that replace those of :data:`RECIPES` for the recipes named (the others
         keep theirs); used when ``recipe`` is omitted.
-    counterstain_scale : float
+    counterstain_scale : float in (0, 2]
         Multiplies the whole crop's counterstain (the nuclear stain every nucleus carries:
         hematoxylin, nuclear fast red, or the eosin of X-gal + eosin) after the recipe's own draw,
         chromogens untouched: below 1, a faintly counterstained section. Drawing nothing from

@@ -165,8 +165,8 @@ class AnalysisWidget(QWidget):
         """Read a settings file with senpath's strict loader, as ``senpath run --config`` does.
 
         Its assays join the assay list and its ``[analysis]`` settings are used by the next run; a
-        newly loaded file also sets the segmenter choice and the test-time flips box. A bad file is refused with its problems,
-        one line each naming the file and the key, in the result line.
+        newly loaded file also sets the segmenter choice and the test-time flips box. A bad file is
+        refused with its problems, one line each naming the file and the key, in the result line.
 
         Parameters
         ----------
