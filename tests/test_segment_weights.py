@@ -162,13 +162,8 @@ def test_export_measures_a_shipped_model_only_without_out_or_tune(tmp_path, caps
     assert "not allowed with argument" in capsys.readouterr().err
 
 
-def test_thresholds_from_another_model_are_the_ones_exported(tmp_path, monkeypatch):
-    import json
-
-    torch = pytest.importorskip("torch")
-    from senpath.segment import export
-    from senpath.segment.net import NetConfig, build_model
-
+def _tiny_checkpoint(tmp_path):
+    """A one-step training checkpoint of a tiny network, as ``senpath.segment.train`` saves it."""
     config = NetConfig(widths=(8, 8, 16, 16, 16))
     ckpt = tmp_path / "step_000001.pt"
     torch.save(
@@ -176,6 +171,15 @@ def test_thresholds_from_another_model_are_the_ones_exported(tmp_path, monkeypat
          "net_config": config.to_dict(), "seed": 0, "args": {}},
         ckpt,
     )  # fmt: skip
+    return ckpt
+
+
+def test_thresholds_from_another_model_are_the_ones_exported(tmp_path, monkeypatch):
+    import json
+
+    from senpath.segment import export
+
+    ckpt = _tiny_checkpoint(tmp_path)
     source = tmp_path / "source"
     source.mkdir()
     spec = json.loads(open("models/nucleus_unet.json").read())
@@ -202,17 +206,9 @@ def test_the_export_report_goes_into_the_new_out_folder_and_a_bad_path_fails_fir
     whole validation, losing it); a report path that cannot be written fails before validating."""
     import json
 
-    torch = pytest.importorskip("torch")
     from senpath.segment import export
-    from senpath.segment.net import NetConfig, build_model
 
-    config = NetConfig(widths=(8, 8, 16, 16, 16))
-    ckpt = tmp_path / "step_000001.pt"
-    torch.save(
-        {"model": build_model(config).state_dict(), "step": 1, "total_steps": 1,
-         "net_config": config.to_dict(), "seed": 0, "args": {}},
-        ckpt,
-    )  # fmt: skip
+    ckpt = _tiny_checkpoint(tmp_path)
     validated = []
     monkeypatch.setattr(
         export, "validation_sets", lambda root, consep_limit: validated.append(1) or {}
