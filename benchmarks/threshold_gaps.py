@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,32 +61,22 @@ def choose(sweep: Sweep, *, shipped: str, f1_tolerance: float) -> str:
     return min(allowed, key=lambda pair: mean_abs_gap(sweep, pair))
 
 
-def sweep_sets(seg: object, sets: Mapping[str, list]) -> dict[str, dict[str, dict[str, float]]]:
+def sweep_sets(seg: Any, sets: Mapping[str, list]) -> dict[str, dict[str, dict[str, float]]]:
     """Post-process each set's maps at every pair of the grid (see the module docstring)."""
     from stardist.matching import matching_dataset
 
-    from senpath.segment import data as D
     from senpath.segment.evaluate import recall_by_stain
-    from senpath.segment.export import _maps
-    from senpath.segment.postprocess import PostprocessConfig, maps_to_instances
+    from senpath.segment.export import _maps, postprocessed_labels
 
-    sizes = seg.postprocess.to_dict()  # type: ignore[attr-defined]
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name, images in sets.items():
         maps = _maps(seg, images)
         trues = [im.labels for im in images]
         for fg in FOREGROUND:
             for mk in MARKER:
-                cfg = PostprocessConfig(
-                    **{**sizes, "foreground_threshold": fg, "marker_threshold": mk}
-                )
-                preds = [
-                    D.resample_labels(
-                        maps_to_instances(m[0], m[1], mpp=seg.mpp, config=cfg),  # type: ignore[attr-defined]
-                        im.labels.shape,
-                    )
-                    for im, m in zip(images, maps, strict=True)
-                ]
+                # the shipped model's size limits kept
+                cfg = replace(seg.postprocess, foreground_threshold=fg, marker_threshold=mk)
+                preds = postprocessed_labels(seg, images, maps, cfg)
                 row = {
                     "f1": float(matching_dataset(trues, preds, thresh=0.5, show_progress=False).f1)
                 }

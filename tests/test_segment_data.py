@@ -445,23 +445,12 @@ def test_counterstain_references_show_crops_as_senpath_run_shows_their_assay():
     np.testing.assert_array_equal(plain[0], same[0])
 
 
-#: The stains each recipe is deconvolved into to read its counterstain (listed first).
-_RECIPE_STAINS = {
-    "he": ("hematoxylin", "eosin"),
-    "h_dab": ("hematoxylin", "dab"),
-    "xgal_nfr": ("nuclear_fast_red", "xgal"),
-    "h_dab_fast_red": ("hematoxylin", "dab", "fast_red"),
-    "xgal_eosin": ("eosin", "xgal"),
-    "xgal_h_dab": ("hematoxylin", "dab", "xgal"),
-    "ihc": ("hematoxylin", "dab"),
-}
-
-
-@pytest.mark.parametrize("recipe", list(_RECIPE_STAINS))
+@pytest.mark.parametrize("recipe", [*D.RECIPES, "ihc"])
 def test_counterstain_scale_weakens_only_the_counterstain(recipe):
     """A faintly counterstained crop: the counterstain's amount scales, the nuclei chosen to carry
     the chromogens do not change (the same draws)."""
-    from senpath.segment.rerender import estimate_background
+    from senpath.config import get_assay
+    from senpath.segment.rerender import RECIPE_ASSAYS, estimate_background
     from senpath.stain import StainSet, deconvolve
 
     im = _image(4)
@@ -487,10 +476,12 @@ def test_counterstain_scale_weakens_only_the_counterstain(recipe):
     marked = np.concatenate([np.zeros(0, np.int64), *plain_marks.values()])
     unstained = (im.labels > 0) & ~np.isin(im.labels, marked)
     assert unstained.sum() > 100
-    stains = StainSet.from_names(_RECIPE_STAINS[recipe])
+    assay = get_assay(RECIPE_ASSAYS.get(recipe, "ki67"))  # the stains senpath run analyses it in
+    stains = StainSet.from_names(assay.stains)
+    first = stains.index(assay.nuclear_stains[0])
 
     def counterstain(rgb):
-        return deconvolve(rgb, stains, estimate_background(rgb))[..., 0][unstained].mean()
+        return deconvolve(rgb, stains, estimate_background(rgb))[..., first][unstained].mean()
 
     assert 0.2 < counterstain(faint) / counterstain(plain) < 0.45
     with pytest.raises(ValueError, match="counterstain_scale"):

@@ -150,20 +150,30 @@ def _maps(seg, images: list[D.AnnotatedImage]) -> list[np.ndarray]:
     return out
 
 
+def postprocessed_labels(
+    seg, images: list[D.AnnotatedImage], maps: list[np.ndarray], config: PostprocessConfig
+) -> list[np.ndarray]:
+    """Each image's instances from its network maps (:func:`_maps`) post-processed with
+    ``config``, on the image's own grid: thresholds tried without running the network again."""
+    from senpath.segment.postprocess import maps_to_instances
+
+    return [
+        D.resample_labels(
+            maps_to_instances(m[0], m[1], mpp=seg.mpp, config=config), im.labels.shape
+        )
+        for im, m in zip(images, maps, strict=True)
+    ]
+
+
 def tune_postprocess(seg, images: list[D.AnnotatedImage]) -> tuple[PostprocessConfig, float]:
     """Grid-search foreground and marker thresholds for pooled F1 on ``images``."""
     from stardist.matching import matching_dataset
-
-    from senpath.segment.postprocess import maps_to_instances
 
     maps = _maps(seg, images)
     best = (PostprocessConfig(), -1.0)
     for fg_t, mk_t in itertools.product((0.4, 0.5, 0.6), (0.3, 0.4, 0.5, 0.6)):
         cfg = PostprocessConfig(foreground_threshold=fg_t, marker_threshold=mk_t)
-        preds = []
-        for im, m in zip(images, maps, strict=True):
-            lab = maps_to_instances(m[0], m[1], mpp=seg.mpp, config=cfg)
-            preds.append(D.resample_labels(lab, im.labels.shape))
+        preds = postprocessed_labels(seg, images, maps, cfg)
         f1 = float(
             matching_dataset(
                 [im.labels for im in images], preds, thresh=0.5, show_progress=False
